@@ -1,0 +1,69 @@
+"""HKDF labels separate keys by purpose and vector; Ed25519 verification raises on any forgery."""
+
+from __future__ import annotations
+
+import pytest
+
+from codream.crypto.kdf import hkdf_sha256, pairwise_mask_key, self_mask_key, share_encryption_key
+from codream.crypto.signing import Ed25519KeyPair, verify_signature
+from codream.exceptions import AbortReason, ConfigError, ProtocolAbort
+
+SESSION = bytes(range(32))
+SECRET = b"\x42" * 32
+
+
+def test_hkdf_matches_rfc5869_test_case_1() -> None:
+    okm = hkdf_sha256(
+        bytes.fromhex("0b" * 22),
+        salt=bytes.fromhex("000102030405060708090a0b0c"),
+        info=bytes.fromhex("f0f1f2f3f4f5f6f7f8f9"),
+        length=42,
+    )
+    assert okm.hex() == (
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    )
+
+
+def test_keys_for_different_vectors_purposes_and_sessions_differ() -> None:
+    keys = {
+        pairwise_mask_key(SECRET, session_id=SESSION, vector_index=0),
+        pairwise_mask_key(SECRET, session_id=SESSION, vector_index=1),
+        self_mask_key(SECRET, session_id=SESSION, vector_index=0),
+        share_encryption_key(SECRET, session_id=SESSION),
+        pairwise_mask_key(SECRET, session_id=bytes(32), vector_index=0),
+    }
+    assert len(keys) == 5
+
+
+def test_derivation_follows_the_documented_labels() -> None:
+    expected = hkdf_sha256(SECRET, salt=SESSION, info=b"codream/v1/pairwise-mask" + (7).to_bytes(4, "big"))
+    assert pairwise_mask_key(SECRET, session_id=SESSION, vector_index=7) == expected
+
+
+@pytest.mark.parametrize("session", [b"", bytes(31), bytes(33)])
+def test_a_session_id_that_is_not_32_bytes_is_refused(session: bytes) -> None:
+    with pytest.raises(ConfigError):
+        self_mask_key(SECRET, session_id=session, vector_index=0)
+
+
+def test_a_valid_signature_verifies_and_a_forgery_aborts() -> None:
+    signer = Ed25519KeyPair.generate()
+    signature = signer.sign(b"alive list")
+    verify_signature(signer.public_bytes(), signature, b"alive list")
+    for public, sig, msg in [
+        (signer.public_bytes(), signature, b"alive lisT"),
+        (Ed25519KeyPair.generate().public_bytes(), signature, b"alive list"),
+        (signer.public_bytes(), signature[:-1] + bytes([signature[-1] ^ 1]), b"alive list"),
+        (signer.public_bytes()[:31], signature, b"alive list"),
+        (signer.public_bytes(), signature[:63], b"alive list"),
+    ]:
+        with pytest.raises(ProtocolAbort) as info:
+            verify_signature(public, sig, msg)
+        assert info.value.reason is AbortReason.INVALID_SIGNATURE
+
+
+def test_a_signing_key_rebuilt_from_its_seed_signs_identically() -> None:
+    seed = bytes(range(32))
+    assert Ed25519KeyPair.from_private_bytes(seed).sign(b"m") == Ed25519KeyPair.from_private_bytes(seed).sign(
+        b"m"
+    )

@@ -1,0 +1,59 @@
+"""AES-CTR mask expansion: matches raw AES block encryption, differs across keys, stays in range."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from codream.crypto.prg import keystream, mask_words
+from codream.exceptions import ConfigError
+
+
+def _ecb_counter_stream(key: bytes, blocks: int) -> bytes:
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    return encryptor.update(b"".join(i.to_bytes(16, "big") for i in range(blocks)))
+
+
+def test_keystream_equals_aes_of_big_endian_counter_blocks() -> None:
+    key = bytes(range(32))
+    assert keystream(key, 16 * 5) == _ecb_counter_stream(key, 5)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 31, 32, 33, 48, 63, 64])
+def test_words_are_the_keystream_read_little_endian_and_masked(bits: int) -> None:
+    key = bytes(range(1, 33))
+    count = 11
+    width = 4 if bits <= 32 else 8
+    raw = _ecb_counter_stream(key, (count * width + 15) // 16)
+    expected = [
+        int.from_bytes(raw[i * width : (i + 1) * width], "little") % (1 << bits) for i in range(count)
+    ]
+    words = mask_words(key, count, bits=bits)
+    assert words.dtype == np.uint64
+    assert words.tolist() == expected
+
+
+def test_distinct_keys_give_distinct_streams() -> None:
+    a = mask_words(b"\x00" * 32, 64, bits=32)
+    b = mask_words(b"\x00" * 31 + b"\x01", 64, bits=32)
+    assert not np.array_equal(a, b)
+    assert np.array_equal(a, mask_words(b"\x00" * 32, 64, bits=32))
+
+
+def test_a_shorter_expansion_is_a_prefix_of_a_longer_one() -> None:
+    key = b"\x05" * 32
+    assert np.array_equal(mask_words(key, 7, bits=64), mask_words(key, 100, bits=64)[:7])
+
+
+def test_words_are_writable_for_in_place_masking() -> None:
+    words = mask_words(b"\x09" * 32, 4, bits=64)
+    words += np.uint64(1)
+
+
+@pytest.mark.parametrize(
+    ("key", "count", "bits"), [(b"k" * 31, 1, 32), (b"k" * 32, -1, 32), (b"k" * 32, 1, 0), (b"k" * 32, 1, 65)]
+)
+def test_bad_arguments_are_refused(key: bytes, count: int, bits: int) -> None:
+    with pytest.raises(ConfigError):
+        mask_words(key, count, bits=bits)
