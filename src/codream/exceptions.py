@@ -70,3 +70,7 @@ class PrivacyBudgetExceeded(CodreamError):
 
 class EncodingOverflow(CodreamError):
     """A value does not fit the fixed-point encoding and the caller asked for no saturation."""
+
+
+class TrainingDiverged(CodreamError):
+    """A loss became NaN or infinite during training; the message names the run and the learning rate."""
