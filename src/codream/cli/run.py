@@ -1,0 +1,504 @@
+"""`codream run`: one federation from flags or a config file, into a run directory.
+
+The command resolves a `RunConfig`, builds the learning loop and the aggregator *before* it creates
+the run directory (so a bad model name or a missing data folder leaves nothing behind), then runs the
+rounds. After each round it writes the checkpoint first, then the round's line of metrics.jsonl and
+the privacy ledger, so `--resume RUN_DIR` picks up from the last round whose checkpoint is on disk
+and ends with the same numbers as an unbroken run. At the end it writes the final dreams, the plots
+and summary.json / summary.md, and prints where they are.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from ..exceptions import ConfigError
+from ..rundir import RunDir, to_jsonable
+from .config import (
+    RUN_OPTIONS,
+    RunConfig,
+    aggregator_options,
+    dump_toml,
+    federation_config,
+    load_toml,
+    resolve_run_config,
+    run_options,
+)
+
+__all__ = ["RunOutcome", "build_aggregator", "execute_run", "round_record", "run_command"]
+
+log = logging.getLogger(__name__)
+
+# Flags that may differ from the saved configuration when resuming: they change neither the numbers
+# nor the randomness of the rounds already run (`rounds` only extends the run).
+RESUMABLE_CHANGES = frozenset({"rounds", "device", "json", "out"})
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """What `execute_run` leaves: the run directory, its summary and the per-round records."""
+
+    run_dir: RunDir
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
+# --- building the pieces -------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> str:
+    """auto -> cuda when available, else cpu; an explicit cuda without a GPU is a clear error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return name
+
+
+class PrivacyPlan:
+    """The DP side of a secure+dp run: calibrated noise, the ledger, and epsilon after each round.
+
+    Adapts the privacy package to what the run loop needs, and stays None-valued for the other modes.
+    """
+
+    def __init__(self, rc: RunConfig, fed_cfg: Any) -> None:
+        self.rc = rc
+        self.enabled = rc.aggregation == "secure+dp"
+        self.delta = rc.delta if self.enabled else None
+        self.target_epsilon = rc.epsilon
+        self.noise_multiplier: float | None = rc.noise_multiplier
+        self.releases_per_round = int(getattr(fed_cfg, "releases_per_round", 1))
+        self.sample_rate = 1.0  # every client takes part in every round
+        self.ledger: Any = None
+        if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
+            self.target_epsilon = 8.0
+        if self.enabled and self.noise_multiplier is None:
+            self.noise_multiplier = self._calibrate()
+
+    def _calibrate(self) -> float:
+        from ..privacy import calibrate_noise_multiplier
+
+        return float(
+            calibrate_noise_multiplier(
+                target_epsilon=self.target_epsilon,
+                delta=self.rc.delta,
+                sample_rate=self.sample_rate,
+                rounds=self.rc.rounds,
+                releases_per_round=self.releases_per_round,
+            )
+        )
+
+    def aggregator_options(self) -> dict[str, Any]:
+        if not self.enabled:
+            return {}
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "delta": self.rc.delta,
+            "target_epsilon": self.target_epsilon,
+        }
+
+    def bind(self, aggregator: Any) -> None:
+        """Find the ledger the secure+dp aggregator keeps."""
+        if self.enabled:
+            self.ledger = getattr(aggregator, "ledger", None)
+
+    def epsilon(self) -> float | None:
+        if not self.enabled or self.ledger is None:
+            return None
+        return float(self.ledger.epsilon(delta=self.rc.delta))
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.enabled:
+            return None
+        out = {
+            "granularity": "client",
+            "delta": self.rc.delta,
+            "target_epsilon": self.target_epsilon,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "releases_per_round": self.releases_per_round,
+            "epsilon": self.epsilon(),
+        }
+        if self.ledger is not None and hasattr(self.ledger, "to_dict"):
+            out["ledger"] = self.ledger.to_dict()
+        return out
+
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.ledger is not None and hasattr(self.ledger, "state_dict"):
+            return self.ledger.state_dict()
+        return None
+
+    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+        if state is not None and self.ledger is not None and hasattr(self.ledger, "load_state_dict"):
+            self.ledger.load_state_dict(state)
+
+
+def build_aggregator(rc: RunConfig, privacy: PrivacyPlan) -> Any:
+    """The aggregator `rc.aggregation` names, configured from the run's flags."""
+    from ..aggregation import create_aggregator
+
+    opts = aggregator_options(rc)
+    opts.update(privacy.aggregator_options())
+    aggregator = create_aggregator(rc.aggregation, **opts)
+    privacy.bind(aggregator)
+    return aggregator
+
+
+def make_federation(fed_cfg: Any, aggregator: Any) -> Any:
+    """The simulation engine's `Federation` (loads data and builds every client's model)."""
+    from ..federation.simulation import Federation
+
+    return Federation(fed_cfg, aggregator=aggregator)
+
+
+# --- per-round records ---------------------------------------------------------------------------------
+
+
+def _get(obj: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        if isinstance(obj, Mapping) and name in obj:
+            return obj[name]
+        if not isinstance(obj, Mapping) and hasattr(obj, name):
+            return getattr(obj, name)
+    return default
+
+
+def round_record(
+    metrics: Any, *, round_number: int, epsilon: float | None, delta: float | None, seconds: float
+) -> dict[str, Any]:
+    """The line of metrics.jsonl for one round: a fixed schema on top of the engine's own metrics.
+
+    Keys: round (1-based), accuracy (per client), accuracy_mean, accuracy_std, participants,
+    survivors, bytes_sent_per_client (mean over clients), clipped, overflowed, seconds, epsilon,
+    delta, and ``federation`` with everything the engine reported.
+    """
+    raw = metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics)
+    acc = [float(a) for a in _get(raw, "accuracy", "accuracies", "client_accuracy", default=[])]
+    mean = statistics.fmean(acc) if acc else math.nan
+    std = statistics.pstdev(acc) if len(acc) > 1 else 0.0
+    report = _get(raw, "report", "aggregation", "round_report", default={}) or {}
+    participants = _get(report, "participants", default=None)
+    survivors = _get(report, "survivors", default=None)
+    if survivors is None:
+        survivors = _get(raw, "survivors", default=participants)
+    if participants is None:
+        participants = _get(raw, "participants", default=list(range(len(acc))))
+    n_part = len(participants) if isinstance(participants, list | tuple) else int(participants)
+    n_surv = len(survivors) if isinstance(survivors, list | tuple) else int(survivors)
+    per_client = _get(report, "bytes_sent_per_client", default=None) or _get(raw, "bytes_sent_per_client")
+    if isinstance(per_client, Mapping):
+        per_client_mean = statistics.fmean(float(v) for v in per_client.values()) if per_client else None
+    elif isinstance(per_client, list | tuple):
+        per_client_mean = statistics.fmean(float(v) for v in per_client) if per_client else None
+    else:
+        per_client_mean = None if per_client is None else float(per_client)
+    record: dict[str, Any] = {
+        "round": round_number,
+        "accuracy": acc,
+        "accuracy_mean": mean,
+        "accuracy_std": std,
+        "participants": n_part,
+        "survivors": n_surv,
+        "bytes_sent_per_client": per_client_mean,
+        "clipped": int(_get(report, "clipped", default=0) or 0),
+        "overflowed": int(_get(report, "overflowed", default=0) or 0),
+        "seconds": float(seconds),
+        "epsilon": epsilon,
+        "delta": delta,
+    }
+    warm = _get(raw, "warmup_accuracy", default=None)
+    if warm is not None:
+        record["warmup_accuracy"] = [float(a) for a in warm]
+    record["federation"] = to_jsonable(raw)
+    return record
+
+
+# --- progress ------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """tqdm bars: rounds outside, the steps of the current stage (dream steps, distillation) inside."""
+
+    def __init__(self, total_rounds: int, done: int, enabled: bool | None) -> None:
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.enabled = enabled
+        self.rounds = tqdm(
+            total=total_rounds,
+            initial=done,
+            desc="rounds",
+            unit="round",
+            position=0,
+            disable=enabled is False or None if enabled is None else not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.inner = None
+        self.stage = None
+
+    def step(self, stage: str, i: int, n: int) -> None:
+        if self.rounds.disable:
+            return
+        if self.inner is None or stage != self.stage:
+            if self.inner is not None:
+                self.inner.close()
+            self.stage = stage
+            self.inner = self._tqdm(
+                total=n, desc=stage, unit="step", position=1, leave=False, file=sys.stderr, dynamic_ncols=True
+            )
+        self.inner.n = min(i, n)
+        self.inner.refresh()
+
+    def end_round(self, line: str, stream: Any) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner, self.stage = None, None
+        self.rounds.update(1)
+        self._tqdm.write(line, file=stream)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+        self.rounds.close()
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+
+def _aggregator_state(aggregator: Any) -> Any:
+    return aggregator.state_dict() if hasattr(aggregator, "state_dict") else None
+
+
+def execute_run(
+    rc: RunConfig,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    echo: Callable[[str], None] | None = None,
+    federation_factory: Callable[[Any, Any], Any] = make_federation,
+) -> RunOutcome:
+    """Run (or resume) the federation `rc` describes and write its run directory.
+
+    Args:
+        rc: the resolved run configuration.
+        run_dir: where to write; defaults to `rc.out`, else runs/<UTC timestamp>.
+        resume: continue the run in `run_dir` from its last checkpoint.
+        progress: tqdm bars on stderr (None: only on a terminal).
+        echo: where the per-round lines go (default: stdout, or stderr with --json).
+        federation_factory: builds the engine from (FederationConfig, aggregator); a seam for tests.
+    Returns:
+        The run directory, the final summary and the per-round records.
+    Raises:
+        ConfigError, DataError, PrivacyBudgetExceeded, ProtocolAbort: bad input or an aborted protocol.
+    """
+    from .. import plots, report
+
+    stream = sys.stderr if rc.json else sys.stdout
+    echo = echo or (lambda line: click.echo(line, file=stream))
+    device = resolve_device(rc.device)
+    fed_cfg = federation_config(rc, device=device)
+    privacy = PrivacyPlan(rc, fed_cfg)
+    aggregator = build_aggregator(rc, privacy)
+    if rc.engine == "flower":
+        raise ConfigError(
+            "--engine flower runs through `codream run --engine flower` only when the Flower "
+            "engine is installed; use --engine simulation"
+        )
+    federation = federation_factory(fed_cfg, aggregator)
+
+    if resume:
+        rd = RunDir.open(run_dir if run_dir is not None else rc.out)
+        state = rd.load_checkpoint()
+        done = 0
+        if state is not None:
+            federation.load_state_dict(state["federation"])
+            if state.get("aggregator") is not None and hasattr(aggregator, "load_state_dict"):
+                aggregator.load_state_dict(state["aggregator"])
+            privacy.load_state_dict(state.get("privacy"))
+            done = int(state["round"])
+        dropped = rd.truncate_metrics(done)
+        if dropped:
+            log.info("dropped %d metrics line(s) written after the last checkpoint", dropped)
+        echo(f"resuming {rd.path} after round {done} of {rc.rounds}")
+    else:
+        out = run_dir if run_dir is not None else rc.out
+        if out is None:
+            out = Path("runs") / _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+        rd = RunDir.create(out)
+        rc = rc.replace(out=str(out))
+        done = 0
+    rd.write_config(dump_toml(rc.to_dict()), federation=to_jsonable(fed_cfg))
+
+    records = rd.read_metrics()
+    bars = _Progress(rc.rounds, done, progress)
+    try:
+        for r in range(done, rc.rounds):
+            t0 = time.perf_counter()
+            metrics = federation.run_round(progress=bars.step)
+            seconds = time.perf_counter() - t0
+            record = round_record(
+                metrics, round_number=r + 1, epsilon=privacy.epsilon(), delta=privacy.delta, seconds=seconds
+            )
+            rd.save_checkpoint(
+                {
+                    "round": r + 1,
+                    "federation": federation.state_dict(),
+                    "aggregator": _aggregator_state(aggregator),
+                    "privacy": privacy.state_dict(),
+                }
+            )
+            rd.append_metrics(record)
+            if privacy.enabled:
+                rd.write_json("privacy_ledger.json", privacy.summary())
+            records.append(record)
+            bars.end_round(report.format_round_line(record, rc.rounds), stream)
+    finally:
+        bars.close()
+
+    files = {
+        "config": "config.toml",
+        "metrics": "metrics.jsonl",
+        "checkpoint": "checkpoint.pt",
+        "dreams": "dreams.pt",
+        "summary_json": "summary.json",
+        "summary_md": "summary.md",
+        "accuracy_plot": "plots/accuracy.png",
+        "dreams_plot": "plots/dreams.png",
+        "epsilon_plot": "plots/epsilon.png",
+    }
+    if privacy.enabled:
+        files["privacy_ledger"] = "privacy_ledger.json"
+    x, y = federation.last_dreams
+    rd.save_dreams(x, y)
+    models = list(rc.client_models)
+    plots.plot_accuracy(
+        records,
+        rd.plots_dir / "accuracy.png",
+        models=models,
+        title=f"{rc.dataset}, {rc.clients} clients, {rc.aggregation}",
+    )
+    plots.plot_dreams(x, y, rd.plots_dir / "dreams.png")
+    plots.plot_epsilon(
+        records,
+        rd.plots_dir / "epsilon.png",
+        delta=privacy.delta,
+        target=privacy.target_epsilon,
+        note=None if privacy.enabled else f"no differential privacy (aggregation {rc.aggregation})",
+    )
+    cfg = rc.to_dict() | {"client_models": models, "device": device}
+    summary = report.summarise(cfg, records, privacy=privacy.summary(), files=files)
+    summary["run_dir"] = str(rd.path)
+    rd.write_json("summary.json", summary)
+    rd.write_text("summary.md", report.summary_markdown(summary, records, rc.to_dict()))
+    return RunOutcome(run_dir=rd, summary=summary, records=records)
+
+
+# --- the click command ---------------------------------------------------------------------------------
+
+
+def _typed_flags(ctx: click.Context) -> set[str]:
+    typed = set()
+    for opt in RUN_OPTIONS:
+        pname = "as_json" if opt.key == "json" else opt.key
+        if ctx.get_parameter_source(pname) is ParameterSource.COMMANDLINE:
+            typed.add(opt.key)
+    return typed
+
+
+@click.command("run")
+@run_options
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML file of run settings (keys are the flag names with _); flags override it.",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False),
+    help="Continue the run in this directory from its last finished round.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bars on stderr (default: on a terminal)."
+)
+@click.pass_context
+def run_command(
+    ctx: click.Context, config_file: str | None, resume_dir: str | None, progress: bool | None, **params: Any
+) -> None:
+    """Run a CoDream federation and write its run directory.
+
+    With no options: 4 clients (cnn and mlp models) on the embedded digits data, plain aggregation,
+    a few rounds, about a minute on a laptop CPU. Every option can also be set in --config FILE.toml
+    (same names, with _ for -); options on the command line win.
+    """
+    if resume_dir is not None:
+        if config_file is not None:
+            raise ConfigError("--resume reads the run's own config.toml; drop --config")
+        RunDir.open(resume_dir)  # a precise error for a folder that holds no run
+        saved = load_toml(Path(resume_dir) / "config.toml")
+        changed = sorted(
+            k
+            for k in _typed_flags(ctx) - RESUMABLE_CHANGES
+            if _differs(saved, k, params["as_json" if k == "json" else k])
+        )
+        if changed:
+            raise ConfigError(
+                f"--resume cannot change {', '.join('--' + k.replace('_', '-') for k in changed)} "
+                "(the rounds already run used the saved values); "
+                "only --rounds, --device and --json may change"
+            )
+        rc = resolve_run_config(ctx, params, saved, file_label=f"{resume_dir}/config.toml").replace(
+            out=resume_dir
+        )
+        outcome = execute_run(rc, run_dir=resume_dir, resume=True, progress=progress)
+    else:
+        file_values = load_toml(config_file) if config_file else None
+        rc = resolve_run_config(ctx, params, file_values, file_label=config_file or "config")
+        outcome = execute_run(rc, progress=progress)
+    _print_outcome(outcome, as_json=rc.json)
+
+
+def _differs(saved: Mapping[str, Any], key: str, typed_value: Any) -> bool:
+    value = saved.get(key)
+    if isinstance(typed_value, tuple):
+        typed_value = list(typed_value)
+    return value != typed_value
+
+
+def _print_outcome(outcome: RunOutcome, *, as_json: bool) -> None:
+    s = outcome.summary
+    rd = outcome.run_dir.path
+    if as_json:
+        click.echo(json.dumps(to_jsonable(s), indent=2))
+        return
+    if s.get("final_accuracy_mean") is not None:
+        line = (
+            f"final accuracy {100 * s['final_accuracy_mean']:.1f} ± {100 * s['final_accuracy_std']:.1f}% "
+            f"over {s['clients']} clients after {s['rounds_completed']} rounds"
+        )
+        if s.get("epsilon") is not None:
+            line += f", epsilon {s['epsilon']:.2f} (delta {s['delta']:g})"
+        click.echo(line)
+    click.echo(f"report: {rd / 'summary.md'}")
+    click.echo(
+        f"plots:  {rd / 'plots' / 'accuracy.png'}, {rd / 'plots' / 'dreams.png'}, "
+        f"{rd / 'plots' / 'epsilon.png'}"
+    )

@@ -1,0 +1,265 @@
+"""The run directory: everything a run leaves behind, written so that a crash loses nothing.
+
+Layout::
+
+    RUN_DIR/
+      config.toml          the resolved run configuration (``codream run --config`` reads it back)
+      federation.json      the learning loop's resolved configuration, for reference
+      metrics.jsonl        one JSON object per finished round, appended and flushed every round
+      privacy_ledger.json  the privacy budget spent so far (secure+dp), rewritten every round
+      checkpoint.pt        the federation's full state after the last finished round (``--resume``)
+      dreams.pt            the final dreams and their aggregated soft labels
+      summary.json         final numbers; summary.md the same as tables
+      plots/               accuracy.png, dreams.png, epsilon.png
+
+A round is finished when its checkpoint is on disk: the checkpoint is written (atomically) before the
+round's metrics line, and resuming drops any metrics line beyond the checkpoint, so metrics and state
+never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .exceptions import ConfigError
+
+__all__ = ["RunDir", "to_jsonable"]
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.toml"
+FEDERATION = "federation.json"
+METRICS = "metrics.jsonl"
+LEDGER = "privacy_ledger.json"
+CHECKPOINT = "checkpoint.pt"
+DREAMS = "dreams.pt"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+PLOTS = "plots"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy/torch scalars and arrays, tuples, enums and dataclasses into JSON values.
+
+    Non-finite floats become None, so the files are strict JSON that any reader accepts.
+    """
+    import dataclasses
+    import enum
+
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if hasattr(value, "to_dict"):
+            return to_jsonable(value.to_dict())
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value)
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if hasattr(value, "tolist") and hasattr(value, "detach"):  # torch tensor
+        return to_jsonable(value.detach().cpu().tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    """Reads and writes one run directory. Create with `create` (new run) or `open` (resume)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # --- opening -----------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path) -> RunDir:
+        """Make a fresh run directory; refuse one that already holds a run.
+
+        Raises:
+            ConfigError: the folder holds a run already (resume it or pick another --out).
+        """
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"--out {p} is a file; give a folder for the run")
+        if (p / CONFIG).exists() or (p / METRICS).exists():
+            raise ConfigError(
+                f"{p} already holds a run; continue it with --resume {p} or choose another --out"
+            )
+        try:
+            (p / PLOTS).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create run directory {p}: {exc.strerror}") from None
+        return cls(p)
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """Open an existing run directory to resume it.
+
+        Raises:
+            ConfigError: the folder is missing or holds no run configuration.
+        """
+        p = Path(path)
+        if not p.is_dir():
+            raise ConfigError(f"--resume {p}: no such run directory")
+        if not (p / CONFIG).is_file():
+            raise ConfigError(
+                f"--resume {p}: not a run directory (no {CONFIG}); give the --out of an earlier run"
+            )
+        (p / PLOTS).mkdir(exist_ok=True)
+        return cls(p)
+
+    # --- paths --------------------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / LEDGER
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def dreams_path(self) -> Path:
+        return self.path / DREAMS
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / PLOTS
+
+    @property
+    def summary_json_path(self) -> Path:
+        return self.path / SUMMARY_JSON
+
+    @property
+    def summary_md_path(self) -> Path:
+        return self.path / SUMMARY_MD
+
+    # --- config -------------------------------------------------------------------------------------
+
+    def write_config(self, toml_text: str, federation: Mapping[str, Any] | None = None) -> None:
+        """Write the resolved run configuration (TOML) and, if given, the learning loop's (JSON)."""
+        _atomic_write_bytes(self.config_path, toml_text.encode())
+        if federation is not None:
+            self.write_json(FEDERATION, federation)
+
+    # --- metrics ------------------------------------------------------------------------------------
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        """Append one round's record to metrics.jsonl and flush it to disk."""
+        line = json.dumps(to_jsonable(record), sort_keys=False, allow_nan=False)
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All finished rounds' records; a torn last line (a crash mid-write) is skipped with a warning."""
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for n, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s line %d is not valid JSON; ignored", self.metrics_path, n)
+        return records
+
+    def truncate_metrics(self, rounds_done: int) -> int:
+        """Keep only the records of rounds 1..rounds_done (the checkpoint's); return how many were dropped."""
+        records = self.read_metrics()
+        kept = [r for r in records if int(r.get("round", 0)) <= rounds_done]
+        dropped = len(records) - len(kept)
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+        _atomic_write_bytes(self.metrics_path, text.encode())
+        return dropped
+
+    # --- checkpoint ---------------------------------------------------------------------------------
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Write the run's full state atomically (a crash mid-write keeps the previous checkpoint)."""
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(dict(state), buf)
+        _atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint, or None when the run stopped before its first round finished.
+
+        The file holds RNG states and optimiser state, not only tensors, so it is loaded with full
+        unpickling: resume only run directories you made.
+        """
+        import torch
+
+        if not self.checkpoint_path.exists():
+            return None
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem to the user
+            raise ConfigError(
+                f"{self.checkpoint_path} cannot be read ({exc}); the run cannot be resumed"
+            ) from None
+
+    def save_dreams(self, x: Any, y_soft: Any) -> None:
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({"x": x.detach().cpu(), "soft_labels": y_soft.detach().cpu()}, buf)
+        _atomic_write_bytes(self.dreams_path, buf.getvalue())
+
+    # --- JSON and text ------------------------------------------------------------------------------
+
+    def write_json(self, name: str, value: Any) -> Path:
+        path = self.path / name
+        _atomic_write_bytes(path, (json.dumps(to_jsonable(value), indent=2, allow_nan=False) + "\n").encode())
+        return path
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.path / name
+        _atomic_write_bytes(path, text.encode())
+        return path
