@@ -1,0 +1,57 @@
+"""Differential privacy for codream, at two granularities (see protocols/privacy.md).
+
+- client-level (`secure+dp` aggregation): clip, distributed integer noise, one accounted event per round;
+- example-level (`example_level.DPSGDTrainer`): DP-SGD through Opacus on each client.
+
+Accounting is Opacus' (RDP and PRV) behind the `Accountant` ABC; `calibration` turns a target budget
+into a noise multiplier; `ledger` enforces the budget and records it round by round; `report` renders it.
+Heavy modules (the aggregator, Opacus training, plots) are imported on demand.
+"""
+
+from .accountant import Accountant, PrivacyEvent, accountant_names, create_accountant, register_accountant
+from .analysis.composition import effective_noise_multiplier, per_release_noise_multiplier
+from .calibration import (
+    ClientLevelSchedule,
+    ExampleLevelSchedule,
+    NoisePlan,
+    calibrate_noise_multiplier,
+    epsilon_for,
+    plan_noise,
+)
+from .clipping import ClipCounter, ClipStats, clip_contributions
+from .engines import PRVAccountant, RDPAccountant
+from .noise import (
+    DistributedNoise,
+    NoiseKind,
+    ShareCalibration,
+    noise_generator,
+    sample_discrete_gaussian,
+    sample_skellam,
+)
+
+__all__ = [
+    "Accountant",
+    "ClientLevelSchedule",
+    "ClipCounter",
+    "ClipStats",
+    "DistributedNoise",
+    "ExampleLevelSchedule",
+    "NoiseKind",
+    "NoisePlan",
+    "PRVAccountant",
+    "PrivacyEvent",
+    "RDPAccountant",
+    "ShareCalibration",
+    "accountant_names",
+    "calibrate_noise_multiplier",
+    "clip_contributions",
+    "create_accountant",
+    "effective_noise_multiplier",
+    "epsilon_for",
+    "noise_generator",
+    "per_release_noise_multiplier",
+    "plan_noise",
+    "register_accountant",
+    "sample_discrete_gaussian",
+    "sample_skellam",
+]
