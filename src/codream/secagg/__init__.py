@@ -1,0 +1,8 @@
+"""Secure aggregation: the server learns the sum of the clients' vectors and nothing else.
+
+Bonawitz et al. 2017 double masking, with the sparse neighbour graph of SecAgg+ (Bell et al. 2020)
+as an option, written as pure state machines (`client`, `server`) over typed wire `messages`.
+`runner.InProcessSession` drives a whole session in one process; `aggregator.SecureAggregator` plugs
+it into the aggregation seam as ``"secure"``. The low-level primitives live in `codream.crypto`.
+The protocol is specified in protocols/secagg.md.
+"""

@@ -1,0 +1,74 @@
+"""Round 2, client side: mask this client's input for vector j and send it.
+
+The input arrives through `submit` (the learning code computes vector j only after the sum of
+vector j-1 is known), not from the server; the server sends nothing in this round.
+
+Next states: UnmaskState (same vector), Aborted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...exceptions import ConfigError
+from ..keys import masked_words
+from ..messages import MaskedInput
+from .base import ClientContext, ClientSession, ClientState, Transition
+
+__all__ = ["MaskedInputState"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MaskedInputState(ClientState):
+    """Waiting for this client's encoded input of vector `vector`."""
+
+    session: ClientSession
+    vector: int
+
+    @property
+    def client_id(self) -> int:
+        return self.session.ctx.client_id
+
+    def _context(self) -> ClientContext:
+        return self.session.ctx
+
+    def submit(self, words: np.ndarray) -> Transition:
+        """Mask `words` (this client's encoded vector j) and move to the unmask round.
+
+        Args:
+            words: uint64 array of `config.vector_lengths[j]` ring elements, each < 2^bits.
+
+        Returns:
+            The unmask state for this vector and the `MaskedInput` message.
+
+        Raises:
+            ConfigError: `words` has the wrong dtype, shape or range; the state is unchanged.
+        """
+        from .r3_unmask import UnmaskState
+
+        config, j = self.session.ctx.config, self.vector
+        words = np.asarray(words)
+        if words.dtype != np.uint64 or words.shape != (config.vector_lengths[j],):
+            raise ConfigError(
+                f"vector {j}: expected uint64 words of shape ({config.vector_lengths[j]},), "
+                f"got {words.dtype} {words.shape}"
+            )
+        if config.bits < 64 and words.size and int(words.max()) >> config.bits:
+            raise ConfigError(f"vector {j}: a word is outside [0, 2^{config.bits})")
+        return self._guarded(self._mask, words, UnmaskState)
+
+    def _mask(self, words: np.ndarray, next_state: type) -> Transition:
+        s = self.session
+        y = masked_words(
+            words,
+            own_id=s.ctx.client_id,
+            seed=s.secrets.seeds[self.vector],
+            mask_key=s.secrets.masks[self.vector],
+            peers={v: keys[self.vector] for v, keys in s.peers.items()},
+            session=s.session_id,
+            vector=self.vector,
+            bits=s.ctx.config.bits,
+        )
+        return next_state(s, self.vector), MaskedInput(s.ctx.client_id, self.vector, s.ctx.config.bits, y)

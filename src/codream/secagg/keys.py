@@ -1,0 +1,178 @@
+"""Derivations both sides of the protocol must compute identically.
+
+Session id, advertisement digests, seed commitments, who holds whose shares, the plaintext layout of
+a share bundle and the masks themselves. The primitives (HKDF labels, AES-CTR expansion, Shamir)
+come from `codream.crypto`; this module fixes how the protocol combines them (protocols/secagg.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..crypto.agreement import X25519KeyPair
+from ..crypto.kdf import pairwise_mask_key, self_mask_key
+from ..crypto.prg import mask_words
+from ..crypto.shamir import SHARE_BYTES, Share
+from ..exceptions import AbortReason, InvalidShare, ProtocolAbort
+from .messages import AdvertiseKeys
+
+__all__ = [
+    "SECRET_BYTES",
+    "advertisement_digest",
+    "decode_share_bundle",
+    "encode_share_bundle",
+    "mask_sign",
+    "masked_words",
+    "pairwise_mask",
+    "seed_commitment",
+    "self_mask",
+    "session_id",
+    "share_associated_data",
+    "share_holders",
+    "word_mask",
+]
+
+#: Both shared secrets (an X25519 private key and a self-mask seed) are 32 bytes.
+SECRET_BYTES = 32
+_BUNDLE_LABEL = b"codream/v1/share-bundle"
+
+
+def advertisement_digest(advert: AdvertiseKeys) -> bytes:
+    """SHA-256 of the advertisement's wire bytes (signature included): what the roster lists."""
+    return hashlib.sha256(advert.to_bytes()).digest()
+
+
+def session_id(config_digest: bytes, roster: Iterable[tuple[int, bytes]]) -> bytes:
+    """SHA-256 over the config digest and the sorted roster of (client id, advertisement digest).
+
+    Every key of the session is salted with it, so parties that saw different advertisements (or
+    different configs) cannot decrypt each other's shares and abort instead of summing garbage.
+    """
+    entries = sorted(roster)
+    h = hashlib.sha256(b"codream/v1/session-id")
+    h.update(config_digest)
+    h.update(struct.pack(">I", len(entries)))
+    for cid, digest in entries:
+        h.update(struct.pack(">I", cid) + digest)
+    return h.digest()
+
+
+def seed_commitment(owner: int, vector: int, seed: bytes) -> bytes:
+    """SHA-256 commitment to a self-mask seed b^j, advertised in round 0.
+
+    The seed is 32 uniformly random bytes, so the hash hides it; it lets the server check a seed
+    rebuilt from shares, which the advertised public key does for mask keys.
+    """
+    return hashlib.sha256(b"codream/v1/seed-commitment" + struct.pack(">II", owner, vector) + seed).digest()
+
+
+def share_holders(owner: int, neighbours: frozenset[int], present: frozenset[int]) -> tuple[int, ...]:
+    """Who holds `owner`'s shares, in share-index order: itself and its neighbours that advertised.
+
+    Share i + 1 goes to ``share_holders(...)[i]``; any party that knows the graph and the roster
+    computes the same list, so a recipient can check the index of the share it got.
+    """
+    return tuple(sorted((neighbours & present) | {owner}))
+
+
+def share_associated_data(session: bytes, owner: int, recipient: int) -> bytes:
+    """AES-GCM associated data of a share bundle: the session and the direction of the pair."""
+    return _BUNDLE_LABEL + session + struct.pack(">II", owner, recipient)
+
+
+def encode_share_bundle(owner: int, recipient: int, shares: Sequence[tuple[Share, Share]]) -> bytes:
+    """Plaintext of one ciphertext: owner, recipient, J, then per vector the b^j and s_sk^j shares."""
+    parts = [struct.pack(">III", owner, recipient, len(shares))]
+    for seed_share, key_share in shares:
+        parts.append(seed_share.to_bytes())
+        parts.append(key_share.to_bytes())
+    return b"".join(parts)
+
+
+def decode_share_bundle(
+    data: bytes, *, owner: int, recipient: int, num_vectors: int, index: int
+) -> tuple[tuple[Share, Share], ...]:
+    """Parse and check a decrypted share bundle.
+
+    Raises:
+        ProtocolAbort: INVALID_SHARE when the layout, the names inside, the vector count or a
+            share index differ from what the recipient expects.
+    """
+    expected = 12 + 2 * SHARE_BYTES * num_vectors
+    if len(data) != expected:
+        raise ProtocolAbort(AbortReason.INVALID_SHARE, f"share bundle from {owner} is {len(data)} bytes")
+    got_owner, got_recipient, got_vectors = struct.unpack(">III", data[:12])
+    if (got_owner, got_recipient, got_vectors) != (owner, recipient, num_vectors):
+        raise ProtocolAbort(AbortReason.INVALID_SHARE, f"share bundle from {owner} names the wrong parties")
+    out = []
+    pos = 12
+    try:
+        for _ in range(num_vectors):
+            seed_share = Share.from_bytes(data[pos : pos + SHARE_BYTES])
+            key_share = Share.from_bytes(data[pos + SHARE_BYTES : pos + 2 * SHARE_BYTES])
+            pos += 2 * SHARE_BYTES
+            out.append((seed_share, key_share))
+    except InvalidShare as exc:
+        raise ProtocolAbort(AbortReason.INVALID_SHARE, f"share from {owner}: {exc}") from None
+    if any(s.index != index or k.index != index for s, k in out):
+        raise ProtocolAbort(AbortReason.INVALID_SHARE, f"share from {owner} carries the wrong index")
+    return tuple(out)
+
+
+def word_mask(bits: int) -> np.uint64:
+    """All-ones in the low `bits` bits: reduction modulo 2^bits of uint64 words."""
+    return np.uint64((1 << bits) - 1)
+
+
+def mask_sign(own: int, peer: int) -> int:
+    """+1 if the lower id adds the pairwise mask, -1 for the higher: each pair's masks cancel."""
+    return 1 if own < peer else -1
+
+
+def self_mask(seed: bytes, *, session: bytes, vector: int, count: int, bits: int) -> np.ndarray:
+    """PRG(b^j): the self mask of one client for vector j."""
+    return mask_words(self_mask_key(seed, session_id=session, vector_index=vector), count, bits=bits)
+
+
+def pairwise_mask(
+    own: X25519KeyPair, peer_public: bytes, *, session: bytes, vector: int, count: int, bits: int
+) -> np.ndarray:
+    """PRG(HKDF(X25519(s_sk_u^j, s_pk_v^j))): the same words at both ends of the pair.
+
+    Raises:
+        ProtocolAbort: INVALID_PUBLIC_KEY for a malformed or low-order peer key.
+    """
+    key = pairwise_mask_key(own.exchange(peer_public), session_id=session, vector_index=vector)
+    return mask_words(key, count, bits=bits)
+
+
+def masked_words(
+    words: np.ndarray,
+    *,
+    own_id: int,
+    seed: bytes,
+    mask_key: X25519KeyPair,
+    peers: Mapping[int, bytes],
+    session: bytes,
+    vector: int,
+    bits: int,
+) -> np.ndarray:
+    """y = x + PRG(b^j) + sum_v sign(u, v) PRG(k_uv^j) mod 2^bits, over the peers masked with.
+
+    uint64 arithmetic wraps modulo 2^64, a multiple of 2^bits, so one final reduction is exact.
+    """
+    count = words.shape[0]
+    y = words.astype(np.uint64, copy=True)
+    y += self_mask(seed, session=session, vector=vector, count=count, bits=bits)
+    for peer in sorted(peers):
+        m = pairwise_mask(mask_key, peers[peer], session=session, vector=vector, count=count, bits=bits)
+        if mask_sign(own_id, peer) > 0:
+            y += m
+        else:
+            y -= m
+    y &= word_mask(bits)
+    return y

@@ -1,0 +1,119 @@
+"""Round 0, server side: collect key advertisements, then send each client the roster and its
+neighbours' keys.
+
+Next states: ServerShareKeys, ServerAborted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from ...crypto.signing import verify_signature
+from ...exceptions import AbortReason, ProtocolAbort
+from ..config import SessionConfig
+from ..keys import advertisement_digest, session_id
+from ..messages import SERVER_ID, AbortMessage, AdvertiseKeys, KeysBroadcast, Message
+from .base import Rejection, ServerState, Transition, abort, reject
+
+__all__ = ["ServerAdvertiseKeys", "prune", "start_server"]
+
+
+def start_server(config: SessionConfig) -> ServerAdvertiseKeys:
+    """The server's first state for a session described by `config`."""
+    return ServerAdvertiseKeys(config=config, config_digest=config.digest(), graph=config.neighbours())
+
+
+def prune(members: frozenset[int], graph: Mapping[int, frozenset[int]], threshold: int) -> frozenset[int]:
+    """Drop, until none is left, every member that fewer than `threshold` members (itself included)
+    would hold shares for: its secrets could never be rebuilt, so it cannot take part safely."""
+    members = frozenset(members)
+    while True:
+        weak = {u for u in members if len((graph[u] & members) | {u}) < threshold}
+        if not weak:
+            return members
+        members -= weak
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ServerAdvertiseKeys(ServerState):
+    """Collecting `AdvertiseKeys` messages."""
+
+    config: SessionConfig
+    config_digest: bytes
+    graph: Mapping[int, frozenset[int]]
+    adverts: Mapping[int, AdvertiseKeys] = field(default_factory=dict)
+    excluded: frozenset[int] = frozenset()
+    rejections: tuple[Rejection, ...] = ()
+    accepts: ClassVar[tuple[type, ...]] = (AdvertiseKeys,)
+
+    def _handle(self, message: Message) -> ServerState:
+        sender = message.sender  # type: ignore[attr-defined]
+        if sender not in self.config.client_ids:
+            return replace(
+                self, rejections=reject(self.rejections, sender, AbortReason.UNKNOWN_PEER, "not invited")
+            )
+        if sender in self.excluded:
+            return self
+        if isinstance(message, AbortMessage):
+            return self._exclude(sender, message.reason, f"client aborted: {message.detail}")
+        if sender in self.adverts:
+            return self._exclude(sender, AbortReason.REPEATED_PEER, "advertised twice")
+        if message.num_vectors != self.config.num_vectors:
+            return self._exclude(sender, AbortReason.MALFORMED_MESSAGE, f"{message.num_vectors} mask keys")
+        if self.config.malicious:
+            try:
+                verify_signature(
+                    self.config.verify_key(sender),
+                    message.signature,
+                    message.signed_bytes(self.config_digest),
+                )
+            except ProtocolAbort as exc:
+                return self._exclude(sender, exc.reason, "advertisement signature does not verify")
+        keys = {message.encryption_key, *message.mask_keys}
+        if len(keys) != 1 + message.num_vectors or any(
+            keys & {a.encryption_key, *a.mask_keys} for a in self.adverts.values()
+        ):
+            return self._exclude(sender, AbortReason.DUPLICATE_KEY, "reuses a public key")
+        return replace(self, adverts={**self.adverts, sender: message})
+
+    def _exclude(self, sender: int, reason: AbortReason, detail: str) -> ServerAdvertiseKeys:
+        adverts = {k: v for k, v in self.adverts.items() if k != sender}
+        return replace(
+            self,
+            adverts=adverts,
+            excluded=self.excluded | {sender},
+            rejections=reject(self.rejections, sender, reason, detail),
+        )
+
+    def _close(self) -> Transition:
+        from .r1_share_keys import ServerShareKeys
+
+        t = self.config.threshold
+        advertised = frozenset(self.adverts)
+        present = prune(advertised, self.graph, t)
+        if len(present) < t:
+            return abort(
+                AbortReason.TOO_FEW_PEERS,
+                f"{len(present)} usable clients advertised keys; threshold {t}",
+                advertised,
+            )
+        roster = tuple(sorted((cid, advertisement_digest(self.adverts[cid])) for cid in present))
+        sid = session_id(self.config_digest, roster)
+        outgoing: dict[int, Message] = {}
+        for u in sorted(present):
+            neighbours = sorted(self.graph[u] & present)
+            outgoing[u] = KeysBroadcast(roster, tuple(self.adverts[v] for v in neighbours))
+        for u in sorted(advertised - present):
+            outgoing[u] = AbortMessage(
+                SERVER_ID, AbortReason.TOO_FEW_PEERS, "too few neighbours advertised keys"
+            )
+        state = ServerShareKeys(
+            config=self.config,
+            session_id=sid,
+            adverts={cid: self.adverts[cid] for cid in present},
+            graph=self.graph,
+            roster=present,
+        )
+        return state, outgoing

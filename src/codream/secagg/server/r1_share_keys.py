@@ -1,0 +1,95 @@
+"""Round 1, server side: collect every client's encrypted shares and relay them.
+
+A client that advertised keys but sends no shares is left out of the relay, so no one masks with
+it and nothing of it is ever needed to unmask. After that, any client fewer than t members would
+hold shares for is left out too, repeatedly, until the rest is stable.
+
+Next states: ServerMaskedInput (vector 0), ServerAborted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from ...exceptions import AbortReason
+from ..config import SessionConfig
+from ..messages import SERVER_ID, AbortMessage, AdvertiseKeys, Message, ShareKeys, SharesDelivery
+from .base import Rejection, ServerSession, ServerState, Transition, abort, reject
+from .r0_advertise_keys import prune
+
+__all__ = ["ServerShareKeys"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ServerShareKeys(ServerState):
+    """Collecting `ShareKeys` messages from the clients on the roster."""
+
+    config: SessionConfig
+    session_id: bytes
+    adverts: Mapping[int, AdvertiseKeys]
+    graph: Mapping[int, frozenset[int]]
+    roster: frozenset[int]
+    received: Mapping[int, ShareKeys] = field(default_factory=dict)
+    excluded: frozenset[int] = frozenset()
+    rejections: tuple[Rejection, ...] = ()
+    accepts: ClassVar[tuple[type, ...]] = (ShareKeys,)
+
+    def _handle(self, message: Message) -> ServerState:
+        sender = message.sender  # type: ignore[attr-defined]
+        if sender not in self.roster:
+            return replace(
+                self, rejections=reject(self.rejections, sender, AbortReason.UNKNOWN_PEER, "not on roster")
+            )
+        if sender in self.excluded:
+            return self
+        if isinstance(message, AbortMessage):
+            return self._exclude(sender, message.reason, f"client aborted: {message.detail}")
+        if sender in self.received:
+            return self._exclude(sender, AbortReason.REPEATED_PEER, "shared keys twice")
+        recipients = [r for r, _ in message.ciphertexts]
+        expected = self.graph[sender] & self.roster
+        if len(set(recipients)) != len(recipients) or set(recipients) != expected:
+            return self._exclude(
+                sender, AbortReason.MALFORMED_MESSAGE, "ciphertexts not one per listed neighbour"
+            )
+        return replace(self, received={**self.received, sender: message})
+
+    def _exclude(self, sender: int, reason: AbortReason, detail: str) -> ServerShareKeys:
+        return replace(
+            self,
+            received={k: v for k, v in self.received.items() if k != sender},
+            excluded=self.excluded | {sender},
+            rejections=reject(self.rejections, sender, reason, detail),
+        )
+
+    def _close(self) -> Transition:
+        from .r2_masked_input import ServerMaskedInput
+
+        t = self.config.threshold
+        sent = frozenset(self.received)
+        shared = prune(sent, self.graph, t)
+        if len(shared) < t:
+            return abort(
+                AbortReason.TOO_FEW_PEERS,
+                f"{len(shared)} usable clients shared keys; threshold {t}",
+                self.roster - self.excluded,
+            )
+        inbox: dict[int, list[tuple[int, bytes]]] = {u: [] for u in shared}
+        for sender in sorted(shared):
+            for recipient, blob in self.received[sender].ciphertexts:
+                if recipient in shared:
+                    inbox[recipient].append((sender, blob))
+        outgoing: dict[int, Message] = {u: SharesDelivery(tuple(inbox[u])) for u in sorted(shared)}
+        for u in sorted(sent - shared):
+            outgoing[u] = AbortMessage(SERVER_ID, AbortReason.TOO_FEW_PEERS, "too few neighbours shared keys")
+        session = ServerSession(
+            config=self.config,
+            session_id=self.session_id,
+            adverts=self.adverts,
+            graph=self.graph,
+            shared=shared,
+            peers={u: self.graph[u] & shared for u in shared},
+        )
+        return ServerMaskedInput.first(session), outgoing
