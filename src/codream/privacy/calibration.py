@@ -140,7 +140,9 @@ def calibrate_noise_multiplier(
     target_epsilon: float,
     delta: float,
     sample_rate: float,
-    steps: int,
+    steps: int | None = None,
+    rounds: int | None = None,
+    releases_per_round: int = 1,
     accountant: str = "rdp",
     tolerance: float = 1e-3,
 ) -> float:
@@ -149,14 +151,25 @@ def calibrate_noise_multiplier(
     Args:
         target_epsilon: epsilon to stay within.
         delta: target delta.
-        sample_rate, steps: the event and its count.
+        sample_rate: Poisson sampling rate q of each event.
+        steps: number of accounted events (DP-SGD steps, or rounds); `rounds` is the same for
+            client-level callers. Give exactly one.
+        releases_per_round: client-level: a round's releases compose into ONE event, so this does
+            not change the answer, which is the round's z_eff; each release then uses
+            z_eff * sqrt(releases_per_round) (see `per_release_noise_multiplier`).
         accountant: registry name of the accountant ("rdp", "prv").
         tolerance: relative width of the final bracket.
     Returns:
         z with epsilon_for(z) <= target_epsilon.
     Raises:
-        ConfigError: for a non-positive target, or a target no multiplier up to 1e4 meets.
+        ConfigError: for a non-positive target, both or neither of steps/rounds, or a target no
+            multiplier up to 1e4 meets.
     """
+    if (steps is None) == (rounds is None):
+        raise ConfigError("give exactly one of steps= (events) or rounds= (client-level rounds)")
+    steps = steps if steps is not None else rounds
+    if releases_per_round < 1:
+        raise ConfigError(f"releases_per_round must be >= 1, got {releases_per_round}")
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigError(f"target epsilon must be finite and > 0, got {target_epsilon}")
     if not (0 < tolerance < 1):

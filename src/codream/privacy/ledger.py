@@ -1,0 +1,343 @@
+"""The privacy ledger: budget enforcement before a round, a durable record after it.
+
+The ledger is asked *before* a round releases anything whether the round's privacy event still fits
+the target; if not it raises `PrivacyBudgetExceeded` and nothing happens (unless the user explicitly
+allowed overspending). After the round it records the event, the epsilon spent so far and the round's
+details, and (when it has a path) rewrites its JSON file atomically, so a crash loses nothing.
+
+Two granularities share the format:
+- client-level: the ledger holds the accountant; each round is one `PrivacyEvent` (z_eff, q).
+- example-level: each client's DP-SGD trainer holds its own accountant; the ledger records every
+  client's epsilon after the round and the maximum, which is the run's guarantee.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import ConfigError, PrivacyBudgetExceeded
+from .accountant import Accountant, PrivacyEvent, create_accountant
+
+__all__ = ["Granularity", "LedgerRound", "PrivacyLedger", "LEDGER_VERSION"]
+
+LEDGER_VERSION = 1
+
+
+class Granularity(enum.Enum):
+    CLIENT = "client"  # neighbouring data sets differ by one client's whole data
+    EXAMPLE = "example"  # neighbouring data sets differ by one training example of one client
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRound:
+    """What one round spent.
+
+    Attributes:
+        round_index: the federation round (0-based).
+        events: the accounted events of the round (client-level: one, (z_eff, q)).
+        epsilon: epsilon spent by the run up to and including this round (the maximum over clients
+            for example-level).
+        epsilon_increment: epsilon minus the previous round's.
+        client_epsilons: example-level only: each client's epsilon after this round.
+        details: numbers reported by the round (clipped counts, noise std, survivors, ...).
+        overspent: True when the round exceeded the target under an explicit override.
+    """
+
+    round_index: int
+    events: tuple[PrivacyEvent, ...]
+    epsilon: float
+    epsilon_increment: float
+    client_epsilons: dict[int, float] = field(default_factory=dict)
+    details: dict[str, float] = field(default_factory=dict)
+    overspent: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round_index,
+            "events": [e.to_dict() for e in self.events],
+            "epsilon": self.epsilon,
+            "epsilon_increment": self.epsilon_increment,
+            "client_epsilons": {str(k): v for k, v in sorted(self.client_epsilons.items())},
+            "details": dict(self.details),
+            "overspent": self.overspent,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LedgerRound:
+        try:
+            return cls(
+                round_index=int(data["round"]),
+                events=tuple(PrivacyEvent.from_dict(e) for e in data.get("events", [])),
+                epsilon=float(data["epsilon"]),
+                epsilon_increment=float(data.get("epsilon_increment", 0.0)),
+                client_epsilons={int(k): float(v) for k, v in data.get("client_epsilons", {}).items()},
+                details={str(k): float(v) for k, v in data.get("details", {}).items() if v is not None},
+                overspent=bool(data.get("overspent", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed ledger round {dict(data)!r}: {exc}") from None
+
+
+class PrivacyLedger:
+    """Budget enforcement and the round-by-round record of spent privacy.
+
+    Args:
+        delta: the delta every epsilon is stated at.
+        target_epsilon: the budget; None records without enforcing.
+        granularity: client- or example-level.
+        accountant: registry name of the accountant ("rdp", "prv") for client-level events; for
+            example-level, the name of the trainers' accountant, recorded for the report.
+        path: JSON file rewritten after every round; None keeps the ledger in memory.
+        allow_overspend: go on past the target (each such round is marked overspent).
+    Raises:
+        ConfigError: for an invalid delta or target.
+    """
+
+    def __init__(
+        self,
+        *,
+        delta: float,
+        target_epsilon: float | None = None,
+        granularity: Granularity | str = Granularity.CLIENT,
+        accountant: str = "rdp",
+        path: str | Path | None = None,
+        allow_overspend: bool = False,
+    ) -> None:
+        if not (0 < delta < 1):
+            raise ConfigError(f"delta must be in (0, 1), got {delta}")
+        if target_epsilon is not None and not (math.isfinite(target_epsilon) and target_epsilon > 0):
+            raise ConfigError(f"target epsilon must be finite and > 0, got {target_epsilon}")
+        try:
+            self.granularity = Granularity(granularity)
+        except ValueError:
+            raise ConfigError(
+                f"unknown granularity {granularity!r}; choose one of {[g.value for g in Granularity]}"
+            ) from None
+        self.delta = float(delta)
+        self.target_epsilon = target_epsilon
+        self.accountant_name = accountant
+        self._accountant: Accountant = create_accountant(accountant)
+        self.path = Path(path) if path is not None else None
+        self.allow_overspend = allow_overspend
+        self.rounds: list[LedgerRound] = []
+
+    # --- queries ---------------------------------------------------------------------------------------
+
+    @property
+    def spent(self) -> float:
+        """Epsilon spent so far at the ledger's delta."""
+        return self.rounds[-1].epsilon if self.rounds else 0.0
+
+    def epsilon(self, *, delta: float | None = None) -> float:
+        """Epsilon spent so far; at another delta only for client-level (recomputed from the events)."""
+        if delta is None or delta == self.delta:
+            return self.spent
+        if self.granularity is not Granularity.CLIENT:
+            raise ConfigError("example-level epsilon is recorded at the ledger's delta only")
+        return self._accountant.get_epsilon(delta=delta)
+
+    @property
+    def history(self) -> tuple[PrivacyEvent, ...]:
+        return self._accountant.history
+
+    # --- enforcement -----------------------------------------------------------------------------------
+
+    def prospective_epsilon(self, events: Sequence[PrivacyEvent]) -> float:
+        """Client-level epsilon after `events` were added; nothing is recorded."""
+        self._need(Granularity.CLIENT)
+        return self._accountant.epsilon_with(events, delta=self.delta)
+
+    def check(self, events: Sequence[PrivacyEvent], *, round_index: int | None = None) -> float:
+        """Refuse a client-level round whose events would exceed the target.
+
+        Returns:
+            the epsilon the run would have spent after the round.
+        Raises:
+            PrivacyBudgetExceeded: when it exceeds the target and overspending was not allowed.
+        """
+        return self.check_epsilon(self.prospective_epsilon(events), round_index=round_index)
+
+    def check_epsilon(self, prospective: float, *, round_index: int | None = None) -> float:
+        """Refuse a round after which the run would have spent `prospective` epsilon, if over target."""
+        if self.target_epsilon is not None and prospective > self.target_epsilon and not self.allow_overspend:
+            which = f"round {round_index}" if round_index is not None else "the next round"
+            raise PrivacyBudgetExceeded(
+                f"{which} would spend epsilon {prospective:.4g} at delta {self.delta:g} "
+                f"({self.granularity.value}-level, {self.accountant_name}), "
+                f"over the target {self.target_epsilon:g}; "
+                f"{len(self.rounds)} rounds fit the budget (spent {self.spent:.4g}). "
+                "Stop here, raise the target or the noise, or allow overspending explicitly."
+            )
+        return prospective
+
+    # --- recording -------------------------------------------------------------------------------------
+
+    def record_round(
+        self,
+        *,
+        round_index: int,
+        events: Sequence[PrivacyEvent],
+        details: Mapping[str, float] | None = None,
+    ) -> LedgerRound:
+        """Record a client-level round's events (call once the round has released anything)."""
+        self._need(Granularity.CLIENT)
+        for event in events:
+            self._accountant.add(event)
+        eps = self._accountant.get_epsilon(delta=self.delta)
+        return self._append(round_index, tuple(events), eps, {}, details)
+
+    def record_client_epsilons(
+        self,
+        *,
+        round_index: int,
+        client_epsilons: Mapping[int, float],
+        details: Mapping[str, float] | None = None,
+    ) -> LedgerRound:
+        """Record an example-level round: each client's epsilon so far (the run's is the maximum)."""
+        self._need(Granularity.EXAMPLE)
+        if not client_epsilons:
+            raise ConfigError("an example-level round needs at least one client's epsilon")
+        eps = max(float(v) for v in client_epsilons.values())
+        return self._append(
+            round_index, (), eps, {int(k): float(v) for k, v in client_epsilons.items()}, details
+        )
+
+    def update_details(self, round_index: int, details: Mapping[str, float]) -> None:
+        """Add numbers to an already recorded round (e.g. counts known only when the round closes)."""
+        for i, r in enumerate(self.rounds):
+            if r.round_index == round_index:
+                merged = {**r.details, **{k: float(v) for k, v in details.items()}}
+                self.rounds[i] = LedgerRound(
+                    r.round_index,
+                    r.events,
+                    r.epsilon,
+                    r.epsilon_increment,
+                    r.client_epsilons,
+                    merged,
+                    r.overspent,
+                )
+                self._save()
+                return
+        raise ConfigError(f"round {round_index} is not in the ledger")
+
+    def _append(
+        self,
+        round_index: int,
+        events: tuple[PrivacyEvent, ...],
+        eps: float,
+        client_eps: dict[int, float],
+        details: Mapping[str, float] | None,
+    ) -> LedgerRound:
+        entry = LedgerRound(
+            round_index=round_index,
+            events=events,
+            epsilon=eps,
+            epsilon_increment=eps - self.spent,
+            client_epsilons=client_eps,
+            details={k: float(v) for k, v in (details or {}).items()},
+            overspent=self.target_epsilon is not None and eps > self.target_epsilon,
+        )
+        self.rounds.append(entry)
+        self._save()
+        return entry
+
+    def _need(self, granularity: Granularity) -> None:
+        if self.granularity is not granularity:
+            raise ConfigError(
+                f"this is a {self.granularity.value}-level ledger; the call needs {granularity.value}-level"
+            )
+
+    # --- persistence -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": LEDGER_VERSION,
+            "granularity": self.granularity.value,
+            "accountant": self.accountant_name,
+            "delta": self.delta,
+            "target_epsilon": self.target_epsilon,
+            "allow_overspend": self.allow_overspend,
+            "epsilon": self.spent,
+            "rounds": [r.to_dict() for r in self.rounds],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a ledger saved by `to_dict` (for --resume); the accountant history is rebuilt.
+
+        Raises:
+            ConfigError: for another version, granularity, accountant or delta (named), or bad rounds.
+        """
+        if state.get("version") != LEDGER_VERSION:
+            raise ConfigError(f"ledger version {state.get('version')!r} is not {LEDGER_VERSION}")
+        for key, mine in (("granularity", self.granularity.value), ("accountant", self.accountant_name)):
+            if state.get(key) != mine:
+                raise ConfigError(f"ledger {key} {state.get(key)!r} does not match this run's {mine!r}")
+        if float(state.get("delta", -1)) != self.delta:
+            raise ConfigError(f"ledger delta {state.get('delta')!r} does not match this run's {self.delta:g}")
+        rounds = [LedgerRound.from_dict(r) for r in state.get("rounds", [])]
+        accountant = create_accountant(self.accountant_name)
+        for r in rounds:
+            for e in r.events:
+                accountant.add(e)
+        self.rounds, self._accountant = rounds, accountant
+
+    @classmethod
+    def load(cls, path: str | Path, *, path_for_updates: bool = True) -> PrivacyLedger:
+        """Read a ledger file (the ledger's own JSON, or a run summary holding it under "ledger")."""
+        data = read_ledger_json(path)
+        ledger = cls(
+            delta=float(data["delta"]),
+            target_epsilon=data.get("target_epsilon"),
+            granularity=data["granularity"],
+            accountant=data.get("accountant", "rdp"),
+            path=path if path_for_updates else None,
+            allow_overspend=bool(data.get("allow_overspend", False)),
+        )
+        ledger.load_state_dict(data)
+        return ledger
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2, allow_nan=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def read_ledger_json(path: str | Path) -> dict[str, Any]:
+    """The ledger dict in `path`: the ledger's own file, or a run summary that nests it under "ledger".
+
+    Raises:
+        ConfigError: when the file is missing, not JSON, or holds no ledger.
+    """
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no privacy ledger at {p}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the privacy ledger {p}: {exc}") from None
+    if isinstance(data, dict) and "rounds" not in data and isinstance(data.get("ledger"), dict):
+        data = data["ledger"]
+    if not isinstance(data, dict) or "rounds" not in data or "granularity" not in data:
+        raise ConfigError(f"{p} holds no privacy ledger (expected 'granularity' and 'rounds')")
+    return data
