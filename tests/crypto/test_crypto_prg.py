@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from codream.crypto.prg import keystream, mask_words
+from codream.crypto.prg import MaskAccumulator, keystream, mask_words
 from codream.exceptions import ConfigError
 
 
@@ -57,3 +57,45 @@ def test_words_are_writable_for_in_place_masking() -> None:
 def test_bad_arguments_are_refused(key: bytes, count: int, bits: int) -> None:
     with pytest.raises(ConfigError):
         mask_words(key, count, bits=bits)
+
+
+@pytest.mark.parametrize("bits", [8, 20, 32, 40, 64])
+def test_the_accumulator_equals_adding_and_subtracting_expanded_masks(bits: int) -> None:
+    count = 1000
+    modulus_mask = (1 << bits) - 1
+    x = mask_words(b"\x07" * 32, count, bits=bits)
+    keys = [bytes([i]) * 32 for i in range(1, 5)]
+    signs = [1, -1, -1, 1]
+    accumulator = MaskAccumulator(count, bits=bits)
+    accumulator.add_words(x)
+    expected = [int(v) for v in x]
+    for key, sign in zip(keys, signs, strict=True):
+        accumulator.add_mask(key, sign=sign)
+        expected = [
+            (e + sign * int(m)) & modulus_mask
+            for e, m in zip(expected, mask_words(key, count, bits=bits), strict=True)
+        ]
+    result = accumulator.result()
+    assert result.dtype == np.uint64
+    assert result.tolist() == expected
+
+
+def test_masks_larger_than_one_keystream_chunk_match_raw_aes() -> None:
+    key = bytes(range(32))
+    count = (1 << 20) // 4 + 5  # crosses the 1 MiB internal chunk
+    stream = _ecb_counter_stream(key, (4 * count + 15) // 16)
+    words = mask_words(key, count, bits=32)
+    assert words[-1] == int.from_bytes(stream[4 * (count - 1) : 4 * count], "little")
+    assert words[(1 << 18) - 1] == int.from_bytes(stream[(1 << 20) - 4 : 1 << 20], "little")
+
+
+def test_the_accumulator_refuses_bad_input() -> None:
+    accumulator = MaskAccumulator(3, bits=32)
+    with pytest.raises(ConfigError):
+        accumulator.add_words(np.zeros(4, dtype=np.uint64))
+    with pytest.raises(ConfigError):
+        accumulator.add_words(np.zeros(3, dtype=np.float64))
+    with pytest.raises(ConfigError):
+        accumulator.add_mask(b"k" * 32, sign=2)
+    with pytest.raises(ConfigError):
+        accumulator.add_mask(b"k" * 16)

@@ -12,10 +12,30 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..exceptions import ConfigError
 
-__all__ = ["KEY_LENGTH", "keystream", "mask_words"]
+__all__ = ["KEY_LENGTH", "MaskAccumulator", "keystream", "mask_words"]
 
 KEY_LENGTH = 32
 _ZERO_BLOCK = bytes(16)
+# Encrypting a shared, read-only zero buffer into a preallocated array is several times faster
+# than `encryptor.update(bytes(n))`, whose time goes to allocating and zeroing fresh memory.
+_CHUNK = 1 << 20
+_ZEROS = memoryview(bytes(_CHUNK))
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_LENGTH:
+        raise ConfigError(f"mask key must be {KEY_LENGTH} bytes, got {len(key)}")
+
+
+def _keystream_array(key: bytes, length: int) -> np.ndarray:
+    """The keystream as a writable uint8 array of `length` bytes (a view of a slightly longer one)."""
+    encryptor = Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_BLOCK)).encryptor()
+    # update_into needs room for one block beyond the input.
+    out = np.empty(length + 15, dtype=np.uint8)
+    for offset in range(0, length, _CHUNK):
+        n = min(_CHUNK, length - offset)
+        encryptor.update_into(_ZEROS[:n], out[offset : offset + n + 15])
+    return out[:length]
 
 
 def keystream(key: bytes, length: int) -> bytes:
@@ -27,12 +47,23 @@ def keystream(key: bytes, length: int) -> bytes:
     Raises:
         ConfigError: the key is not 32 bytes or `length` is negative.
     """
-    if len(key) != KEY_LENGTH:
-        raise ConfigError(f"mask key must be {KEY_LENGTH} bytes, got {len(key)}")
+    _check_key(key)
     if length < 0:
         raise ConfigError(f"keystream length must be >= 0, got {length}")
-    encryptor = Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_BLOCK)).encryptor()
-    return encryptor.update(bytes(length))
+    return _keystream_array(key, length).tobytes()
+
+
+def _check_words(count: int, bits: int) -> None:
+    if not isinstance(bits, int) or not 1 <= bits <= 64:
+        raise ConfigError(f"bits must be in 1..64, got {bits}")
+    if count < 0:
+        raise ConfigError(f"word count must be >= 0, got {count}")
+
+
+def _raw_words(key: bytes, count: int, bits: int) -> np.ndarray:
+    """Unreduced keystream words: little-endian uint32 for bits <= 32, else uint64."""
+    width = 4 if bits <= 32 else 8
+    return _keystream_array(key, width * count).view("<u4" if width == 4 else "<u8")
 
 
 def mask_words(key: bytes, count: int, *, bits: int) -> np.ndarray:
@@ -53,16 +84,70 @@ def mask_words(key: bytes, count: int, *, bits: int) -> np.ndarray:
     Raises:
         ConfigError: bad key length, negative count or `bits` outside 1..64.
     """
-    if not 1 <= bits <= 64:
-        raise ConfigError(f"bits must be in 1..64, got {bits}")
-    if count < 0:
-        raise ConfigError(f"word count must be >= 0, got {count}")
-    if bits <= 32:
-        words = np.frombuffer(keystream(key, 4 * count), dtype="<u4").astype(np.uint64)
-        if bits < 32:
-            words &= np.uint64((1 << bits) - 1)
-        return words
-    words = np.frombuffer(keystream(key, 8 * count), dtype="<u8").astype(np.uint64)
-    if bits < 64:
+    _check_words(count, bits)
+    _check_key(key)
+    words = _raw_words(key, count, bits).astype(np.uint64)
+    if bits not in (32, 64):
         words &= np.uint64((1 << bits) - 1)
     return words
+
+
+class MaskAccumulator:
+    """x + sum of ± masks modulo 2^bits, without materialising any mask as uint64.
+
+    The fast path of masking: keystream words are added straight into an accumulator of the
+    narrowest native width whose wrap-around is a multiple of 2^bits (uint32 for bits <= 32,
+    uint64 otherwise), so each mask costs one AES pass and one in-place add. Words are reduced
+    to `bits` bits once, in :meth:`result`. The result equals
+    ``(x + sum(sign * mask_words(key, count, bits=bits))) mod 2^bits``.
+
+    Args:
+        count: words per vector.
+        bits: ring width, 1..64.
+
+    Raises:
+        ConfigError: negative count or `bits` outside 1..64.
+    """
+
+    __slots__ = ("_acc", "bits", "count")
+
+    def __init__(self, count: int, *, bits: int) -> None:
+        _check_words(count, bits)
+        self.count = count
+        self.bits = bits
+        self._acc = np.zeros(count, dtype=np.uint32 if bits <= 32 else np.uint64)
+
+    def add_words(self, words: np.ndarray) -> None:
+        """Add plain ring elements (e.g. the encoded input).
+
+        Raises:
+            ConfigError: `words` is not an unsigned integer array of length `count`.
+        """
+        words = np.asarray(words)
+        if words.shape != (self.count,) or words.dtype.kind != "u":
+            raise ConfigError(
+                f"expected {self.count} unsigned words, got {words.dtype} of shape {words.shape}"
+            )
+        np.add(self._acc, words, out=self._acc, casting="unsafe")
+
+    def add_mask(self, key: bytes, *, sign: int = 1) -> None:
+        """Add (sign = +1) or subtract (sign = -1) the mask ``mask_words(key, count, bits=bits)``.
+
+        Raises:
+            ConfigError: bad key length or a sign other than ±1.
+        """
+        _check_key(key)
+        if sign not in (1, -1):
+            raise ConfigError(f"sign must be +1 or -1, got {sign}")
+        raw = _raw_words(key, self.count, self.bits)
+        if sign > 0:
+            np.add(self._acc, raw, out=self._acc, casting="unsafe")
+        else:
+            np.subtract(self._acc, raw, out=self._acc, casting="unsafe")
+
+    def result(self) -> np.ndarray:
+        """The accumulated words, uint64 in [0, 2^bits)."""
+        words = self._acc.astype(np.uint64)
+        if self.bits not in (32, 64):
+            words &= np.uint64((1 << self.bits) - 1)
+        return words
