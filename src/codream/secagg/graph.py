@@ -199,6 +199,7 @@ def choose_parameters(
     corrupt_fraction: float,
     security_bits: float = 40.0,
     correctness_bits: float = 20.0,
+    complete: bool = False,
 ) -> GraphParameters:
     """Smallest degree k, and the smallest threshold t for it, that meet both failure targets.
 
@@ -229,6 +230,7 @@ def choose_parameters(
         corrupt_fraction: γ in [0, 1).
         security_bits: σ, the security target is 2^-σ.
         correctness_bits: η, the correctness target is 2^-η.
+        complete: only consider the complete graph (k = n - 1), i.e. choose t for SecAgg.
 
     Returns:
         The parameters and the failure bounds they achieve.
@@ -247,7 +249,7 @@ def choose_parameters(
         raise ConfigError("security_bits and correctness_bits must be positive")
     security_target = 2.0**-security_bits
     correctness_target = 2.0**-correctness_bits
-    candidates = list(range(2, n - 1, 2)) + [n - 1]
+    candidates = [n - 1] if complete else list(range(2, n - 1, 2)) + [n - 1]
     for k in candidates:
         ts, security, correctness = _failure_bounds(n, k, dropout_rate, corrupt_fraction)
         ok = np.flatnonzero((security <= security_target) & (correctness <= correctness_target))
