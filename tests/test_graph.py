@@ -137,3 +137,9 @@ def test_too_few_clients_for_the_correctness_target_fall_back_to_the_complete_gr
 def test_unusable_parameter_requests_are_refused(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         choose_parameters(**kwargs)
+
+
+def test_asking_for_the_complete_graph_only_chooses_its_threshold() -> None:
+    p = choose_parameters(200, dropout_rate=0.1, corrupt_fraction=0.1, complete=True)
+    assert p.k == 199 and 2 * p.threshold > 199 + 20
+    assert p.correctness_failure <= 2.0**-20
