@@ -1,0 +1,275 @@
+"""Example-level DP (cross-silo): each client trains with DP-SGD through Opacus, with its own accountant.
+
+The unit of privacy is one training example of one client. Cross-entropy steps on private data go
+through Opacus (`GradSampleModule` per-example gradients, `DPOptimizer` clipping and Gaussian noise)
+on Poisson-sampled batches, and every such step is one event in the client's accountant. Everything the
+client then releases (dream gradients, soft labels) is post-processing of a DP model, *except* what
+reads private data directly: BatchNorm running statistics. So this mode refuses BatchNorm models
+(build them with ``norm="group"``) and the dream loss must drop its BatchNorm term (``w_bn = 0``).
+
+Knowledge-distillation steps on dreams and aggregated soft labels read no private data: they run
+through a separate, plain optimiser with the per-example hooks switched off, so they neither spend
+budget nor touch the DP optimiser's state.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import Tensor, nn
+
+from ..distill import kd_loss
+from ..exceptions import ConfigError
+from .accountant import Accountant, PrivacyEvent, create_accountant
+from .ledger import Granularity, LedgerRound, PrivacyLedger
+
+__all__ = [
+    "DPSGDTrainer",
+    "check_example_level_model",
+    "check_example_round",
+    "record_example_round",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _quiet_hooks() -> Iterator[None]:
+    # Opacus' backward hooks stay registered while disabled; torch warns that they fire on inputs that
+    # need no gradient, which is expected here and says nothing about privacy.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
+
+
+def check_example_level_model(model: nn.Module) -> None:
+    """Refuse a model example-level DP-SGD cannot train privately.
+
+    Raises:
+        ConfigError: for BatchNorm (its batch statistics mix examples, so per-example gradients do not
+            exist, and its running statistics leak private data into what the client releases), naming
+            the fix, or for any other module Opacus' validator rejects.
+    """
+    batchnorms = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if batchnorms:
+        shown = ", ".join(batchnorms[:3]) + (" ..." if len(batchnorms) > 3 else "")
+        raise ConfigError(
+            f"example-level DP cannot use BatchNorm (found {len(batchnorms)} layers: {shown}): its "
+            "statistics mix examples and its running statistics read private data directly. Build the "
+            'model with norm="group" (or norm="none") and set the dream loss weight w_bn = 0.'
+        )
+    # Opacus accepts InstanceNorm with running statistics, but those buffers are private data too.
+    tracking = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats
+    ]
+    if tracking:
+        raise ConfigError(
+            f"example-level DP cannot use normalisation with running statistics ({', '.join(tracking[:3])}): "
+            'they read private data directly. Use norm="group" (or track_running_stats=False).'
+        )
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ConfigError("example-level DP cannot train this model: " + "; ".join(str(e) for e in errors))
+
+
+class DPSGDTrainer:
+    """A `LocalTrainer` whose cross-entropy steps are DP-SGD (Opacus) and whose KD steps are plain SGD.
+
+    Args:
+        model: the client's model (GroupNorm or no normalisation); trained in place.
+        x_train: (N, C, H, W) local inputs; y_train: (N,) labels.
+        generator: the client's torch.Generator, used for Poisson batch sampling.
+        noise_multiplier: DP-SGD noise std / max_grad_norm.
+        max_grad_norm: per-example gradient clip norm.
+        batch_size: expected Poisson batch size (sample rate q = batch_size / N).
+        lr, momentum: DP-SGD optimiser settings.
+        kd_lr, kd_momentum: the separate KD optimiser's settings (default: same lr, momentum 0.9).
+        accountant: "prv" (default) or "rdp".
+        delta: the delta `epsilon()` reports at.
+        noise_seed: seed of the DP noise generator for reproducible tests; None keys it from the OS.
+    Raises:
+        ConfigError: for a BatchNorm (or otherwise unsupported) model or invalid settings.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x_train: Tensor,
+        y_train: Tensor,
+        generator: torch.Generator,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float = 1.0,
+        batch_size: int = 64,
+        lr: float = 0.05,
+        momentum: float = 0.0,
+        kd_lr: float | None = None,
+        kd_momentum: float = 0.9,
+        accountant: str = "prv",
+        delta: float = 1e-5,
+        noise_seed: int | None = None,
+    ) -> None:
+        check_example_level_model(model)
+        n = int(x_train.shape[0])
+        if n == 0 or y_train.shape[0] != n:
+            raise ConfigError(f"need matching, non-empty local data, got {n} and {y_train.shape[0]}")
+        if not (1 <= batch_size <= n):
+            raise ConfigError(f"batch_size must be in [1, {n}], got {batch_size}")
+        if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+            raise ConfigError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier}")
+        if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+            raise ConfigError(f"max_grad_norm must be finite and > 0, got {max_grad_norm}")
+        if not (0 < delta < 1):
+            raise ConfigError(f"delta must be in (0, 1), got {delta}")
+        self.model = model
+        self.x_train, self.y_train = x_train, y_train
+        self.generator = generator
+        self.batch_size = batch_size
+        self.sample_rate = batch_size / n
+        self.delta = delta
+        self.accountant: Accountant = create_accountant(accountant)
+        seed = noise_seed if noise_seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        self.noise_generator = torch.Generator().manual_seed(seed)
+        # Hooks stay off except inside ce_step: dream gradients and KD must never leave per-example
+        # gradients behind for the next DP step to pick up.
+        self._gsm = GradSampleModule(model, loss_reduction="mean")
+        self._gsm.disable_hooks()
+        self.dp_optimizer = DPOptimizer(
+            torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum),
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=batch_size,
+            loss_reduction="mean",
+            generator=self.noise_generator,
+        )
+        self.dp_optimizer.attach_step_hook(self._account)
+        self.kd_optimizer = torch.optim.SGD(
+            model.parameters(), lr=kd_lr if kd_lr is not None else lr, momentum=kd_momentum
+        )
+        self.empty_batches = 0
+
+    def _account(self, optimizer: DPOptimizer) -> None:
+        if optimizer.noise_multiplier > 0:
+            self.accountant.step(noise_multiplier=optimizer.noise_multiplier, sample_rate=self.sample_rate)
+        else:
+            logger.warning("DP-SGD step with noise multiplier 0: no privacy guarantee")
+
+    def _clear_grads(self) -> None:
+        for p in self.model.parameters():
+            p.grad = None
+            for attr in ("grad_sample", "summed_grad"):
+                if hasattr(p, attr):
+                    setattr(p, attr, None)
+
+    def ce_step(self) -> float:
+        """One DP-SGD step on a Poisson-sampled batch (each example in with probability q)."""
+        self.model.train()
+        self.dp_optimizer.zero_grad(set_to_none=True)
+        self._clear_grads()
+        n = self.x_train.shape[0]
+        chosen = torch.nonzero(torch.rand(n, generator=self.generator) < self.sample_rate).flatten()
+        if chosen.numel() == 0:
+            # An empty Poisson batch is still a step: zero per-example gradients, then noise only.
+            self.empty_batches += 1
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.grad_sample = torch.zeros((1, *p.shape), dtype=p.dtype, device=p.device)
+            self.dp_optimizer.step()
+            self._clear_grads()
+            return float("nan")
+        self._gsm.enable_hooks()
+        try:
+            loss = F.cross_entropy(self._gsm(self.x_train[chosen]), self.y_train[chosen])
+            with _quiet_hooks():
+                loss.backward()
+        finally:
+            self._gsm.disable_hooks()
+        self.dp_optimizer.step()
+        self._clear_grads()
+        return float(loss.detach())
+
+    def kd_step(self, x: Tensor, y_soft: Tensor, temperature: float) -> float:
+        """One plain SGD step of KD on dreams: no noise, no accounting, the DP optimiser untouched."""
+        self.model.train()
+        self._clear_grads()
+        loss = kd_loss(self.model(x), y_soft, temperature)
+        with _quiet_hooks():
+            loss.backward()
+        self.kd_optimizer.step()
+        self._clear_grads()
+        return float(loss.detach())
+
+    def epsilon(self, *, delta: float | None = None) -> float:
+        """Epsilon this client has spent so far."""
+        return self.accountant.get_epsilon(delta=self.delta if delta is None else delta)
+
+    def epsilon_after(self, steps: int, *, delta: float | None = None) -> float:
+        """Epsilon after `steps` more DP-SGD steps (nothing is recorded)."""
+        event = PrivacyEvent(
+            noise_multiplier=self.dp_optimizer.noise_multiplier, sample_rate=self.sample_rate, steps=steps
+        )
+        return self.accountant.epsilon_with([event], delta=self.delta if delta is None else delta)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "dp_optimizer": copy.deepcopy(self.dp_optimizer.original_optimizer.state_dict()),
+            "kd_optimizer": copy.deepcopy(self.kd_optimizer.state_dict()),
+            "accountant": self.accountant.state_dict(),
+            "generator": self.generator.get_state(),
+            "noise_generator": self.noise_generator.get_state(),
+            "empty_batches": self.empty_batches,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.dp_optimizer.original_optimizer.load_state_dict(copy.deepcopy(state["dp_optimizer"]))
+        self.kd_optimizer.load_state_dict(copy.deepcopy(state["kd_optimizer"]))
+        self.accountant.load_state_dict(state["accountant"])
+        self.generator.set_state(state["generator"])
+        self.noise_generator.set_state(state["noise_generator"])
+        self.empty_batches = int(state["empty_batches"])
+
+
+def check_example_round(
+    ledger: PrivacyLedger, trainers: Mapping[int, DPSGDTrainer], *, steps: int, round_index: int
+) -> float:
+    """Refuse a round in which each client's `steps` more DP-SGD steps would push the maximum over target.
+
+    Returns:
+        the largest epsilon any client would have after the round.
+    Raises:
+        PrivacyBudgetExceeded: when that exceeds the ledger's target (and overspending is not allowed).
+    """
+    if ledger.granularity is not Granularity.EXAMPLE:
+        raise ConfigError("example-level budgets need an example-level ledger")
+    worst = max((t.epsilon_after(steps, delta=ledger.delta) for t in trainers.values()), default=0.0)
+    return ledger.check_epsilon(worst, round_index=round_index)
+
+
+def record_example_round(
+    ledger: PrivacyLedger,
+    trainers: Mapping[int, DPSGDTrainer],
+    *,
+    round_index: int,
+    details: Mapping[str, float] | None = None,
+) -> LedgerRound:
+    """Record every client's epsilon after a round; the run's epsilon is their maximum."""
+    return ledger.record_client_epsilons(
+        round_index=round_index,
+        client_epsilons={cid: t.epsilon(delta=ledger.delta) for cid, t in trainers.items()},
+        details=details,
+    )

@@ -1,0 +1,136 @@
+"""Example-level DP: Opacus DP-SGD for cross-entropy, plain KD on dreams, per-client epsilon."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from codream.exceptions import ConfigError, PrivacyBudgetExceeded
+from codream.models import build_model
+from codream.privacy import PrivacyEvent, epsilon_for
+from codream.privacy.example_level import DPSGDTrainer, check_example_round, record_example_round
+from codream.privacy.ledger import PrivacyLedger
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(n: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _trainer(seed: int = 0, **kwargs) -> DPSGDTrainer:
+    x, y = _data(seed=0)  # the same private data; model, sampling and noise seeds differ
+    model = build_model("cnn", SHAPE, 10, norm="group", seed=seed)
+    options = {"noise_multiplier": 1.1, "batch_size": 20, "accountant": "rdp", "noise_seed": seed, **kwargs}
+    return DPSGDTrainer(model, x, y, torch.Generator().manual_seed(seed), **options)
+
+
+def test_a_batchnorm_model_is_rejected_with_a_message_that_names_the_fix():
+    x, y = _data()
+    model = build_model("cnn", SHAPE, 10, norm="batch", seed=0)
+    with pytest.raises(ConfigError, match='BatchNorm.*norm="group"'):
+        DPSGDTrainer(model, x, y, torch.Generator(), noise_multiplier=1.0)
+
+
+def test_other_modules_that_read_private_statistics_or_that_opacus_refuses_are_rejected_too():
+    x, y = _data()
+    tracking = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.InstanceNorm2d(4, track_running_stats=True), nn.Flatten(), nn.Linear(144, 10)
+    )
+    with pytest.raises(ConfigError, match="running statistics"):
+        DPSGDTrainer(tracking, x, y, torch.Generator(), noise_multiplier=1.0)
+    with pytest.raises(ConfigError, match="example-level DP cannot train this model.*LSTM"):
+        DPSGDTrainer(nn.LSTM(8, 10), x, y, torch.Generator(), noise_multiplier=1.0)
+
+
+def test_each_cross_entropy_step_is_one_accounted_sampled_gaussian_event():
+    trainer = _trainer()
+    for _ in range(5):
+        trainer.ce_step()
+    assert trainer.accountant.history == (PrivacyEvent(noise_multiplier=1.1, sample_rate=0.1, steps=5),)
+    expected = epsilon_for(noise_multiplier=1.1, sample_rate=0.1, steps=5, delta=1e-5, accountant="rdp")
+    assert trainer.epsilon() == pytest.approx(expected)
+
+
+def test_kd_steps_train_the_model_but_leave_the_accountant_and_the_dp_optimiser_untouched():
+    trainer = _trainer()
+    trainer.ce_step()
+    history = trainer.accountant.history
+    dp_state = (
+        {k: v.clone() for k, v in trainer.dp_optimizer.original_optimizer.state_dict()["state"][0].items()}
+        if trainer.dp_optimizer.original_optimizer.state_dict()["state"]
+        else {}
+    )
+    noise_state = trainer.noise_generator.get_state().clone()
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    g = torch.Generator().manual_seed(9)
+    for _ in range(3):
+        trainer.kd_step(torch.randn(16, *SHAPE, generator=g), torch.randn(16, 10, generator=g), 4.0)
+    assert trainer.accountant.history == history
+    assert torch.equal(trainer.noise_generator.get_state(), noise_state)  # no DP noise was drawn
+    after_state = trainer.dp_optimizer.original_optimizer.state_dict()["state"]
+    for k, v in dp_state.items():
+        assert torch.equal(after_state[0][k], v)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    assert all(getattr(p, "grad_sample", None) is None and p.grad is None for p in trainer.model.parameters())
+    trainer.ce_step()  # DP-SGD still works after KD (no stale per-example gradients)
+    assert len(trainer.accountant) == 2
+
+
+def test_an_empty_poisson_batch_is_still_a_noisy_accounted_step():
+    x, y = _data(n=200)
+    model = build_model("mlp", SHAPE, 10, seed=0)
+    trainer = DPSGDTrainer(
+        model,
+        x,
+        y,
+        torch.Generator().manual_seed(1),
+        noise_multiplier=1.0,
+        batch_size=1,
+        accountant="rdp",
+        noise_seed=1,
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(10):
+        trainer.ce_step()
+    assert trainer.empty_batches > 0
+    assert len(trainer.accountant) == 10
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_state_round_trips_to_the_same_next_step():
+    a = _trainer(seed=3)
+    a.ce_step()
+    state = a.state_dict()
+    b = _trainer(seed=4)
+    b.load_state_dict(state)
+    assert a.ce_step() == pytest.approx(b.ce_step())
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.allclose(p, q)
+    assert a.accountant.history == b.accountant.history
+
+
+def test_each_clients_epsilon_and_the_maximum_are_recorded_and_enforced():
+    trainers = {0: _trainer(seed=0), 1: _trainer(seed=1, batch_size=40)}
+    for _ in range(3):
+        trainers[0].ce_step()
+        trainers[1].ce_step()
+    ledger = PrivacyLedger(
+        delta=1e-5, target_epsilon=trainers[1].epsilon_after(2), granularity="example", accountant="rdp"
+    )
+    entry = record_example_round(ledger, trainers, round_index=0)
+    assert entry.client_epsilons == {0: trainers[0].epsilon(), 1: trainers[1].epsilon()}
+    assert entry.epsilon == max(entry.client_epsilons.values()) == trainers[1].epsilon()
+    check_example_round(ledger, trainers, steps=1, round_index=1)
+    with pytest.raises(PrivacyBudgetExceeded):
+        check_example_round(ledger, trainers, steps=3, round_index=1)
