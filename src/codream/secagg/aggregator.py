@@ -236,6 +236,9 @@ class _SecureRound(AggregationRound):
         saturated: dict[int, int] = {}
         for cid in sorted(vectors):
             vector, clipped[cid] = clip_l2(np.asarray(vectors[cid], dtype=np.float64), spec.clip_norm)
+            # No coordinate of an L2-clipped vector exceeds clip_norm, except by the last bit of float
+            # rounding in the rescaling; clamp that bit rather than report it as saturation.
+            vector = np.clip(vector, -spec.clip_norm, spec.clip_norm)
             encoded = codec.encode(vector, rng=self._rng)
             saturated[cid] = encoded.saturated
             w = encoded.words

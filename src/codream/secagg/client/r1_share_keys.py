@@ -57,10 +57,10 @@ class ShareKeysState(ClientState):
         ctx, config, me = self.ctx, self.ctx.config, self.ctx.client_id
         held: dict[int, tuple[tuple[Share, Share], ...]] = {me: self.own_shares}
         for sender, blob in message.ciphertexts:
-            if sender in held:
-                raise ProtocolAbort(AbortReason.REPEATED_PEER, f"two share ciphertexts from client {sender}")
             if sender not in self.share_keys:
                 raise ProtocolAbort(AbortReason.UNKNOWN_PEER, f"shares from client {sender}, not a neighbour")
+            if sender in held:
+                raise ProtocolAbort(AbortReason.REPEATED_PEER, f"two share ciphertexts from client {sender}")
             plaintext = open_sealed(
                 self.share_keys[sender],
                 blob,
