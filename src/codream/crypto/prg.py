@@ -28,9 +28,12 @@ def _check_key(key: bytes) -> None:
 
 
 def _keystream_array(key: bytes, length: int) -> np.ndarray:
-    """The keystream as a writable uint8 array of `length` bytes (a view of a slightly longer one)."""
+    """The keystream as a uint8 array of `length` bytes (possibly read-only)."""
     encryptor = Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_BLOCK)).encryptor()
-    # update_into needs room for one block beyond the input.
+    if length <= _CHUNK:
+        return np.frombuffer(encryptor.update(_ZEROS[:length]), dtype=np.uint8)
+    # Longer streams go chunk by chunk into one preallocated array; update_into needs room for
+    # one block beyond its input.
     out = np.empty(length + 15, dtype=np.uint8)
     for offset in range(0, length, _CHUNK):
         n = min(_CHUNK, length - offset)

@@ -1,0 +1,14 @@
+"""Cost of secure aggregation: seconds and bytes per client and server, against the PRG bound and Flower.
+
+    .venv/bin/python benchmarks/secagg_cost.py --quick --output benchmarks/results/secagg_cost.md
+    .venv/bin/python benchmarks/secagg_cost.py --json          # full grid, rows as JSON
+
+The logic lives in `codream.bench.secagg` (also `codream bench secagg`).
+"""
+
+from __future__ import annotations
+
+from codream.bench.secagg import cli
+
+if __name__ == "__main__":
+    cli()
