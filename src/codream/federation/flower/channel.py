@@ -1,0 +1,156 @@
+"""The ServerApp's side of the wire: send one engine payload per client, collect answers, with a deadline.
+
+`ClientChannel` is what an engine's server logic talks to; it knows clients by their codream ids.
+A client that does not answer a step within the step timeout, answers with a Flower error, or whose
+answer does not decode, is dropped for the rest of the run: it is never asked again, and the protocol
+goes on with the others if enough remain (the engine decides what "enough" is).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from ...exceptions import CodreamError, InvalidMessage
+from .wire import Payload, decode, encode
+
+__all__ = ["ClientChannel", "FlowerChannel", "Transport"]
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """Moves one request per node and returns the answers that arrived in time, by node."""
+
+    def node_ids(self) -> list[int]: ...
+
+    def exchange(self, requests: Mapping[int, bytes], *, timeout: float) -> dict[int, bytes]: ...
+
+
+class FlowerChannel:
+    """A `Transport` over a Flower `Grid`: one `query.codream` message per node, polled replies.
+
+    Args:
+        grid: the ServerApp's grid.
+        poll_interval: seconds between pulls for replies (Flower's own `send_and_receive` waits 3 s).
+    """
+
+    def __init__(self, grid, *, poll_interval: float = 0.05) -> None:
+        self.grid = grid
+        self.poll_interval = poll_interval
+
+    def node_ids(self) -> list[int]:
+        return sorted(int(n) for n in self.grid.get_node_ids())
+
+    def exchange(self, requests: Mapping[int, bytes], *, timeout: float) -> dict[int, bytes]:
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        from .clientapp import ACTION, PAYLOAD, RECORD
+
+        messages = [
+            Message(
+                RecordDict({RECORD: ConfigRecord({PAYLOAD: body})}),
+                dst_node_id=node,
+                message_type=f"query.{ACTION}",
+                ttl=max(60.0, 2 * timeout),
+            )
+            for node, body in requests.items()
+        ]
+        ids = list(self.grid.push_messages(messages))
+        pending = {mid: node for mid, node in zip(ids, requests, strict=True) if mid}
+        answers: dict[int, bytes] = {}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                node = pending.pop(reply.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue
+                if reply.has_error():
+                    log.warning("node %d answered with a Flower error: %s", node, reply.error.reason)
+                    continue
+                try:
+                    body = reply.content.config_records[RECORD][PAYLOAD]
+                except KeyError:
+                    log.warning("node %d answered without a codream payload", node)
+                    continue
+                if isinstance(body, bytes):
+                    answers[node] = body
+            if pending:
+                time.sleep(self.poll_interval)
+        for node in pending.values():
+            log.warning("node %d did not answer within %.1f s", node, timeout)
+        return answers
+
+
+class ClientChannel:
+    """Clients by codream id over a `Transport`; tracks who has been dropped.
+
+    Args:
+        transport: moves bytes to nodes.
+        nodes: codream client id -> transport node id.
+        step_timeout: seconds each protocol step waits for answers.
+    """
+
+    def __init__(self, transport: Transport, nodes: Mapping[int, int], *, step_timeout: float) -> None:
+        self.transport = transport
+        self.nodes = dict(nodes)
+        self.step_timeout = step_timeout
+        self.dropped: dict[int, str] = {}
+        self.bytes_sent: dict[int, int] = dict.fromkeys(self.nodes, 0)
+        self.bytes_received: dict[int, int] = dict.fromkeys(self.nodes, 0)
+
+    @property
+    def alive(self) -> list[int]:
+        return sorted(c for c in self.nodes if c not in self.dropped)
+
+    def drop(self, client: int, why: str) -> None:
+        if client not in self.dropped:
+            log.warning("client %d dropped: %s", client, why)
+            self.dropped[client] = why
+
+    def exchange(
+        self, requests: Mapping[int, Payload], *, timeout: float | None = None, errors_drop: bool = True
+    ) -> dict[int, Payload]:
+        """Send each alive client its request; return the decoded answers of those that answered.
+
+        Clients that time out, fail in transport, or send undecodable bytes are dropped. An answer
+        of kind "error" drops the client too unless `errors_drop` is False (then it is returned).
+        """
+        wanted = {c: p for c, p in requests.items() if c not in self.dropped}
+        unknown = set(wanted) - set(self.nodes)
+        if unknown:
+            raise CodreamError(f"requests for unknown clients {sorted(unknown)}")
+        raw = {self.nodes[c]: encode(p) for c, p in wanted.items()}
+        for c in wanted:
+            self.bytes_received[c] += len(raw[self.nodes[c]])
+        by_node = self.transport.exchange(raw, timeout=self.step_timeout if timeout is None else timeout)
+        answers: dict[int, Payload] = {}
+        for c in wanted:
+            body = by_node.get(self.nodes[c])
+            if body is None:
+                self.drop(c, f"no answer to {wanted[c].kind!r}")
+                continue
+            self.bytes_sent[c] += len(body)
+            try:
+                payload = decode(body)
+            except InvalidMessage as err:
+                self.drop(c, f"undecodable answer to {wanted[c].kind!r}: {err}")
+                continue
+            if payload.kind == "error" and errors_drop:
+                self.drop(
+                    c,
+                    f"error on {wanted[c].kind!r}: {payload.fields.get('type')}: "
+                    f"{payload.fields.get('detail')}",
+                )
+                continue
+            answers[c] = payload
+        return answers
+
+    def broadcast(
+        self, payload: Payload, clients: Iterable[int] | None = None, **kwargs
+    ) -> dict[int, Payload]:
+        """The same request to every alive client (or to `clients`)."""
+        targets = self.alive if clients is None else [c for c in clients if c not in self.dropped]
+        return self.exchange({c: payload for c in targets}, **kwargs)

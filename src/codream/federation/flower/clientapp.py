@@ -1,0 +1,121 @@
+"""The Flower ClientApp: relays each engine message to this node's codream worker.
+
+Flower runs this in a fresh process per message. The first message of a run starts the worker (see
+`worker.py`) and keeps its socket address and a random 32-byte authentication key in the node's run
+context (which the SuperNode holds in memory on this machine); later messages connect to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Client
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from .wire import decode, encode
+from .worker import error_payload
+
+__all__ = ["app"]
+
+log = logging.getLogger(__name__)
+
+#: Record and key names inside Flower messages and the node context.
+RECORD = "codream"
+PAYLOAD = "payload"
+WORKER_STATE = "codream-worker"
+ACTION = "codream"
+#: When set (the local harness sets it), workers write their logs into this folder.
+LOG_DIR_ENV = "CODREAM_FLOWER_LOG_DIR"
+
+_CONNECT_TIMEOUT = 120.0
+
+app = ClientApp()
+
+
+def _socket_dir() -> Path:
+    d = Path(tempfile.gettempdir()) / f"codream-flower-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(d, 0o700)
+    return d
+
+
+def _start_worker(context: Context) -> tuple[str, bytes]:
+    rc = context.run_config
+    address = str(_socket_dir() / f"{context.run_id}-{context.node_id}-{secrets.token_hex(4)}.sock")
+    authkey = secrets.token_bytes(32)
+    node_config = {k: v for k, v in context.node_config.items()}
+    argv = [
+        sys.executable,
+        "-m",
+        "codream.federation.flower.worker",
+        "--address",
+        address,
+        "--watch-pid",
+        str(os.getppid()),
+        "--idle-timeout",
+        str(float(rc.get("worker-idle-timeout", 600.0))),
+    ]
+    log_dir = os.environ.get(LOG_DIR_ENV)
+    out = subprocess.DEVNULL
+    if log_dir:
+        name = f"worker-{node_config.get('partition-id', context.node_id)}.log"
+        out = open(Path(log_dir) / name, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT)
+    assert proc.stdin is not None
+    spec = {
+        "authkey": authkey.hex(),
+        "handler": str(rc.get("handler", "codream")),
+        "node_config": node_config,
+    }
+    proc.stdin.write((json.dumps(spec) + "\n").encode())
+    proc.stdin.close()
+    context.state[WORKER_STATE] = ConfigRecord({"address": address, "authkey": authkey, "pid": proc.pid})
+    return address, authkey
+
+
+def _ask(address: str, authkey: bytes, request: bytes, *, wait: float) -> bytes:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn = Client(address, family="AF_UNIX", authkey=authkey)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    with conn:
+        conn.send_bytes(request)
+        return conn.recv_bytes()
+
+
+@app.query(ACTION)
+def relay(msg: Message, context: Context) -> Message:
+    """Hand the engine payload to the worker; answer with its reply (or with a typed error payload)."""
+    request = msg.content.config_records[RECORD][PAYLOAD]
+    try:
+        if not isinstance(request, bytes):
+            raise TypeError("the engine payload must be bytes")
+        kind = decode(request).kind
+        worker = context.state.config_records.get(WORKER_STATE)
+        if worker is None:
+            if kind != "setup":
+                raise RuntimeError(f"no codream worker on this node for a {kind!r} message")
+            address, authkey = _start_worker(context)
+            wait = _CONNECT_TIMEOUT
+        else:
+            address, authkey = str(worker["address"]), bytes(worker["authkey"])
+            wait = 1.0
+        reply = _ask(address, authkey, request, wait=wait)
+    except Exception as err:  # noqa: BLE001 - the server decides what a failed node means
+        log.error("relay failed: %s", err)
+        reply = encode(error_payload(err))
+    return Message(RecordDict({RECORD: ConfigRecord({PAYLOAD: reply})}), reply_to=msg)

@@ -1,0 +1,667 @@
+"""CoDream over Flower: the same `ServerRole` and `ClientRole`, the same secure-aggregation states.
+
+The in-process engine (`codream.federation.simulation.Federation`) computes every client's release and
+hands them to the aggregation seam. Here each client lives in its own process (its node's worker) and
+the server only ever receives what a client would put on the network:
+
+- ``plain``: the float vector itself (as in the in-process plain seam);
+- ``secure``: the client clips its vector to the spec's bound, encodes it with the round's
+  `FixedPointCodec`, and submits it to its own secure-aggregation client state, which masks it; the
+  server's state machine (`codream.secagg.server`) unmasks only the sum over the survivors.
+
+One federation round is one secure-aggregation session with the round's whole plan of vectors
+(`ServerRole.specs`). Messages per round: session start (advertise keys), key broadcast (share keys),
+then per vector a release (masked input) and an unmask request; then one message to acquire, distil
+and evaluate. Each is one Flower message per client, answered within the step timeout; a client that
+does not answer is dropped, and the session goes on while at least the threshold remain.
+
+Clients are built exactly as the in-process engine builds them (same partition, model seeds and
+generator streams), so with the same seed and plain aggregation both engines compute the same
+numbers, and with secure aggregation every sum differs from the plain one by at most the codec's
+quantisation bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ...aggregation import AggregateResult, VectorSpec, clip_l2, create_aggregator
+from ...exceptions import AbortReason, ConfigError, InvalidMessage, ProtocolAbort
+from ..config import DistillConfig, DreamConfig, FederationConfig, Method
+from .channel import ClientChannel
+from .wire import Payload
+
+__all__ = [
+    "AGGREGATIONS",
+    "CodreamNode",
+    "CodreamServer",
+    "config_from_dict",
+    "config_to_dict",
+]
+
+log = logging.getLogger(__name__)
+
+AGGREGATIONS = ("plain", "secure")
+
+
+# ------------------------------------------------------------------------------------ configuration
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and not isinstance(value, int | float | str | bool):  # Enum
+        return value.value
+    if isinstance(value, float) and math.isinf(value):
+        return None  # alpha = inf means IID, as does None
+    return value
+
+
+def config_to_dict(config: FederationConfig) -> dict:
+    """A JSON-ready dict of a `FederationConfig` (enums as their values)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def config_from_dict(d: Mapping[str, object]) -> FederationConfig:
+    """Rebuild a `FederationConfig` from `config_to_dict`'s output; the dataclasses validate it.
+
+    Raises:
+        ConfigError: an unknown or invalid field.
+    """
+    d = dict(d)
+    try:
+        dream = DreamConfig(**dict(d.pop("dream", {})))  # type: ignore[arg-type]
+        distill = DistillConfig(**dict(d.pop("distill", {})))  # type: ignore[arg-type]
+        return FederationConfig(**d, dream=dream, distill=distill)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise ConfigError(f"invalid federation config: {err}") from None
+
+
+def _generator(*parts: int):
+    # The in-process engine's seeding, so that both engines build identical clients and server.
+    from ..simulation import _generator as simulation_generator
+
+    return simulation_generator(*parts)
+
+
+def _codec(spec: VectorSpec, n: int, bits: int):
+    from ...secagg.encoding import FixedPointCodec
+
+    return FixedPointCodec(clip_norm=spec.clip_norm, num_summands=n, bits=bits)
+
+
+def _specs_to_fields(specs: list[VectorSpec]) -> list[list]:
+    return [[s.name, s.length, s.clip_norm] for s in specs]
+
+
+def _specs_from_fields(value: object) -> list[VectorSpec]:
+    try:
+        return [VectorSpec(str(n), int(length), float(c)) for n, length, c in value]  # type: ignore[union-attr]
+    except (TypeError, ValueError) as err:
+        raise InvalidMessage(f"malformed vector plan: {err}") from None
+
+
+def _session_fields(config) -> dict:
+    return {
+        "round": config.round_index,
+        "client_ids": list(config.client_ids),
+        "threshold": config.threshold,
+        "vector_lengths": list(config.vector_lengths),
+        "bits": config.bits,
+        "graph": config.graph.value,
+        "degree": config.degree,
+        "graph_seed": config.graph_seed.hex(),
+    }
+
+
+def _session_from_fields(f: Mapping[str, object]):
+    from ...secagg.config import GraphKind, SessionConfig
+
+    try:
+        return SessionConfig(
+            round_index=int(f["round"]),  # type: ignore[arg-type]
+            client_ids=tuple(int(c) for c in f["client_ids"]),  # type: ignore[union-attr]
+            threshold=int(f["threshold"]),  # type: ignore[arg-type]
+            vector_lengths=tuple(int(n) for n in f["vector_lengths"]),  # type: ignore[union-attr]
+            bits=int(f["bits"]),  # type: ignore[arg-type]
+            graph=GraphKind(f["graph"]),
+            degree=int(f["degree"]),  # type: ignore[arg-type]
+            graph_seed=bytes.fromhex(str(f["graph_seed"])),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise InvalidMessage(f"malformed session parameters: {err}") from None
+
+
+# ------------------------------------------------------------------------------------------ the node
+class CodreamNode:
+    """One client, in its node's worker: answers the server's requests with its `ClientRole`.
+
+    Node config keys: ``partition-id`` (its client id, required), ``num-partitions`` (must equal the
+    federation's number of clients), optional ``data-dir`` (this machine's data folder), ``dataset``
+    and ``seed`` (if given, must agree with the server's configuration), ``torch-threads``.
+    """
+
+    def __init__(self, node_config: Mapping[str, object]) -> None:
+        try:
+            self.client_id = int(node_config["partition-id"])  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(
+                "a codream SuperNode needs an integer partition-id in its --node-config"
+            ) from None
+        self.node_config = dict(node_config)
+        self.role = None
+        self.config: FederationConfig | None = None
+        self.aggregation = "plain"
+        self.bits = 32
+        self._session = None  # this round's secure-aggregation client state
+        self._specs: list[VectorSpec] = []
+        self._codecs: list = []
+        self._rng: np.random.Generator | None = None
+        self._round = -1
+
+    # -- dispatch
+    def handle(self, request: Payload) -> Payload:
+        handler = {
+            "setup": self._setup,
+            "session": self._start_session,
+            "release": self._release,
+            "secagg": self._secagg,
+            "acquire": self._acquire,
+        }.get(request.kind)
+        if handler is None:
+            raise InvalidMessage(f"unexpected request {request.kind!r}")
+        if request.kind != "setup" and self.role is None:
+            raise InvalidMessage(f"{request.kind!r} before setup")
+        return handler(request)
+
+    def _setup(self, req: Payload) -> Payload:
+        import torch
+
+        from ...data import load_dataset, partition
+        from ...models import build_model
+        from ..client import ClientRole
+        from ..simulation import default_trainer_factory
+
+        config = config_from_dict(req.get("config", dict))
+        nc = self.node_config
+        if "num-partitions" in nc and int(nc["num-partitions"]) != config.num_clients:  # type: ignore[arg-type]
+            raise ConfigError(
+                f"node says num-partitions={nc['num-partitions']}, the federation has "
+                f"{config.num_clients} clients"
+            )
+        if not 0 <= self.client_id < config.num_clients:
+            raise ConfigError(f"partition-id {self.client_id} is outside 0..{config.num_clients - 1}")
+        for key, attr in (("dataset", "dataset"), ("seed", "seed")):
+            if key in nc and str(nc[key]) != str(getattr(config, attr)):
+                raise ConfigError(
+                    f"node says {key}={nc[key]!r}, the server's run uses {getattr(config, attr)!r}"
+                )
+        if "data-dir" in nc:
+            config = dataclasses.replace(config, data_dir=str(nc["data-dir"]))
+        torch.set_num_threads(int(nc.get("torch-threads", 1)))  # type: ignore[arg-type]
+        self.aggregation = str(req.get("aggregation", str))
+        self.bits = int(req.get("bits", int))
+        dataset = load_dataset(
+            config.dataset, config.data_dir, limit_test=config.limit_test, seed=config.seed
+        )
+        parts = partition(
+            dataset.y_train,
+            config.num_clients,
+            alpha=config.alpha,
+            samples_per_client=config.samples_per_client,
+            seed=config.seed,
+        )
+        cid = self.client_id
+        idx = torch.as_tensor(np.asarray(parts[cid]), dtype=torch.long)
+        x_k, y_k = dataset.x_train[idx], dataset.y_train[idx]
+        self.x_test, self.y_test = dataset.x_test, dataset.y_test
+        if config.limit_test is not None and config.limit_test < len(self.y_test):
+            self.x_test, self.y_test = self.x_test[: config.limit_test], self.y_test[: config.limit_test]
+        name = config.client_models()[cid]
+        model = build_model(
+            name, dataset.input_shape, dataset.num_classes, norm=config.norm, seed=config.seed * 1009 + cid
+        ).to(config.device)
+        trainer = default_trainer_factory(config)(model, x_k, y_k, _generator(config.seed, 1, cid))
+        self.role = ClientRole(
+            cid, trainer, y_k, dataset.num_classes, config, _generator(config.seed, 2, cid)
+        )
+        self.config = config
+        warmup_loss = self.role.warm_up()
+        return Payload(
+            "ready",
+            {
+                "client_id": cid,
+                "model": name,
+                "samples": len(y_k),
+                "input_shape": list(dataset.input_shape),
+                "num_classes": dataset.num_classes,
+                "warmup_loss": warmup_loss,
+            },
+        )
+
+    # -- a round's session
+    def _start_session(self, req: Payload) -> Payload:
+        from ...secagg.client import start_client
+
+        self._round = int(req.get("round", int))
+        self._specs = _specs_from_fields(req.get("specs", list))
+        if self.aggregation != "secure":
+            return Payload("ok")
+        session = _session_from_fields(req.get("session", dict))
+        if session.vector_lengths != tuple(s.length for s in self._specs):
+            raise InvalidMessage("the session's vector lengths do not match the round's plan")
+        n = session.num_clients
+        self._codecs = [_codec(s, n, session.bits) for s in self._specs]
+        assert self.config is not None
+        # Stochastic-rounding coins are not secrets; seeding them keeps a run reproducible.
+        self._rng = np.random.default_rng([self.config.seed, 7, self.client_id, self._round])
+        self._session, advert = start_client(session, self.client_id)
+        return Payload("secagg", arrays={"msg": _blob(advert.to_bytes())})
+
+    def _deliver(self, blob: bytes) -> bytes | None:
+        from ...secagg.client import Aborted
+        from ...secagg.messages import decode_message
+
+        if self._session is None:
+            raise InvalidMessage("secure-aggregation message outside a session")
+        self._session, reply = self._session.handle(decode_message(blob))
+        if isinstance(self._session, Aborted):
+            log.warning(
+                "client %d aborted the session: %s (%s)",
+                self.client_id,
+                self._session.reason.value,
+                self._session.detail,
+            )
+        return None if reply is None else reply.to_bytes()
+
+    def _secagg(self, req: Payload) -> Payload:
+        reply = self._deliver(req.blob("msg"))
+        return Payload("secagg", arrays={} if reply is None else {"msg": _blob(reply)})
+
+    def _release(self, req: Payload) -> Payload:
+        import torch
+
+        from ...secagg.client import Aborted
+
+        role = self.role
+        assert role is not None
+        j = int(req.get("vector", int))
+        if not 0 <= j < len(self._specs):
+            raise InvalidMessage(f"vector {j} is not in this round's plan")
+        spec = self._specs[j]
+        if "msg" in req.arrays:  # the key shares, delivered with the first release
+            reply = self._deliver(req.blob("msg"))
+            if reply is not None:
+                return Payload("secagg", arrays={"msg": _blob(reply)})
+        x = torch.from_numpy(req.array("x", "float32").copy()) if "x" in req.arrays else None
+        if req.fields.get("begin"):
+            targets = (
+                torch.from_numpy(req.array("targets", "int64").copy()) if "targets" in req.arrays else None
+            )
+            role.begin_round(self._round, targets=targets)
+        fields: dict[str, object] = {}
+        if spec.name == "class_weights":
+            vector = role.class_weights()
+        elif spec.name.startswith("dream/"):
+            if x is None:
+                raise InvalidMessage("a dream release needs the dreams")
+            vector = role.dream_gradient(x, int(spec.name.split("/", 1)[1]))
+            if self.aggregation == "plain" and role.last_terms is not None:
+                fields["loss"] = float(role.last_terms.total)
+        elif spec.name == "soft_labels":
+            if x is None:
+                raise InvalidMessage("a soft-label release needs the dreams")
+            vector = role.soft_labels(x)
+        else:
+            raise InvalidMessage(f"unknown release {spec.name!r}")
+        vector = np.asarray(vector, dtype=np.float64)
+        if self.aggregation == "plain":
+            return Payload("vector", fields, {"v": vector})
+        if isinstance(self._session, Aborted) or self._session is None:
+            raise ProtocolAbort(AbortReason.UNEXPECTED_VECTOR, "no live session to release into")
+        clipped_vector, clipped = clip_l2(vector, spec.clip_norm)
+        assert self._rng is not None
+        encoded = self._codecs[j].encode(clipped_vector, rng=self._rng)
+        self._session, message = self._session.submit(encoded.words)
+        fields.update({"clipped": int(clipped), "saturated": int(encoded.saturated)})
+        return Payload("secagg", fields, {} if message is None else {"msg": _blob(message.to_bytes())})
+
+    def _acquire(self, req: Payload) -> Payload:
+        import torch
+
+        role = self.role
+        assert role is not None
+        x = torch.from_numpy(req.array("x", "float32").copy())
+        y = torch.from_numpy(req.array("y", "float32").copy())
+        role.acquire(x, y)
+        stats = role.distill()
+        acc = role.evaluate(self.x_test, self.y_test)
+        self._session = None
+        return Payload("learned", {"accuracy": acc, "kd_loss": stats.kd_loss, "ce_loss": stats.ce_loss})
+
+
+def _blob(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------- the server
+class CodreamServer:
+    """The ServerApp's engine: rounds of CoDream over the client channel.
+
+    Run config keys: ``codream-config`` (JSON of `config_to_dict`), ``aggregation`` ("plain" or
+    "secure"), ``rounds``, ``threshold`` (0: the secure aggregator's default), ``bits``,
+    ``min-survivors`` (0: the threshold), ``out-dir``, ``record-trace`` (write every sum to
+    trace.npz, for checking the engine against the in-process one).
+    """
+
+    def __init__(self, run_config: Mapping[str, object]) -> None:
+        rc = dict(run_config)
+        self.config = config_from_dict(json.loads(str(rc["codream-config"])))
+        self.aggregation = str(rc.get("aggregation", "secure"))
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(
+                f"the Flower engine supports aggregation {list(AGGREGATIONS)}, got {self.aggregation!r}"
+            )
+        if self.config.distill.student is not None:
+            raise ConfigError(
+                "the Flower engine does not carry a server student yet; set distill.student = None"
+            )
+        self.rounds = int(rc.get("rounds", self.config.rounds))  # type: ignore[arg-type]
+        self.threshold = int(rc.get("threshold", 0)) or None  # type: ignore[arg-type]
+        self.bits = int(rc.get("bits", 32))  # type: ignore[arg-type]
+        self.min_survivors = int(rc.get("min-survivors", 0)) or None  # type: ignore[arg-type]
+        self.out_dir = Path(str(rc.get("out-dir", ".")))
+        self.record_trace = bool(rc.get("record-trace", False))
+        self.trace: dict[str, np.ndarray] = {}
+        self.secure = None
+        if self.aggregation == "secure":
+            self.secure = create_aggregator("secure", threshold=self.threshold, bits=self.bits)
+
+    def setup_payload(self) -> Payload:
+        return Payload(
+            "setup",
+            {"config": config_to_dict(self.config), "aggregation": self.aggregation, "bits": self.bits},
+        )
+
+    def run(self, channel: ClientChannel, ready: Mapping[int, Payload]) -> dict:
+        from ..server import ServerRole
+
+        cfg = self.config
+        missing = sorted(set(range(cfg.num_clients)) - set(ready))
+        if missing:
+            raise ConfigError(f"clients {missing} did not set up; every partition needs its SuperNode")
+        shapes = {tuple(p.get("input_shape", list)) for p in ready.values()}
+        classes = {int(p.get("num_classes", int)) for p in ready.values()}
+        if len(shapes) != 1 or len(classes) != 1:
+            raise ConfigError(f"clients disagree on the data: input shapes {shapes}, classes {classes}")
+        input_shape, num_classes = shapes.pop(), classes.pop()
+        server = ServerRole(cfg, input_shape, num_classes, _generator(cfg.seed, 4))
+        warmup = float(np.mean([float(p.get("warmup_loss", float)) for p in ready.values()]))
+        rounds = []
+        for r in range(self.rounds):
+            metrics = self._round(r, server, channel)
+            metrics["warmup_loss"] = warmup if r == 0 else 0.0
+            rounds.append(metrics)
+            log.info(
+                "round %d: mean acc %.4f, survivors %s, %.1f s",
+                r,
+                metrics["mean_accuracy"],
+                metrics["survivors"],
+                metrics["seconds"],
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if server.x is not None and server.soft_labels is not None:
+            np.savez(self.out_dir / "dreams.npz", x=server.x.numpy(), soft_labels=server.soft_labels.numpy())
+        if self.record_trace:
+            np.savez(self.out_dir / "trace.npz", **self.trace)
+        return {
+            "engine": "flower",
+            "aggregation": self.aggregation,
+            "clients": {
+                str(c): {k: v for k, v in p.fields.items() if k != "client_id"} for c, p in ready.items()
+            },
+            "rounds": rounds,
+        }
+
+    # -- one round
+    def _round(self, r: int, server, channel: ClientChannel) -> dict:
+        import torch
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        specs = server.specs()
+        participants = channel.alive
+        x = server.begin_round(r)
+        release = (_SecureRelease if self.secure is not None else _PlainRelease)(
+            self, channel, r, participants, specs
+        )
+        j = 0
+        targets = None
+        if cfg.method is Method.CONDITIONAL:
+            res = self._trace(r, j, release.release(j, {}, {}))
+            targets = server.receive_class_weights(res)
+            j += 1
+        losses = []
+        t_dream = time.perf_counter()
+        for s in range(cfg.dream.global_steps):
+            fields: dict[str, object] = {}
+            arrays = {"x": x.numpy()}
+            if s == 0:
+                fields["begin"] = True
+                if targets is not None:
+                    arrays["targets"] = targets.numpy().astype(np.int64)
+            res = self._trace(r, j, release.release(j, fields, arrays))
+            losses.append(release.last_losses)
+            x = server.apply_dream_step(res)
+            j += 1
+        dream_seconds = time.perf_counter() - t_dream
+        res = self._trace(r, j, release.release(j, {}, {"x": x.numpy()}))
+        _, target_logits = server.receive_soft_labels(res)
+        report = release.close()
+        self.progress(r, -1, "acquire")
+        answers = channel.exchange(
+            {
+                c: Payload(
+                    "acquire", {"round": r}, {"x": x.numpy(), "y": target_logits.to(torch.float32).numpy()}
+                )
+                for c in res.contributors
+            }
+        )
+        accs = {c: float(a.get("accuracy", float)) for c, a in sorted(answers.items())}
+        probs = server.label_probabilities()
+        acc_values = list(accs.values())
+
+        def mean_loss(i: int) -> float | None:
+            vals = losses[i] if losses and losses[i] else None
+            return float(np.mean(vals)) if vals else None
+
+        return {
+            "round": r,
+            "accuracies": {str(c): a for c, a in accs.items()},
+            "mean_accuracy": float(np.mean(acc_values)) if acc_values else float("nan"),
+            "std_accuracy": float(np.std(acc_values)) if acc_values else float("nan"),
+            "kd_loss": float(np.mean([float(a.get("kd_loss", float)) for a in answers.values()]))
+            if answers
+            else None,
+            "ce_loss": float(np.mean([float(a.get("ce_loss", float)) for a in answers.values()]))
+            if answers
+            else None,
+            "dream_loss_start": mean_loss(0),
+            "dream_loss_end": mean_loss(-1),
+            "class_coverage": int(probs.argmax(dim=1).unique().numel()),
+            "label_confidence": float(probs.max(dim=1).values.mean()),
+            "participants": list(participants),
+            "survivors": list(res.contributors),
+            "clipped": report["clipped"],
+            "overflowed": report["overflowed"],
+            "threshold": report.get("threshold"),
+            "bytes_sent_per_client": {str(c): v for c, v in channel.bytes_sent.items()},
+            "bytes_received_per_client": {str(c): v for c, v in channel.bytes_received.items()},
+            "seconds": time.perf_counter() - t0,
+            "dream_seconds": dream_seconds,
+        }
+
+    def progress(self, r: int, j: int, stage: str) -> None:
+        """Append where the run stands to progress.jsonl (the local harness times its faults by it)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "progress.jsonl", "a") as f:
+            f.write(json.dumps({"round": r, "vector": j, "stage": stage, "time": time.time()}) + "\n")
+
+    def _trace(self, r: int, j: int, res: AggregateResult) -> AggregateResult:
+        if self.record_trace:
+            self.trace[f"r{r}_v{j}_total"] = np.asarray(res.total, dtype=np.float64)
+            self.trace[f"r{r}_v{j}_contributors"] = np.asarray(res.contributors, dtype=np.int64)
+        return res
+
+
+class _PlainRelease:
+    """Clients send their vectors in the clear; the in-process plain seam sums them."""
+
+    def __init__(self, owner: CodreamServer, channel: ClientChannel, r: int, participants, specs) -> None:
+        self.owner = owner
+        self.channel = channel
+        self.specs = specs
+        self.r = r
+        self.round = create_aggregator("plain").open_round(
+            round_index=r, participants=participants, specs=specs
+        )
+        self.last_losses: list[float] = []
+        channel.broadcast(
+            Payload("session", {"round": r, "specs": _specs_to_fields(specs)}), clients=participants
+        )
+
+    def release(self, j: int, fields: dict, arrays: dict) -> AggregateResult:
+        spec = self.specs[j]
+        self.owner.progress(self.r, j, "release")
+        answers = self.channel.broadcast(Payload("release", {"round": self.r, "vector": j, **fields}, arrays))
+        vectors = {c: a.array("v", "float64") for c, a in answers.items()}
+        self.last_losses = [float(a.fields["loss"]) for a in answers.values() if "loss" in a.fields]
+        # Clients that dropped earlier in the round are not in the seam's participant check's way.
+        return self.round.sum(spec, vectors)
+
+    def close(self) -> dict:
+        report = self.round.close()
+        return {"clipped": report.clipped, "overflowed": report.overflowed}
+
+
+class _SecureRelease:
+    """Each client masks its encoded vector; the secure-aggregation server state unmasks the sum."""
+
+    def __init__(self, owner: CodreamServer, channel: ClientChannel, r: int, participants, specs) -> None:
+        from ...secagg.server import start_server
+
+        self.owner = owner
+        self.channel = channel
+        self.specs = specs
+        self.r = r
+        owner.progress(r, -1, "session")
+        assert owner.secure is not None
+        self.session = owner.secure.session_config(round_index=r, participants=participants, specs=specs)
+        self.n_min = max(self.session.threshold, owner.min_survivors or self.session.threshold)
+        if self.n_min > len(participants):
+            raise ProtocolAbort(
+                AbortReason.TOO_FEW_PEERS,
+                f"round {r}: {len(participants)} clients left, fewer than {self.n_min}",
+            )
+        self.codecs = [_codec(s, len(participants), self.session.bits) for s in specs]
+        self.state = start_server(self.session)
+        self.last_losses: list[float] = []
+        self.clipped = 0
+        self.overflowed = 0
+        # Round 0: every client starts its session state and advertises its keys.
+        answers = channel.broadcast(
+            Payload(
+                "session",
+                {"round": r, "specs": _specs_to_fields(specs), "session": _session_fields(self.session)},
+            ),
+            clients=participants,
+        )
+        self._feed(answers)
+        outgoing = self._close()
+        # Round 1: the key broadcast; clients answer with their encrypted shares.
+        self._feed(self._send(outgoing))
+        self.pending = self._close()  # the share deliveries travel with the first release
+
+    def _send(self, outgoing: Mapping[int, object], kind: str = "secagg", fields=None, arrays=None):
+        requests = {
+            c: Payload(kind, dict(fields or {}), {**(arrays or {}), "msg": _blob(m.to_bytes())})
+            for c, m in outgoing.items()
+            if c in self.channel.alive
+        }
+        return self.channel.exchange(requests)
+
+    def _feed(self, answers: Mapping[int, Payload]) -> None:
+        from ...exceptions import UnexpectedMessage
+        from ...secagg.messages import decode_message
+
+        for c, a in sorted(answers.items()):
+            if "msg" not in a.arrays:
+                continue
+            try:
+                message = decode_message(a.blob("msg"))
+                if getattr(message, "sender", c) != c:
+                    raise InvalidMessage(f"client {c} sent a message signed as {message.sender}")
+                self.state = self.state.handle(message)
+            except (InvalidMessage, UnexpectedMessage) as err:
+                self.channel.drop(c, f"bad secure-aggregation message: {err}")
+
+    def _close(self) -> dict:
+        from ...secagg.server import ServerAborted
+
+        self.state, outgoing = self.state.close()
+        if isinstance(self.state, ServerAborted):
+            self._send(outgoing, kind="secagg")
+            raise ProtocolAbort(self.state.reason, self.state.detail)
+        return outgoing
+
+    def release(self, j: int, fields: dict, arrays: dict) -> AggregateResult:
+        spec = self.specs[j]
+        self.owner.progress(self.r, j, "release")
+        base = Payload("release", {"round": self.r, "vector": j, **fields}, arrays)
+        if self.pending:
+            answers = self._send(self.pending, kind="release", fields=base.fields, arrays=base.arrays)
+            self.pending = {}
+        else:
+            answers = self.channel.broadcast(base)
+        clipped = {c: int(a.fields.get("clipped", 0)) for c, a in answers.items()}
+        saturated = {c: int(a.fields.get("saturated", 0)) for c, a in answers.items()}
+        self._feed(answers)
+        outgoing = self._close()
+        # Unmasking (and, in malicious mode, the consistency check before it): answer until done.
+        while outgoing:
+            self._feed(self._send(outgoing))
+            outgoing = self._close()
+        total = self.state.sums[-1]
+        if total.vector != j:
+            raise ProtocolAbort(
+                AbortReason.UNEXPECTED_VECTOR, f"expected the sum of vector {j}, got {total.vector}"
+            )
+        survivors = tuple(total.survivors)
+        if len(survivors) < self.n_min:
+            raise ProtocolAbort(
+                AbortReason.TOO_FEW_PEERS,
+                f"vector {spec.name!r}: {len(survivors)} survivors, fewer than {self.n_min}",
+            )
+        n_clipped = sum(clipped.get(c, 0) for c in survivors)
+        n_saturated = sum(saturated.get(c, 0) for c in survivors)
+        if n_saturated:
+            log.warning("vector %r: %d coordinates saturated in fixed-point encoding", spec.name, n_saturated)
+        self.clipped += n_clipped
+        self.overflowed += n_saturated
+        return AggregateResult(
+            total=self.codecs[j].decode_sum(total.words),
+            contributors=survivors,
+            clipped=n_clipped,
+            overflowed=n_saturated,
+        )
+
+    def close(self) -> dict:
+        return {"clipped": self.clipped, "overflowed": self.overflowed, "threshold": self.session.threshold}

@@ -1,0 +1,181 @@
+"""`run_flower`: a whole codream run on a local Flower deployment (SuperLink + SuperNodes on loopback).
+
+This is what ``codream run --engine flower`` calls. It starts the processes, writes the Flower app
+folder for this run, launches it with ``flwr run``, optionally kills one SuperNode at a chosen point
+of the protocol (to show that a crashed client is dropped and the round still finishes), waits for the
+run to end within a time bound, and always stops every process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...exceptions import ConfigError
+from ..config import FederationConfig
+from .app import write_app_dir
+from .engine import AGGREGATIONS, config_to_dict
+from .harness import DeploymentError, FlowerDeployment
+from .serverapp import RESULTS_FILE
+
+__all__ = ["KillAt", "run_flower"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KillAt:
+    """Kill SuperNode `node` (its partition id) once the server starts `stage` of `vector` in `round`.
+
+    Attributes:
+        node: the SuperNode (= client id) to kill.
+        round: federation round, 0-based.
+        vector: index in the round's plan of releases (-1 for the session's key exchange).
+        stage: "session", "release" or "acquire".
+    """
+
+    node: int
+    round: int = 0
+    vector: int = 0
+    stage: str = "release"
+
+
+def run_flower(
+    config: FederationConfig,
+    *,
+    aggregation: str = "secure",
+    num_supernodes: int | None = None,
+    out_dir: str | Path,
+    kill_node_at: KillAt | None = None,
+    rounds: int | None = None,
+    threshold: int | None = None,
+    bits: int = 32,
+    step_timeout: float = 30.0,
+    setup_timeout: float = 180.0,
+    timeout: float = 1800.0,
+    record_trace: bool = False,
+    keep_logs: bool = True,
+) -> dict:
+    """Run `config` on a Flower deployment on this machine, one SuperNode per client.
+
+    Args:
+        config: the federation (its `num_clients` SuperNodes are started unless `num_supernodes`).
+        aggregation: "plain" or "secure" ("secure+dp" is not carried by this engine yet).
+        num_supernodes: how many SuperNodes to start (default and minimum: `config.num_clients`).
+        out_dir: results (flower-results.json, dreams.npz, progress.jsonl) and logs/ go here.
+        kill_node_at: kill one SuperNode mid-run (fault injection), see `KillAt`.
+        rounds: number of rounds (default `config.rounds`).
+        threshold: Shamir threshold (default: the secure aggregator's).
+        bits: ring width of the secure sum.
+        step_timeout: seconds each protocol step waits for a client before dropping it.
+        setup_timeout: seconds a client may take to load its data and warm up.
+        timeout: bound on the whole run, in seconds.
+        record_trace: also write every sum of the run to trace.npz.
+        keep_logs: keep every process's log under out_dir/logs.
+
+    Returns:
+        The results dict the ServerApp wrote (status, per-round metrics, dropped clients), plus
+        "deployment" (ports, node ids, seconds to start, the killed node if any).
+
+    Raises:
+        ConfigError: an unsupported aggregation or too few SuperNodes.
+        DeploymentError: a process failed to start, the run failed or ran past `timeout`.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ConfigError(f"the Flower engine supports aggregation {list(AGGREGATIONS)}, got {aggregation!r}")
+    n = config.num_clients if num_supernodes is None else num_supernodes
+    if n < config.num_clients:
+        raise ConfigError(f"{config.num_clients} clients need {config.num_clients} SuperNodes, got {n}")
+    if kill_node_at is not None and not 0 <= kill_node_at.node < n:
+        raise ConfigError(f"kill_node_at.node must be a SuperNode index in 0..{n - 1}")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (RESULTS_FILE, "progress.jsonl", "dreams.npz", "trace.npz"):
+        (out / stale).unlink(missing_ok=True)
+    workdir = out / "flower"
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    run_config = {
+        "handler": "codream",
+        "num-nodes": config.num_clients,
+        "codream-config": json.dumps(config_to_dict(config)),
+        "aggregation": aggregation,
+        "rounds": config.rounds if rounds is None else rounds,
+        "threshold": threshold or 0,
+        "bits": bits,
+        "step-timeout": float(step_timeout),
+        "setup-timeout": float(setup_timeout),
+        "wait-timeout": 60.0,
+        "out-dir": str(out),
+        "record-trace": record_trace,
+    }
+    node_configs = [{"partition-id": i, "num-partitions": config.num_clients} for i in range(n)]
+    t0 = time.monotonic()
+    with FlowerDeployment(
+        n,
+        node_configs=node_configs,
+        workdir=workdir,
+        keep_workdir=keep_logs,
+        env={"CODREAM_FLOWER_LOG_DIR": str(logs)},
+    ) as deployment:
+        started = time.monotonic() - t0
+        app_dir = write_app_dir(workdir / "app", run_config)
+        proc = deployment.launch(app_dir)
+        killed = None
+        deadline = time.monotonic() + timeout
+        try:
+            if kill_node_at is not None:
+                _wait_for_progress(out / "progress.jsonl", kill_node_at, proc, deadline)
+                if proc.alive():
+                    deployment.kill_node(kill_node_at.node)
+                    killed = {
+                        "node": kill_node_at.node,
+                        "round": kill_node_at.round,
+                        "vector": kill_node_at.vector,
+                        "stage": kill_node_at.stage,
+                    }
+            deployment.wait_run(proc, timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            for name in ("superlink", "flwr-run", *[f"supernode-{i}" for i in range(n)]):
+                (logs / f"{name}.log").write_text(deployment.log_of(name))
+        results_path = out / RESULTS_FILE
+        if not results_path.exists():
+            raise DeploymentError(f"the run ended without results; see {logs}")
+        results = json.loads(results_path.read_text())
+        results["deployment"] = {
+            "superlink": deployment.superlink_address,
+            "node_ids": {str(k): v for k, v in deployment.node_ids.items()},
+            "start_seconds": started,
+            "killed": killed,
+        }
+    results["deployment"]["total_seconds"] = time.monotonic() - t0
+    if results.get("status") != "completed":
+        raise DeploymentError(f"the Flower run failed: {results.get('error')}")
+    return results
+
+
+_STAGES = {"session": 0, "release": 1, "acquire": 2}
+
+
+def _wait_for_progress(path: Path, at: KillAt, proc, deadline: float) -> None:
+    """Block until the server reports reaching `at` (or a later point), or the run ends."""
+    target = (at.round, at.vector if at.stage == "release" else (-1 if at.stage == "session" else 10**9))
+    while time.monotonic() < deadline and proc.alive():
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    p = json.loads(line)
+                except ValueError:
+                    continue
+                point = (
+                    p["round"],
+                    p["vector"] if p["stage"] == "release" else (-1 if p["stage"] == "session" else 10**9),
+                )
+                if point >= target:
+                    return
+        time.sleep(0.05)
+    if time.monotonic() >= deadline:
+        raise DeploymentError("the run did not reach the kill point in time")
