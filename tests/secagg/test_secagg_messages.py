@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +33,7 @@ from codream.secagg.messages import (
     UnmaskResponse,
     decode_message,
 )
+from fakes import Harness
 
 
 def _advert(sender=3, j=2, signed=True):
@@ -210,3 +212,41 @@ def test_the_config_digest_changes_with_every_field():
     ]
     digests = {SessionConfig(**{**BASE, **v}).digest() for v in variants}
     assert len(digests) == len(variants) and base.digest() not in digests
+
+
+@pytest.mark.parametrize("malicious", [False, True], ids=["honest", "malicious"])
+def test_message_sizes_are_the_ones_the_spec_states(malicious):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+    n, J, length, bits = 5, 2, 7, 20
+    config, signers = make_config(n=n, t=3, lengths=(length,) * J, malicious=malicious, bits=bits)
+    h = Harness(config, signers=signers)
+    sig = 64 if malicious else 0
+    adverts = h.start()
+    assert len(adverts[0].to_bytes()) == 43 + 64 * J + sig
+    h.send(adverts)
+    broadcasts = h.close()
+    assert len(broadcasts[0].to_bytes()) == 10 + 36 * n + (n - 1) * (47 + 64 * J + sig)
+    shares = h.deliver(broadcasts)
+    assert len(shares[0].to_bytes()) == 10 + (n - 1) * (48 + 140 * J)
+    h.send(shares)
+    deliveries = h.close()
+    assert len(deliveries[0].to_bytes()) == 6 + (n - 1) * (48 + 140 * J)
+    h.deliver(deliveries)
+    masked = h.submit({c: np.zeros(length, dtype=np.uint64) for c in range(n)})
+    assert len(masked[0].to_bytes()) == 15 + length * 3
+    h.send(masked)
+    requests = h.close()
+    assert len(requests[0].to_bytes()) == 14 + 4 * n
+    replies = h.deliver(requests)
+    if malicious:
+        assert len(replies[0].to_bytes()) == 74
+        h.send(replies)
+        proofs = h.close()
+        assert len(proofs[0].to_bytes()) == 10 + 68 * n
+        replies = h.deliver(proofs)
+    assert len(replies[0].to_bytes()) == 18 + 78 * n
