@@ -1,0 +1,241 @@
+"""`codream privacy`: plan a noise multiplier, compute epsilon, report a run's privacy budget.
+
+    codream privacy plan --epsilon 8 --rounds 100 --cohort 20 --population 1000 --releases-per-round 21
+    codream privacy plan --epsilon 4 --granularity example --epochs 10 --batch-size 64 --data-size 1000
+    codream privacy epsilon --noise-multiplier 4.6 --sample-rate 0.02 --rounds 100 --releases-per-round 21
+    codream privacy report RUN_DIR [--json] [--plot PNG]
+
+Every command takes --json for machine-readable output. Bad input stops with one line and a non-zero
+exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..exceptions import ConfigError
+
+__all__ = ["privacy"]
+
+ACCOUNTANTS = ("rdp", "prv")
+_positive = click.FloatRange(min=0, min_open=True)
+_probability = click.FloatRange(min=0, max=1, min_open=True, max_open=True)
+_rate = click.FloatRange(min=0, max=1, min_open=True)
+
+
+def _accountants(choice: str) -> tuple[str, ...]:
+    return ACCOUNTANTS if choice == "both" else (choice,)
+
+
+def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(payload, indent=2, allow_nan=False) if as_json else text)
+
+
+@click.group("privacy")
+def privacy() -> None:
+    """Plan, check and report differential-privacy budgets.
+
+    Client-level DP (secure+dp): one client's whole data is the unit; each round is one sampled event
+    with the round's effective noise multiplier z_eff, whatever its number of releases. Example-level
+    DP (DP-SGD on each client): one training example is the unit; each DP-SGD step is one event.
+    """
+
+
+@privacy.command("plan")
+@click.option("--epsilon", "target", type=_positive, required=True, help="Target epsilon.")
+@click.option("--delta", type=_probability, default=1e-5, show_default=True, help="Target delta.")
+@click.option(
+    "--granularity",
+    type=click.Choice(["client", "example"]),
+    default="client",
+    show_default=True,
+    help="client: secure+dp rounds; example: DP-SGD steps on one client.",
+)
+@click.option("--rounds", type=click.IntRange(min=1), help="client: federation rounds.")
+@click.option("--sample-rate", type=_rate, help="client: probability q that a client is in a round's cohort.")
+@click.option("--cohort", type=click.IntRange(min=1), help="client: clients per round (with --population).")
+@click.option("--population", type=click.IntRange(min=1), help="client: clients in the federation.")
+@click.option(
+    "--releases-per-round",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="client: vectors released per round (dream steps + soft labels).",
+)
+@click.option("--local-steps", type=click.IntRange(min=1), help="example: DP-SGD steps over the whole run.")
+@click.option("--epochs", type=_positive, help="example: passes over the data instead of --local-steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="example: expected Poisson batch size.")
+@click.option("--data-size", type=click.IntRange(min=1), help="example: the client's number of examples.")
+@click.option("--accountant", type=click.Choice([*ACCOUNTANTS, "both"]), default="rdp", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plan_command(
+    target: float,
+    delta: float,
+    granularity: str,
+    rounds: int | None,
+    sample_rate: float | None,
+    cohort: int | None,
+    population: int | None,
+    releases_per_round: int,
+    local_steps: int | None,
+    epochs: float | None,
+    batch_size: int | None,
+    data_size: int | None,
+    accountant: str,
+    as_json: bool,
+) -> None:
+    """The noise multiplier that meets a target (epsilon, delta) over a schedule."""
+    from ..privacy.calibration import ClientLevelSchedule, ExampleLevelSchedule, plan_noise
+
+    schedule: ClientLevelSchedule | ExampleLevelSchedule
+    try:
+        if granularity == "client":
+            if rounds is None:
+                raise click.UsageError("client-level planning needs --rounds")
+            q = _client_rate(sample_rate, cohort, population)
+            schedule = ClientLevelSchedule(
+                rounds=rounds, sample_rate=q, releases_per_round=releases_per_round
+            )
+        else:
+            if batch_size is None or data_size is None or (local_steps is None) == (epochs is None):
+                raise click.UsageError(
+                    "example-level planning needs --batch-size, --data-size "
+                    "and one of --local-steps or --epochs"
+                )
+            if epochs is not None:
+                schedule = ExampleLevelSchedule.from_epochs(
+                    epochs=epochs, batch_size=batch_size, data_size=data_size
+                )
+            else:
+                schedule = ExampleLevelSchedule(
+                    local_steps=local_steps, batch_size=batch_size, data_size=data_size
+                )
+        plans = [
+            plan_noise(schedule, target_epsilon=target, delta=delta, accountant=a)
+            for a in _accountants(accountant)
+        ]
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    payload = {
+        "granularity": granularity,
+        "target_epsilon": target,
+        "delta": delta,
+        "sample_rate": schedule.sample_rate,
+        "steps": schedule.steps,
+        "releases_per_round": schedule.releases_per_round,
+        "plans": [p.to_dict() for p in plans],
+    }
+    event = "round" if granularity == "client" else "DP-SGD step"
+    lines = [
+        f"{granularity}-level DP, target epsilon {target:g} at delta {delta:g}: "
+        f"{schedule.steps} events ({event}s) at sample rate {schedule.sample_rate:.6g}"
+    ]
+    for p in plans:
+        line = f"  {p.accountant}: noise multiplier {p.noise_multiplier:.4f} per {event}"
+        line += f" (epsilon {p.epsilon:.4f})"
+        if granularity == "client" and releases_per_round > 1:
+            line += f"; each of the {releases_per_round} releases uses {p.per_release_noise_multiplier:.4f}"
+        lines.append(line)
+    _emit(as_json, payload, "\n".join(lines))
+
+
+def _client_rate(sample_rate: float | None, cohort: int | None, population: int | None) -> float:
+    if sample_rate is not None:
+        if cohort is not None or population is not None:
+            raise click.UsageError("give either --sample-rate or --cohort with --population, not both")
+        return sample_rate
+    if cohort is None or population is None:
+        raise click.UsageError("client-level planning needs --sample-rate, or --cohort and --population")
+    if cohort > population:
+        raise click.BadParameter(f"cohort {cohort} exceeds population {population}", param_hint="--cohort")
+    return cohort / population
+
+
+@privacy.command("epsilon")
+@click.option(
+    "--noise-multiplier",
+    type=_positive,
+    required=True,
+    help="Noise multiplier of each release (a round's z_eff is this / sqrt(releases per round)).",
+)
+@click.option("--sample-rate", type=_rate, required=True, help="Probability q that a client is in a round.")
+@click.option("--rounds", type=click.IntRange(min=1), required=True, help="Rounds (accounted events).")
+@click.option("--delta", type=_probability, default=1e-5, show_default=True)
+@click.option(
+    "--releases-per-round",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Vectors each round releases, all from the same cohort.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def epsilon_command(
+    noise_multiplier: float,
+    sample_rate: float,
+    rounds: int,
+    delta: float,
+    releases_per_round: int,
+    as_json: bool,
+) -> None:
+    """Epsilon spent by a client-level schedule, from each accountant."""
+    from ..privacy.analysis.composition import effective_noise_multiplier
+    from ..privacy.calibration import epsilon_for
+
+    try:
+        z_eff = effective_noise_multiplier([noise_multiplier] * releases_per_round)
+        results = {
+            a: epsilon_for(
+                noise_multiplier=z_eff, sample_rate=sample_rate, steps=rounds, delta=delta, accountant=a
+            )
+            for a in ACCOUNTANTS
+        }
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    payload = {
+        "noise_multiplier": noise_multiplier,
+        "releases_per_round": releases_per_round,
+        "effective_noise_multiplier": z_eff,
+        "sample_rate": sample_rate,
+        "rounds": rounds,
+        "delta": delta,
+        "epsilon": {a: (e if math.isfinite(e) else None) for a, e in results.items()},
+    }
+    lines = [
+        f"{rounds} rounds at sample rate {sample_rate:g}, {releases_per_round} releases of noise multiplier "
+        f"{noise_multiplier:g} per round -> one event per round with z_eff = {z_eff:.4f}",
+        *(f"  {a}: epsilon = {e:.4f} at delta = {delta:g}" for a, e in results.items()),
+    ]
+    _emit(as_json, payload, "\n".join(lines))
+
+
+@privacy.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write [default: RUN_DIR/plots/privacy_budget.png].",
+)
+@click.option("--no-plot", is_flag=True, help="Do not write the PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def report_command(run_dir: Path, plot_path: Path | None, no_plot: bool, as_json: bool) -> None:
+    """Per-round privacy table, totals, accountant and granularity of a run, and a PNG of epsilon."""
+    from ..privacy.report import load_budget_report, plot_budget
+
+    try:
+        report = load_budget_report(run_dir)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="RUN_DIR") from None
+    payload = report.to_dict()
+    text = report.to_text()
+    if not no_plot:
+        base = run_dir if run_dir.is_dir() else run_dir.parent
+        png = plot_budget(report, plot_path or base / "plots" / "privacy_budget.png")
+        payload["plot"] = str(png)
+        text += f"\nplot: {png}"
+    _emit(as_json, payload, text)
