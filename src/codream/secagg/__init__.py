@@ -6,3 +6,41 @@ as an option, written as pure state machines (`client`, `server`) over typed wir
 it into the aggregation seam as ``"secure"``. The low-level primitives live in `codream.crypto`.
 The protocol is specified in protocols/secagg.md.
 """
+
+from .config import GraphKind, SessionConfig
+from .runner import (
+    Dropout,
+    DropoutSchedule,
+    InProcessSession,
+    SessionResult,
+    SessionStats,
+    SessionSum,
+    Stage,
+    provision_signers,
+    run_session,
+)
+
+__all__ = [
+    "ClientNoise",
+    "Dropout",
+    "DropoutSchedule",
+    "GraphKind",
+    "InProcessSession",
+    "SecureAggregator",
+    "SessionConfig",
+    "SessionResult",
+    "SessionStats",
+    "SessionSum",
+    "Stage",
+    "provision_signers",
+    "run_session",
+]
+
+
+def __getattr__(name: str):
+    # The aggregator registers itself with the seam on import; load it only when asked for.
+    if name in ("SecureAggregator", "ClientNoise"):
+        from . import aggregator
+
+        return getattr(aggregator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,9 @@ for each message from the server and ``state.submit(words)`` for each vector's i
 the next state and the message to send (or None).
 """
 
-from .base import Aborted, ClientState, Completed
+from .aborted import Aborted
+from .base import ClientState
+from .completed import Completed
 from .r0_advertise_keys import AdvertiseKeysState, start_client
 from .r1_share_keys import ShareKeysState
 from .r2_masked_input import MaskedInputState

@@ -1,5 +1,4 @@
-"""What every client state shares: the event methods, the context that never changes, and the
-two terminal states.
+"""What every client state shares: the event methods and the context that never changes.
 
 Two kinds of failure stay apart. A message the state does not accept at all (wrong kind, or any
 message after the end) is a caller bug: `UnexpectedMessage` is raised and the state object is left
@@ -24,15 +23,7 @@ from ...exceptions import AbortReason, DecryptionError, InvalidShare, ProtocolAb
 from ..config import SessionConfig
 from ..messages import AbortMessage, Message
 
-__all__ = [
-    "Aborted",
-    "ClientContext",
-    "ClientSecrets",
-    "ClientSession",
-    "ClientState",
-    "Completed",
-    "Transition",
-]
+__all__ = ["ClientContext", "ClientSecrets", "ClientSession", "ClientState", "Transition"]
 
 Transition = tuple["ClientState", Message | None]
 
@@ -63,6 +54,8 @@ class ClientContext:
 
     def abort(self, reason: AbortReason, detail: str) -> Transition:
         """Move to `Aborted` and tell the server why."""
+        from .aborted import Aborted
+
         return Aborted(self.client_id, reason, detail), AbortMessage(self.client_id, reason, detail[:1000])
 
 
@@ -130,6 +123,8 @@ class ClientState:
                 f"illegal transition: {self.name} does not accept {type(message).__name__}"
             )
         if isinstance(message, AbortMessage):
+            from .aborted import Aborted
+
             detail = f"server aborted: {message.detail}" if message.detail else "server aborted"
             return Aborted(self.client_id, message.reason, detail), None
         return self._guarded(self._handle, message)
@@ -158,29 +153,3 @@ class ClientState:
             return self._context().abort(AbortReason.DECRYPTION_FAILED, "a share ciphertext does not open")
         except InvalidShare as exc:
             return self._context().abort(AbortReason.INVALID_SHARE, str(exc))
-
-
-@dataclass(frozen=True, slots=True)
-class Completed(ClientState):
-    """Terminal: every planned vector was unmasked. Accepts nothing."""
-
-    id: int
-    terminal: ClassVar[bool] = True
-
-    @property
-    def client_id(self) -> int:
-        return self.id
-
-
-@dataclass(frozen=True, slots=True)
-class Aborted(ClientState):
-    """Terminal: the client stopped, for `reason`. Accepts nothing (not even another abort)."""
-
-    id: int
-    reason: AbortReason
-    detail: str = ""
-    terminal: ClassVar[bool] = True
-
-    @property
-    def client_id(self) -> int:
-        return self.id

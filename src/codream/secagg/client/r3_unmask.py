@@ -22,7 +22,8 @@ from typing import ClassVar
 from ...crypto.signing import verify_signature
 from ...exceptions import AbortReason, ProtocolAbort
 from ..messages import ConsistencyProof, ConsistencySignature, UnmaskRequest, UnmaskResponse
-from .base import ClientContext, ClientSession, ClientState, Completed, Transition
+from .base import ClientContext, ClientSession, ClientState, Transition
+from .completed import Completed
 
 __all__ = ["ConsistencyCheckState", "UnmaskState", "check_unmask_request"]
 

@@ -5,7 +5,9 @@ the round and ``state, outgoing = state.close()`` at the round's deadline. `Serv
 `ServerMaskedInput.sums` hold the unmasked vectors.
 """
 
-from .base import Rejection, ServerAborted, ServerCompleted, ServerSession, ServerState, SessionSum
+from .aborted import ServerAborted
+from .base import Rejection, ServerSession, ServerState, SessionSum
+from .completed import ServerCompleted
 from .r0_advertise_keys import ServerAdvertiseKeys, start_server
 from .r1_share_keys import ServerShareKeys
 from .r2_masked_input import ServerMaskedInput

@@ -1,5 +1,5 @@
 """What every server state shares: message and deadline events, the session data fixed after
-round 1, the per-vector result, and the two terminal states.
+round 1 and the per-vector result.
 
 The server collects messages of one round until its deadline (`close`), then decides. A client
 message that is not the kind the round expects raises `UnexpectedMessage` and changes nothing. A
@@ -24,8 +24,6 @@ from ..messages import SERVER_ID, AbortMessage, AdvertiseKeys, Message
 
 __all__ = [
     "Rejection",
-    "ServerAborted",
-    "ServerCompleted",
     "ServerSession",
     "ServerState",
     "SessionSum",
@@ -138,24 +136,8 @@ def abort(
     reason: AbortReason, detail: str, notify: frozenset[int] | set[int], sums: tuple[SessionSum, ...] = ()
 ) -> Transition:
     """Move to `ServerAborted` and tell every client still taking part."""
+    from .aborted import ServerAborted
+
     logger.warning("secagg server aborts: %s (%s)", reason.value, detail)
     message = AbortMessage(SERVER_ID, reason, detail[:1000])
     return ServerAborted(reason, detail, sums), dict.fromkeys(sorted(notify), message)
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class ServerCompleted(ServerState):
-    """Terminal: every planned vector was summed."""
-
-    sums: tuple[SessionSum, ...]
-    terminal: ClassVar[bool] = True
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class ServerAborted(ServerState):
-    """Terminal: the session stopped for `reason`; `sums` holds the vectors finished before."""
-
-    reason: AbortReason
-    detail: str
-    sums: tuple[SessionSum, ...] = ()
-    terminal: ClassVar[bool] = True

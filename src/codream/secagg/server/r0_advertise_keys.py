@@ -96,7 +96,7 @@ class ServerAdvertiseKeys(ServerState):
         if len(present) < t:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
-                f"{len(present)} usable clients advertised keys; threshold {t}",
+                f"{len(advertised)} clients advertised keys, {len(present)} usable; threshold {t}",
                 advertised,
             )
         roster = tuple(sorted((cid, advertisement_digest(self.adverts[cid])) for cid in present))

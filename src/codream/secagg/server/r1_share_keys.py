@@ -73,7 +73,7 @@ class ServerShareKeys(ServerState):
         if len(shared) < t:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
-                f"{len(shared)} usable clients shared keys; threshold {t}",
+                f"{len(sent)} clients shared keys, {len(shared)} usable; threshold {t}",
                 self.roster - self.excluded,
             )
         inbox: dict[int, list[tuple[int, bytes]]] = {u: [] for u in shared}

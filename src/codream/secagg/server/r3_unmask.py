@@ -9,7 +9,7 @@ Each rebuilt b_u^j must match the commitment u advertised, and each rebuilt s_sk
 the advertised s_pk_v^j; otherwise the server aborts (INVALID_SHARE / KEY_MISMATCH) rather than
 return a wrong sum.
 
-Next states: ServerMaskedInput (next vector), ServerCompleted, ServerAborted; in malicious mode
+Next states: ServerMaskedInput (next vector), ServerAborted; in malicious mode
 ServerConsistencyCheck comes first.
 """
 
@@ -36,7 +36,6 @@ from ..messages import (
 )
 from .base import (
     Rejection,
-    ServerCompleted,
     ServerSession,
     ServerState,
     SessionSum,
@@ -44,6 +43,7 @@ from .base import (
     abort,
     reject,
 )
+from .completed import ServerCompleted
 
 __all__ = ["ServerConsistencyCheck", "ServerUnmask", "unmask"]
 
