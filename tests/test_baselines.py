@@ -93,7 +93,7 @@ def test_best_over_rounds_is_the_per_client_maximum_and_results_serialise(fedavg
     assert fedavg_mlp.best_mean >= fedavg_mlp.mean
     data = json.loads(json.dumps(fedavg_mlp.to_dict()))
     assert data["method"] == "fedavg" and data["best_over_rounds_mean"] == fedavg_mlp.best_mean
-    assert data["seconds"] > 0
+    assert data["seconds"] > 0 and data["config"]["rounds"] == FAST.rounds
 
 
 def test_fedavg_average_equals_the_hand_computed_weighted_mean_of_every_tensor():

@@ -86,6 +86,11 @@ def test_limits_take_a_seeded_subset_of_the_requested_size():
     assert abs(float(a.x_train.mean())) < 1e-5  # normalised over the subset actually kept
 
 
+def test_a_tiny_subset_keeps_the_full_class_count():
+    ds = load_dataset("digits", limit_train=3, limit_test=2, seed=0)
+    assert ds.num_classes == 10 and len(ds.y_train) == 3
+
+
 def test_unknown_data_set_name_lists_the_valid_names():
     with pytest.raises(ConfigError, match="digits.*fashion-mnist"):
         load_dataset("cifar-1000")

@@ -109,6 +109,7 @@ class BaselineResult:
         steps_per_round: SGD steps each trained model takes per round.
         examples_per_round: examples processed per round by the whole method (the matched budget).
         seconds: wall-clock time of training and evaluation.
+        config: the settings of the run.
     """
 
     method: Method
@@ -119,6 +120,7 @@ class BaselineResult:
     steps_per_round: int
     examples_per_round: int
     seconds: float
+    config: BaselineConfig
 
     @property
     def mean(self) -> float:
@@ -273,6 +275,7 @@ def run_local_only(
         steps_per_round=config.local_steps,
         examples_per_round=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
         seconds=time.perf_counter() - start,
+        config=config,
     )
 
 
@@ -333,6 +336,7 @@ def run_fedavg(
         steps_per_round=config.local_steps,
         examples_per_round=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
         seconds=time.perf_counter() - start,
+        config=config,
     )
 
 
@@ -393,6 +397,7 @@ def run_centralized(
         steps_per_round=steps,
         examples_per_round=steps * min(config.batch_size, len(union)) * len(archs),
         seconds=time.perf_counter() - start,
+        config=config,
     )
 
 

@@ -133,11 +133,11 @@ def load_dataset(
         folder = Path(data_dir) if data_dir is not None else DEFAULT_IDX_DIRS[name]
         x_train, y_train, x_test, y_test = _load_idx_folder(folder, name)
 
+    # Counted before subsetting, so a small subset that misses a class keeps the full output layer.
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     x_train, y_train = _subset(x_train, y_train, limit_train, rng)
     x_test, y_test = _subset(x_test, y_test, limit_test, rng)
-
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
     xt, xs = _normalise(x_train, x_test)
     logger.debug("loaded %s: %d train, %d test, shape %s", name, len(y_train), len(y_test), xt.shape[1:])
     return Dataset(
