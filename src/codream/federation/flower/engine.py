@@ -381,6 +381,7 @@ class CodreamServer:
         self.out_dir = Path(str(rc.get("out-dir", ".")))
         self.record_trace = bool(rc.get("record-trace", False))
         self.trace: dict[str, np.ndarray] = {}
+        self._last_bound = 0.0  # quantisation bound of the last sum (0 for plain sums)
         self.secure = None
         if self.aggregation == "secure":
             self.secure = create_aggregator("secure", threshold=self.threshold, bits=self.bits)
@@ -519,6 +520,7 @@ class CodreamServer:
         if self.record_trace:
             self.trace[f"r{r}_v{j}_total"] = np.asarray(res.total, dtype=np.float64)
             self.trace[f"r{r}_v{j}_contributors"] = np.asarray(res.contributors, dtype=np.int64)
+            self.trace[f"r{r}_v{j}_bound"] = np.asarray(self._last_bound, dtype=np.float64)
         return res
 
 
@@ -656,6 +658,7 @@ class _SecureRelease:
             log.warning("vector %r: %d coordinates saturated in fixed-point encoding", spec.name, n_saturated)
         self.clipped += n_clipped
         self.overflowed += n_saturated
+        self.owner._last_bound = self.codecs[j].quantisation_bound(len(survivors))
         return AggregateResult(
             total=self.codecs[j].decode_sum(total.words),
             contributors=survivors,

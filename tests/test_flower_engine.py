@@ -1,0 +1,212 @@
+"""The Flower engine's logic without Flower processes: server and node objects joined by a loopback.
+
+These run in seconds. The process-level tests (real SuperLink and SuperNodes) are in
+test_flower_deployment.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="the Flower engine needs flwr (pip install codream[flower])")
+
+from codream.exceptions import ConfigError, InvalidMessage  # noqa: E402
+from codream.federation.config import DistillConfig, DreamConfig, FederationConfig  # noqa: E402
+from codream.federation.flower.app import render_pyproject  # noqa: E402
+from codream.federation.flower.channel import ClientChannel  # noqa: E402
+from codream.federation.flower.engine import (  # noqa: E402
+    CodreamNode,
+    CodreamServer,
+    config_from_dict,
+    config_to_dict,
+)
+from codream.federation.flower.harness import format_node_config  # noqa: E402
+from codream.federation.flower.serverapp import connect_clients  # noqa: E402
+from codream.federation.flower.verify import replay_in_process  # noqa: E402
+from codream.federation.flower.wire import Payload, decode, encode  # noqa: E402
+from codream.federation.flower.worker import error_payload  # noqa: E402
+
+
+def tiny_config(**overrides) -> FederationConfig:
+    base = dict(
+        dataset="digits",
+        num_clients=4,
+        alpha=None,
+        samples_per_client=60,
+        limit_test=100,
+        models=("mlp",),
+        rounds=2,
+        seed=5,
+        method="conditional",
+        dream=DreamConfig(batch_size=8, global_steps=2),
+        distill=DistillConfig(kd_steps=3, batch_size=8, warmup_steps=10, buffer_size=32),
+    )
+    base.update(overrides)
+    return FederationConfig(**base)
+
+
+class Loopback:
+    """A `Transport` that hands each request straight to an in-process `CodreamNode`.
+
+    `crash` = (node, kind, round, vector): that node stops answering from that request on, as a
+    killed SuperNode does.
+    """
+
+    def __init__(self, num_nodes: int, crash: tuple[int, str, int, int] | None = None) -> None:
+        self.nodes = {
+            100 + i: CodreamNode({"partition-id": i, "num-partitions": num_nodes}) for i in range(num_nodes)
+        }
+        self.crash = crash
+        self.crashed: set[int] = set()
+
+    def node_ids(self) -> list[int]:
+        return sorted(self.nodes)
+
+    def exchange(self, requests, *, timeout):
+        out = {}
+        for node, body in requests.items():
+            request = decode(body)
+            if self.crash is not None and node == 100 + self.crash[0]:
+                _, kind, r, j = self.crash
+                if (
+                    request.kind == kind
+                    and request.fields.get("round") == r
+                    and request.fields.get("vector") == j
+                ):
+                    self.crashed.add(node)
+            if node in self.crashed:
+                continue
+            try:
+                reply = self.nodes[node].handle(request)
+            except Exception as err:  # noqa: BLE001 - as the worker does
+                reply = error_payload(err)
+            out[node] = encode(reply)
+        return out
+
+
+def run_loopback(config, tmp_path, *, aggregation="secure", crash=None):
+    run_config = {
+        "codream-config": json.dumps(config_to_dict(config)),
+        "aggregation": aggregation,
+        "out-dir": str(tmp_path),
+        "record-trace": True,
+    }
+    server = CodreamServer(run_config)
+    transport = Loopback(config.num_clients, crash)
+    channel, ready = connect_clients(
+        transport,
+        num_nodes=config.num_clients,
+        setup=server.setup_payload(),
+        wait_timeout=1,
+        setup_timeout=1,
+        step_timeout=1,
+    )
+    return server.run(channel, ready), channel
+
+
+def test_engine_messages_survive_encoding_and_malformed_ones_are_refused():
+    p = Payload(
+        "release",
+        {"round": 1, "begin": True},
+        {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "msg": np.frombuffer(b"abc", dtype=np.uint8)},
+    )
+    q = decode(encode(p))
+    assert q.kind == "release" and q.fields == {"round": 1, "begin": True}
+    assert np.array_equal(q.array("x", "float32"), p.arrays["x"]) and q.blob("msg") == b"abc"
+    data = encode(p)
+    for bad in (data[:-1], data + b"\0", b"\x02" + data[1:], b""):
+        with pytest.raises(InvalidMessage):
+            decode(bad)
+    with pytest.raises(InvalidMessage):
+        q.array("x", "float64")
+
+
+def test_a_federation_config_round_trips_through_its_json_form():
+    config = tiny_config(alpha=0.5)
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(config)))) == config
+    with pytest.raises(ConfigError):
+        config_from_dict({"num_clientz": 3})
+
+
+def test_the_app_folder_and_node_configs_render_valid_flower_settings():
+    text = render_pyproject({"num-nodes": 4, "aggregation": "secure", "record-trace": False, "bits": 32})
+    assert 'serverapp = "codream.federation.flower.serverapp:app"' in text
+    assert 'aggregation = "secure"' in text and "record-trace = false" in text
+    assert (
+        format_node_config({"partition-id": 2, "data-dir": "/data/x"}) == 'partition-id=2 data-dir="/data/x"'
+    )
+    with pytest.raises(ConfigError):
+        format_node_config({"bad key": 1})
+
+
+def test_a_client_that_stops_answering_is_dropped_for_the_rest_of_the_run():
+    class Silent:
+        def node_ids(self):
+            return [1, 2]
+
+        def exchange(self, requests, *, timeout):
+            return {n: encode(Payload("ok")) for n in requests if n == 1}
+
+    channel = ClientChannel(Silent(), {0: 1, 1: 2}, step_timeout=0.1)
+    assert set(channel.broadcast(Payload("ping"))) == {0}
+    assert channel.alive == [0] and "no answer" in channel.dropped[1]
+    assert set(channel.broadcast(Payload("ping"))) == {0}
+
+
+def test_secure_rounds_over_the_engine_match_the_in_process_engine_within_the_quantisation_bound(tmp_path):
+    config = tiny_config()
+    results, channel = run_loopback(config, tmp_path)
+    assert [m["survivors"] for m in results["rounds"]] == [[0, 1, 2, 3]] * 2
+    report = replay_in_process(config, tmp_path / "trace.npz", rounds=2)
+    # class weights, 2 dream steps and soft labels in each of 2 rounds
+    assert len(report.checks) == 8
+    assert not report.violations
+    assert all(c.bound > 0 for c in report.checks)
+    for r, metrics in enumerate(results["rounds"]):
+        flower = [metrics["accuracies"][str(c)] for c in range(4)]
+        assert flower == pytest.approx(list(report.accuracies[r]), abs=1e-9)
+    dreams = np.load(tmp_path / "dreams.npz")
+    np.testing.assert_allclose(dreams["x"], report.dreams, atol=1e-5)
+    np.testing.assert_allclose(dreams["soft_labels"], report.soft_labels, atol=1e-5)
+    # The replay does notice clients that are not the ones the run had.
+    assert replay_in_process(tiny_config(seed=6), tmp_path / "trace.npz", rounds=1).violations
+
+
+def test_a_client_crashing_mid_round_leaves_the_secure_sum_over_the_survivors(tmp_path):
+    config = tiny_config(method="paper")
+    results, channel = run_loopback(config, tmp_path, crash=(3, "release", 0, 1))
+    r0, r1 = results["rounds"]
+    assert r0["participants"] == [0, 1, 2, 3] and r0["survivors"] == [0, 1, 2]
+    assert r1["participants"] == [0, 1, 2] and sorted(r1["accuracies"]) == ["0", "1", "2"]
+    assert set(channel.dropped) == {3}
+    trace = np.load(tmp_path / "trace.npz")
+    assert list(trace["r0_v0_contributors"]) == [0, 1, 2, 3]
+    assert list(trace["r0_v1_contributors"]) == [0, 1, 2]
+    report = replay_in_process(config, trace, rounds=2)
+    assert len(report.checks) == 6 and not report.violations
+    for r, metrics in enumerate(results["rounds"]):
+        for c, acc in metrics["accuracies"].items():
+            assert acc == pytest.approx(report.accuracies[r][int(c)], abs=1e-9)
+
+
+def test_plain_rounds_over_the_engine_equal_the_in_process_plain_engine(tmp_path):
+    config = tiny_config(rounds=1)
+    results, _ = run_loopback(config, tmp_path, aggregation="plain")
+    report = replay_in_process(config, tmp_path / "trace.npz", rounds=1)
+    assert all(c.bound == 0 and c.error < 1e-9 for c in report.checks)
+    assert [results["rounds"][0]["accuracies"][str(c)] for c in range(4)] == list(report.accuracies[0])
+
+
+def test_a_node_refuses_requests_before_set_up_and_with_a_foreign_partition_count():
+    node = CodreamNode({"partition-id": 0, "num-partitions": 3})
+    with pytest.raises(InvalidMessage):
+        node.handle(Payload("release", {"vector": 0}))
+    with pytest.raises(ConfigError):
+        node.handle(
+            Payload("setup", {"config": config_to_dict(tiny_config()), "aggregation": "secure", "bits": 32})
+        )
+    with pytest.raises(ConfigError):
+        CodreamNode({"num-partitions": 3})
