@@ -522,3 +522,28 @@ def test_in_malicious_mode_nothing_is_revealed_before_the_consistency_proof():
     replies = h.deliver(requests)
     assert all(isinstance(h.clients[c], ConsistencyCheckState) for c in replies)
     assert not any(isinstance(r, UnmaskResponse) for r in replies.values())
+
+
+@pytest.mark.parametrize("bits", [8, 20, 32, 33, 64])
+def test_the_fast_mask_accumulator_adds_exactly_the_words_of_mask_words(bits):
+    from codream.crypto.agreement import X25519KeyPair
+    from codream.crypto.kdf import pairwise_mask_key, self_mask_key
+    from codream.crypto.prg import mask_words
+    from codream.secagg.keys import masked_words
+
+    rng = np.random.default_rng(bits)
+    x = random_words(rng, 1001, bits)
+    session, seed = bytes(range(32)), bytes(32)
+    me = X25519KeyPair.from_private_bytes(bytes([7]) * 32)
+    peers = {cid: X25519KeyPair.from_private_bytes(bytes([cid + 1]) * 32).public_bytes() for cid in (1, 4, 9)}
+    y = masked_words(x, own_id=5, seed=seed, mask_key=me, peers=peers, session=session, vector=3, bits=bits)
+    reference = [int(w) for w in x]
+    for i, w in enumerate(
+        mask_words(self_mask_key(seed, session_id=session, vector_index=3), 1001, bits=bits)
+    ):
+        reference[i] += int(w)
+    for cid, public in peers.items():
+        key = pairwise_mask_key(me.exchange(public), session_id=session, vector_index=3)
+        for i, w in enumerate(mask_words(key, 1001, bits=bits)):
+            reference[i] += int(w) if cid > 5 else -int(w)
+    np.testing.assert_array_equal(y, np.array([r % (1 << bits) for r in reference], dtype=np.uint64))

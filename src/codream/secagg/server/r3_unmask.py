@@ -25,7 +25,14 @@ from ...crypto.agreement import X25519KeyPair
 from ...crypto.shamir import Share, reconstruct_secret
 from ...crypto.signing import verify_signature
 from ...exceptions import AbortReason, InvalidShare, ProtocolAbort
-from ..keys import SECRET_BYTES, mask_sign, pairwise_mask, seed_commitment, self_mask, word_mask
+from ..keys import (
+    SECRET_BYTES,
+    MaskAccumulator,
+    mask_sign,
+    pairwise_key,
+    seed_commitment,
+    self_mask_key_for,
+)
 from ..messages import (
     AbortMessage,
     ConsistencyProof,
@@ -166,7 +173,7 @@ def unmask(
             key that does not re-derive the advertised public key).
     """
     config, sid = session.config, session.session_id
-    t, bits, count = config.threshold, config.bits, partial.shape[0]
+    t, bits = config.threshold, config.bits
     seed_shares: dict[int, list[Share]] = {u: [] for u in request.alive}
     key_shares: dict[int, list[Share]] = {v: [] for v in request.dropped}
     for response in sorted(responses, key=lambda r: r.sender):
@@ -175,16 +182,15 @@ def unmask(
         for owner, share in response.key_shares:
             key_shares[owner].append(share)
     alive = frozenset(request.alive)
-    total = partial.copy()
+    total = MaskAccumulator(partial, bits=bits)
     for u in request.alive:
         seed = _rebuild(seed_shares[u], t, f"self-mask seed of client {u}")
-        if not hmac.compare_digest(
-            seed_commitment(u, vector, seed), session.adverts[u].seed_commitments[vector]
-        ):
+        commitment = session.adverts[u].seed_commitments[vector]
+        if not hmac.compare_digest(seed_commitment(u, vector, seed), commitment):
             raise ProtocolAbort(
                 AbortReason.INVALID_SHARE, f"rebuilt seed of client {u} misses its commitment"
             )
-        total -= self_mask(seed, session=sid, vector=vector, count=count, bits=bits)
+        total.add(self_mask_key_for(seed, session=sid, vector=vector), -1)
     for v in request.dropped:
         maskers = session.peers.get(v, frozenset()) & alive
         if not maskers:
@@ -196,16 +202,10 @@ def unmask(
                 AbortReason.KEY_MISMATCH, f"rebuilt mask key of client {v} is not the advertised one"
             )
         for u in sorted(maskers):
-            m = pairwise_mask(
-                key, session.adverts[u].mask_keys[vector], session=sid, vector=vector, count=count, bits=bits
-            )
-            # u added sign(u, v) * m; take it out.
-            if mask_sign(u, v) > 0:
-                total -= m
-            else:
-                total += m
-    total &= word_mask(bits)
-    return total
+            # u added sign(u, v) * PRG(k_uv); take it out.
+            k_uv = pairwise_key(key, session.adverts[u].mask_keys[vector], session=sid, vector=vector)
+            total.add(k_uv, -mask_sign(u, v))
+    return total.result()
 
 
 def _rebuild(shares: list[Share], threshold: int, what: str) -> bytes:
