@@ -15,14 +15,13 @@ import numpy as np
 
 from ..crypto.agreement import X25519KeyPair
 from ..crypto.kdf import pairwise_mask_key, self_mask_key
-from ..crypto.prg import keystream, mask_words
+from ..crypto.prg import MaskAccumulator, mask_words
 from ..crypto.shamir import SHARE_BYTES, Share
 from ..exceptions import AbortReason, InvalidShare, ProtocolAbort
 from .messages import AdvertiseKeys
 
 __all__ = [
     "SECRET_BYTES",
-    "MaskAccumulator",
     "pairwise_key",
     "self_mask_key_for",
     "advertisement_digest",
@@ -166,37 +165,6 @@ def pairwise_mask(
     return mask_words(pairwise_key(own, peer_public, session=session, vector=vector), count, bits=bits)
 
 
-class MaskAccumulator:
-    """A vector modulo 2^bits to which masks are added or subtracted, at keystream speed.
-
-    Adds the same words as ``mask_words(key, count, bits=bits)`` (the low `bits` bits of each
-    little-endian 4-byte word for bits <= 32, of each 8-byte word above), but sums the raw keystream
-    words in uint32 (or uint64) lanes and reduces once at the end: since 2^bits divides the lane
-    modulus the result is the same, without a widened copy of every mask.
-    """
-
-    __slots__ = ("_acc", "_bits", "_count", "_dtype")
-
-    def __init__(self, words: np.ndarray, *, bits: int) -> None:
-        self._bits = bits
-        self._count = words.shape[0]
-        self._dtype = np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
-        self._acc = words.astype(np.uint32 if bits <= 32 else np.uint64, copy=True)
-
-    def add(self, key: bytes, sign: int = 1) -> None:
-        stream = np.frombuffer(keystream(key, self._dtype.itemsize * self._count), dtype=self._dtype)
-        if sign > 0:
-            np.add(self._acc, stream, out=self._acc)
-        else:
-            np.subtract(self._acc, stream, out=self._acc)
-
-    def result(self) -> np.ndarray:
-        """The accumulated words reduced modulo 2^bits, as uint64."""
-        out = self._acc.astype(np.uint64)
-        out &= word_mask(self._bits)
-        return out
-
-
 def masked_words(
     words: np.ndarray,
     *,
@@ -210,11 +178,15 @@ def masked_words(
 ) -> np.ndarray:
     """y = x + PRG(b^j) + sum_v sign(u, v) PRG(k_uv^j) mod 2^bits, over the peers masked with.
 
+    The masks are summed by `prg.MaskAccumulator`, which never widens a mask to uint64.
+
     Raises:
         ProtocolAbort: INVALID_PUBLIC_KEY for a malformed or low-order peer key.
     """
-    acc = MaskAccumulator(words, bits=bits)
-    acc.add(self_mask_key_for(seed, session=session, vector=vector))
+    acc = MaskAccumulator(words.shape[0], bits=bits)
+    acc.add_words(words)
+    acc.add_mask(self_mask_key_for(seed, session=session, vector=vector))
     for peer in sorted(peers):
-        acc.add(pairwise_key(mask_key, peers[peer], session=session, vector=vector), mask_sign(own_id, peer))
+        key = pairwise_key(mask_key, peers[peer], session=session, vector=vector)
+        acc.add_mask(key, sign=mask_sign(own_id, peer))
     return acc.result()

@@ -22,12 +22,12 @@ from typing import ClassVar
 import numpy as np
 
 from ...crypto.agreement import X25519KeyPair
+from ...crypto.prg import MaskAccumulator
 from ...crypto.shamir import Share, reconstruct_secret
 from ...crypto.signing import verify_signature
 from ...exceptions import AbortReason, InvalidShare, ProtocolAbort
 from ..keys import (
     SECRET_BYTES,
-    MaskAccumulator,
     mask_sign,
     pairwise_key,
     seed_commitment,
@@ -182,7 +182,8 @@ def unmask(
         for owner, share in response.key_shares:
             key_shares[owner].append(share)
     alive = frozenset(request.alive)
-    total = MaskAccumulator(partial, bits=bits)
+    total = MaskAccumulator(partial.shape[0], bits=bits)
+    total.add_words(partial)
     for u in request.alive:
         seed = _rebuild(seed_shares[u], t, f"self-mask seed of client {u}")
         commitment = session.adverts[u].seed_commitments[vector]
@@ -190,7 +191,7 @@ def unmask(
             raise ProtocolAbort(
                 AbortReason.INVALID_SHARE, f"rebuilt seed of client {u} misses its commitment"
             )
-        total.add(self_mask_key_for(seed, session=sid, vector=vector), -1)
+        total.add_mask(self_mask_key_for(seed, session=sid, vector=vector), sign=-1)
     for v in request.dropped:
         maskers = session.peers.get(v, frozenset()) & alive
         if not maskers:
@@ -204,7 +205,7 @@ def unmask(
         for u in sorted(maskers):
             # u added sign(u, v) * PRG(k_uv); take it out.
             k_uv = pairwise_key(key, session.adverts[u].mask_keys[vector], session=sid, vector=vector)
-            total.add(k_uv, -mask_sign(u, v))
+            total.add_mask(k_uv, sign=-mask_sign(u, v))
     return total.result()
 
 
