@@ -16,7 +16,7 @@ from conftest import make_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codream.exceptions import AbortReason, ProtocolAbort
+from codream.exceptions import AbortReason, ConfigError, ProtocolAbort
 from codream.secagg.client import Aborted, Completed
 from codream.secagg.config import GraphKind, SessionConfig
 from codream.secagg.runner import (
@@ -260,3 +260,32 @@ def test_sums_are_exact_with_the_real_operating_system_randomness():
     (s,) = run_session(config, inputs, dropouts=schedule).sums
     assert 11 not in s.survivors and 17 in s.survivors
     np.testing.assert_array_equal(s.words, plain_sum(inputs[0], s.survivors, 64, 64))
+
+
+def test_malformed_input_words_are_refused_before_any_client_masks():
+    config, _ = make_config(n=4, t=3, lengths=(3,))
+    session = InProcessSession(config)
+    session.setup()
+    inputs = _inputs(config, 0)[0]
+    bad = dict(inputs)
+    bad[3] = np.array([1, 2, 2**32], dtype=np.uint64)
+    with pytest.raises(ConfigError, match="outside"):
+        session.aggregate(0, bad)
+    bad[3] = np.array([1, 2, 3], dtype=np.int64)
+    with pytest.raises(ConfigError, match="uint64"):
+        session.aggregate(0, bad)
+    result = session.aggregate(0, inputs)
+    assert result.survivors == (0, 1, 2, 3)
+    np.testing.assert_array_equal(result.words, plain_sum(inputs, range(4), 32, 3))
+
+
+def test_a_random_dropout_schedule_is_reproducible_and_honours_its_rate():
+    a = DropoutSchedule.random(range(200), rate=0.3, num_vectors=4, seed=[1, 2])
+    b = DropoutSchedule.random(range(200), rate=0.3, num_vectors=4, seed=[1, 2])
+    assert a.drops == b.drops
+    assert 30 <= len(a.drops) <= 90
+    assert {d.stage for d in a.drops.values()} == set(Stage) - {Stage.CONSISTENCY_CHECK}
+    assert all(d.vector < 4 for d in a.drops.values())
+    assert DropoutSchedule.random(range(50), rate=0.0, num_vectors=2, seed=0).drops == {}
+    with pytest.raises(ConfigError):
+        DropoutSchedule.random(range(5), rate=1.5, num_vectors=1, seed=0)

@@ -242,6 +242,7 @@ class InProcessSession:
         if vector != self._next_vector:
             raise ConfigError(f"expected vector {self._next_vector} next, got {vector}")
         extra = dict(dropouts or {})
+        self._check_inputs(vector, inputs)
 
         def crashes(cid: int, stage: Stage) -> bool:
             return self.dropouts.drops_at(cid, stage, vector) or extra.get(cid) is stage
@@ -269,6 +270,16 @@ class InProcessSession:
         server = self._server
         assert isinstance(server, ServerMaskedInput | ServerCompleted)  # _close raised otherwise
         return server.sums[-1]
+
+    def _check_inputs(self, vector: int, inputs: Mapping[int, np.ndarray]) -> None:
+        """Refuse malformed words before any client masks, so a bad call changes nothing."""
+        length, bits = self.config.vector_lengths[vector], self.config.bits
+        for cid in sorted(set(inputs) & self._live):
+            words = inputs[cid]
+            if not isinstance(words, np.ndarray) or words.dtype != np.uint64 or words.shape != (length,):
+                raise ConfigError(f"client {cid}: vector {vector} must be uint64 words of shape ({length},)")
+            if bits < 64 and words.size and int(words.max()) >> bits:
+                raise ConfigError(f"client {cid}: vector {vector} holds a word outside [0, 2^{bits})")
 
     # ------------------------------------------------------------------ the network
 
