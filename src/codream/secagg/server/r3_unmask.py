@@ -71,8 +71,11 @@ class ServerConsistencyCheck(ServerState):
     def _handle(self, message: Message) -> ServerState:
         sender = message.sender  # type: ignore[attr-defined]
         if sender not in self.request.alive or isinstance(message, AbortMessage) or sender in self.signatures:
-            detail = "aborted" if isinstance(message, AbortMessage) else "not alive, or signed twice"
-            return replace(self, rejections=reject(self.rejections, sender, AbortReason.UNKNOWN_PEER, detail))
+            if isinstance(message, AbortMessage):
+                reason, detail = message.reason, f"client aborted: {message.detail}"
+            else:
+                reason, detail = AbortReason.UNKNOWN_PEER, "not alive, or signed twice"
+            return replace(self, rejections=reject(self.rejections, sender, reason, detail))
         try:
             if message.vector != self.vector:
                 raise ProtocolAbort(AbortReason.UNEXPECTED_VECTOR, f"signed vector {message.vector}")
@@ -123,8 +126,11 @@ class ServerUnmask(ServerState):
     def _handle(self, message: Message) -> ServerState:
         sender = message.sender  # type: ignore[attr-defined]
         if sender not in self.allowed or isinstance(message, AbortMessage) or sender in self.responses:
-            detail = "aborted" if isinstance(message, AbortMessage) else "not asked, or answered twice"
-            return replace(self, rejections=reject(self.rejections, sender, AbortReason.UNKNOWN_PEER, detail))
+            if isinstance(message, AbortMessage):
+                reason, detail = message.reason, f"client aborted: {message.detail}"
+            else:
+                reason, detail = AbortReason.UNKNOWN_PEER, "not asked, or answered twice"
+            return replace(self, rejections=reject(self.rejections, sender, reason, detail))
         alive, dropped = set(self.request.alive), set(self.request.dropped)
         holds = self.session.peers[sender] | {sender}
         seed_owners = [w for w, _ in message.seed_shares]
