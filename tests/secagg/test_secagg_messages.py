@@ -216,12 +216,6 @@ def test_the_config_digest_changes_with_every_field():
 
 @pytest.mark.parametrize("malicious", [False, True], ids=["honest", "malicious"])
 def test_message_sizes_are_the_ones_the_spec_states(malicious):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
     n, J, length, bits = 5, 2, 7, 20
     config, signers = make_config(n=n, t=3, lengths=(length,) * J, malicious=malicious, bits=bits)
     h = Harness(config, signers=signers)
