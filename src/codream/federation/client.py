@@ -1,0 +1,213 @@
+"""The client's side of a CoDream round, in step-sized methods an engine can interleave with messages.
+
+A round, as the client sees it (see protocols/codream.md):
+
+1. (conditional method) release `class_weights()`;
+2. receive the round's context with `begin_round` (round index, dream targets, student);
+3. for every global step: receive the dreams x, release `dream_gradient(x)`;
+4. receive the final dreams, release `soft_labels(x)`;
+5. receive the aggregated soft labels, `acquire(x, y)` and `distill()`.
+
+Every `*_vector` a client returns is what it releases: a float64 vector already bounded to the
+`VectorSpec` the server planned, so clipping at the seam is the exception, not the rule, and is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..distill import DreamBuffer, LocalTrainer, predict_soft_labels
+from ..dreams import DreamLossTerms, client_dream_gradient
+from ..exceptions import ConfigError
+from .config import Contribution, FederationConfig, Method, SoftLabelKind
+
+__all__ = ["ClientRole", "DistillStats"]
+
+log = logging.getLogger(__name__)
+
+# A unit-normalised release is scaled just inside its bound so float rounding never trips the seam's
+# clipping counter (which must mean "a contribution was really cut").
+_INSIDE = 1.0 - 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class DistillStats:
+    """Mean losses of one round of local learning."""
+
+    kd_loss: float
+    ce_loss: float
+    kd_steps: int
+    ce_steps: int
+
+
+class ClientRole:
+    """One client: its model (through its trainer), its private labels' class counts and its dream buffer.
+
+    Args:
+        client_id: the id used at the seam.
+        trainer: owns the model and the private data (`LocalTrainer`).
+        y_train: (N,) the client's labels, used for its per-class weights (conditional method).
+        num_classes: K.
+        config: the federation's configuration.
+        generator: the client's generator for buffer minibatches.
+    """
+
+    def __init__(
+        self,
+        client_id: int,
+        trainer: LocalTrainer,
+        y_train: Tensor,
+        num_classes: int,
+        config: FederationConfig,
+        generator: torch.Generator,
+    ) -> None:
+        self.client_id = client_id
+        self.trainer = trainer
+        self.num_classes = num_classes
+        self.config = config
+        self.generator = generator
+        counts = torch.bincount(y_train.long(), minlength=num_classes).to(torch.float64)
+        self.class_counts = counts.numpy()
+        self.buffer = DreamBuffer(config.distill.buffer_size)
+        self.student: nn.Module | None = None
+        self._round = -1
+        self._targets: Tensor | None = None
+        self._dream_weights: Tensor | None = None
+        self._use_adversarial = False
+        self.last_terms: DreamLossTerms | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.trainer.model
+
+    # -- releases ------------------------------------------------------------------------------------
+
+    def class_weights(self) -> np.ndarray:
+        """How well this client knows each class, (K,) in [0, 1]: its count over its largest count.
+
+        Classes under `dream.min_class_weight` of the largest count get 0. The vector's L2 norm is at
+        most sqrt(K), the bound the server plans for it.
+        """
+        top = float(self.class_counts.max())
+        if top <= 0:
+            return np.zeros(self.num_classes)
+        w = self.class_counts / top
+        w[w < self.config.dream.min_class_weight] = 0.0
+        return w * _INSIDE
+
+    def begin_round(
+        self, round_index: int, *, targets: Tensor | None = None, student: nn.Module | None = None
+    ) -> None:
+        """Take the round's context from the server: dream targets (B,) and, optionally, its student."""
+        if self.config.method is Method.CONDITIONAL and targets is None:
+            raise ConfigError("the conditional method needs the dreams' target classes")
+        self._round = round_index
+        self._targets = None if targets is None else targets.long()
+        if self._targets is not None:
+            w = torch.as_tensor(self.class_weights(), dtype=torch.float32)
+            self._dream_weights = w[self._targets]  # (B,)
+        else:
+            self._dream_weights = None
+        if student is not None:
+            self.student = student
+        dc = self.config.dream
+        self._use_adversarial = (
+            dc.w_adv > 0 and round_index >= dc.adv_start_round and self.student is not None
+        )
+
+    def dream_gradient(self, x: Tensor, step: int | None = None) -> np.ndarray:
+        """This client's bounded update direction on dreams x (B, C, H, W), flattened to (B*C*H*W,).
+
+        `step` (the global step index) is informational: the client's answer depends only on x.
+
+        Normalised to L2 norm `dream.clip_norm` (or clipped to it) over the whole batch, so every client
+        weighs the same whatever its architecture's gradient scale.
+        """
+        dc = self.config.dream
+        grad, terms = client_dream_gradient(
+            self.model,
+            x,
+            dc,
+            targets=self._targets,
+            weights=self._dream_weights,
+            student=self.student,
+            use_adversarial=self._use_adversarial,
+        )
+        self.last_terms = terms
+        vec = grad.reshape(-1).to(torch.float64).numpy()
+        norm = float(np.linalg.norm(vec))
+        if not math.isfinite(norm):
+            raise ConfigError(f"client {self.client_id}: dream gradient is not finite")
+        if dc.contribution is Contribution.NORMALIZE:
+            return vec * (dc.clip_norm * _INSIDE / norm) if norm > 0 else np.zeros_like(vec)
+        return vec
+
+    def soft_labels(self, x: Tensor) -> np.ndarray:
+        """This client's soft labels on the final dreams x, flattened (B*K,).
+
+        Probabilities (rows in the simplex, so the vector's norm is at most sqrt(B)) or logits. In the
+        conditional method each row is multiplied by this client's weight for the dream's target class.
+        """
+        y = predict_soft_labels(self.model, x, self.config.distill.soft_labels).to(torch.float64)  # (B, K)
+        if self._dream_weights is not None:
+            y = y * self._dream_weights.to(torch.float64)[:, None]
+        if self.config.distill.soft_labels is SoftLabelKind.PROBABILITIES:
+            y = y * _INSIDE
+        return y.reshape(-1).numpy()
+
+    # -- local learning ------------------------------------------------------------------------------
+
+    def warm_up(self) -> float:
+        """`distill.warmup_steps` cross-entropy steps on local data; returns the mean loss."""
+        steps = self.config.distill.warmup_steps
+        losses = [self.trainer.ce_step() for _ in range(steps)]
+        return float(np.mean(losses)) if losses else 0.0
+
+    def acquire(self, x: Tensor, y_target: Tensor) -> None:
+        """Keep the round's dreams x (B, C, H, W) with their target logits (B, K) in the buffer."""
+        self.buffer.add(x, y_target)
+
+    def distill(self) -> DistillStats:
+        """`kd_steps` KD steps on buffer minibatches, interleaved with `ce_ratio` CE steps per KD step."""
+        dc = self.config.distill
+        kd, ce = [], []
+        owed = 0.0
+        for _ in range(dc.kd_steps if len(self.buffer) else 0):
+            xb, yb = self.buffer.sample(dc.batch_size, self.generator)
+            kd.append(self.trainer.kd_step(xb, yb, dc.temperature))
+            owed += dc.ce_ratio
+            while owed >= 1.0:
+                ce.append(self.trainer.ce_step())
+                owed -= 1.0
+        return DistillStats(
+            kd_loss=float(np.mean(kd)) if kd else 0.0,
+            ce_loss=float(np.mean(ce)) if ce else 0.0,
+            kd_steps=len(kd),
+            ce_steps=len(ce),
+        )
+
+    def evaluate(self, x_test: Tensor, y_test: Tensor) -> float:
+        """Accuracy of this client's model on (x_test, y_test)."""
+        from ..evaluation import accuracy
+
+        return float(accuracy(self.model, x_test, y_test))
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "trainer": self.trainer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,244 @@
+"""The server's side of a CoDream round: it owns the dreams and only ever sees sums.
+
+The server draws the dreams, plans the round's releases (`specs`), turns each aggregated sum into a
+data-space update (adding its own data-independent priors and, in the adaptive variant, its student's
+entropy gradient), turns the summed soft labels into KD targets, and optionally distils a student of its
+own on the same dreams. See protocols/codream.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..aggregation import AggregateResult, VectorSpec
+from ..distill import DreamBuffer, frozen_batchnorm, kd_loss, soft_labels_to_target_logits
+from ..dreams import DataSpaceOptimizer, entropy_gradient, init_dreams, prior_gradient
+from ..exceptions import ConfigError
+from .config import FederationConfig, Method, SoftLabelKind
+
+__all__ = ["ServerRole", "StudentTrainer"]
+
+log = logging.getLogger(__name__)
+
+# Weighted means divide by the summed class weight; a class no survivor holds gets at least this.
+_EPS = 1e-8
+
+
+class StudentTrainer:
+    """The server's optional model: learns only from dreams and their aggregated labels (no data)."""
+
+    def __init__(self, model: nn.Module, config: FederationConfig, generator: torch.Generator) -> None:
+        dc = config.distill
+        self.model = model
+        self.config = config
+        self.generator = generator
+        self.buffer = DreamBuffer(dc.buffer_size)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=dc.student_lr, momentum=dc.momentum, weight_decay=dc.weight_decay
+        )
+
+    def distill(self) -> float:
+        """`kd_steps` KD steps on the buffer; returns the mean loss."""
+        dc = self.config.distill
+        losses = []
+        self.model.train()
+        for _ in range(dc.kd_steps if len(self.buffer) else 0):
+            xb, yb = self.buffer.sample(dc.batch_size, self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            with frozen_batchnorm(self.model):
+                loss = kd_loss(self.model(xb), yb, dc.temperature)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        return float(np.mean(losses)) if losses else 0.0
+
+    def state_dict(self) -> dict:
+        return {
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "buffer": self.buffer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.buffer.load_state_dict(state["buffer"])
+        self.generator.set_state(state["generator"])
+
+
+class ServerRole:
+    """The server: dreams, their data-space optimiser, the round's plan and the optional student.
+
+    Args:
+        config: the federation's configuration.
+        input_shape: (C, H, W) of the data.
+        num_classes: K.
+        generator: seeds dream initialisation and target assignment.
+        student: the optional server model (see `StudentTrainer`).
+    """
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        generator: torch.Generator,
+        student: StudentTrainer | None = None,
+    ) -> None:
+        self.config = config
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.generator = generator
+        self.student = student
+        self.round_index = -1
+        self._opt: DataSpaceOptimizer | None = None
+        self.x: Tensor | None = None  # (B, C, H, W)
+        self.targets: Tensor | None = None  # (B,)
+        self.class_weight_mean: np.ndarray | None = None  # (K,)
+        self.soft_labels: Tensor | None = None  # (B, K) aggregated
+        self.target_logits: Tensor | None = None  # (B, K) what clients distil toward
+        self.dream_steps = 0
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.method is Method.CONDITIONAL
+
+    def specs(self) -> list[VectorSpec]:
+        """The round's plan: every vector each client will release, in order, with its L2 bound."""
+        dc, kc = self.config.dream, self.config.distill
+        b, k = dc.batch_size, self.num_classes
+        dream_len = b * math.prod(self.input_shape)
+        specs = []
+        if self.conditional:
+            specs.append(VectorSpec("class_weights", k, math.sqrt(k)))
+        specs += [VectorSpec(f"dream/{s}", dream_len, dc.clip_norm) for s in range(dc.global_steps)]
+        label_bound = math.sqrt(b) if kc.soft_labels is SoftLabelKind.PROBABILITIES else kc.logit_clip_norm
+        specs.append(VectorSpec("soft_labels", b * k, label_bound))
+        return specs
+
+    def begin_round(self, round_index: int) -> Tensor:
+        """Draw a fresh dream batch x ~ N(0, I), (B, C, H, W), and a fresh data-space optimiser."""
+        dc = self.config.dream
+        self.round_index = round_index
+        x = init_dreams(dc.batch_size, self.input_shape, generator=self.generator, std=dc.init_std)
+        self._opt = DataSpaceOptimizer(x, dc)
+        self.x = self._opt.x.detach().clone()
+        self.targets = None
+        self.class_weight_mean = None
+        self.soft_labels = None
+        self.target_logits = None
+        return self.x
+
+    def receive_class_weights(self, result: AggregateResult) -> Tensor:
+        """Assign each dream a target class, balanced over the classes some client holds; (B,)."""
+        if result.count == 0:
+            raise ConfigError("no client contributed class weights")
+        mean = result.total / result.count  # (K,)
+        self.class_weight_mean = mean
+        eligible = np.flatnonzero(mean > _EPS)
+        if eligible.size == 0:
+            raise ConfigError("no client holds any class with a positive weight")
+        b = self.config.dream.batch_size
+        # A random order of the eligible classes, cycled over the batch: each class gets B // |eligible|
+        # or one more dreams, and which classes get the extra one changes from round to round.
+        order = torch.as_tensor(eligible)[torch.randperm(eligible.size, generator=self.generator)]
+        self.targets = order[torch.arange(b) % eligible.size].long()
+        return self.targets
+
+    def _per_dream_weight(self) -> Tensor:
+        """Mean client weight of each dream's target class, (B,), floored away from zero."""
+        assert self.targets is not None and self.class_weight_mean is not None
+        w = torch.as_tensor(self.class_weight_mean, dtype=torch.float32)[self.targets]
+        return w.clamp_min(_EPS)
+
+    def apply_dream_step(self, result: AggregateResult) -> Tensor:
+        """One data-space step from the summed client directions; returns the new dreams (B, C, H, W).
+
+        The direction is the mean over contributors (a per-dream weighted mean in the conditional
+        method), plus the gradient of the server's priors, minus lambda * grad_x H(student(x)) in the
+        adaptive variant.
+        """
+        if self._opt is None or self.x is None:
+            raise ConfigError("apply_dream_step before begin_round")
+        if self.conditional and self.targets is None:
+            raise ConfigError("the conditional method needs class weights before the first dream step")
+        dc = self.config.dream
+        x = self.x
+        if result.count == 0:
+            log.warning("round %d: no client survived a dream step; the dreams stay", self.round_index)
+            return x
+        direction = torch.as_tensor(result.total / result.count, dtype=torch.float32).reshape(x.shape)
+        if self.conditional:
+            direction = direction / self._per_dream_weight()[:, None, None, None]
+        direction = direction + prior_gradient(x, w_tv=dc.w_tv, w_l2=dc.w_l2)
+        if dc.adaptive_lambda > 0 and self.student is not None:
+            direction = direction - dc.adaptive_lambda * entropy_gradient(self.student.model, x)
+        self.x = self._opt.step(direction)
+        self.dream_steps += 1
+        return self.x
+
+    def receive_soft_labels(self, result: AggregateResult) -> tuple[Tensor, Tensor]:
+        """Turn the summed soft labels into the round's labels (B, K) and KD target logits (B, K)."""
+        if result.count == 0:
+            raise ConfigError("no client contributed soft labels")
+        b, k = self.config.dream.batch_size, self.num_classes
+        y = torch.as_tensor(result.total / result.count, dtype=torch.float32).reshape(b, k)
+        if self.conditional:
+            y = y / self._per_dream_weight()[:, None]
+        kind = self.config.distill.soft_labels
+        if kind is SoftLabelKind.PROBABILITIES:
+            y = y.clamp_min(0)
+            y = y / y.sum(dim=1, keepdim=True).clamp_min(_EPS)
+        self.soft_labels = y
+        self.target_logits = soft_labels_to_target_logits(y, kind)
+        return y, self.target_logits
+
+    def label_probabilities(self) -> Tensor:
+        """The aggregated soft labels as probabilities (B, K), whatever kind travelled."""
+        if self.soft_labels is None:
+            raise ConfigError("no soft labels yet this round")
+        if self.config.distill.soft_labels is SoftLabelKind.PROBABILITIES:
+            return self.soft_labels
+        return F.softmax(self.soft_labels, dim=1)
+
+    def distill_student(self) -> float:
+        """The student keeps the round's dreams and distils on its buffer; 0.0 without a student."""
+        if self.student is None:
+            return 0.0
+        if self.x is None or self.target_logits is None:
+            raise ConfigError("distill_student before the round's soft labels")
+        self.student.buffer.add(self.x, self.target_logits)
+        return self.student.distill()
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "round_index": self.round_index,
+            "dream_steps": self.dream_steps,
+            "student": None if self.student is None else self.student.state_dict(),
+            "x": self.x,
+            "targets": self.targets,
+            "soft_labels": self.soft_labels,
+            "target_logits": self.target_logits,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["student"] is None) != (self.student is None):
+            raise ConfigError("checkpoint and configuration disagree on whether the server has a student")
+        self.generator.set_state(state["generator"])
+        self.round_index = int(state["round_index"])
+        self.dream_steps = int(state["dream_steps"])
+        if self.student is not None:
+            self.student.load_state_dict(state["student"])
+        self.x, self.targets = state["x"], state["targets"]
+        self.soft_labels, self.target_logits = state["soft_labels"], state["target_logits"]
+        self._opt = None

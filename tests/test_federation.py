@@ -1,0 +1,226 @@
+"""The in-process federation: learning, bit-for-bit reproducibility, checkpoints, and the seam."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from codream.aggregation import AggregateResult, AggregationRound, Aggregator, PlainAggregator, VectorSpec
+from codream.data import load_dataset
+from codream.exceptions import ConfigError
+from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on a shared CPU run far faster on one thread than on contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class RecordingAggregator(Aggregator):
+    """Plain sums, plus a log of every (round, vector name, contributing clients, vector length)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.inner = PlainAggregator()
+        self.plans: list[tuple[int, list[str]]] = []
+        self.sums: list[tuple[int, str, tuple[int, ...], int]] = []
+
+    def open_round(self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]):
+        self.plans.append((round_index, [s.name for s in specs]))
+        inner = self.inner.open_round(round_index=round_index, participants=participants, specs=specs)
+        outer = self
+
+        class _Round(AggregationRound):
+            def __init__(self) -> None:
+                super().__init__(round_index=round_index, participants=participants, specs=specs)
+
+            def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
+                lengths = {v.shape for v in vectors.values()}
+                outer.sums.append((round_index, spec.name, tuple(sorted(vectors)), *[s[0] for s in lengths]))
+                return inner.sum(spec, vectors)
+
+            def close(self):
+                return inner.close()
+
+        return _Round()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def small_config(**overrides) -> FederationConfig:
+    base = dict(
+        dataset="digits",
+        num_clients=3,
+        models=("cnn", "mlp", "resnet8"),
+        alpha=1.0,
+        samples_per_client=200,
+        limit_test=300,
+        rounds=2,
+        seed=3,
+        dream=DreamConfig(batch_size=24, global_steps=6),
+        distill=DistillConfig(kd_steps=12, warmup_steps=60, buffer_size=96),
+    )
+    base.update(overrides)
+    return FederationConfig(**base)
+
+
+def params(fed: Federation) -> list[torch.Tensor]:
+    return [t.detach().clone() for c in fed.clients for t in c.model.state_dict().values()]
+
+
+@pytest.fixture(scope="module")
+def unbroken(digits):
+    """Two rounds in one go, with every release recorded."""
+    agg = RecordingAggregator()
+    fed = Federation(small_config(), aggregator=agg, dataset=digits)
+    metrics = fed.run(2)
+    return fed, metrics, agg
+
+
+def test_a_short_seeded_federation_on_digits_beats_chance_by_a_wide_margin(unbroken):
+    fed, metrics, _ = unbroken
+    last = metrics[-1]
+    assert last.mean_accuracy > 0.5  # ten classes: chance is 0.1
+    assert len(last.accuracies) == 3 and all(a > 0.3 for a in last.accuracies)
+    assert 1 <= last.class_coverage <= 10 and 0.1 <= last.label_confidence <= 1.0
+    assert last.survivors == (0, 1, 2)
+    assert last.dream_steps_per_second > 0
+    x, y = fed.last_dreams
+    assert x.shape == (24, 1, 8, 8) and y.shape == (24, 10)
+    assert torch.allclose(y.sum(1), torch.ones(24), atol=1e-5)
+
+
+def test_dream_optimisation_lowers_the_clients_dream_loss_within_a_round(unbroken):
+    _, metrics, _ = unbroken
+    assert all(m.dream_loss_end < m.dream_loss_start for m in metrics)
+
+
+def test_every_release_goes_through_the_seam_exactly_as_planned(unbroken):
+    fed, _, agg = unbroken
+    cfg = fed.config
+    planned = [s.name for s in fed.server.specs()]
+    assert len(planned) == cfg.releases_per_round == cfg.dream.global_steps + 2
+    assert planned[0] == "class_weights" and planned[-1] == "soft_labels"
+    assert agg.plans == [(0, planned), (1, planned)]
+    seen = [(r, name) for r, name, *_ in agg.sums]
+    assert seen == [(r, name) for r in (0, 1) for name in planned]
+    lengths = {s.name: s.length for s in fed.server.specs()}
+    for _, name, contributors, length in agg.sums:
+        assert contributors == (0, 1, 2)
+        assert length == lengths[name]
+
+
+def test_dream_gradients_are_normalised_so_no_architecture_dominates(digits):
+    fed = Federation(small_config(rounds=1), dataset=digits)
+    x = fed.server.begin_round(0)
+    res = fed.aggregator.open_round(round_index=0, participants=fed.client_ids, specs=fed.server.specs())
+    targets = fed.server.receive_class_weights(
+        res.sum(res.next_spec, {c.client_id: c.class_weights() for c in fed.clients})
+    )
+    norms = []
+    for c in fed.clients:
+        c.begin_round(0, targets=targets)
+        norms.append(float(np.linalg.norm(c.dream_gradient(x))))
+    assert norms == pytest.approx([fed.config.dream.clip_norm] * 3, rel=1e-5)
+    assert all(n <= fed.config.dream.clip_norm for n in norms)  # never trips the seam's clipping
+
+
+def test_the_same_seed_gives_the_same_numbers_bit_for_bit(digits, unbroken):
+    _, metrics, _ = unbroken
+    again = Federation(small_config(), dataset=digits)
+    first = again.run_round()
+    assert first.accuracies == metrics[0].accuracies
+    assert first.label_confidence == metrics[0].label_confidence
+    assert first.dream_loss_end == metrics[0].dream_loss_end
+
+
+def test_state_dict_continuation_equals_an_unbroken_run(digits, unbroken):
+    fed, metrics, _ = unbroken
+    first = Federation(small_config(), dataset=digits)
+    first.run_round()
+    state = first.state_dict()
+    resumed = Federation(small_config(), dataset=digits)
+    resumed.load_state_dict(state)
+    second = resumed.run_round()
+    assert second.round == 1
+    assert second.accuracies == metrics[1].accuracies
+    assert second.best_mean_accuracy == metrics[1].best_mean_accuracy
+    assert all(torch.equal(a, b) for a, b in zip(params(resumed), params(fed), strict=True))
+    assert torch.equal(resumed.last_dreams[0], fed.last_dreams[0])
+
+
+def test_round_metrics_serialise_to_json(unbroken):
+    _, metrics, _ = unbroken
+    d = json.loads(json.dumps(metrics[-1].to_dict()))
+    assert d["round"] == 1 and len(d["accuracies"]) == 3
+    assert d["aggregation"]["vectors"] == 8 and d["bytes_sent_per_client"]["0"] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(method="paper"),
+        dict(
+            method="paper",
+            distill=DistillConfig(
+                kd_steps=4, warmup_steps=5, soft_labels="logits", temperature=4.0, student="mlp"
+            ),
+            dream=DreamConfig(
+                batch_size=12, global_steps=3, w_adv=1.0, adv_start_round=0, adaptive_lambda=0.1
+            ),
+        ),
+        dict(
+            dream=DreamConfig(
+                batch_size=12, global_steps=3, local_steps=2, optimizer="sgd", contribution="clip"
+            )
+        ),
+    ],
+    ids=["paper", "paper-logits-student-adversarial-adaptive", "conditional-local-steps-sgd-clip"],
+)
+def test_every_variant_runs_a_round_through_the_seam(digits, overrides):
+    base = dict(
+        num_clients=2,
+        models=("cnn", "resnet8"),
+        dream=DreamConfig(batch_size=12, global_steps=3),
+        distill=DistillConfig(kd_steps=4, warmup_steps=5),
+    )
+    base.update(overrides)
+    agg = RecordingAggregator()
+    fed = Federation(small_config(**base), aggregator=agg, dataset=digits)
+    m = fed.run_round()
+    assert len(agg.sums) == fed.config.releases_per_round
+    assert all(math.isfinite(a) for a in m.accuracies) and math.isfinite(m.kd_loss)
+    if fed.server.student is not None:
+        assert m.student_accuracy is not None
+
+
+def test_federation_config_rejects_inconsistent_settings():
+    with pytest.raises(ConfigError, match="models"):
+        FederationConfig(num_clients=3, models=("cnn", "mlp"))
+    with pytest.raises(ConfigError, match="student"):
+        FederationConfig(dream=DreamConfig(w_adv=1.0))
+    with pytest.raises(ConfigError, match="method"):
+        FederationConfig(method="telepathy")
+    with pytest.raises(ConfigError, match="alpha"):
+        FederationConfig(alpha=0.0)
+    assert FederationConfig(models="cnn,mlp,vgg,resnet8").models == ("cnn", "mlp", "vgg", "resnet8")
+
+
+def test_a_checkpoint_for_a_different_federation_is_refused(digits):
+    small = Federation(small_config(num_clients=2, models=("mlp",)), dataset=digits)
+    other = Federation(small_config(num_clients=3, models=("mlp",)), dataset=digits)
+    with pytest.raises(ConfigError, match="clients"):
+        other.load_state_dict(small.state_dict())
