@@ -9,6 +9,8 @@ from __future__ import annotations
 import dp_accounting
 import pytest
 from dp_accounting import pld, rdp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codream.exceptions import ConfigError
 from codream.privacy import (
@@ -85,6 +87,15 @@ def test_effective_noise_multiplier_is_exactly_the_composition_of_unsampled_gaus
     assert single.get_epsilon(DELTA) == pytest.approx(composed.get_epsilon(DELTA), rel=1e-9)
     z_i = per_release_noise_multiplier(1.3, releases=21)
     assert effective_noise_multiplier([z_i] * 21) == pytest.approx(1.3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(min_value=0.1, max_value=100.0), min_size=1, max_size=40))
+def test_effective_noise_multiplier_adds_the_releases_renyi_curves_and_is_below_each_of_them(zs):
+    z_eff = effective_noise_multiplier(zs)
+    assert z_eff <= min(zs) * (1 + 1e-12)
+    # Gaussian RDP is alpha / (2 z^2) at every order: composing adds the 1 / z^2 terms.
+    assert 1 / z_eff**2 == pytest.approx(sum(1 / z**2 for z in zs), rel=1e-12)
 
 
 @pytest.mark.parametrize("name", ["rdp", "prv"])

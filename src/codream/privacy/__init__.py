@@ -20,6 +20,7 @@ from .calibration import (
 )
 from .clipping import ClipCounter, ClipStats, clip_contributions
 from .engines import PRVAccountant, RDPAccountant
+from .ledger import Granularity, LedgerRound, PrivacyLedger
 from .noise import (
     DistributedNoise,
     NoiseKind,
@@ -36,10 +37,13 @@ __all__ = [
     "ClipStats",
     "DistributedNoise",
     "ExampleLevelSchedule",
+    "Granularity",
+    "LedgerRound",
     "NoiseKind",
     "NoisePlan",
     "PRVAccountant",
     "PrivacyEvent",
+    "PrivacyLedger",
     "RDPAccountant",
     "ShareCalibration",
     "accountant_names",
