@@ -150,6 +150,7 @@ def run_flower(
             "node_ids": {str(k): v for k, v in deployment.node_ids.items()},
             "start_seconds": started,
             "killed": killed,
+            "token": deployment.token,
         }
     results["deployment"]["total_seconds"] = time.monotonic() - t0
     if results.get("status") != "completed":

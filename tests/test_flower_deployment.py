@@ -1,0 +1,92 @@
+"""codream on real Flower processes: a SuperLink and SuperNodes on loopback, a run launched with
+`flwr run`, one SuperNode killed mid-round.
+
+One secure run (2 rounds, 4 SuperNodes, digits, a tiny configuration) is shared by the tests of this
+module; every wait in it is bounded, and every process is stopped afterwards, also on failure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="the Flower engine needs flwr (pip install codream[flower])")
+
+from codream.federation.config import DistillConfig, DreamConfig, FederationConfig  # noqa: E402
+from codream.federation.flower.harness import FlowerDeployment, _processes_with_token  # noqa: E402
+from codream.federation.flower.local import KillAt, run_flower  # noqa: E402
+from codream.federation.flower.verify import replay_in_process  # noqa: E402
+
+pytestmark = [pytest.mark.flower, pytest.mark.slow]
+
+CONFIG = FederationConfig(
+    dataset="digits",
+    num_clients=4,
+    alpha=None,
+    samples_per_client=60,
+    limit_test=100,
+    models=("mlp",),
+    rounds=2,
+    seed=11,
+    method="paper",
+    dream=DreamConfig(batch_size=8, global_steps=1),
+    distill=DistillConfig(kd_steps=3, batch_size=8, warmup_steps=10, buffer_size=32),
+)
+KILLED = 3
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("flower-run")
+    # Vector 1 of round 0 is the soft labels: node 3 dies after its dream step was summed.
+    results = run_flower(
+        CONFIG,
+        aggregation="secure",
+        out_dir=out,
+        kill_node_at=KillAt(node=KILLED, round=0, vector=1),
+        step_timeout=20.0,
+        setup_timeout=120.0,
+        timeout=420.0,
+        record_trace=True,
+    )
+    return results, out
+
+
+def test_a_supernode_killed_mid_round_is_dropped_and_both_secure_rounds_finish_with_the_survivors(killed_run):
+    results, out = killed_run
+    assert results["status"] == "completed"
+    assert results["deployment"]["killed"]["node"] == KILLED
+    assert list(results["dropped"]) == [str(KILLED)]
+    r0, r1 = results["rounds"]
+    assert r0["participants"] == [0, 1, 2, 3] and r0["survivors"] == [0, 1, 2]
+    assert r1["participants"] == [0, 1, 2] and r1["survivors"] == [0, 1, 2]
+    trace = np.load(out / "trace.npz")
+    assert list(trace["r0_v0_contributors"]) == [0, 1, 2, 3]
+    assert list(trace["r0_v1_contributors"]) == [0, 1, 2]
+    # Every process of the deployment is gone.
+    assert _processes_with_token(results["deployment"]["token"]) == []
+
+
+def test_the_flower_engine_and_the_in_process_engine_agree_within_the_quantisation_bound(killed_run):
+    results, out = killed_run
+    report = replay_in_process(CONFIG, out / "trace.npz", rounds=2)
+    assert len(report.checks) == 4
+    # Each Flower sum is the survivors' plain sum up to the codec's quantisation bound ...
+    assert not report.violations, report.violations
+    assert report.checks[1].contributors == (0, 1, 2)
+    # ... and the survivors end exactly where the in-process engine's clients end.
+    for r, metrics in enumerate(results["rounds"]):
+        for c, acc in metrics["accuracies"].items():
+            assert acc == pytest.approx(report.accuracies[r][int(c)], abs=1e-6)
+    dreams = np.load(out / "dreams.npz")
+    np.testing.assert_allclose(dreams["x"], report.dreams, atol=1e-4)
+    np.testing.assert_allclose(dreams["soft_labels"], report.soft_labels, atol=1e-4)
+
+
+def test_a_deployment_stops_every_process_when_its_body_fails(tmp_path):
+    deployment = FlowerDeployment(2, workdir=tmp_path, start_timeout=90.0)
+    with pytest.raises(RuntimeError, match="boom"), deployment:
+        assert len(deployment.node_ids) == 2 and all(deployment.node_alive(i) for i in range(2))
+        raise RuntimeError("boom")
+    assert deployment.leftover_processes() == []
+    assert not deployment.node_alive(0) and not deployment.node_alive(1)
