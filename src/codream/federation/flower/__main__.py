@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 "step-timeout": args.step_timeout,
                 "setup-timeout": args.setup_timeout,
                 "wait-timeout": 600.0,
-                "out-dir": str(Path(args.out_dir or "codream-flower-results").expanduser()),
+                "out-dir": args.out_dir or "~/codream-flower-results",
                 "record-trace": False,
             }
             path = write_app_dir(args.dir, run_config)
