@@ -9,7 +9,12 @@ from torch import nn
 from codream.exceptions import ConfigError, PrivacyBudgetExceeded
 from codream.models import build_model
 from codream.privacy import PrivacyEvent, epsilon_for
-from codream.privacy.example_level import DPSGDTrainer, check_example_round, record_example_round
+from codream.privacy.example_level import (
+    DPSGDTrainer,
+    check_example_round,
+    dp_trainer_factory,
+    record_example_round,
+)
 from codream.privacy.ledger import PrivacyLedger
 
 SHAPE = (1, 8, 8)
@@ -134,3 +139,13 @@ def test_each_clients_epsilon_and_the_maximum_are_recorded_and_enforced():
     check_example_round(ledger, trainers, steps=1, round_index=1)
     with pytest.raises(PrivacyBudgetExceeded):
         check_example_round(ledger, trainers, steps=3, round_index=1)
+
+
+def test_the_trainer_factory_fits_the_learning_loop_and_demands_a_noise_multiplier():
+    factory = dp_trainer_factory(noise_multiplier=0.8, batch_size=10, accountant="rdp", noise_seed=0)
+    x, y = _data()
+    trainer = factory(build_model("mlp", SHAPE, 10, seed=0), x, y, torch.Generator().manual_seed(0))
+    trainer.ce_step()
+    assert trainer.accountant.history == (PrivacyEvent(noise_multiplier=0.8, sample_rate=0.05, steps=1),)
+    with pytest.raises(ConfigError, match="noise_multiplier"):
+        dp_trainer_factory(batch_size=10)

@@ -19,8 +19,9 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from .ledger import Granularity, LedgerRound, PrivacyLedger
 
 __all__ = [
     "DPSGDTrainer",
+    "dp_trainer_factory",
     "check_example_level_model",
     "check_example_round",
     "record_example_round",
@@ -242,6 +244,25 @@ class DPSGDTrainer:
         self.generator.set_state(state["generator"])
         self.noise_generator.set_state(state["noise_generator"])
         self.empty_batches = int(state["empty_batches"])
+
+
+def dp_trainer_factory(
+    **options: Any,
+) -> Callable[[nn.Module, Tensor, Tensor, torch.Generator], DPSGDTrainer]:
+    """A `TrainerFactory` building a `DPSGDTrainer` with `options` (noise_multiplier, batch_size, ...).
+
+    Raises:
+        ConfigError: at once when `noise_multiplier` is missing, rather than when the first client is built.
+    """
+    if "noise_multiplier" not in options:
+        raise ConfigError(
+            "example-level DP needs a noise_multiplier (see `codream privacy plan --granularity example`)"
+        )
+
+    def factory(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> DPSGDTrainer:
+        return DPSGDTrainer(model, x, y, generator, **options)
+
+    return factory
 
 
 def check_example_round(
