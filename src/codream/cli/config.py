@@ -140,19 +140,19 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         None,
         "CoDream variant: conditional (class-targeted dreams) or paper (learning-loop default).",
     ),
-    RunOption("rounds", click.IntRange(min=1), 5, "Federation rounds."),
+    RunOption("rounds", click.IntRange(min=1), 3, "Federation rounds."),
     RunOption(
         "warmup_steps",
         click.IntRange(min=0),
-        None,
-        "Local cross-entropy steps each client takes before the first round (learning-loop default).",
+        100,
+        "Local cross-entropy steps each client takes before the first round.",
     ),
     RunOption("dream_batch", click.IntRange(min=1), None, "Dreams per round (learning-loop default)."),
     RunOption(
         "global_steps",
         click.IntRange(min=1),
-        None,
-        "Global dream steps per round; each one is an aggregated release (learning-loop default).",
+        30,
+        "Global dream steps per round; each one is an aggregated release.",
     ),
     RunOption(
         "local_steps",
@@ -167,7 +167,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "Server's data-space learning rate for dreams (learning-loop default).",
     ),
     RunOption(
-        "kd_steps", click.IntRange(min=0), None, "Distillation steps per round (learning-loop default)."
+        "kd_steps", click.IntRange(min=0), 30, "Distillation steps per client per round."
     ),
     RunOption(
         "kd_temperature",
@@ -265,13 +265,13 @@ class RunConfig:
     samples_per_client: int | None = None
     models: tuple[str, ...] = ("cnn", "mlp")
     method: str | None = None
-    rounds: int = 5
-    warmup_steps: int | None = None
+    rounds: int = 3
+    warmup_steps: int | None = 100
     dream_batch: int | None = None
-    global_steps: int | None = None
+    global_steps: int | None = 30
     local_steps: int | None = None
     dream_lr: float | None = None
-    kd_steps: int | None = None
+    kd_steps: int | None = 30
     kd_temperature: float | None = None
     kd_batch: int | None = None
     kd_lr: float | None = None

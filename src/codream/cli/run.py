@@ -25,7 +25,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ..exceptions import ConfigError
+from ..exceptions import CodreamError, ConfigError
+from ..rundir import LEDGER as LEDGER_FILE
 from ..rundir import RunDir, to_jsonable
 from .config import (
     RUN_OPTIONS,
@@ -71,12 +72,18 @@ def resolve_device(name: str) -> str:
 
 
 class PrivacyPlan:
-    """The DP side of a secure+dp run: calibrated noise, the ledger, and epsilon after each round.
+    """The DP side of a run: calibrated noise, the ledger, and epsilon after each round.
 
-    Adapts the privacy package to what the run loop needs, and stays None-valued for the other modes.
+    For secure+dp it calibrates the per-round noise multiplier to the target (default epsilon 8) over
+    the whole planned schedule (every client in every round, so q = 1, and one composed event per
+    round over its releases). A resumed run keeps the multiplier it started with, so extending
+    ``--rounds`` cannot quietly weaken the noise; the ledger then refuses rounds past the target.
+    For plain and secure everything is None.
     """
 
-    def __init__(self, rc: RunConfig, fed_cfg: Any) -> None:
+    DEFAULT_EPSILON = 8.0
+
+    def __init__(self, rc: RunConfig, fed_cfg: Any, *, saved: Mapping[str, Any] | None = None) -> None:
         self.rc = rc
         self.enabled = rc.aggregation == "secure+dp"
         self.delta = rc.delta if self.enabled else None
@@ -84,30 +91,40 @@ class PrivacyPlan:
         self.noise_multiplier: float | None = rc.noise_multiplier
         self.releases_per_round = int(getattr(fed_cfg, "releases_per_round", 1))
         self.sample_rate = 1.0  # every client takes part in every round
+        self.planned_epsilon: float | None = None
         self.ledger: Any = None
-        if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
-            self.target_epsilon = 8.0
-        if self.enabled and self.noise_multiplier is None:
-            self.noise_multiplier = self._calibrate()
+        if not self.enabled:
+            return
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            self.target_epsilon = self.DEFAULT_EPSILON
+        if saved and saved.get("noise_multiplier") is not None:
+            self.noise_multiplier = float(saved["noise_multiplier"])
+            self.planned_epsilon = saved.get("planned_epsilon")
+        elif self.noise_multiplier is None:
+            self._calibrate()
 
-    def _calibrate(self) -> float:
-        from ..privacy import calibrate_noise_multiplier
+    def _calibrate(self) -> None:
+        from ..privacy.calibration import ClientLevelSchedule, plan_noise
 
-        return float(
-            calibrate_noise_multiplier(
-                target_epsilon=self.target_epsilon,
-                delta=self.rc.delta,
-                sample_rate=self.sample_rate,
-                rounds=self.rc.rounds,
-                releases_per_round=self.releases_per_round,
-            )
+        schedule = ClientLevelSchedule(
+            rounds=self.rc.rounds, sample_rate=self.sample_rate, releases_per_round=self.releases_per_round
         )
+        try:
+            plan = plan_noise(schedule, target_epsilon=self.target_epsilon, delta=self.rc.delta)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"--epsilon {self.target_epsilon:g} cannot be met over {self.rc.rounds} rounds at delta "
+                f"{self.rc.delta:g} ({exc}); raise --epsilon or --delta, or run fewer --rounds"
+            ) from None
+        self.noise_multiplier = plan.noise_multiplier
+        self.planned_epsilon = plan.epsilon
 
     def aggregator_options(self) -> dict[str, Any]:
         if not self.enabled:
             return {}
         return {
             "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
             "delta": self.rc.delta,
             "target_epsilon": self.target_epsilon,
         }
@@ -117,42 +134,60 @@ class PrivacyPlan:
         if self.enabled:
             self.ledger = getattr(aggregator, "ledger", None)
 
+    def attach(self, path: Path) -> None:
+        """Let the ledger rewrite `path` after every round (it exists only once the run dir does)."""
+        if self.ledger is not None:
+            self.ledger.path = path
+
     def epsilon(self) -> float | None:
         if not self.enabled or self.ledger is None:
             return None
-        return float(self.ledger.epsilon(delta=self.rc.delta))
+        return float(self.ledger.spent)
 
     def summary(self) -> dict[str, Any] | None:
         if not self.enabled:
             return None
-        out = {
+        out: dict[str, Any] = {
             "granularity": "client",
             "delta": self.rc.delta,
             "target_epsilon": self.target_epsilon,
             "noise_multiplier": self.noise_multiplier,
+            "planned_epsilon": self.planned_epsilon,
             "sample_rate": self.sample_rate,
             "releases_per_round": self.releases_per_round,
             "epsilon": self.epsilon(),
         }
-        if self.ledger is not None and hasattr(self.ledger, "to_dict"):
+        if self.ledger is not None:
+            out["accountant"] = getattr(self.ledger, "accountant_name", None)
             out["ledger"] = self.ledger.to_dict()
         return out
 
     def state_dict(self) -> dict[str, Any] | None:
-        if self.ledger is not None and hasattr(self.ledger, "state_dict"):
-            return self.ledger.state_dict()
-        return None
+        if not self.enabled:
+            return None
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "planned_epsilon": self.planned_epsilon,
+            "ledger": self.ledger.state_dict() if self.ledger is not None else None,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
-        if state is not None and self.ledger is not None and hasattr(self.ledger, "load_state_dict"):
-            self.ledger.load_state_dict(state)
+        if state and state.get("ledger") is not None and self.ledger is not None:
+            self.ledger.load_state_dict(state["ledger"])
 
 
 def build_aggregator(rc: RunConfig, privacy: PrivacyPlan) -> Any:
-    """The aggregator `rc.aggregation` names, configured from the run's flags."""
+    """The aggregator `rc.aggregation` names, configured from the run's flags.
+
+    `secure` gets its stochastic-rounding coins from the run seed, so a secure run is reproducible
+    and `--resume` equals an unbroken run (the coins protect no secret: the masks do). `secure+dp`
+    keeps OS randomness for its coins and noise.
+    """
     from ..aggregation import create_aggregator
 
     opts = aggregator_options(rc)
+    if rc.aggregation == "secure":
+        opts["rounding_seed"] = rc.seed
     opts.update(privacy.aggregator_options())
     aggregator = create_aggregator(rc.aggregation, **opts)
     privacy.bind(aggregator)
@@ -188,7 +223,10 @@ def round_record(
     delta, and ``federation`` with everything the engine reported.
     """
     raw = metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics)
-    acc = [float(a) for a in _get(raw, "accuracy", "accuracies", "client_accuracy", default=[])]
+    acc_raw = _get(raw, "accuracy", "accuracies", default=[])
+    if isinstance(acc_raw, Mapping):  # {client id: accuracy}, as the Flower engine reports it
+        acc_raw = [acc_raw[k] for k in sorted(acc_raw, key=int)]
+    acc = [float(a) for a in acc_raw]
     mean = statistics.fmean(acc) if acc else math.nan
     std = statistics.pstdev(acc) if len(acc) > 1 else 0.0
     report = _get(raw, "report", "aggregation", "round_report", default={}) or {}
@@ -308,24 +346,26 @@ def execute_run(
     Raises:
         ConfigError, DataError, PrivacyBudgetExceeded, ProtocolAbort: bad input or an aborted protocol.
     """
-    from .. import plots, report
-
     stream = sys.stderr if rc.json else sys.stdout
     echo = echo or (lambda line: click.echo(line, file=stream))
     device = resolve_device(rc.device)
     fed_cfg = federation_config(rc, device=device)
-    privacy = PrivacyPlan(rc, fed_cfg)
-    aggregator = build_aggregator(rc, privacy)
-    if rc.engine == "flower":
-        raise ConfigError(
-            "--engine flower runs through `codream run --engine flower` only when the Flower "
-            "engine is installed; use --engine simulation"
-        )
-    federation = federation_factory(fed_cfg, aggregator)
-
+    state = None
     if resume:
         rd = RunDir.open(run_dir if run_dir is not None else rc.out)
         state = rd.load_checkpoint()
+    privacy = PrivacyPlan(rc, fed_cfg, saved=state.get("privacy") if state else None)
+    aggregator = build_aggregator(rc, privacy)
+    if rc.engine == "flower":
+        if resume:
+            raise ConfigError(
+                "--resume works with --engine simulation only; the Flower engine runs in one go"
+            )
+        return _execute_flower(rc, fed_cfg, privacy, device=device, run_dir=run_dir, echo=echo)
+    # Built before the run directory exists: a bad model name or a missing data folder leaves nothing.
+    federation = federation_factory(fed_cfg, aggregator)
+
+    if resume:
         done = 0
         if state is not None:
             federation.load_state_dict(state["federation"])
@@ -345,9 +385,19 @@ def execute_run(
         rc = rc.replace(out=str(out))
         done = 0
     rd.write_config(dump_toml(rc.to_dict()), federation=to_jsonable(fed_cfg))
+    privacy.attach(rd.ledger_path)
+    if privacy.ledger is not None:
+        rd.write_json(LEDGER_FILE, privacy.ledger.to_dict())  # matches the checkpoint, even after a crash
+    if privacy.enabled:
+        echo(
+            f"secure+dp: noise multiplier {privacy.noise_multiplier:.4g} per round "
+            f"({privacy.releases_per_round} releases), target epsilon {_fmt_opt(privacy.target_epsilon)} "
+            f"at delta {privacy.delta:g}"
+        )
 
     records = rd.read_metrics()
     bars = _Progress(rc.rounds, done, progress)
+    failure: CodreamError | None = None
     try:
         for r in range(done, rc.rounds):
             t0 = time.perf_counter()
@@ -356,6 +406,7 @@ def execute_run(
             record = round_record(
                 metrics, round_number=r + 1, epsilon=privacy.epsilon(), delta=privacy.delta, seconds=seconds
             )
+            # The checkpoint first: a round counts as finished once its state is on disk.
             rd.save_checkpoint(
                 {
                     "round": r + 1,
@@ -365,36 +416,64 @@ def execute_run(
                 }
             )
             rd.append_metrics(record)
-            if privacy.enabled:
-                rd.write_json("privacy_ledger.json", privacy.summary())
             records.append(record)
-            bars.end_round(report.format_round_line(record, rc.rounds), stream)
+            bars.end_round(report_line(record, rc.rounds), stream)
+    except CodreamError as exc:
+        # Budget refused, or too few survivors: keep what the finished rounds earned, then say why.
+        failure = exc
     finally:
         bars.close()
+
+    has_dreams = bool(records)
+    dreams = federation.last_dreams if has_dreams else None
+    outcome = _finish(rc, rd, records, privacy, device=device, dreams=dreams)
+    if failure is not None:
+        raise failure
+    return outcome
+
+
+def _fmt_opt(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}"
+
+
+def _finish(
+    rc: RunConfig,
+    rd: RunDir,
+    records: list[dict[str, Any]],
+    privacy: PrivacyPlan,
+    *,
+    device: str,
+    dreams: tuple[Any, Any] | None,
+    extra: Mapping[str, Any] | None = None,
+) -> RunOutcome:
+    """Write the final dreams, the plots and summary.json / summary.md."""
+    from .. import plots, report
 
     files = {
         "config": "config.toml",
         "metrics": "metrics.jsonl",
-        "checkpoint": "checkpoint.pt",
-        "dreams": "dreams.pt",
         "summary_json": "summary.json",
         "summary_md": "summary.md",
         "accuracy_plot": "plots/accuracy.png",
-        "dreams_plot": "plots/dreams.png",
         "epsilon_plot": "plots/epsilon.png",
     }
+    if rd.checkpoint_path.exists():
+        files["checkpoint"] = "checkpoint.pt"
     if privacy.enabled:
-        files["privacy_ledger"] = "privacy_ledger.json"
-    x, y = federation.last_dreams
-    rd.save_dreams(x, y)
+        files["privacy_ledger"] = LEDGER_FILE
     models = list(rc.client_models)
+    if dreams is not None:
+        x, y = dreams
+        rd.save_dreams(x, y)
+        plots.plot_dreams(x, y, rd.plots_dir / "dreams.png")
+        files["dreams"] = "dreams.pt"
+        files["dreams_plot"] = "plots/dreams.png"
     plots.plot_accuracy(
         records,
         rd.plots_dir / "accuracy.png",
         models=models,
         title=f"{rc.dataset}, {rc.clients} clients, {rc.aggregation}",
     )
-    plots.plot_dreams(x, y, rd.plots_dir / "dreams.png")
     plots.plot_epsilon(
         records,
         rd.plots_dir / "epsilon.png",
@@ -404,10 +483,80 @@ def execute_run(
     )
     cfg = rc.to_dict() | {"client_models": models, "device": device}
     summary = report.summarise(cfg, records, privacy=privacy.summary(), files=files)
+    summary["engine"] = rc.engine
     summary["run_dir"] = str(rd.path)
+    if extra:
+        summary.update(extra)
     rd.write_json("summary.json", summary)
     rd.write_text("summary.md", report.summary_markdown(summary, records, rc.to_dict()))
     return RunOutcome(run_dir=rd, summary=summary, records=records)
+
+
+def _execute_flower(
+    rc: RunConfig,
+    fed_cfg: Any,
+    privacy: PrivacyPlan,
+    *,
+    device: str,
+    run_dir: str | Path | None,
+    echo: Callable[[str], None],
+) -> RunOutcome:
+    """The same run on a local Flower deployment (one SuperNode process per client).
+
+    The Flower engine runs all rounds in one go (no per-round checkpoint) and carries plain and
+    secure aggregation; its per-round metrics become the same metrics.jsonl records.
+    """
+    if rc.aggregation == "secure+dp":
+        raise ConfigError(
+            "--engine flower carries plain and secure aggregation; use --engine simulation for secure+dp"
+        )
+    if rc.dropout > 0:
+        raise ConfigError("--dropout is simulated by --engine simulation; on Flower, clients drop for real")
+    try:
+        from ..federation.flower.local import run_flower
+    except ImportError as exc:
+        raise ConfigError(
+            f"--engine flower needs the flwr package ({exc}); pip install codream[flower]"
+        ) from None
+    import numpy as np
+
+    out = run_dir if run_dir is not None else rc.out
+    if out is None:
+        out = Path("runs") / _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    rd = RunDir.create(out)
+    rc = rc.replace(out=str(out))
+    rd.write_config(dump_toml(rc.to_dict()), federation=to_jsonable(fed_cfg))
+    echo(f"starting a Flower deployment with {rc.clients} SuperNodes (logs in {rd.path / 'flower' / 'logs'})")
+    results = run_flower(
+        fed_cfg,
+        aggregation=rc.aggregation,
+        out_dir=rd.path / "flower",
+        rounds=rc.rounds,
+        threshold=rc.threshold,
+    )
+    records = []
+    for i, raw in enumerate(results.get("rounds", [])):
+        record = round_record(
+            raw, round_number=i + 1, epsilon=None, delta=None, seconds=float(raw.get("seconds", 0.0))
+        )
+        rd.append_metrics(record)
+        records.append(record)
+        echo(report_line(record, rc.rounds))
+    dreams = None
+    npz = rd.path / "flower" / "dreams.npz"
+    if npz.exists():
+        import torch
+
+        with np.load(npz) as data:
+            dreams = (torch.from_numpy(data["x"]), torch.from_numpy(data["soft_labels"]))
+    deployment = to_jsonable(results.get("deployment", {}))
+    return _finish(rc, rd, records, privacy, device=device, dreams=dreams, extra={"deployment": deployment})
+
+
+def report_line(record: Mapping[str, Any], total: int) -> str:
+    from ..report import format_round_line
+
+    return format_round_line(record, total)
 
 
 # --- the click command ---------------------------------------------------------------------------------
