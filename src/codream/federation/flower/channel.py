@@ -80,7 +80,7 @@ class FlowerChannel:
             if pending:
                 time.sleep(self.poll_interval)
         for node in pending.values():
-            log.warning("node %d did not answer within %.1f s", node, timeout)
+            log.debug("node %d did not answer within %.1f s", node, timeout)
         return answers
 
 

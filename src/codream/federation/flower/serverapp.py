@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ...exceptions import CodreamError
 from .channel import ClientChannel, FlowerChannel, Transport
-from .wire import Payload
+from .wire import Payload, encode
 
 __all__ = ["app", "connect_clients"]
 
@@ -106,10 +106,11 @@ def main(grid: Grid, context: Context) -> None:
         )
         results = server.run(channel, ready)
         results["dropped"] = {str(k): v for k, v in channel.dropped.items()}
-        try:
-            channel.broadcast(Payload("finish"), timeout=float(rc.get("finish-timeout", 10.0)))
-        except CodreamError as err:  # the run is done; a node that cannot be told will idle out
-            log.warning("could not tell every node to finish: %s", err)
+        # Tell the workers to exit; one that does not hear it exits when idle or when its node stops.
+        alive = {channel.nodes[c]: encode(Payload("finish")) for c in channel.alive}
+        told = channel.transport.exchange(alive, timeout=float(rc.get("finish-timeout", 30.0)))
+        if len(told) < len(alive):
+            log.info("%d of %d workers confirmed the end of the run", len(told), len(alive))
         results["status"] = "completed"
     except Exception as err:
         log.error("codream ServerApp failed: %s", err)
