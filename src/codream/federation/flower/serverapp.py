@@ -89,6 +89,7 @@ def _load_server(name: str):
 def main(grid: Grid, context: Context) -> None:
     """Run the engine named by the run config's `handler` and write its results to `out-dir`."""
     rc = dict(context.run_config)
+    _show_progress()
     out_dir = Path(str(rc.get("out-dir", "."))).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
@@ -125,6 +126,16 @@ def main(grid: Grid, context: Context) -> None:
     tmp.replace(results_path)
     if results["status"] != "completed":
         raise CodreamError(results["error"])
+
+
+def _show_progress() -> None:
+    """Let codream's INFO lines (one per round) reach the run's log stream (`flwr run --stream`)."""
+    root = logging.getLogger("codream")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("codream %(levelname)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
 
 def _jsonable(obj):
