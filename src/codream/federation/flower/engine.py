@@ -10,10 +10,11 @@ the server only ever receives what a client would put on the network:
   server's state machine (`codream.secagg.server`) unmasks only the sum over the survivors.
 
 One federation round is one secure-aggregation session with the round's whole plan of vectors
-(`ServerRole.specs`). Messages per round: session start (advertise keys), key broadcast (share keys),
-then per vector a release (masked input) and an unmask request; then one message to acquire, distil
-and evaluate. Each is one Flower message per client, answered within the step timeout; a client that
-does not answer is dropped, and the session goes on while at least the threshold remain.
+(`ServerRole.specs`). Messages per secure round: session start (advertise keys), key broadcast (share
+keys), then per vector a release (masked input) and an unmask request; then one message to acquire,
+distil and evaluate: 3 + 2J for J vectors. A plain round takes J + 1. Each is one Flower message
+per client, answered within the step timeout; a client that does not answer is dropped, and the
+session goes on while at least the threshold remain.
 
 Clients are built exactly as the in-process engine builds them (same partition, model seeds and
 generator streams), so with the same seed and plain aggregation both engines compute the same
@@ -293,6 +294,9 @@ class CodreamNode:
 
         role = self.role
         assert role is not None
+        if "specs" in req.fields:  # plain rounds carry their plan with each release
+            self._round = int(req.get("round", int))
+            self._specs = _specs_from_fields(req.get("specs", list))
         j = int(req.get("vector", int))
         if not 0 <= j < len(self._specs):
             raise InvalidMessage(f"vector {j} is not in this round's plan")
@@ -440,6 +444,7 @@ class CodreamServer:
         t0 = time.perf_counter()
         specs = server.specs()
         participants = channel.alive
+        sent0, received0 = dict(channel.bytes_sent), dict(channel.bytes_received)
         x = server.begin_round(r)
         release = (_SecureRelease if self.secure is not None else _PlainRelease)(
             self, channel, r, participants, specs
@@ -504,8 +509,10 @@ class CodreamServer:
             "clipped": report["clipped"],
             "overflowed": report["overflowed"],
             "threshold": report.get("threshold"),
-            "bytes_sent_per_client": {str(c): v for c, v in channel.bytes_sent.items()},
-            "bytes_received_per_client": {str(c): v for c, v in channel.bytes_received.items()},
+            "bytes_sent_per_client": {str(c): channel.bytes_sent[c] - sent0[c] for c in participants},
+            "bytes_received_per_client": {
+                str(c): channel.bytes_received[c] - received0[c] for c in participants
+            },
             "seconds": time.perf_counter() - t0,
             "dream_seconds": dream_seconds,
         }
@@ -536,14 +543,14 @@ class _PlainRelease:
             round_index=r, participants=participants, specs=specs
         )
         self.last_losses: list[float] = []
-        channel.broadcast(
-            Payload("session", {"round": r, "specs": _specs_to_fields(specs)}), clients=participants
-        )
+        self.participants = list(participants)
 
     def release(self, j: int, fields: dict, arrays: dict) -> AggregateResult:
         spec = self.specs[j]
         self.owner.progress(self.r, j, "release")
-        answers = self.channel.broadcast(Payload("release", {"round": self.r, "vector": j, **fields}, arrays))
+        # The round's plan travels with every release: plain rounds need no session set-up step.
+        plan = {"round": self.r, "vector": j, "specs": _specs_to_fields(self.specs), **fields}
+        answers = self.channel.broadcast(Payload("release", plan, arrays), clients=self.participants)
         vectors = {c: a.array("v", "float64") for c, a in answers.items()}
         self.last_losses = [float(a.fields["loss"]) for a in answers.values() if "loss" in a.fields]
         # Clients that dropped earlier in the round are not in the seam's participant check's way.
@@ -591,6 +598,7 @@ class _SecureRelease:
         # Round 1: the key broadcast; clients answer with their encrypted shares.
         self._feed(self._send(outgoing))
         self.pending = self._close()  # the share deliveries travel with the first release
+        self.members = sorted(self.pending)
 
     def _send(self, outgoing: Mapping[int, object], kind: str = "secagg", fields=None, arrays=None):
         requests = {
@@ -632,7 +640,7 @@ class _SecureRelease:
             answers = self._send(self.pending, kind="release", fields=base.fields, arrays=base.arrays)
             self.pending = {}
         else:
-            answers = self.channel.broadcast(base)
+            answers = self.channel.broadcast(base, clients=self.members)
         clipped = {c: int(a.fields.get("clipped", 0)) for c, a in answers.items()}
         saturated = {c: int(a.fields.get("saturated", 0)) for c, a in answers.items()}
         self._feed(answers)
@@ -647,6 +655,7 @@ class _SecureRelease:
                 AbortReason.UNEXPECTED_VECTOR, f"expected the sum of vector {j}, got {total.vector}"
             )
         survivors = tuple(total.survivors)
+        self.members = [c for c in survivors if c in self.channel.alive]
         if len(survivors) < self.n_min:
             raise ProtocolAbort(
                 AbortReason.TOO_FEW_PEERS,
