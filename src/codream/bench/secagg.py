@@ -574,7 +574,10 @@ def to_markdown(rows: Iterable[dict], *, command: str, machine: dict[str, str]) 
     "--output", type=click.Path(dir_okay=False), default=None, help="Also write the Markdown report here."
 )
 @click.option(
-    "--repeats", type=int, default=None, help="Best of this many timings (default: 3 quick, 2 full)."
+    "--repeats",
+    type=int,
+    default=None,
+    help="Session repeats (default: 3 quick, 1 full); single-function timings take at least 3.",
 )
 @click.option("--no-flower", is_flag=True, help="Skip Flower's SecAgg+ even when flwr is installed.")
 def cli(quick: bool, as_json: bool, output: str | None, repeats: int | None, no_flower: bool) -> None:

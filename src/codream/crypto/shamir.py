@@ -90,10 +90,12 @@ def _random_field_element(randbytes: Callable[[int], bytes]) -> int:
 
 
 def _evaluate(coefficients: Sequence[int], x: int) -> int:
+    # Horner without intermediate reduction: x is a small share index, so the integer grows by
+    # only log2(x) bits per step, and one final reduction is cheaper than one per step.
     result = 0
     for c in reversed(coefficients):
-        result = (result * x + c) % PRIME
-    return result
+        result = result * x + c
+    return result % PRIME
 
 
 def split_secret(
