@@ -54,7 +54,8 @@ def plot_accuracy(
         ax.legend(fontsize=7, loc="lower right", ncol=2 if acc.shape[1] > 6 else 1)
     else:
         ax.text(0.5, 0.5, "no finished round", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("round (0 = after local warm-up)")
+    warm = bool(records) and records[0].get("warmup_accuracy") is not None
+    ax.set_xlabel("round (0 = after local warm-up)" if warm else "round")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.set_title(title or "Client accuracy over rounds")
@@ -151,28 +152,29 @@ def plot_dreams(
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     cols = max(1, per_class)
-    fig, axes = plt.subplots(
-        num_classes, cols, figsize=(cols * 0.9 + 0.6, num_classes * 0.95 + 0.4), dpi=100, squeeze=False
-    )
+    _, c, h, w = xs.shape
+    pad = max(1, h // 8)
+    # One mosaic image (rows = classes) drawn with a single imshow: fast for any grid size.
+    shape = (num_classes * (h + pad) + pad, cols * (w + pad) + pad) + ((3,) if c >= 3 else ())
+    canvas = np.ones(shape)
+    fig, ax = plt.subplots(figsize=(cols * 0.75 + 1.0, num_classes * 0.75 + 0.5), dpi=100)
     for k in range(num_classes):
         idx = np.flatnonzero(pred == k)
         idx = idx[np.argsort(-conf[idx])][:cols]
-        for j in range(cols):
-            ax = axes[k, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if j < len(idx):
-                img = _display(xs[idx[j]])
-                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
-                ax.set_title(f"{conf[idx[j]]:.2f}", fontsize=6, pad=1)
-        name = class_names[k] if class_names and k < len(class_names) else str(k)
-        axes[k, 0].set_ylabel(
-            f"{name} ({int((pred == k).sum())})", fontsize=7, rotation=0, labelpad=18, va="center"
-        )
-    fig.suptitle("Final dreams by aggregated soft label (count; confidence)", fontsize=8)
-    fig.tight_layout(pad=0.2)
+        top = pad + k * (h + pad)
+        for j, i in enumerate(idx):
+            left = pad + j * (w + pad)
+            canvas[top : top + h, left : left + w] = _display(xs[i])
+            ax.text(left + w / 2, top - pad / 2, f"{conf[i]:.2f}", ha="center", va="bottom", fontsize=5)
+    ax.imshow(canvas, cmap="gray" if c < 3 else None, interpolation="nearest", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([pad + k * (h + pad) + h / 2 for k in range(num_classes)])
+    names = [class_names[k] if class_names and k < len(class_names) else str(k) for k in range(num_classes)]
+    ax.set_yticklabels([f"{n} ({int((pred == k).sum())})" for k, n in enumerate(names)], fontsize=7)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title("Final dreams by aggregated soft label: class (count), confidence", fontsize=8)
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -24,7 +24,14 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..exceptions import CodreamError, ConfigError, DataError, PrivacyBudgetExceeded, ProtocolAbort
+from ..exceptions import (
+    AbortReason,
+    CodreamError,
+    ConfigError,
+    DataError,
+    PrivacyBudgetExceeded,
+    ProtocolAbort,
+)
 
 __all__ = ["CodreamGroup", "exit_code_for", "main"]
 
@@ -58,8 +65,17 @@ class CodreamClickException(click.ClickException):
     """A codream error shown as one line, with the exit status of its kind."""
 
     def __init__(self, exc: CodreamError) -> None:
-        super().__init__(str(exc))
+        super().__init__(str(exc) + _hint(exc))
         self.exit_code = exit_code_for(exc)
+
+
+def _hint(exc: CodreamError) -> str:
+    """What would be right, for errors whose own message states only what went wrong."""
+    if isinstance(exc, ProtocolAbort) and exc.reason is AbortReason.TOO_FEW_PEERS:
+        return " (too few clients survived the round; lower --dropout or --threshold, or add --clients)"
+    if isinstance(exc, ProtocolAbort):
+        return " (the secure-aggregation protocol aborted; see protocols/secagg.md for the abort reasons)"
+    return ""
 
 
 class CodreamGroup(click.Group):

@@ -144,14 +144,14 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption(
         "warmup_steps",
         click.IntRange(min=0),
-        100,
+        60,
         "Local cross-entropy steps each client takes before the first round.",
     ),
     RunOption("dream_batch", click.IntRange(min=1), None, "Dreams per round (learning-loop default)."),
     RunOption(
         "global_steps",
         click.IntRange(min=1),
-        30,
+        20,
         "Global dream steps per round; each one is an aggregated release.",
     ),
     RunOption(
@@ -166,9 +166,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         None,
         "Server's data-space learning rate for dreams (learning-loop default).",
     ),
-    RunOption(
-        "kd_steps", click.IntRange(min=0), 30, "Distillation steps per client per round."
-    ),
+    RunOption("kd_steps", click.IntRange(min=0), 30, "Distillation steps per client per round."),
     RunOption(
         "kd_temperature",
         click.FloatRange(min=0, min_open=True),
@@ -266,9 +264,9 @@ class RunConfig:
     models: tuple[str, ...] = ("cnn", "mlp")
     method: str | None = None
     rounds: int = 3
-    warmup_steps: int | None = 100
+    warmup_steps: int | None = 60
     dream_batch: int | None = None
-    global_steps: int | None = 30
+    global_steps: int | None = 20
     local_steps: int | None = None
     dream_lr: float | None = None
     kd_steps: int | None = 30

@@ -283,7 +283,7 @@ class _Progress:
             desc="rounds",
             unit="round",
             position=0,
-            disable=enabled is False or None if enabled is None else not enabled,
+            disable=None if enabled is None else not enabled,
             file=sys.stderr,
             dynamic_ncols=True,
         )
@@ -617,11 +617,21 @@ def run_command(
         rc = resolve_run_config(ctx, params, saved, file_label=f"{resume_dir}/config.toml").replace(
             out=resume_dir
         )
-        outcome = execute_run(rc, run_dir=resume_dir, resume=True, progress=progress)
+        try:
+            outcome = execute_run(rc, run_dir=resume_dir, resume=True, progress=progress)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted; continue with: codream run --resume {resume_dir}", err=True)
+            ctx.exit(130)
     else:
         file_values = load_toml(config_file) if config_file else None
         rc = resolve_run_config(ctx, params, file_values, file_label=config_file or "config")
-        outcome = execute_run(rc, progress=progress)
+        if rc.out is None:
+            rc = rc.replace(out=str(Path("runs") / _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")))
+        try:
+            outcome = execute_run(rc, progress=progress)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted; continue with: codream run --resume {rc.out}", err=True)
+            ctx.exit(130)
     _print_outcome(outcome, as_json=rc.json)
 
 
