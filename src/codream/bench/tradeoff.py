@@ -1,0 +1,1538 @@
+"""What privacy costs: CoDream's accuracy and time per round against epsilon, per kind of federation.
+
+Two federations on Fashion-MNIST with clients of different architectures, each on a Dirichlet(0.1)
+and an IID partition, each over several seeds:
+
+- **cross-silo**: a few clients that all take part in every round. The private unit is one training
+  example: every client trains with DP-SGD (`DPSGDTrainer`, GroupNorm models, no BatchNorm term in the
+  dream loss); its noise multiplier is calibrated (PRV accountant) from the target epsilon and the
+  whole run's DP-SGD steps. Epsilon = inf is the same GroupNorm federation with plain SGD.
+- **cross-device**: a large population from which a seeded cohort is sampled every round. The private
+  unit is one client's whole data: `secure+dp` clips every released vector and adds distributed
+  integer noise, calibrated (RDP) from the target epsilon with q = cohort / population and
+  `releases_per_round` composed into one event per round. Epsilon = inf is `secure` without noise.
+  This part needs `FederationConfig.clients_per_round`; without it the part is skipped and the results
+  say so.
+
+Beside the DP sweep, each federation runs CoDream with `plain` and `secure` aggregation (no DP), and
+the baselines of `codream.baselines` on the same partitions: local-only (floor), centralized
+(ceiling) and FedAvg on one shared architecture. Every accuracy is the *final* round's mean over
+clients on the test set; nothing is selected on the test set (the best-over-rounds mean is kept in
+the JSON, labelled). Time per round and bytes sent per client per round come from the federation's
+own `RoundMetrics` and the aggregator's `RoundReport`.
+
+Where the DP runs miss their target, the report says by how much and gives the quantities that limit
+them: the noise-to-signal ratio of a released dream gradient (noise L2 norm / clip norm, at the
+released dimension), the cohort, the dream batch and the releases per round. The remedies
+(`Remedy`) rerun the client-level DP point at epsilon = 8 with fewer releases per round, a smaller
+dream batch, or dream gradients released at a lower resolution (`LowResolutionReleases`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+from ..aggregation import (
+    AggregateResult,
+    AggregationRound,
+    Aggregator,
+    RoundReport,
+    VectorSpec,
+    create_aggregator,
+)
+from ..baselines import BaselineConfig, run_centralized, run_fedavg, run_local_only
+from ..data import Dataset, load_dataset, partition
+from ..devices import resolve_device
+from ..exceptions import ConfigError
+from ..federation.config import DistillConfig, DreamConfig, FederationConfig
+from ..federation.simulation import Federation
+
+__all__ = [
+    "SIZES",
+    "LowResolutionReleases",
+    "Remedy",
+    "RunRecord",
+    "TradeoffResults",
+    "TradeoffSize",
+    "cli",
+    "cohort_sampling_supported",
+    "hardware",
+    "run_tradeoff",
+    "summarise",
+    "write_json",
+    "write_markdown",
+    "write_plots",
+]
+
+log = logging.getLogger(__name__)
+
+INF = math.inf
+DREAM_PREFIX = "dream/"
+
+
+# -- sizes -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Remedy:
+    """One change to the client-level DP runs that may lower the noise-to-signal ratio.
+
+    Attributes:
+        name: short label used in tables.
+        description: what it changes and why it should help.
+        global_steps: dream steps per round (= dream releases per round); None keeps the size's.
+        dream_batch: dreams per round; None keeps the size's.
+        downsample: release each dream gradient at 1/downsample of the resolution per side
+            (`LowResolutionReleases`); 1 releases it whole.
+    """
+
+    name: str
+    description: str
+    global_steps: int | None = None
+    dream_batch: int | None = None
+    downsample: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TradeoffSize:
+    """Everything that sets how large (and how slow) the benchmark is.
+
+    Attributes:
+        name: "quick", "cpu" or "full".
+        dataset: data set name for `load_dataset`.
+        limit_test: test examples every accuracy is measured on.
+        partitions: Dirichlet alphas; None is IID.
+        seeds: one federation per seed (partition, initialisation, dreams, minibatches).
+        epsilons: target epsilons of the DP sweep; inf means the same federation without DP.
+        rounds: CoDream rounds (and baseline rounds).
+        dream_batch, global_steps: dreams per round, and dream steps (releases) per round.
+        kd_steps, warmup_steps: per client per round, and before the first round.
+        batch_size: KD, cross-entropy and DP-SGD (expected Poisson) batch size.
+        silo_clients, silo_models, silo_samples: the cross-silo federation.
+        population, cohorts, device_models, device_samples, device_warmup_steps, device_kd_steps:
+            the cross-device federation; the population is sampled into each cohort every round.
+        device_graph: neighbour graph of secure aggregation for cohorts ("harary" keeps masking
+            work logarithmic in the cohort).
+        dp_clip: per-example gradient clip norm of DP-SGD.
+        silo_accountant: accountant of example-level DP ("prv", tighter; "rdp", faster to calibrate).
+        device_limit_test: test examples of the cross-device runs (every evaluated client of a
+            large population is evaluated on them after every round).
+        fedavg_model: the one shared architecture of the FedAvg baseline.
+        remedies: client-level DP variants run at `remedy_epsilon`.
+        remedy_epsilon: the epsilon the remedies are compared at.
+        remedy_partitions, remedy_cohorts: where the remedies run (None: all).
+    """
+
+    name: str
+    dataset: str = "fashion-mnist"
+    limit_test: int | None = 2000
+    partitions: tuple[float | None, ...] = (0.1, None)
+    seeds: tuple[int, ...] = (0, 1)
+    epsilons: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, INF)
+    rounds: int = 3
+    dream_batch: int = 16
+    global_steps: int = 8
+    kd_steps: int = 20
+    warmup_steps: int = 40
+    batch_size: int = 32
+    silo_clients: int = 4
+    silo_models: tuple[str, ...] = ("cnn", "mlp", "cnn", "mlp")
+    silo_samples: int = 500
+    population: int = 200
+    cohorts: tuple[int, ...] = (20, 100)
+    device_models: tuple[str, ...] = ("mlp", "cnn")
+    device_samples: int = 30
+    device_warmup_steps: int = 10
+    device_kd_steps: int = 5
+    device_graph: str = "harary"
+    dp_clip: float = 1.0
+    silo_accountant: str = "prv"
+    device_limit_test: int | None = 500
+    fedavg_model: str = "cnn"
+    remedies: tuple[Remedy, ...] = ()
+    remedy_epsilon: float = 8.0
+    remedy_partitions: tuple[float | None, ...] | None = None
+    remedy_cohorts: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("need at least one seed")
+        if not self.partitions:
+            raise ConfigError("need at least one partition")
+        if not self.epsilons or any(not (e > 0) for e in self.epsilons):
+            raise ConfigError(f"epsilons must be > 0 (inf allowed), got {self.epsilons}")
+        for c in self.cohorts:
+            if not (1 <= c < self.population):
+                raise ConfigError(
+                    f"cohort {c} must be at least 1 and smaller than the population {self.population}"
+                )
+        if self.rounds < 1 or self.global_steps < 1 or self.dream_batch < 1:
+            raise ConfigError("rounds, global_steps and dream_batch must be >= 1")
+
+    def describe(self) -> str:
+        """One paragraph for the results file."""
+        return (
+            f"size `{self.name}`: {self.dataset}, test set of {self.limit_test or 'all'} examples; "
+            f"{self.rounds} rounds of {self.global_steps} dream steps on {self.dream_batch} dreams, "
+            f"{self.kd_steps} KD steps (and as many CE steps) per client per round, "
+            f"{self.warmup_steps} warm-up "
+            f"steps, batch {self.batch_size}. Cross-silo: {self.silo_clients} clients "
+            f"({', '.join(self.silo_models)}) of {self.silo_samples} examples. Cross-device: population "
+            f"{self.population} ({', '.join(self.device_models)} alternating) "
+            f"of {self.device_samples} examples, "
+            f"cohorts {', '.join(map(str, self.cohorts))}, {self.device_kd_steps} KD steps and "
+            f"{self.device_warmup_steps} warm-up steps per client, secure aggregation on a "
+            f"{self.device_graph} graph. Seeds {', '.join(map(str, self.seeds))}."
+        )
+
+
+def _default_remedies(global_steps: int, dream_batch: int) -> tuple[Remedy, ...]:
+    return (
+        Remedy(
+            "fewer-releases",
+            f"{max(1, global_steps // 2)} instead of {global_steps} dream steps per round: fewer releases "
+            "compose into the round's event, so each carries less noise (z_i = z_eff sqrt(J))",
+            global_steps=max(1, global_steps // 2),
+        ),
+        Remedy(
+            "smaller-batch",
+            f"{max(1, dream_batch // 2)} instead of {dream_batch} dreams: the noise norm grows with "
+            "sqrt(released dimension), the clipped signal does not",
+            dream_batch=max(1, dream_batch // 2),
+        ),
+        Remedy(
+            "low-resolution",
+            "dream gradients released as 2x2 block means (1/4 of the dimension, orthonormal projection, "
+            "so the clip bound holds), lifted back by the server",
+            downsample=2,
+        ),
+        Remedy(
+            "combined",
+            "fewer releases, smaller batch and low-resolution releases together",
+            global_steps=max(1, global_steps // 2),
+            dream_batch=max(1, dream_batch // 2),
+            downsample=2,
+        ),
+    )
+
+
+QUICK = TradeoffSize(
+    name="quick",
+    limit_test=200,
+    partitions=(0.1,),
+    seeds=(0,),
+    epsilons=(8.0, INF),
+    rounds=1,
+    dream_batch=4,
+    global_steps=2,
+    kd_steps=2,
+    warmup_steps=2,
+    batch_size=16,
+    silo_clients=2,
+    silo_models=("mlp", "cnn"),
+    silo_samples=60,
+    population=12,
+    cohorts=(4,),
+    device_models=("mlp",),
+    device_samples=10,
+    device_warmup_steps=1,
+    device_kd_steps=1,
+    device_graph="complete",
+    silo_accountant="rdp",
+    device_limit_test=100,
+    remedies=(
+        Remedy("fewer-releases", "one dream step per round", global_steps=1),
+        Remedy("low-resolution", "2x2 block means", downsample=2),
+    ),
+)
+
+CPU = TradeoffSize(
+    name="cpu",
+    remedies=_default_remedies(8, 16),
+    remedy_partitions=(0.1,),
+)
+
+FULL = TradeoffSize(
+    name="full",
+    limit_test=None,
+    seeds=(0, 1, 2),
+    rounds=10,
+    dream_batch=64,
+    global_steps=40,
+    kd_steps=100,
+    warmup_steps=300,
+    batch_size=64,
+    silo_models=("resnet8", "cnn", "vgg", "mlp"),
+    silo_samples=3000,
+    population=1000,
+    device_models=("cnn", "mlp", "resnet8", "vgg"),
+    device_samples=50,
+    device_warmup_steps=50,
+    device_kd_steps=20,
+    remedies=_default_remedies(40, 64),
+)
+
+SIZES: dict[str, TradeoffSize] = {s.name: s for s in (QUICK, CPU, FULL)}
+
+
+def cohort_sampling_supported() -> bool:
+    """Whether the learning loop can sample a cohort per round (`FederationConfig.clients_per_round`)."""
+    return "clients_per_round" in {f.name for f in dataclasses.fields(FederationConfig)}
+
+
+# -- the low-resolution release remedy --------------------------------------------------------------
+
+
+class LowResolutionReleases(Aggregator):
+    """Release each dream gradient as f x f block means: 1/f^2 of the dimension, same clip bound.
+
+    The projection P maps a (B, C, H, W) gradient to (B, C, H/f, W/f) block sums divided by f: its rows
+    are orthonormal, so ||P g|| <= ||g|| (a clipped gradient stays within its bound) and the server's
+    lift P^T (each block coordinate spread back as value / f) of the summed releases is the block mean
+    of the summed gradients, since P^T sum_k P g_k = P^T P sum_k g_k. The projection reads no data, so
+    it is part of what a client computes before release. The DP noise norm grows with the square root
+    of the released dimension and therefore shrinks by f; the signal keeps its low-frequency part,
+    whose share is measured (`lowres_signal_fraction` in the round report's extras).
+
+    Args:
+        inner: the aggregator that sums the projected vectors.
+        input_shape: (C, H, W) of one dream.
+        factor: f, dividing H and W.
+    Raises:
+        ConfigError: f < 1 or not dividing H and W.
+    """
+
+    def __init__(self, inner: Aggregator, input_shape: Sequence[int], factor: int) -> None:
+        c, h, w = (int(s) for s in input_shape)
+        if factor < 1 or h % factor or w % factor:
+            raise ConfigError(f"downsample factor {factor} must be >= 1 and divide {h}x{w}")
+        self.inner = inner
+        self.shape = (c, h, w)
+        self.factor = int(factor)
+        self.name = f"{getattr(inner, 'name', '?')}+lowres{factor}"
+
+    def project(self, vector: np.ndarray) -> np.ndarray:
+        """P g: the flattened (B, C, H, W) vector to flattened (B, C, H/f, W/f) block sums / f."""
+        c, h, w = self.shape
+        f = self.factor
+        x = np.asarray(vector, dtype=np.float64).reshape(-1, c, h // f, f, w // f, f)
+        return (x.sum(axis=(3, 5)) / f).reshape(-1)
+
+    def lift(self, vector: np.ndarray) -> np.ndarray:
+        """P^T y: each block value / f spread over its f x f pixels, flattened (B, C, H, W)."""
+        c, h, w = self.shape
+        f = self.factor
+        y = np.asarray(vector, dtype=np.float64).reshape(-1, c, h // f, 1, w // f, 1) / f
+        return np.broadcast_to(y, (y.shape[0], c, h // f, f, w // f, f)).reshape(-1).copy()
+
+    def released_spec(self, spec: VectorSpec) -> VectorSpec:
+        """The spec of what actually leaves a client for `spec`."""
+        if not spec.name.startswith(DREAM_PREFIX):
+            return spec
+        if spec.length % math.prod(self.shape):
+            raise ConfigError(
+                f"vector {spec.name!r} of length {spec.length} is not a batch of {self.shape} dreams"
+            )
+        return VectorSpec(spec.name, spec.length // self.factor**2, spec.clip_norm)
+
+    def open_round(
+        self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]
+    ) -> AggregationRound:
+        released = [self.released_spec(s) for s in specs]
+        inner = self.inner.open_round(round_index=round_index, participants=participants, specs=released)
+        return _LowResolutionRound(
+            self, inner, released, round_index=round_index, participants=participants, specs=specs
+        )
+
+
+class _LowResolutionRound(AggregationRound):
+    def __init__(
+        self, owner: LowResolutionReleases, inner: AggregationRound, released: list[VectorSpec], **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._owner = owner
+        self._inner = inner
+        self._released = released
+        self._kept: list[float] = []
+
+    def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
+        self._check_contributions(spec, vectors)
+        released = self._released[self._next]
+        self._next += 1
+        if not spec.name.startswith(DREAM_PREFIX):
+            return self._inner.sum(released, vectors)
+        projected = {}
+        for cid, v in vectors.items():
+            p = self._owner.project(v)
+            norm = float(np.linalg.norm(v))
+            if norm > 0:
+                self._kept.append(float(np.linalg.norm(p)) / norm)
+            projected[cid] = p
+        res = self._inner.sum(released, projected)
+        return AggregateResult(
+            total=self._owner.lift(res.total),
+            contributors=res.contributors,
+            clipped=res.clipped,
+            overflowed=res.overflowed,
+        )
+
+    def close(self) -> RoundReport:
+        report = self._inner.close()
+        extra = dict(report.extra)
+        if self._kept:
+            extra["lowres_signal_fraction"] = float(np.mean(self._kept))
+        return dataclasses.replace(report, extra=extra)
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run (one federation or baseline, one seed) and what it measured.
+
+    Attributes:
+        setting: "cross-silo" or "cross-device".
+        partition: "dir0.1" style label or "iid".
+        cohort: clients per round (cross-device), else None.
+        mode: "plain", "secure", "example-dp", "secure+dp", "local", "fedavg", "centralized".
+        epsilon: target epsilon (inf: none; None for modes without DP).
+        seed: the run's seed.
+        remedy: name of the remedy applied, if any.
+        final_accuracies: each evaluated client's accuracy after the last round.
+        mean_accuracy, std_accuracy: over those clients.
+        best_mean_accuracy: best per-round mean over rounds (selected on the test set; labelled so).
+        seconds_per_round: mean wall time of the rounds after the first (the first includes the
+            warm-up); the first round's when there is only one.
+        dream_seconds_per_round: likewise, dream optimisation only.
+        bytes_per_client_per_round: mean over rounds and participants of the bytes each sent.
+        epsilon_spent: epsilon the run actually spent (max over clients for example-level DP).
+        noise_multiplier: z (DP-SGD step z, or the round's z_eff).
+        release_noise_multiplier: z_i of each release (client-level only).
+        nsr: noise L2 norm / clip norm of one released dream gradient (client-level only).
+        nsr_cohort: the same noise over the largest summed signal, cohort x clip norm.
+        released_dimension: coordinates of one released dream gradient.
+        releases_per_round: vectors each client released per round.
+        dream_batch: dreams per round.
+        clipped_fraction: share of contributions clipped by the seam (client-level).
+        extra: anything else (signal fraction of low-resolution releases, DP-SGD step NSR ...).
+    """
+
+    setting: str
+    partition: str
+    cohort: int | None
+    mode: str
+    epsilon: float | None
+    seed: int
+    remedy: str | None
+    final_accuracies: tuple[float, ...]
+    mean_accuracy: float
+    std_accuracy: float
+    best_mean_accuracy: float
+    seconds_per_round: float | None = None
+    dream_seconds_per_round: float | None = None
+    bytes_per_client_per_round: float | None = None
+    epsilon_spent: float | None = None
+    noise_multiplier: float | None = None
+    release_noise_multiplier: float | None = None
+    nsr: float | None = None
+    nsr_cohort: float | None = None
+    released_dimension: int | None = None
+    releases_per_round: int | None = None
+    dream_batch: int | None = None
+    clipped_fraction: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["final_accuracies"] = list(self.final_accuracies)
+        d["epsilon"] = _json_eps(self.epsilon)
+        return d
+
+
+def _json_eps(e: float | None) -> float | str | None:
+    return "inf" if e is not None and math.isinf(e) else e
+
+
+@dataclass(slots=True)
+class TradeoffResults:
+    """All runs of one benchmark invocation, with the context the results file states."""
+
+    size: TradeoffSize
+    device: str
+    runs: list[RunRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    hardware: dict[str, str] = field(default_factory=dict)
+    command: str = ""
+    started: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        size = dataclasses.asdict(self.size)
+        size["epsilons"] = [_json_eps(e) for e in self.size.epsilons]
+        return {
+            "size": size,
+            "device": self.device,
+            "hardware": self.hardware,
+            "command": self.command,
+            "started": self.started,
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+            "runs": [r.to_dict() for r in self.runs],
+            "summary": [_row_dict(r) for r in summarise(self.runs)],
+        }
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def hardware(device: torch.device | str) -> dict[str, str]:
+    """CPU model, core count and GPU name (if any) of this machine."""
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    try:
+        info["nproc"] = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["nproc"] = str(os.cpu_count())
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["cpu"] = cpu or "unknown"
+    info["torch_threads"] = str(torch.get_num_threads())
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+def _label(alpha: float | None) -> str:
+    return "iid" if alpha is None or math.isinf(alpha) else f"dir{alpha:g}"
+
+
+def _delta(n: int) -> float:
+    """Delta well below 1 / n (n: examples per client, or clients in the population)."""
+    return min(1e-5, 0.1 / n)
+
+
+def _ce_steps_per_round(distill: DistillConfig) -> int:
+    return int(math.floor(distill.kd_steps * distill.ce_ratio + 1e-9))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_noise(schedule: Any, epsilon: float, delta: float, accountant: str) -> Any:
+    """`plan_noise`, once per schedule and target: every partition and seed shares the answer."""
+    from ..privacy.calibration import plan_noise
+
+    return plan_noise(schedule, target_epsilon=epsilon, delta=delta, accountant=accountant)
+
+
+class _Runner:
+    def __init__(self, size: TradeoffSize, device: torch.device, say: Callable[[str], None]) -> None:
+        self.size = size
+        self.device = device
+        self.say = say
+        self._dataset: Dataset | None = None
+
+    @property
+    def dataset(self) -> Dataset:
+        """The data set, loaded on first use (once for every run)."""
+        if self._dataset is None:
+            s = self.size
+            needed = max(s.silo_clients * s.silo_samples, s.population * s.device_samples)
+            self._dataset = load_dataset(s.dataset, limit_train=None, limit_test=s.limit_test, seed=0)
+            if needed > len(self._dataset.y_train):
+                raise ConfigError(f"size {s.name!r} needs {needed} training examples, {s.dataset} has fewer")
+        return self._dataset
+
+    # configs
+
+    def dream(self, *, w_bn: float, remedy: Remedy | None = None) -> DreamConfig:
+        s = self.size
+        return DreamConfig(
+            batch_size=remedy.dream_batch if remedy and remedy.dream_batch else s.dream_batch,
+            global_steps=remedy.global_steps if remedy and remedy.global_steps else s.global_steps,
+            w_bn=w_bn,
+        )
+
+    def distill(self, *, cross_device: bool) -> DistillConfig:
+        s = self.size
+        return DistillConfig(
+            kd_steps=s.device_kd_steps if cross_device else s.kd_steps,
+            warmup_steps=s.device_warmup_steps if cross_device else s.warmup_steps,
+            batch_size=s.batch_size,
+            ce_batch_size=s.batch_size,
+            buffer_size=max(256, 4 * s.dream_batch),
+        )
+
+    def silo_config(self, alpha: float | None, seed: int, *, norm: str) -> FederationConfig:
+        s = self.size
+        return FederationConfig(
+            dataset=s.dataset,
+            num_clients=s.silo_clients,
+            alpha=alpha,
+            samples_per_client=s.silo_samples,
+            limit_test=s.limit_test,
+            models=tuple(s.silo_models),
+            norm=norm,
+            rounds=s.rounds,
+            seed=seed,
+            device=str(self.device),
+            dream=self.dream(w_bn=0.0 if norm == "group" else DreamConfig().w_bn),
+            distill=self.distill(cross_device=False),
+        )
+
+    def device_config(
+        self, alpha: float | None, seed: int, cohort: int, remedy: Remedy | None = None
+    ) -> FederationConfig:
+        s = self.size
+        models = tuple(s.device_models[i % len(s.device_models)] for i in range(s.population))
+        kwargs: dict[str, Any] = dict(
+            dataset=s.dataset,
+            num_clients=s.population,
+            alpha=alpha,
+            samples_per_client=s.device_samples,
+            limit_test=s.device_limit_test,
+            models=models,
+            norm="batch",
+            rounds=s.rounds,
+            seed=seed,
+            device=str(self.device),
+            dream=self.dream(w_bn=DreamConfig().w_bn, remedy=remedy),
+            distill=self.distill(cross_device=True),
+            clients_per_round=cohort,
+        )
+        return FederationConfig(**kwargs)
+
+    # one federation
+
+    def federation(
+        self,
+        config: FederationConfig,
+        aggregator: Aggregator,
+        *,
+        setting: str,
+        partition_label: str,
+        cohort: int | None,
+        mode: str,
+        epsilon: float | None,
+        remedy: Remedy | None = None,
+        trainer_factory: Callable | None = None,
+        dp: dict[str, float] | None = None,
+    ) -> tuple[RunRecord, Federation]:
+        tag = (
+            f"{setting} {partition_label} {mode} eps={epsilon} seed={config.seed}"
+            + (f" cohort={cohort}" if cohort else "")
+            + (f" remedy={remedy.name}" if remedy else "")
+        )
+        self.say(f"start {tag}")
+        start = time.perf_counter()
+        fed = Federation(config, aggregator, trainer_factory, dataset=self.dataset)
+        history = fed.run(config.rounds)
+        last = history[-1]
+        timed = history[1:] if len(history) > 1 else history
+        per_client_bytes = []
+        for m in history:
+            rep = m.aggregation
+            ids = rep.participants or tuple(m.bytes_sent_per_client)
+            per_client_bytes.append(np.mean([m.bytes_sent_per_client.get(i, 0) for i in ids]))
+        specs = fed.server.specs()
+        dream_specs = [sp for sp in specs if sp.name.startswith(DREAM_PREFIX)]
+        released_dim = dream_specs[0].length if dream_specs else 0
+        if isinstance(aggregator, LowResolutionReleases) and dream_specs:
+            released_dim = aggregator.released_spec(dream_specs[0]).length
+        extra: dict[str, float] = {}
+        record_kwargs: dict[str, Any] = {}
+        rep_extra = last.aggregation.extra
+        if "lowres_signal_fraction" in rep_extra:
+            extra["lowres_signal_fraction"] = float(
+                np.mean([m.aggregation.extra.get("lowres_signal_fraction", np.nan) for m in history])
+            )
+        if "dp_release_noise_multiplier" in rep_extra:
+            z_i = float(rep_extra["dp_release_noise_multiplier"])
+            clip = dream_specs[0].clip_norm
+            std = rep_extra.get(f"{DREAM_PREFIX}0", None)
+            std = rep_extra.get(f"dp_noise_std/{DREAM_PREFIX}0", std)
+            nsr = (
+                (float(std) * math.sqrt(released_dim) / clip)
+                if std is not None
+                else z_i * math.sqrt(released_dim)
+            )
+            n = len(last.aggregation.participants)
+            record_kwargs.update(
+                release_noise_multiplier=z_i,
+                nsr=nsr,
+                nsr_cohort=nsr / max(1, n),
+                clipped_fraction=float(
+                    np.mean([m.aggregation.extra.get("dp_clipped_fraction", 0.0) for m in history])
+                ),
+                epsilon_spent=float(rep_extra.get("dp_epsilon", math.nan)),
+            )
+            extra["nsr_analytic"] = z_i * math.sqrt(released_dim)
+        if dp:
+            record_kwargs.update({k: v for k, v in dp.items() if k in ("noise_multiplier", "epsilon_spent")})
+            extra.update({k: v for k, v in dp.items() if k not in ("noise_multiplier", "epsilon_spent")})
+        record = RunRecord(
+            setting=setting,
+            partition=partition_label,
+            cohort=cohort,
+            mode=mode,
+            epsilon=epsilon,
+            seed=config.seed,
+            remedy=remedy.name if remedy else None,
+            final_accuracies=tuple(float(a) for a in last.accuracies),
+            mean_accuracy=float(last.mean_accuracy),
+            std_accuracy=float(last.std_accuracy),
+            best_mean_accuracy=float(last.best_mean_accuracy),
+            seconds_per_round=float(np.mean([m.seconds for m in timed])),
+            dream_seconds_per_round=float(np.mean([m.dream_seconds for m in timed])),
+            bytes_per_client_per_round=float(np.mean(per_client_bytes)),
+            released_dimension=int(released_dim),
+            releases_per_round=int(config.releases_per_round),
+            dream_batch=int(config.dream.batch_size),
+            extra=extra,
+            **record_kwargs,
+        )
+        self.say(
+            f"done  {tag}: acc {record.mean_accuracy:.4f}, {record.seconds_per_round:.2f} s/round "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
+        return record, fed
+
+    # baselines
+
+    def baselines(
+        self,
+        *,
+        setting: str,
+        alpha: float | None,
+        seed: int,
+        num_clients: int,
+        samples: int,
+        models: tuple[str, ...],
+        local_steps: int,
+        cohort: int | None = None,
+    ) -> list[RunRecord]:
+        s = self.size
+        parts = partition(
+            self.dataset.y_train, num_clients, alpha=alpha, samples_per_client=samples, seed=seed
+        )
+        cfg = BaselineConfig(
+            rounds=s.rounds, local_steps=max(1, local_steps), batch_size=s.batch_size, seed=seed, norm="batch"
+        )
+        out = []
+        runs = (
+            ("local", lambda: run_local_only(self.dataset, parts, models, cfg, device=self.device)),
+            ("centralized", lambda: run_centralized(self.dataset, parts, models, cfg, device=self.device)),
+            ("fedavg", lambda: run_fedavg(self.dataset, parts, s.fedavg_model, cfg, device=self.device)),
+        )
+        for mode, fn in runs:
+            self.say(f"start {setting} {_label(alpha)} {mode} seed={seed}")
+            res = fn()
+            out.append(
+                RunRecord(
+                    setting=setting,
+                    partition=_label(alpha),
+                    cohort=cohort,
+                    mode=mode,
+                    epsilon=None,
+                    seed=seed,
+                    remedy=None,
+                    final_accuracies=tuple(float(a) for a in res.final_accuracy),
+                    mean_accuracy=res.mean,
+                    std_accuracy=res.std,
+                    best_mean_accuracy=float(np.max(np.mean(np.asarray(res.history), axis=1))),
+                    seconds_per_round=res.seconds / s.rounds,
+                    extra={"steps_per_round": float(res.steps_per_round)},
+                )
+            )
+        return out
+
+    # the two settings
+
+    def cross_silo(self, alpha: float | None, seed: int) -> list[RunRecord]:
+        from ..privacy.calibration import ExampleLevelSchedule
+        from ..privacy.example_level import dp_trainer_factory
+
+        s = self.size
+        label = _label(alpha)
+        out: list[RunRecord] = []
+        base = dict(setting="cross-silo", partition_label=label, cohort=None)
+        batch_cfg = self.silo_config(alpha, seed, norm="batch")
+        for mode in ("plain", "secure"):
+            agg = create_aggregator(mode) if mode == "plain" else create_aggregator(mode, seed=seed)
+            out.append(self.federation(batch_cfg, agg, mode=mode, epsilon=None, **base)[0])
+        group_cfg = self.silo_config(alpha, seed, norm="group")
+        ce_steps = _ce_steps_per_round(group_cfg.distill)
+        local_steps = group_cfg.distill.warmup_steps + s.rounds * ce_steps
+        delta = _delta(s.silo_samples)
+        for eps in s.epsilons:
+            if math.isinf(eps):
+                rec, _ = self.federation(
+                    group_cfg, create_aggregator("plain"), mode="example-dp", epsilon=INF, **base
+                )
+                out.append(rec)
+                continue
+            plan = _plan_noise(
+                ExampleLevelSchedule(
+                    local_steps=local_steps, batch_size=s.batch_size, data_size=s.silo_samples
+                ),
+                eps,
+                delta,
+                s.silo_accountant,
+            )
+            factory = dp_trainer_factory(
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=s.dp_clip,
+                batch_size=s.batch_size,
+                lr=group_cfg.distill.lr,
+                momentum=group_cfg.distill.momentum,
+                accountant=s.silo_accountant,
+                delta=delta,
+                noise_seed=seed,
+            )
+            rec, fed = self.federation(
+                group_cfg,
+                create_aggregator("plain"),
+                mode="example-dp",
+                epsilon=eps,
+                trainer_factory=factory,
+                **base,
+            )
+            spent = max(c.trainer.epsilon() for c in fed.clients)
+            params = max(sum(p.numel() for p in c.model.parameters()) for c in fed.clients)
+            out.append(
+                dataclasses.replace(
+                    rec,
+                    epsilon_spent=float(spent),
+                    noise_multiplier=plan.noise_multiplier,
+                    nsr=0.0,
+                    nsr_cohort=0.0,
+                    extra={
+                        **rec.extra,
+                        "delta": delta,
+                        "dp_sgd_steps": float(local_steps),
+                        "dp_sgd_step_nsr": plan.noise_multiplier * math.sqrt(params) / s.batch_size,
+                    },
+                )
+            )
+        out += self.baselines(
+            setting="cross-silo",
+            alpha=alpha,
+            seed=seed,
+            num_clients=s.silo_clients,
+            samples=s.silo_samples,
+            models=tuple(s.silo_models),
+            local_steps=ce_steps + math.ceil(group_cfg.distill.warmup_steps / s.rounds),
+        )
+        return out
+
+    def secure_dp(
+        self, config: FederationConfig, cohort: int, eps: float, seed: int
+    ) -> tuple[Aggregator, dict]:
+        from ..privacy.calibration import ClientLevelSchedule
+
+        s = self.size
+        q = cohort / s.population
+        delta = _delta(s.population)
+        plan = _plan_noise(
+            ClientLevelSchedule(rounds=s.rounds, sample_rate=q, releases_per_round=config.releases_per_round),
+            eps,
+            delta,
+            "rdp",
+        )
+        agg = create_aggregator(
+            "secure+dp",
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=q,
+            delta=delta,
+            target_epsilon=eps,
+            accountant="rdp",
+            noise_seed=seed,
+            graph=s.device_graph,
+            seed=seed,
+        )
+        return agg, {"noise_multiplier": plan.noise_multiplier, "delta": delta, "sample_rate": q}
+
+    def cross_device(self, alpha: float | None, seed: int, cohort: int) -> list[RunRecord]:
+        s = self.size
+        label = _label(alpha)
+        out: list[RunRecord] = []
+        base = dict(setting="cross-device", partition_label=label, cohort=cohort)
+        cfg = self.device_config(alpha, seed, cohort)
+        out.append(self.federation(cfg, create_aggregator("plain"), mode="plain", epsilon=None, **base)[0])
+        out.append(
+            self.federation(
+                cfg,
+                create_aggregator("secure", graph=s.device_graph, seed=seed),
+                mode="secure",
+                epsilon=None,
+                **base,
+            )[0]
+        )
+        for eps in s.epsilons:
+            if math.isinf(eps):
+                agg: Aggregator = create_aggregator("secure", graph=s.device_graph, seed=seed)
+                out.append(self.federation(cfg, agg, mode="secure+dp", epsilon=INF, **base)[0])
+                continue
+            agg, dp = self.secure_dp(cfg, cohort, eps, seed)
+            out.append(self.federation(cfg, agg, mode="secure+dp", epsilon=eps, dp=dp, **base)[0])
+        remedy_here = (s.remedy_partitions is None or alpha in s.remedy_partitions) and (
+            s.remedy_cohorts is None or cohort in s.remedy_cohorts
+        )
+        for remedy in s.remedies if remedy_here else ():
+            rcfg = self.device_config(alpha, seed, cohort, remedy)
+            agg, dp = self.secure_dp(rcfg, cohort, s.remedy_epsilon, seed)
+            if remedy.downsample > 1:
+                agg = LowResolutionReleases(agg, self.dataset.input_shape, remedy.downsample)
+            out.append(
+                self.federation(
+                    rcfg, agg, mode="secure+dp", epsilon=s.remedy_epsilon, remedy=remedy, dp=dp, **base
+                )[0]
+            )
+        return out
+
+    def device_baselines(self, alpha: float | None, seed: int) -> list[RunRecord]:
+        s = self.size
+        models = tuple(s.device_models[i % len(s.device_models)] for i in range(s.population))
+        dc = self.distill(cross_device=True)
+        return self.baselines(
+            setting="cross-device",
+            alpha=alpha,
+            seed=seed,
+            num_clients=s.population,
+            samples=s.device_samples,
+            models=models,
+            local_steps=_ce_steps_per_round(dc) + math.ceil(dc.warmup_steps / s.rounds),
+        )
+
+
+def run_tradeoff(
+    size: str | TradeoffSize = "cpu",
+    *,
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device = "auto",
+    settings: Sequence[str] = ("cross-silo", "cross-device"),
+    progress: Callable[[str], None] | None = None,
+) -> TradeoffResults:
+    """Run the trade-off benchmark.
+
+    Args:
+        size: "quick", "cpu", "full" or a `TradeoffSize`.
+        seeds: override the size's seeds.
+        device: "auto" (CUDA when available), "cpu", "cuda[:N]".
+        settings: which federations to run ("cross-silo", "cross-device").
+        progress: called with one line per run started and finished.
+    Returns:
+        The `TradeoffResults` (every run, plus notes on anything skipped).
+    Raises:
+        ConfigError: unknown size, setting or device; DataError when the data set is missing.
+    """
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ConfigError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+        size = SIZES[size]
+    if seeds is not None:
+        size = dataclasses.replace(size, seeds=tuple(int(s) for s in seeds))
+    unknown = set(settings) - {"cross-silo", "cross-device"}
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)}; choose from cross-silo, cross-device")
+    dev = resolve_device(device)
+    say = progress or (lambda line: log.info("%s", line))
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    t0 = time.perf_counter()
+    runner = _Runner(size, dev, say)
+    results = TradeoffResults(size=size, device=str(dev), hardware=hardware(dev), started=started)
+    for alpha in size.partitions:
+        for seed in size.seeds:
+            if "cross-silo" in settings:
+                results.runs += runner.cross_silo(alpha, seed)
+    if "cross-device" in settings:
+        if not cohort_sampling_supported():
+            results.notes.append(
+                "cross-device part skipped: this version of the learning loop has no per-round cohort "
+                "sampling (FederationConfig.clients_per_round is missing), so cohorts of "
+                f"{', '.join(map(str, size.cohorts))} out of {size.population} clients cannot be run."
+            )
+            say(results.notes[-1])
+        else:
+            for alpha in size.partitions:
+                for seed in size.seeds:
+                    for cohort in size.cohorts:
+                        results.runs += runner.cross_device(alpha, seed, cohort)
+                    results.runs += runner.device_baselines(alpha, seed)
+    if size.remedies and not any(r.remedy for r in results.runs):
+        results.notes.append(
+            "remedies not run: they apply to client-level DP, which needs the cross-device part."
+        )
+    results.seconds = time.perf_counter() - t0
+    return results
+
+
+# -- summary ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    """Runs of one configuration over seeds.
+
+    Attributes:
+        mean: mean over seeds of the final mean client accuracy.
+        std_clients: mean over seeds of the std over clients.
+        std_seeds: std over seeds of the final mean accuracy (0 with one seed).
+        seeds: how many seeds.
+        Other fields: means over seeds of the runs' fields (None where no run has them).
+    """
+
+    setting: str
+    partition: str
+    cohort: int | None
+    mode: str
+    epsilon: float | None
+    remedy: str | None
+    mean: float
+    std_clients: float
+    std_seeds: float
+    seeds: int
+    best_mean: float
+    seconds_per_round: float | None
+    dream_seconds_per_round: float | None
+    bytes_per_client_per_round: float | None
+    epsilon_spent: float | None
+    noise_multiplier: float | None
+    release_noise_multiplier: float | None
+    nsr: float | None
+    nsr_cohort: float | None
+    released_dimension: int | None
+    releases_per_round: int | None
+    dream_batch: int | None
+    clipped_fraction: float | None
+    extra: dict[str, float]
+
+
+def _mean_opt(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarise(runs: Sequence[RunRecord]) -> list[SummaryRow]:
+    """Group runs that differ only in the seed; accuracy as mean, std over clients, std over seeds."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault((r.setting, r.partition, r.cohort, r.mode, r.epsilon, r.remedy), []).append(r)
+    rows = []
+    for (setting, part, cohort, mode, eps, remedy), rs in groups.items():
+        means = [r.mean_accuracy for r in rs]
+        extra_keys = sorted({k for r in rs for k in r.extra})
+        rows.append(
+            SummaryRow(
+                setting=setting,
+                partition=part,
+                cohort=cohort,
+                mode=mode,
+                epsilon=eps,
+                remedy=remedy,
+                mean=float(np.mean(means)),
+                std_clients=float(np.mean([r.std_accuracy for r in rs])),
+                std_seeds=float(np.std(means)),
+                seeds=len(rs),
+                best_mean=float(np.mean([r.best_mean_accuracy for r in rs])),
+                seconds_per_round=_mean_opt([r.seconds_per_round for r in rs]),
+                dream_seconds_per_round=_mean_opt([r.dream_seconds_per_round for r in rs]),
+                bytes_per_client_per_round=_mean_opt([r.bytes_per_client_per_round for r in rs]),
+                epsilon_spent=_mean_opt([r.epsilon_spent for r in rs]),
+                noise_multiplier=_mean_opt([r.noise_multiplier for r in rs]),
+                release_noise_multiplier=_mean_opt([r.release_noise_multiplier for r in rs]),
+                nsr=_mean_opt([r.nsr for r in rs]),
+                nsr_cohort=_mean_opt([r.nsr_cohort for r in rs]),
+                released_dimension=rs[0].released_dimension,
+                releases_per_round=rs[0].releases_per_round,
+                dream_batch=rs[0].dream_batch,
+                clipped_fraction=_mean_opt([r.clipped_fraction for r in rs]),
+                extra={
+                    k: v for k in extra_keys if (v := _mean_opt([r.extra.get(k) for r in rs])) is not None
+                },
+            )
+        )
+    return rows
+
+
+def _row_dict(row: SummaryRow) -> dict:
+    d = dataclasses.asdict(row)
+    d["epsilon"] = _json_eps(row.epsilon)
+    return d
+
+
+def _find(
+    rows: Sequence[SummaryRow],
+    *,
+    setting: str,
+    partition: str,
+    cohort: int | None,
+    mode: str,
+    epsilon: float | None = None,
+    remedy: str | None = None,
+) -> SummaryRow | None:
+    for r in rows:
+        if (r.setting, r.partition, r.cohort, r.mode, r.remedy) == (
+            setting,
+            partition,
+            cohort,
+            mode,
+            remedy,
+        ) and (r.epsilon == epsilon):
+            return r
+    return None
+
+
+# -- writers ---------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _acc(row: SummaryRow) -> str:
+    return f"{100 * row.mean:.1f} ± {100 * row.std_clients:.1f} ± {100 * row.std_seeds:.1f}"
+
+
+def _num(x: float | None, fmt: str = "{:.3g}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _eps_str(e: float | None) -> str:
+    if e is None:
+        return "-"
+    return "∞" if math.isinf(e) else f"{e:g}"
+
+
+def _bytes(b: float | None) -> str:
+    if b is None:
+        return "-"
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if b >= scale:
+            return f"{b / scale:.1f} {unit}"
+    return f"{b:.0f} B"
+
+
+def _places(rows: Sequence[SummaryRow]) -> list[tuple[str, str, int | None]]:
+    return list(dict.fromkeys((r.setting, r.partition, r.cohort) for r in rows if r.mode not in _BASELINES))
+
+
+_BASELINES = ("local", "fedavg", "centralized")
+_PRIVATE = {"cross-silo": "example-dp", "cross-device": "secure+dp"}
+
+
+def _targets(rows: Sequence[SummaryRow], size: TradeoffSize) -> list[str]:
+    """Lines on each target: met or missed, by how much, and what limits it."""
+    lines = []
+    for setting, part, cohort in _places(rows):
+        where = f"{setting} {part}" + (f", cohort {cohort}" if cohort else "")
+        plain = _find(rows, setting=setting, partition=part, cohort=cohort, mode="plain")
+        secure = _find(rows, setting=setting, partition=part, cohort=cohort, mode="secure")
+        dp8 = _find(rows, setting=setting, partition=part, cohort=cohort, mode=_PRIVATE[setting], epsilon=8.0)
+        if plain and dp8:
+            gap = 100 * (plain.mean - dp8.mean)
+            status = "met" if gap <= 3.0 else f"MISSED by {gap - 3.0:.1f} points"
+            limit = ""
+            if gap > 3.0:
+                if setting == "cross-device":
+                    limit = (
+                        f" Limited by the noise on the dream gradients: NSR {_num(dp8.nsr)} per client "
+                        f"(noise L2 norm / clip norm at the released dimension {dp8.released_dimension}), "
+                        f"{_num(dp8.nsr_cohort)} against the whole cohort's signal ({cohort} x clip norm); "
+                        f"dream batch {dp8.dream_batch}, "
+                        f"{dp8.releases_per_round} releases per round composed "
+                        f"into one event (z_eff {_num(dp8.noise_multiplier)}, z per release "
+                        f"{_num(dp8.release_noise_multiplier)}), q = {cohort}/{size.population}, "
+                        f"{size.rounds} rounds."
+                    )
+                else:
+                    limit = (
+                        f" Limited by the DP-SGD noise in local training (released dream gradients carry no "
+                        f"noise, NSR 0): z = {_num(dp8.noise_multiplier)} on every one of "
+                        f"{_num(dp8.extra.get('dp_sgd_steps'), '{:.0f}')} steps, step NSR z sqrt(P)/B = "
+                        f"{_num(dp8.extra.get('dp_sgd_step_nsr'))} (P parameters of the largest model, "
+                        f"B = {size.batch_size}), on {size.silo_samples} examples per client; dream batch "
+                        f"{dp8.dream_batch}, {dp8.releases_per_round} releases per round; BatchNorm and its "
+                        "dream-loss term are unavailable (GroupNorm, w_bn = 0)."
+                    )
+            lines.append(
+                f"- **{where}**: accuracy at ε = 8 ({_PRIVATE[setting]}) {_pct(dp8.mean)} "
+                f"vs non-private CoDream "
+                f"(`plain`) {_pct(plain.mean)}: "
+                + (f"{gap:.1f} points below" if gap >= 0 else f"{-gap:.1f} points above")
+                + f", target ≤ 3 below: {status}.{limit}"
+            )
+        if plain and secure:
+            d_acc = 100 * (plain.mean - secure.mean)
+            ok_acc = abs(d_acc) <= 0.5
+            ratio = (
+                secure.seconds_per_round / plain.seconds_per_round
+                if secure.seconds_per_round and plain.seconds_per_round
+                else None
+            )
+            ok_time = ratio is not None and ratio <= 2.0
+            acc_status = "met" if ok_acc else f"MISSED by {abs(d_acc) - 0.5:.1f} points"
+            time_status = (
+                "met" if ok_time else ("not measured" if ratio is None else f"MISSED by {ratio - 2.0:.2f}x")
+            )
+            lines.append(
+                f"- **{where}**: `secure` {_pct(secure.mean)} vs `plain` {_pct(plain.mean)} "
+                f"({-d_acc:+.1f} points; target within 0.5: {acc_status}); time per round "
+                f"{_num(secure.seconds_per_round, '{:.2f}')} "
+                f"s vs {_num(plain.seconds_per_round, '{:.2f}')} s "
+                f"(ratio {_num(ratio, '{:.2f}')}; target ≤ 2x: {time_status})."
+                + (
+                    " The accuracy difference is within the spread over seeds "
+                    f"({100 * max(plain.std_seeds, secure.std_seeds):.1f} points): "
+                    f"secure aggregation only adds "
+                    "fixed-point rounding far below the dream gradient's scale."
+                    if not ok_acc and abs(d_acc) <= 100 * 2 * max(plain.std_seeds, secure.std_seeds)
+                    else ""
+                )
+            )
+    return lines
+
+
+def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequence[str | Path] = ()) -> Path:
+    """Write the results file: context, accuracy tables, costs, targets, remedies, notes.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = results.size
+    rows = summarise(results.runs)
+    hw = results.hardware
+    hw_line = f"{hw.get('cpu', '?')}, nproc = {hw.get('nproc', '?')}"
+    hw_line += f", torch threads = {hw.get('torch_threads', '?')}"
+    if "gpu" in hw:
+        hw_line = f"GPU {hw['gpu']}; CPU {hw_line}"
+    out = [
+        "# What privacy costs: accuracy and time per round against epsilon",
+        "",
+        f"Command: `{results.command}`  ",
+        f"Date: {results.started}; run time {results.seconds / 60:.1f} min on device `{results.device}`  ",
+        f"Hardware: {hw_line}; torch {hw.get('torch', '?')}, Python {hw.get('python', '?')}  ",
+        f"Seeds: {', '.join(map(str, size.seeds))}",
+        "",
+        size.describe(),
+        "",
+        "Accuracy is the **final** round's test accuracy, in %, as mean over clients ± std over clients "
+        "(mean over seeds) ± std over seeds of the mean; nothing is selected on the test set (the "
+        "best-over-rounds mean, which is, is in the JSON as `best_mean`). Baselines (local-only, FedAvg on "
+        f"one `{size.fedavg_model}`, centralized) use BatchNorm models and a matched number of SGD steps "
+        "per round. Cross-silo DP: example-level DP-SGD on every client (GroupNorm models, no BatchNorm "
+        "term in the dream loss; ε = ∞ is that federation with plain SGD), "
+        f"{size.silo_accountant.upper()} accountant, δ = "
+        f"{_delta(size.silo_samples):g} (< 1/examples per client). "
+        f"Cross-device DP: `secure+dp`, client-level, "
+        f"RDP accountant, δ = {_delta(size.population):g} (< 1/population), q = cohort / population, all "
+        "releases of a round composed into one event (ε = ∞ is `secure` without noise).",
+        "",
+    ]
+    for note in results.notes:
+        out += [f"> **Note:** {note}", ""]
+    for setting in ("cross-silo", "cross-device"):
+        srows = [r for r in rows if r.setting == setting]
+        if not srows:
+            continue
+        out += [f"## {setting}", "", "### Accuracy against ε", ""]
+        out += [
+            "| partition | cohort | mode | ε target | ε spent | accuracy % | z "
+            "| z per release | NSR (per client) "
+            "| NSR (cohort) | clipped |",
+            "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        ordered = sorted(
+            (r for r in srows if r.remedy is None),
+            key=lambda r: (
+                r.partition,
+                r.cohort or 0,
+                _BASELINES.index(r.mode) + 10 if r.mode in _BASELINES else 0,
+                r.mode,
+                math.inf if r.epsilon is None else r.epsilon,
+            ),
+        )
+        for r in ordered:
+            out.append(
+                f"| {r.partition} | {r.cohort or '-'} | {r.mode} | {_eps_str(r.epsilon)} "
+                f"| {_num(r.epsilon_spent)} "
+                f"| {_acc(r)} | {_num(r.noise_multiplier)} "
+                f"| {_num(r.release_noise_multiplier)} | {_num(r.nsr)} "
+                f"| {_num(r.nsr_cohort)} | {_num(r.clipped_fraction, '{:.0%}')} |"
+            )
+        out += ["", "### Cost per round", ""]
+        out += [
+            "| partition | cohort | mode | ε | s / round | dream s / round | bytes sent / client / round |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in ordered:
+            if r.mode in _BASELINES or (r.epsilon is not None and r.epsilon not in (8.0, INF)):
+                continue
+            out.append(
+                f"| {r.partition} | {r.cohort or '-'} | {r.mode} | {_eps_str(r.epsilon)} "
+                f"| {_num(r.seconds_per_round, '{:.2f}')} | {_num(r.dream_seconds_per_round, '{:.2f}')} "
+                f"| {_bytes(r.bytes_per_client_per_round)} |"
+            )
+        out.append("")
+        out.append(
+            "Seconds per round: mean of the rounds after the first (the first includes the warm-up), or the "
+            "first round's when there is only one; wall clock, so on a shared machine it also counts waiting "
+            "for a core."
+        )
+        out.append("")
+    out += ["## Targets", ""]
+    target_lines = _targets(rows, size)
+    out += target_lines or ["- no target could be evaluated (missing runs)."]
+    out.append("")
+    remedy_rows = [r for r in rows if r.remedy is not None]
+    if remedy_rows:
+        out += [
+            f"## Remedies for client-level DP (ε = {size.remedy_epsilon:g})",
+            "",
+            "| partition | cohort | remedy | accuracy % | vs no remedy (points) "
+            "| released dim | releases / round "
+            "| dream batch | z per release | NSR (per client) | NSR (cohort) | signal kept | s / round |",
+            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in sorted(remedy_rows, key=lambda r: (r.partition, r.cohort or 0, r.remedy or "")):
+            ref = _find(
+                rows,
+                setting=r.setting,
+                partition=r.partition,
+                cohort=r.cohort,
+                mode=r.mode,
+                epsilon=r.epsilon,
+            )
+            delta_pts = "-" if ref is None else f"{100 * (r.mean - ref.mean):+.1f}"
+            out.append(
+                f"| {r.partition} | {r.cohort or '-'} | {r.remedy} | {_acc(r)} | {delta_pts} "
+                f"| {r.released_dimension} "
+                f"| {r.releases_per_round} | {r.dream_batch} "
+                f"| {_num(r.release_noise_multiplier)} | {_num(r.nsr)} "
+                f"| {_num(r.nsr_cohort)} | {_num(r.extra.get('lowres_signal_fraction'), '{:.0%}')} "
+                f"| {_num(r.seconds_per_round, '{:.2f}')} |"
+            )
+        out += [""]
+        for remedy in size.remedies:
+            out.append(f"- `{remedy.name}`: {remedy.description}.")
+        out += [
+            "- Larger cohorts: compare the cohort rows above (the noise is shared by the cohort, so the NSR "
+            "against the cohort's signal falls roughly as 1/cohort at a given q).",
+            "- Adaptive clipping is not implemented: every client already normalises its dream gradient to "
+            "the clip norm, so a quantile-tracking clip bound would not change the released scale.",
+            "",
+        ]
+    if plots:
+        out += ["## Plots", ""]
+        out += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+        out.append("")
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def write_json(results: TradeoffResults, path: str | Path) -> Path:
+    """Write every run and the summary as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results.to_dict(), indent=1, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isinf(obj):
+        return "inf"
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def write_plots(results: TradeoffResults, stem: str | Path) -> list[Path]:
+    """PNG plots: accuracy against ε (one panel per partition) and time per round by aggregation mode.
+
+    Args:
+        stem: path prefix; writes ``<stem>_accuracy.png`` and ``<stem>_time.png``.
+    Returns:
+        The paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in summarise(results.runs) if r.remedy is None]
+    finite = sorted({r.epsilon for r in rows if r.epsilon is not None and math.isfinite(r.epsilon)})
+    inf_x = (max(finite) * 2) if finite else 1.0
+    parts = list(dict.fromkeys(r.partition for r in rows))
+    fig, axes = plt.subplots(1, max(1, len(parts)), figsize=(6.5 * max(1, len(parts)), 4.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, part in zip(axes[0], parts, strict=False):
+        places = [p for p in _places(rows) if p[1] == part]
+        for i, (setting, _, cohort) in enumerate(places):
+            colour = colours[i % len(colours)]
+            label = setting + (f" (cohort {cohort})" if cohort else "")
+            curve = sorted(
+                (
+                    r
+                    for r in rows
+                    if (r.setting, r.partition, r.cohort, r.mode)
+                    == (setting, part, cohort, _PRIVATE[setting])
+                    and r.epsilon is not None
+                ),
+                key=lambda r: r.epsilon,
+            )
+            if curve:
+                xs = [inf_x if math.isinf(r.epsilon) else r.epsilon for r in curve]
+                ax.errorbar(
+                    xs,
+                    [100 * r.mean for r in curve],
+                    yerr=[100 * r.std_seeds for r in curve],
+                    marker="o",
+                    color=colour,
+                    label=f"{label}: {_PRIVATE[setting]}",
+                    capsize=3,
+                )
+            for mode, style in (("plain", "-"), ("local", ":"), ("centralized", "--")):
+                ref = _find(
+                    rows,
+                    setting=setting,
+                    partition=part,
+                    cohort=cohort if mode == "plain" else None,
+                    mode=mode,
+                )
+                if ref is None and mode != "plain":
+                    ref = _find(rows, setting=setting, partition=part, cohort=cohort, mode=mode)
+                if ref is not None:
+                    ax.axhline(
+                        100 * ref.mean,
+                        color=colour,
+                        linestyle=style,
+                        linewidth=1,
+                        alpha=0.8,
+                        label=f"{label}: {'plain CoDream' if mode == 'plain' else mode}",
+                    )
+        ax.set_xscale("log", base=2)
+        ticks = [*finite, inf_x]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in finite] + ["∞"])
+        ax.set_xlabel("target ε")
+        ax.set_ylabel("final mean client accuracy (%)")
+        ax.set_title(f"Fashion-MNIST, {part}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"Accuracy against ε (size {results.size.name}, seeds {', '.join(map(str, results.size.seeds))})"
+    )
+    fig.tight_layout()
+    acc_path = stem.parent / f"{stem.name}_accuracy.png"
+    fig.savefig(acc_path, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    bars = []
+    for setting, part, cohort in _places(rows):
+        for mode, eps in (("plain", None), ("secure", None), (_PRIVATE[setting], 8.0)):
+            r = _find(rows, setting=setting, partition=part, cohort=cohort, mode=mode, epsilon=eps)
+            if r is not None and r.seconds_per_round is not None:
+                name = (
+                    "secure+dp ε=8"
+                    if mode == "secure+dp"
+                    else ("example-dp ε=8" if mode == "example-dp" else mode)
+                )
+                bars.append(
+                    (f"{setting}\n{part}" + (f" n={cohort}" if cohort else ""), name, r.seconds_per_round)
+                )
+    groups = list(dict.fromkeys(b[0] for b in bars))
+    modes = list(dict.fromkeys(b[1] for b in bars))
+    width = 0.8 / max(1, len(modes))
+    for j, mode in enumerate(modes):
+        xs = [groups.index(g) + j * width for g, m, _ in bars if m == mode]
+        ys = [v for _, m, v in bars if m == mode]
+        ax.bar(xs, ys, width=width, label=mode, color=colours[j % len(colours)])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+    ax.set_xticklabels(groups, fontsize=7)
+    ax.set_ylabel("wall time per round (s)")
+    ax.set_title(f"Time per round by aggregation mode (device {results.device})")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    time_path = stem.parent / f"{stem.name}_time.png"
+    fig.savefig(time_path, dpi=110)
+    plt.close(fig)
+    return [acc_path, time_path]
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+@click.command("tradeoff")
+@click.option("--quick", "size", flag_value="quick", help="Tiny size (seconds; for tests).")
+@click.option(
+    "--cpu", "size", flag_value="cpu", default=True, help="CPU size (default; ~30 min on one core)."
+)
+@click.option("--full", "size", flag_value="full", help="GPU size (larger, paper-like).")
+@click.option("--seeds", default=None, help="Comma-separated seeds (default: the size's).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option(
+    "--settings", default="cross-silo,cross-device", show_default=True, help="Which federations to run."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Markdown results file; the PNGs and JSON go beside it with the same stem "
+    "(default: benchmarks/results/tradeoff[_quick|_full].md).",
+)
+def cli(size: str, seeds: str | None, device: str, settings: str, as_json: bool, out: str | None) -> None:
+    """What privacy costs: accuracy and time per round against epsilon, cross-silo and cross-device."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    out_path = (
+        Path(out)
+        if out
+        else Path("benchmarks/results") / ("tradeoff.md" if size == "cpu" else f"tradeoff_{size}.md")
+    )
+    results = run_tradeoff(
+        size,
+        seeds=seed_list,
+        device=device,
+        settings=[s.strip() for s in settings.split(",") if s.strip()],
+        progress=lambda line: click.echo(line, err=True),
+    )
+    results.command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    stem = out_path.with_suffix("")
+    plots = write_plots(results, stem)
+    write_json(results, stem.with_suffix(".json"))
+    write_markdown(results, out_path, plots=plots)
+    if as_json:
+        click.echo(json.dumps(results.to_dict(), indent=1, default=_json_default))
+    else:
+        click.echo(out_path.read_text())

@@ -1,0 +1,179 @@
+"""The privacy/accuracy trade-off benchmark: a tiny run end to end, its tables and plots, and its remedy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from codream.aggregation import PlainAggregator, VectorSpec, create_aggregator
+from codream.bench import tradeoff
+from codream.bench.tradeoff import (
+    QUICK,
+    LowResolutionReleases,
+    RunRecord,
+    run_tradeoff,
+    summarise,
+    write_json,
+    write_markdown,
+    write_plots,
+)
+from codream.exceptions import ConfigError
+
+TINY = dataclasses.replace(
+    QUICK,
+    name="tiny",
+    limit_test=100,
+    epsilons=(8.0, math.inf),
+    silo_samples=40,
+    remedies=(),
+)
+
+
+@pytest.fixture(scope="module")
+def results():
+    return run_tradeoff(TINY, device="cpu", settings=("cross-silo",))
+
+
+def _runs(results, **match):
+    return [r for r in results.runs if all(getattr(r, k) == v for k, v in match.items())]
+
+
+def test_the_cross_silo_run_covers_every_mode_and_baseline(results):
+    modes = {(r.mode, r.epsilon) for r in results.runs}
+    assert modes == {
+        ("plain", None),
+        ("secure", None),
+        ("example-dp", 8.0),
+        ("example-dp", math.inf),
+        ("local", None),
+        ("fedavg", None),
+        ("centralized", None),
+    }
+    assert all(r.setting == "cross-silo" and r.partition == "dir0.1" for r in results.runs)
+
+
+def test_accuracies_are_the_final_round_means_over_the_clients(results):
+    for r in results.runs:
+        assert len(r.final_accuracies) == TINY.silo_clients
+        assert all(0.0 <= a <= 1.0 for a in r.final_accuracies)
+        assert r.mean_accuracy == pytest.approx(np.mean(r.final_accuracies))
+        assert r.std_accuracy == pytest.approx(np.std(r.final_accuracies))
+
+
+def test_example_level_dp_spends_no_more_than_its_target(results):
+    (dp,) = _runs(results, mode="example-dp", epsilon=8.0)
+    assert 0 < dp.epsilon_spent <= 8.0 * 1.01
+    assert dp.noise_multiplier > 0
+    assert dp.nsr == 0.0  # releases are post-processing of a DP model
+
+
+def test_cost_per_round_is_measured_for_each_aggregation_mode(results):
+    (plain,) = _runs(results, mode="plain")
+    (secure,) = _runs(results, mode="secure")
+    for r in (plain, secure):
+        assert r.seconds_per_round > 0
+        assert r.bytes_per_client_per_round > 0
+        assert r.releases_per_round == 2 + TINY.global_steps  # class weights, dream steps, soft labels
+    # plain sends float64 coordinates, secure 32-bit masked words plus key material
+    assert secure.bytes_per_client_per_round != plain.bytes_per_client_per_round
+
+
+def test_the_missing_cross_device_part_is_recorded_not_silently_dropped(monkeypatch, results):
+    monkeypatch.setattr(tradeoff, "cohort_sampling_supported", lambda: False)
+    r = run_tradeoff(dataclasses.replace(TINY, epsilons=(8.0,)), device="cpu", settings=("cross-device",))
+    assert r.runs == []
+    assert any("cross-device part skipped" in n for n in r.notes)
+
+
+def test_the_results_file_and_plots_come_from_the_runs(results, tmp_path):
+    results.command = "python benchmarks/tradeoff.py --quick"
+    plots = write_plots(results, tmp_path / "tradeoff")
+    md = write_markdown(results, tmp_path / "tradeoff.md", plots=plots).read_text()
+    js = json.loads(write_json(results, tmp_path / "tradeoff.json").read_text())
+    for p in plots:
+        assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (plain,) = _runs(results, mode="plain")
+    assert f"{100 * plain.mean_accuracy:.1f} ± {100 * plain.std_accuracy:.1f} ± 0.0" in md
+    assert "python benchmarks/tradeoff.py --quick" in md
+    assert results.hardware["nproc"] in md
+    assert "## Targets" in md and "ε = 8" in md
+    assert len(js["runs"]) == len(results.runs)
+    assert {row["mode"] for row in js["summary"]} >= {"plain", "secure", "example-dp"}
+
+
+def test_summaries_give_the_spread_over_clients_and_over_seeds():
+    def run(seed, accs):
+        return RunRecord(
+            setting="cross-silo",
+            partition="iid",
+            cohort=None,
+            mode="plain",
+            epsilon=None,
+            seed=seed,
+            remedy=None,
+            final_accuracies=tuple(accs),
+            mean_accuracy=float(np.mean(accs)),
+            std_accuracy=float(np.std(accs)),
+            best_mean_accuracy=float(np.mean(accs)),
+        )
+
+    (row,) = summarise([run(0, [0.5, 0.7]), run(1, [0.7, 0.9])])
+    assert row.seeds == 2
+    assert row.mean == pytest.approx(0.7)
+    assert row.std_clients == pytest.approx(0.1)
+    assert row.std_seeds == pytest.approx(0.1)
+
+
+SHAPE = (1, 4, 4)
+
+
+def _dream_spec(batch: int) -> VectorSpec:
+    return VectorSpec("dream/0", batch * math.prod(SHAPE), 1.0)
+
+
+def test_low_resolution_releases_are_an_orthonormal_projection_of_the_dream_gradient():
+    lowres = LowResolutionReleases(PlainAggregator(), SHAPE, 2)
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=3 * 16)
+    p = lowres.project(g)
+    assert p.shape == (3 * 4,)
+    assert np.linalg.norm(p) <= np.linalg.norm(g)  # a clipped gradient stays within its bound
+    y = rng.normal(size=p.shape)
+    np.testing.assert_allclose(lowres.project(lowres.lift(y)), y)  # P P^T = I
+    block = g.reshape(3, 1, 2, 2, 2, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(
+        lowres.lift(p).reshape(3, 1, 2, 2, 2, 2),
+        np.broadcast_to(block[:, :, :, None, :, None], (3, 1, 2, 2, 2, 2)),
+    )
+
+
+@pytest.mark.parametrize("inner", ["plain", "secure"])
+def test_low_resolution_releases_sum_to_the_block_mean_of_the_summed_gradients(inner):
+    agg = create_aggregator(inner) if inner == "plain" else create_aggregator(inner, seed=1)
+    lowres = LowResolutionReleases(agg, SHAPE, 2)
+    spec = _dream_spec(2)
+    labels = VectorSpec("soft_labels", 6, 2.0)
+    rng = np.random.default_rng(1)
+    vectors = {
+        cid: v / np.linalg.norm(v) * 0.9
+        for cid in range(3)
+        if (v := rng.normal(size=spec.length)) is not None
+    }
+    rnd = lowres.open_round(round_index=0, participants=[0, 1, 2], specs=[spec, labels])
+    res = rnd.sum(spec, vectors)
+    expected = lowres.lift(lowres.project(sum(vectors.values())))
+    np.testing.assert_allclose(res.total, expected, atol=1e-5)
+    y = {cid: np.full(6, 0.1 * (cid + 1)) for cid in range(3)}
+    np.testing.assert_allclose(rnd.sum(labels, y).total, np.full(6, 0.6), atol=1e-5)
+    report = rnd.close()
+    assert 0 < report.extra["lowres_signal_fraction"] <= 1
+    assert report.bytes_sent_per_client  # released at a quarter of the dimension, still counted
+
+
+def test_low_resolution_refuses_a_factor_that_does_not_divide_the_dream():
+    with pytest.raises(ConfigError, match="divide"):
+        LowResolutionReleases(PlainAggregator(), (1, 28, 28), 3)
