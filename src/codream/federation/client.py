@@ -86,6 +86,13 @@ class ClientRole:
     def model(self) -> nn.Module:
         return self.trainer.model
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives; dreams arrive on the CPU and are moved here."""
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
     # -- releases ------------------------------------------------------------------------------------
 
     def class_weights(self) -> np.ndarray:
@@ -130,17 +137,18 @@ class ClientRole:
         weighs the same whatever its architecture's gradient scale.
         """
         dc = self.config.dream
+        dev = self.device
         grad, terms = client_dream_gradient(
             self.model,
-            x,
+            x.to(dev),
             dc,
-            targets=self._targets,
-            weights=self._dream_weights,
+            targets=None if self._targets is None else self._targets.to(dev),
+            weights=None if self._dream_weights is None else self._dream_weights.to(dev),
             student=self.student,
             use_adversarial=self._use_adversarial,
         )
         self.last_terms = terms
-        vec = grad.reshape(-1).to(torch.float64).numpy()
+        vec = grad.reshape(-1).to(torch.float64).cpu().numpy()
         norm = float(np.linalg.norm(vec))
         if not math.isfinite(norm):
             raise ConfigError(f"client {self.client_id}: dream gradient is not finite")
@@ -154,7 +162,8 @@ class ClientRole:
         Probabilities (rows in the simplex, so the vector's norm is at most sqrt(B)) or logits. In the
         conditional method each row is multiplied by this client's weight for the dream's target class.
         """
-        y = predict_soft_labels(self.model, x, self.config.distill.soft_labels).to(torch.float64)  # (B, K)
+        y = predict_soft_labels(self.model, x.to(self.device), self.config.distill.soft_labels)
+        y = y.to(torch.float64).cpu()  # (B, K)
         if self._dream_weights is not None:
             y = y * self._dream_weights.to(torch.float64)[:, None]
         if self.config.distill.soft_labels is SoftLabelKind.PROBABILITIES:
@@ -171,7 +180,7 @@ class ClientRole:
 
     def acquire(self, x: Tensor, y_target: Tensor) -> None:
         """Keep the round's dreams x (B, C, H, W) with their target logits (B, K) in the buffer."""
-        self.buffer.add(x, y_target)
+        self.buffer.add(x.to(self.device), y_target.to(self.device))
 
     def distill(self) -> DistillStats:
         """`kd_steps` KD steps on buffer minibatches, interleaved with `ce_ratio` CE steps per KD step."""

@@ -181,7 +181,8 @@ class ServerRole:
             direction = direction / self._per_dream_weight()[:, None, None, None]
         direction = direction + prior_gradient(x, w_tv=dc.w_tv, w_l2=dc.w_l2)
         if dc.adaptive_lambda > 0 and self.student is not None:
-            direction = direction - dc.adaptive_lambda * entropy_gradient(self.student.model, x)
+            dev = next(self.student.model.parameters()).device
+            direction = direction - dc.adaptive_lambda * entropy_gradient(self.student.model, x.to(dev)).cpu()
         self.x = self._opt.step(direction)
         self.dream_steps += 1
         return self.x
@@ -216,7 +217,8 @@ class ServerRole:
             return 0.0
         if self.x is None or self.target_logits is None:
             raise ConfigError("distill_student before the round's soft labels")
-        self.student.buffer.add(self.x, self.target_logits)
+        dev = next(self.student.model.parameters()).device
+        self.student.buffer.add(self.x.to(dev), self.target_logits.to(dev))
         return self.student.distill()
 
     def state_dict(self) -> dict:

@@ -152,7 +152,7 @@ class Federation:
         self.clients: list[ClientRole] = []
         for cid, (name, idx) in enumerate(zip(config.client_models(), self.parts, strict=True)):
             idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-            x_k, y_k = dataset.x_train[idx_t], dataset.y_train[idx_t]
+            x_k, y_k = dataset.x_train[idx_t].to(config.device), dataset.y_train[idx_t].to(config.device)
             model = build_model(
                 name,
                 dataset.input_shape,
@@ -162,7 +162,9 @@ class Federation:
             ).to(config.device)
             trainer = factory(model, x_k, y_k, _generator(config.seed, 1, cid))
             self.clients.append(
-                ClientRole(cid, trainer, y_k, dataset.num_classes, config, _generator(config.seed, 2, cid))
+                ClientRole(
+                    cid, trainer, y_k.cpu(), dataset.num_classes, config, _generator(config.seed, 2, cid)
+                )
             )
         student = None
         if config.distill.student is not None:
@@ -172,7 +174,7 @@ class Federation:
                 dataset.num_classes,
                 norm=config.norm,
                 seed=config.seed * 1009 + 997,
-            )
+            ).to(config.device)
             student = StudentTrainer(s_model, config, _generator(config.seed, 3))
         self.server = ServerRole(
             config, dataset.input_shape, dataset.num_classes, _generator(config.seed, 4), student=student
