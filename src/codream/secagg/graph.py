@@ -172,24 +172,37 @@ class GraphParameters:
     correctness_failure: float = 0.0
 
 
-def _failure_bounds(
-    n: int, k: int, dropout: float, corrupt: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate thresholds t in (k/2, k] for degree k, with the security and correctness bounds of each."""
-    ts = np.arange(k // 2 + 1, k + 1)
+def _security_bound(n: int, k: int, t: int, dropout: float, corrupt: float) -> float:
+    """Union bound on a security failure with degree k and threshold t (see `choose_parameters`)."""
     # Security 1: the server with c corrupt neighbours of an honest u can collect t shares of both
     # of u's secrets only if 2t <= k + c (honest neighbours each reveal at most one of the two).
     # u's neighbours are a uniform k-subset of the n - 1 others, ceil(γn) of them corrupt.
     corrupt_total = min(n - 1, math.ceil(corrupt * n))
-    corrupt_tail = n * hypergeom.sf(2 * ts - k - 1, n - 1, corrupt_total, k)
+    corrupt_tail = n * float(hypergeom.sf(2 * t - k - 1, n - 1, corrupt_total, k))
     # Security 2: on the ring, the clients that are honest and alive stay connected unless k/2
     # consecutive positions are all removed (corrupt or dropped); union bound over n windows.
     removed = min(1.0, dropout + corrupt)
-    split = 0.0 if k >= n - 1 else min(1.0, n * removed ** (k // 2))
-    security = np.minimum(1.0, corrupt_tail + split)
-    # Correctness: u's secrets can be rebuilt if at least t of its k neighbours survive.
-    correctness = np.minimum(1.0, n * binom.cdf(ts - 1, k, 1.0 - dropout))
-    return ts, security, correctness
+    split = 0.0 if k >= n - 1 else n * removed ** (k // 2)
+    return min(1.0, corrupt_tail + split)
+
+
+def _correctness_bound(n: int, k: int, t: int, dropout: float) -> float:
+    """Union bound on some client keeping fewer than t of its k neighbours."""
+    return min(1.0, n * float(binom.cdf(t - 1, k, 1.0 - dropout)))
+
+
+def _smallest_secure_threshold(n: int, k: int, dropout: float, corrupt: float, target: float) -> int | None:
+    """The least t in (k/2, k] whose security bound meets `target` (the bound falls as t grows)."""
+    lo, hi = k // 2 + 1, k
+    if _security_bound(n, k, hi, dropout, corrupt) > target:
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _security_bound(n, k, mid, dropout, corrupt) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def choose_parameters(
@@ -250,23 +263,32 @@ def choose_parameters(
     security_target = 2.0**-security_bits
     correctness_target = 2.0**-correctness_bits
     candidates = [n - 1] if complete else list(range(2, n - 1, 2)) + [n - 1]
+    # The smallest secure t is also the best for correctness (whose bound grows with t), so each
+    # degree needs only that one threshold checked.
     for k in candidates:
-        ts, security, correctness = _failure_bounds(n, k, dropout_rate, corrupt_fraction)
-        ok = np.flatnonzero((security <= security_target) & (correctness <= correctness_target))
-        if ok.size:
-            i = int(ok[0])
-            return GraphParameters(k, int(ts[i]), float(security[i]), float(correctness[i]))
+        t = _smallest_secure_threshold(n, k, dropout_rate, corrupt_fraction, security_target)
+        if t is None:
+            continue
+        correctness = _correctness_bound(n, k, t, dropout_rate)
+        if correctness <= correctness_target:
+            return GraphParameters(
+                k, t, _security_bound(n, k, t, dropout_rate, corrupt_fraction), correctness
+            )
     # Too few clients for the correctness target: the complete graph with the smallest secure
     # threshold is the most dropout-tolerant secure choice; sessions then abort more often.
-    ts, security, correctness = _failure_bounds(n, n - 1, dropout_rate, corrupt_fraction)
-    ok = np.flatnonzero(security <= security_target)
-    if not ok.size:
+    k = n - 1
+    t = _smallest_secure_threshold(n, k, dropout_rate, corrupt_fraction, security_target)
+    if t is None:
         raise ConfigError(
             f"no threshold meets 2^-{security_bits} security for n={n}, corrupt_fraction={corrupt_fraction}, "
             f"even on the complete graph; need more clients or fewer corrupt clients"
         )
-    i = int(ok[0])
-    params = GraphParameters(n - 1, int(ts[i]), float(security[i]), float(correctness[i]))
+    params = GraphParameters(
+        k,
+        t,
+        _security_bound(n, k, t, dropout_rate, corrupt_fraction),
+        _correctness_bound(n, k, t, dropout_rate),
+    )
     _log.warning(
         "n=%d, dropout_rate=%g: no degree meets 2^-%g correctness; complete graph, t=%d, abort bound %.3g",
         n,
