@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CoDream (default and paper variants) vs local-only, FedAvg and centralized on Fashion-MNIST.
 
-    python benchmarks/federation.py              # CPU size: within an hour on 2 cores, nothing else running
+    python benchmarks/federation.py --jobs 2     # CPU size: within an hour on 2 idle cores
     python benchmarks/federation.py --full --device cuda
     python benchmarks/federation.py --size tiny  # a minute: shows that everything runs
 
@@ -45,9 +45,29 @@ def _alpha(text: str) -> float | None:
     show_default=True,
     help="torch CPU threads; small models run fastest on 1, especially on a shared machine.",
 )
+@click.option(
+    "--jobs",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Worker processes, one (seed, partition) each; use one per core with --threads 1.",
+)
 @click.option("--out", default="benchmarks/results/federation.md", show_default=True)
 def main(
-    size, full, dataset, data_dir, models, fedavg_model, alphas, seeds, methods, rounds, device, threads, out
+    size,
+    full,
+    dataset,
+    data_dir,
+    models,
+    fedavg_model,
+    alphas,
+    seeds,
+    methods,
+    rounds,
+    device,
+    threads,
+    jobs,
+    out,
 ):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(threads)
@@ -62,6 +82,7 @@ def main(
         methods=[m.strip() for m in methods.split(",") if m.strip()],
         device=device,
         rounds=rounds,
+        jobs=jobs,
         progress=lambda line: click.echo(line, err=True),
     )
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])

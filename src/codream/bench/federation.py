@@ -80,14 +80,16 @@ SIZES: dict[str, BenchmarkSize] = {
         distill=DistillConfig(kd_steps=15, warmup_steps=40, buffer_size=128),
         seeds=(0, 1),
     ),
-    # Sized to finish within an hour on 2 CPU cores when nothing else runs.
+    # Sized to finish within an hour on 2 CPU cores when nothing else runs, with --jobs 2 --threads 1
+    # (estimated from per-step timings; the centralized baseline, 4 architectures on the union, is
+    # about 40% of it).
     "cpu": BenchmarkSize(
         name="cpu",
         samples_per_client=1000,
-        rounds=6,
+        rounds=5,
         limit_test=2000,
-        dream=DreamConfig(batch_size=64, global_steps=40),
-        distill=DistillConfig(kd_steps=60, warmup_steps=200, buffer_size=1024),
+        dream=DreamConfig(batch_size=64, global_steps=30),
+        distill=DistillConfig(kd_steps=40, warmup_steps=150, buffer_size=1024),
         seeds=(0, 1),
     ),
     # For a GPU: the paper's 1000 samples per client, longer dream optimisation, more rounds.
@@ -207,6 +209,69 @@ def _run_baseline(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """All methods on one (seed, partition): the unit of work a worker process runs."""
+
+    dataset: str
+    data_dir: str | None
+    size: BenchmarkSize
+    rounds: int
+    models: tuple[str, ...]
+    fedavg_model: str
+    alpha: float | None
+    seed: int
+    methods: tuple[str, ...]
+    device: str
+
+
+def _run_job(job: _Job) -> list[MethodRun]:
+    from ..data import load_dataset, partition
+
+    data = load_dataset(job.dataset, job.data_dir, limit_test=job.size.limit_test, seed=job.seed)
+    cfg = FederationConfig(
+        dataset=job.dataset,
+        data_dir=job.data_dir,
+        num_clients=len(job.models),
+        alpha=job.alpha,
+        samples_per_client=job.size.samples_per_client,
+        models=job.models,
+        rounds=job.rounds,
+        seed=job.seed,
+        device=job.device,
+        dream=job.size.dream,
+        distill=job.size.distill,
+    )
+    parts = partition(
+        data.y_train,
+        cfg.num_clients,
+        alpha=job.alpha,
+        samples_per_client=job.size.samples_per_client,
+        seed=job.seed,
+    )
+    runs = []
+    for method in job.methods:
+        if method.startswith("codream"):
+            runs.append(_run_codream(method, cfg, data, job.device))
+        else:
+            runs.append(_run_baseline(method, cfg, data, parts, job.fedavg_model, job.device))
+        log.info("%s", _describe(runs[-1]))
+    return runs
+
+
+def _describe(run: MethodRun) -> str:
+    return (
+        f"{_alpha_label(run.alpha)} seed {run.seed} {run.method}: final mean "
+        f"{100 * np.mean(run.final_accuracy):.1f}% ({run.seconds:.0f}s)"
+    )
+
+
+def _collect(results: BenchmarkResults, runs: list[MethodRun], say: Callable[[str], None]) -> None:
+    for run in runs:
+        results.runs.append(run)
+        say(_describe(run))
+
+
 def run_benchmark(
     *,
     size: str | BenchmarkSize = "cpu",
@@ -219,6 +284,7 @@ def run_benchmark(
     methods: Sequence[str] = METHODS,
     device: str = "cpu",
     rounds: int | None = None,
+    jobs: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> BenchmarkResults:
     """Run every method on every partition and seed.
@@ -233,14 +299,14 @@ def run_benchmark(
         methods: a subset of `METHODS`.
         device: torch device for every method.
         rounds: overrides the size's rounds.
+        jobs: worker processes, each running all methods of one (seed, partition); results do not
+            depend on it (every run is seeded on its own).
         progress: called with a line of text after every finished run.
     Returns:
         The `BenchmarkResults`.
     Raises:
         ConfigError: unknown size or method; DataError: missing data.
     """
-    from ..data import load_dataset, partition
-
     if isinstance(size, str):
         if size not in SIZES:
             raise ConfigError(f"unknown benchmark size {size!r}; choose one of {sorted(SIZES)}")
@@ -272,39 +338,39 @@ def run_benchmark(
         machine=f"{platform.machine()} {platform.processor() or platform.system()}",
     )
     t_all = time.perf_counter()
-    for seed in seeds:
-        data = load_dataset(dataset, data_dir, limit_test=size.limit_test, seed=seed)
-        for alpha in alphas:
-            cfg = FederationConfig(
-                dataset=dataset,
-                data_dir=data_dir,
-                num_clients=len(models),
-                alpha=alpha,
-                samples_per_client=size.samples_per_client,
-                models=models,
-                rounds=n_rounds,
-                seed=seed,
-                device=device,
-                dream=size.dream,
-                distill=size.distill,
-            )
-            parts = partition(
-                data.y_train,
-                cfg.num_clients,
-                alpha=alpha,
-                samples_per_client=size.samples_per_client,
-                seed=seed,
-            )
-            for method in methods:
-                if method.startswith("codream"):
-                    run = _run_codream(method, cfg, data, device)
-                else:
-                    run = _run_baseline(method, cfg, data, parts, fedavg_model, device)
-                results.runs.append(run)
-                say(
-                    f"{_alpha_label(alpha)} seed {seed} {method}: final mean "
-                    f"{100 * np.mean(run.final_accuracy):.1f}% ({run.seconds:.0f}s)"
-                )
+    jobs_list = [
+        _Job(
+            dataset,
+            data_dir,
+            size,
+            n_rounds,
+            tuple(models),
+            fedavg_model,
+            alpha,
+            seed,
+            tuple(methods),
+            device,
+        )
+        for seed in seeds
+        for alpha in alphas
+    ]
+    if jobs <= 1:
+        outputs = (_run_job(job) for job in jobs_list)
+        for runs in outputs:
+            _collect(results, runs, say)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = torch.get_num_threads()
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=mp.get_context("spawn"),
+            initializer=torch.set_num_threads,
+            initargs=(threads,),
+        ) as pool:
+            for runs in pool.map(_run_job, jobs_list):
+                _collect(results, runs, say)
     object.__setattr__(results, "seconds", time.perf_counter() - t_all)
     return results
 
