@@ -224,3 +224,33 @@ def test_a_checkpoint_for_a_different_federation_is_refused(digits):
     other = Federation(small_config(num_clients=3, models=("mlp",)), dataset=digits)
     with pytest.raises(ConfigError, match="clients"):
         other.load_state_dict(small.state_dict())
+
+
+def test_the_benchmark_table_reports_mean_and_std_over_clients_and_seeds(tmp_path):
+    from codream.bench.federation import BenchmarkResults, MethodRun, summarise, write_markdown
+
+    def run(method, seed, accs):
+        return MethodRun(
+            method, 0.1, seed, ("cnn", "mlp"), accs, accs, 10.0, 2.0, 5.0 if "codream" in method else None
+        )
+
+    results = BenchmarkResults(
+        size="tiny",
+        dataset="digits",
+        num_clients=2,
+        models=("cnn", "mlp"),
+        fedavg_model="cnn",
+        alphas=(0.1,),
+        seeds=(0, 1),
+        config={"samples_per_client": 10, "rounds": 1, "dream": {}, "distill": {}},
+        runs=[run("codream", 0, (0.6, 0.8)), run("codream", 1, (0.7, 0.9)), run("local", 0, (0.5, 0.5))],
+    )
+    rows = {s.method: s for s in summarise(results)}
+    assert rows["codream"].mean == pytest.approx(0.75)
+    assert rows["codream"].std == pytest.approx(float(np.std([0.6, 0.8, 0.7, 0.9])))
+    assert rows["codream"].seed_means == pytest.approx((0.7, 0.8))
+    text = write_markdown(results, tmp_path / "r.md", "python benchmarks/federation.py --size tiny")
+    assert (tmp_path / "r.md").read_text() == text
+    assert "| codream | 75.0 ± 11.2 | [70.0, 80.0] |" in text
+    assert "CoDream − local-only: +25.0 points" in text
+    assert "python benchmarks/federation.py --size tiny" in text
