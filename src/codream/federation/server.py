@@ -138,6 +138,10 @@ class ServerRole:
         self.target_logits = None
         return self.x
 
+    def new_dreams(self, round_index: int) -> Tensor:
+        """Alias of `begin_round`: fresh dreams (B, C, H, W) for round `round_index`."""
+        return self.begin_round(round_index)
+
     def receive_class_weights(self, result: AggregateResult) -> Tensor:
         """Assign each dream a target class, balanced over the classes some client holds; (B,)."""
         if result.count == 0:
