@@ -50,7 +50,7 @@ def _socket_dir() -> Path:
 
 def _start_worker(context: Context) -> tuple[str, bytes]:
     rc = context.run_config
-    address = str(_socket_dir() / f"{context.run_id}-{context.node_id}-{secrets.token_hex(4)}.sock")
+    address = str(_socket_dir() / f"{secrets.token_hex(8)}.sock")
     authkey = secrets.token_bytes(32)
     node_config = {k: v for k, v in context.node_config.items()}
     argv = [
@@ -78,7 +78,9 @@ def _start_worker(context: Context) -> tuple[str, bytes]:
     }
     proc.stdin.write((json.dumps(spec) + "\n").encode())
     proc.stdin.close()
-    context.state[WORKER_STATE] = ConfigRecord({"address": address, "authkey": authkey, "pid": proc.pid})
+    context.state[WORKER_STATE] = ConfigRecord(
+        {"address": address, "authkey": authkey, "pid": proc.pid, "run_id": str(context.run_id)}
+    )
     return address, authkey
 
 
@@ -106,11 +108,13 @@ def relay(msg: Message, context: Context) -> Message:
             raise TypeError("the engine payload must be bytes")
         kind = decode(request).kind
         worker = context.state.config_records.get(WORKER_STATE)
-        if worker is None:
-            if kind != "setup":
-                raise RuntimeError(f"no codream worker on this node for a {kind!r} message")
+        if worker is not None and worker.get("run_id") != str(context.run_id):
+            worker = None  # Flower keeps a node's context across the runs of a series
+        if kind == "setup":  # once per run: a fresh worker
             address, authkey = _start_worker(context)
             wait = _CONNECT_TIMEOUT
+        elif worker is None:
+            raise RuntimeError(f"no codream worker on this node for a {kind!r} message")
         else:
             address, authkey = str(worker["address"]), bytes(worker["authkey"])
             wait = 1.0
