@@ -144,6 +144,8 @@ class FlowerDeployment:
         host: the loopback address everything binds to.
         start_timeout: seconds to wait for all processes to be ready.
         env: extra environment for every process.
+        keep_workdir: keep a temp workdir (and its logs) after closing.
+        stop_grace: seconds processes get to exit on SIGTERM before SIGKILL.
 
     Raises:
         DeploymentError: from `start` when a process exits early or is not ready in time; the
@@ -157,6 +159,7 @@ class FlowerDeployment:
     start_timeout: float = 60.0
     env: Mapping[str, str] = field(default_factory=dict)
     keep_workdir: bool = False
+    stop_grace: float = 3.0
     token: str = field(default_factory=lambda: secrets.token_hex(8))
     link_port: int = 0
     _procs: dict[str, _Proc] = field(default_factory=dict)
@@ -364,7 +367,7 @@ class FlowerDeployment:
             if proc.alive():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + self.stop_grace
         for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))

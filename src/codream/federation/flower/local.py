@@ -109,6 +109,8 @@ def run_flower(
         "step-timeout": float(step_timeout),
         "setup-timeout": float(setup_timeout),
         "wait-timeout": 60.0,
+        # Every process is stopped right after the run, workers included: no need to wait for them.
+        "finish-timeout": 0.5,
         "out-dir": str(out),
         "record-trace": record_trace,
     }
