@@ -277,3 +277,12 @@ def test_help_of_every_command_exits_zero():
         r = runner.invoke(main, args)
         assert r.exit_code == 0, (args, r.output)
     assert isinstance(main, click.Group)
+
+
+def test_a_benchmark_whose_module_is_missing_says_so_in_one_line(monkeypatch):
+    from codream.cli import bench
+
+    monkeypatch.setitem(bench.BENCHMARKS, "tradeoff", ("codream.bench.no_such_module", "cli", "Trade-off."))
+    result = CliRunner().invoke(main, ["bench", "tradeoff", "--json"])
+    assert result.exit_code == 2
+    assert "codream bench tradeoff is not available" in result.output and "module not found" in result.output

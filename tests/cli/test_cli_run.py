@@ -164,3 +164,20 @@ def test_help_of_every_command(args):
     result = CliRunner().invoke(main, [*args, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+
+def test_a_round_with_too_few_survivors_stops_with_exit_5_and_says_what_to_change(tmp_path):
+    # Seed 0 drops two of four clients before key sharing in round 1, below the threshold of 3.
+    out = tmp_path / "aborted"
+    result = run_cli("--clients", "4", "--rounds", "1", "--aggregation", "secure", "--dropout", "0.3",
+                     "--seed", "0", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 5, result.output
+    assert "too_few_peers" in result.output and "lower --dropout or --threshold" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_privacy_report_reads_the_ledger_of_a_secure_dp_run(runs):
+    path, _ = runs["secure+dp"]
+    result = CliRunner().invoke(main, ["privacy", "report", str(path), "--json", "--no-plot"])
+    assert result.exit_code == 0, result.output
+    assert str(round(metrics(path)[-1]["epsilon"], 3))[:4] in result.output

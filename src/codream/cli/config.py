@@ -231,6 +231,12 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("device", click.Choice(["auto", "cpu", "cuda"]), "auto", "Where models run."),
     RunOption("seed", int, 0, "Seed for everything learned (data split, models, dreams, dropouts)."),
     RunOption(
+        "threads",
+        OptionalInt(),
+        None,
+        "torch CPU threads (default: torch's choice); small models often run fastest on 1.",
+    ),
+    RunOption(
         "engine",
         click.Choice(["simulation", "flower"]),
         "simulation",
@@ -283,6 +289,7 @@ class RunConfig:
     dropout: float = 0.0
     device: str = "auto"
     seed: int = 0
+    threads: int | None = None
     engine: str = "simulation"
     out: str | None = None
     json: bool = False
@@ -322,6 +329,8 @@ class RunConfig:
             )
         if self.samples_per_client is not None and self.samples_per_client < 1:
             raise ConfigError(f"--samples-per-client must be at least 1, got {self.samples_per_client}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not math.isfinite(self.alpha):
             raise ConfigError("--alpha must be finite; use --partition iid for an even split")
 
