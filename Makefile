@@ -18,8 +18,10 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# A fresh runs/demo each time (a run directory is never overwritten by `codream run`).
 demo: $(STAMP)
-	$(VENV)/bin/codream run --aggregation secure+dp --out runs/demo
+	rm -rf runs/demo
+	$(VENV)/bin/codream run --aggregation secure+dp --threads 1 --out runs/demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

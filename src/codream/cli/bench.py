@@ -117,11 +117,12 @@ def _federation_command(module: Any) -> click.Command:
     @click.option("--rounds", type=int, default=None, help="Override the size's rounds.")
     @click.option("--device", default="cpu", show_default=True)
     @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+    @click.option("--jobs", type=int, default=1, show_default=True, help="Worker processes.")
     @click.option("--out", default=None, help="Also write the markdown table here.")
     @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
     def federation(size, full, dataset, data_dir, models, fedavg_model, alphas, seeds, methods, rounds,
                    device,
-                   threads, out, as_json):  # fmt: skip
+                   threads, jobs, out, as_json):  # fmt: skip
         import json
         import shlex
         import sys
@@ -142,15 +143,12 @@ def _federation_command(module: Any) -> click.Command:
             methods=_names(methods),
             device=device,
             rounds=rounds,
+            jobs=jobs,
             progress=lambda line: click.echo(line, err=True),
         )
-        if as_json:
-            click.echo(json.dumps(to_jsonable(results.to_dict()), indent=1))
-        if out is not None or not as_json:
-            command = "codream bench federation " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-            text = module.write_markdown(results, out, command) if out else None
-            if not as_json:
-                click.echo(text if text is not None else json.dumps(to_jsonable(results.to_dict()), indent=1))
+        command = "codream bench federation " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        text = module.write_markdown(results, out, command)
+        click.echo(json.dumps(to_jsonable(results.to_dict()), indent=1) if as_json else text)
 
     return federation
 
