@@ -21,7 +21,7 @@ install: $(STAMP)
 # A fresh runs/demo each time (a run directory is never overwritten by `codream run`).
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(VENV)/bin/codream run --aggregation secure+dp --threads 1 --out runs/demo
+	$(VENV)/bin/codream run --aggregation secure+dp --out runs/demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
