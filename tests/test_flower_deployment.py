@@ -44,7 +44,7 @@ def killed_run(tmp_path_factory):
         aggregation="secure",
         out_dir=out,
         kill_node_at=KillAt(node=KILLED, round=0, vector=1),
-        step_timeout=20.0,
+        step_timeout=30.0,  # well above a healthy step, even on 2 busy cores
         setup_timeout=120.0,
         timeout=420.0,
         record_trace=True,
