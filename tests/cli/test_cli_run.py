@@ -110,8 +110,9 @@ def test_a_run_with_dropout_completes_and_reports_the_survivors(tmp_path):
     # Seed 4 drops one of four clients in the first round's key sharing (the schedule is seeded).
     out = tmp_path / "dropout"
     result = run_cli("--clients", "4", "--rounds", "1", "--aggregation", "secure", "--dropout", "0.3",
-                     "--seed", "4", "--out", str(out))  # fmt: skip
+                     "--seed", "4", "--out", str(out), "--progress")  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert "dream" in result.stderr  # the progress bars, on stderr
     (record,) = metrics(out)
     assert record["participants"] == 4 and record["survivors"] < 4
     assert f"survivors {record['survivors']}/4" in result.output
