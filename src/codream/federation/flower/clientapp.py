@@ -48,7 +48,7 @@ def _socket_dir() -> Path:
     return d
 
 
-def _start_worker(context: Context) -> tuple[str, bytes]:
+def _start_worker(context: Context) -> tuple[str, bytes, subprocess.Popen]:
     rc = context.run_config
     address = str(_socket_dir() / f"{secrets.token_hex(8)}.sock")
     authkey = secrets.token_bytes(32)
@@ -81,16 +81,22 @@ def _start_worker(context: Context) -> tuple[str, bytes]:
     context.state[WORKER_STATE] = ConfigRecord(
         {"address": address, "authkey": authkey, "pid": proc.pid, "run_id": str(context.run_id)}
     )
-    return address, authkey
+    return address, authkey, proc
 
 
-def _ask(address: str, authkey: bytes, request: bytes, *, wait: float) -> bytes:
+def _ask(
+    address: str, authkey: bytes, request: bytes, *, wait: float, proc: subprocess.Popen | None = None
+) -> bytes:
     deadline = time.monotonic() + wait
     while True:
         try:
             conn = Client(address, family="AF_UNIX", authkey=authkey)
             break
         except (FileNotFoundError, ConnectionRefusedError):
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(
+                    f"the codream worker exited (code {proc.returncode}) before it listened"
+                ) from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
@@ -111,14 +117,14 @@ def relay(msg: Message, context: Context) -> Message:
         if worker is not None and worker.get("run_id") != str(context.run_id):
             worker = None  # Flower keeps a node's context across the runs of a series
         if kind == "setup":  # once per run: a fresh worker
-            address, authkey = _start_worker(context)
+            address, authkey, proc = _start_worker(context)
             wait = _CONNECT_TIMEOUT
         elif worker is None:
             raise RuntimeError(f"no codream worker on this node for a {kind!r} message")
         else:
-            address, authkey = str(worker["address"]), bytes(worker["authkey"])
+            address, authkey, proc = str(worker["address"]), bytes(worker["authkey"]), None
             wait = 1.0
-        reply = _ask(address, authkey, request, wait=wait)
+        reply = _ask(address, authkey, request, wait=wait, proc=proc)
     except Exception as err:  # noqa: BLE001 - the server decides what a failed node means
         log.error("relay failed: %s", err)
         reply = encode(error_payload(err))
