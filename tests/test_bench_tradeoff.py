@@ -22,6 +22,7 @@ from codream.bench.tradeoff import (
     write_plots,
 )
 from codream.exceptions import ConfigError
+from codream.federation.config import FederationConfig
 
 TINY = dataclasses.replace(
     QUICK,
@@ -87,6 +88,43 @@ def test_the_missing_cross_device_part_is_recorded_not_silently_dropped(monkeypa
     r = run_tradeoff(dataclasses.replace(TINY, epsilons=(8.0,)), device="cpu", settings=("cross-device",))
     assert r.runs == []
     assert any("cross-device part skipped" in n for n in r.notes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CohortConfig(FederationConfig):
+    """A configuration that carries a cohort size; the loop here still lets every client take part."""
+
+    clients_per_round: int | None = None
+
+
+def test_the_cross_device_part_runs_secure_dp_and_its_remedies_once_cohorts_exist(monkeypatch):
+    monkeypatch.setattr(tradeoff, "FederationConfig", _CohortConfig)
+    assert tradeoff.cohort_sampling_supported()
+    size = dataclasses.replace(
+        TINY,
+        population=6,
+        cohorts=(3,),
+        device_samples=8,
+        device_limit_test=50,
+        epsilons=(8.0, math.inf),
+        remedies=(tradeoff.Remedy("low-resolution", "2x2 block means", downsample=2),),
+    )
+    r = run_tradeoff(size, device="cpu", settings=("cross-device",))
+    assert r.notes == []
+    by_mode = {(x.mode, x.epsilon, x.remedy): x for x in r.runs}
+    assert set(by_mode) >= {("plain", None, None), ("secure", None, None), ("secure+dp", 8.0, None)}
+    dp = by_mode[("secure+dp", 8.0, None)]
+    assert 0 < dp.epsilon_spent <= 8.0
+    # the noise of one release, against one client's clip norm, at the released dimension
+    assert dp.nsr == pytest.approx(dp.release_noise_multiplier * math.sqrt(dp.released_dimension), rel=0.05)
+    lowres = by_mode[("secure+dp", 8.0, "low-resolution")]
+    assert lowres.released_dimension == dp.released_dimension // 4
+    assert lowres.nsr < dp.nsr
+    assert 0 < lowres.extra["lowres_signal_fraction"] <= 1
+    assert (
+        by_mode[("secure+dp", math.inf, None)].final_accuracies
+        == by_mode[("secure", None, None)].final_accuracies
+    )
 
 
 def test_the_results_file_and_plots_come_from_the_runs(results, tmp_path):

@@ -128,8 +128,10 @@ class TradeoffSize:
         kd_steps, warmup_steps: per client per round, and before the first round.
         batch_size: KD, cross-entropy and DP-SGD (expected Poisson) batch size.
         silo_clients, silo_models, silo_samples: the cross-silo federation.
-        population, cohorts, device_models, device_samples, device_warmup_steps, device_kd_steps:
-            the cross-device federation; the population is sampled into each cohort every round.
+        population, cohorts, device_models, device_samples, device_warmup_steps, device_kd_steps,
+        device_rounds, device_dream_batch, device_global_steps: the cross-device federation; the
+            population is sampled into each cohort every round. Smaller than the cross-silo settings
+            because a round costs a whole cohort of clients.
         device_graph: neighbour graph of secure aggregation for cohorts ("harary" keeps masking
             work logarithmic in the cohort).
         dp_clip: per-example gradient clip norm of DP-SGD.
@@ -161,6 +163,9 @@ class TradeoffSize:
     cohorts: tuple[int, ...] = (20, 100)
     device_models: tuple[str, ...] = ("mlp", "cnn")
     device_samples: int = 30
+    device_rounds: int = 2
+    device_dream_batch: int = 8
+    device_global_steps: int = 4
     device_warmup_steps: int = 10
     device_kd_steps: int = 5
     device_graph: str = "harary"
@@ -190,18 +195,21 @@ class TradeoffSize:
 
     def describe(self) -> str:
         """One paragraph for the results file."""
+        parts = ", ".join(_label(a) for a in self.partitions)
         return (
-            f"size `{self.name}`: {self.dataset}, test set of {self.limit_test or 'all'} examples; "
-            f"{self.rounds} rounds of {self.global_steps} dream steps on {self.dream_batch} dreams, "
-            f"{self.kd_steps} KD steps (and as many CE steps) per client per round, "
-            f"{self.warmup_steps} warm-up "
-            f"steps, batch {self.batch_size}. Cross-silo: {self.silo_clients} clients "
-            f"({', '.join(self.silo_models)}) of {self.silo_samples} examples. Cross-device: population "
-            f"{self.population} ({', '.join(self.device_models)} alternating) "
-            f"of {self.device_samples} examples, "
-            f"cohorts {', '.join(map(str, self.cohorts))}, {self.device_kd_steps} KD steps and "
-            f"{self.device_warmup_steps} warm-up steps per client, secure aggregation on a "
-            f"{self.device_graph} graph. Seeds {', '.join(map(str, self.seeds))}."
+            f"Size `{self.name}`: {self.dataset}, partitions {parts}, "
+            f"seeds {', '.join(map(str, self.seeds))}. **Cross-silo**: {self.silo_clients} clients "
+            f"({', '.join(self.silo_models)}) of {self.silo_samples} training examples each, "
+            f"test set of {self.limit_test or 'all'} examples; {self.rounds} rounds of "
+            f"{self.global_steps} dream steps on {self.dream_batch} dreams, {self.kd_steps} KD steps "
+            f"(and as many CE steps) per client per round, {self.warmup_steps} warm-up steps, "
+            f"batch {self.batch_size}. **Cross-device**: population {self.population} "
+            f"({', '.join(self.device_models)} alternating) of {self.device_samples} examples each, "
+            f"cohorts {', '.join(map(str, self.cohorts))} sampled per round, {self.device_rounds} "
+            f"rounds of {self.device_global_steps} dream steps on {self.device_dream_batch} dreams, "
+            f"{self.device_kd_steps} KD steps and {self.device_warmup_steps} warm-up steps per client, "
+            f"test set of {self.device_limit_test or 'all'} examples, secure aggregation on a "
+            f"{self.device_graph} graph."
         )
 
 
@@ -257,6 +265,9 @@ QUICK = TradeoffSize(
     device_warmup_steps=1,
     device_kd_steps=1,
     device_graph="complete",
+    device_rounds=1,
+    device_dream_batch=4,
+    device_global_steps=2,
     silo_accountant="rdp",
     device_limit_test=100,
     remedies=(
@@ -267,8 +278,9 @@ QUICK = TradeoffSize(
 
 CPU = TradeoffSize(
     name="cpu",
-    remedies=_default_remedies(8, 16),
+    remedies=_default_remedies(4, 8),
     remedy_partitions=(0.1,),
+    remedy_cohorts=(20,),
 )
 
 FULL = TradeoffSize(
@@ -288,7 +300,11 @@ FULL = TradeoffSize(
     device_samples=50,
     device_warmup_steps=50,
     device_kd_steps=20,
-    remedies=_default_remedies(40, 64),
+    device_rounds=10,
+    device_dream_batch=32,
+    device_global_steps=20,
+    device_limit_test=2000,
+    remedies=_default_remedies(20, 32),
 )
 
 SIZES: dict[str, TradeoffSize] = {s.name: s for s in (QUICK, CPU, FULL)}
@@ -569,11 +585,13 @@ class _Runner:
 
     # configs
 
-    def dream(self, *, w_bn: float, remedy: Remedy | None = None) -> DreamConfig:
+    def dream(self, *, w_bn: float, cross_device: bool, remedy: Remedy | None = None) -> DreamConfig:
         s = self.size
+        batch = s.device_dream_batch if cross_device else s.dream_batch
+        steps = s.device_global_steps if cross_device else s.global_steps
         return DreamConfig(
-            batch_size=remedy.dream_batch if remedy and remedy.dream_batch else s.dream_batch,
-            global_steps=remedy.global_steps if remedy and remedy.global_steps else s.global_steps,
+            batch_size=remedy.dream_batch if remedy and remedy.dream_batch else batch,
+            global_steps=remedy.global_steps if remedy and remedy.global_steps else steps,
             w_bn=w_bn,
         )
 
@@ -600,7 +618,7 @@ class _Runner:
             rounds=s.rounds,
             seed=seed,
             device=str(self.device),
-            dream=self.dream(w_bn=0.0 if norm == "group" else DreamConfig().w_bn),
+            dream=self.dream(w_bn=0.0 if norm == "group" else DreamConfig().w_bn, cross_device=False),
             distill=self.distill(cross_device=False),
         )
 
@@ -617,10 +635,10 @@ class _Runner:
             limit_test=s.device_limit_test,
             models=models,
             norm="batch",
-            rounds=s.rounds,
+            rounds=s.device_rounds,
             seed=seed,
             device=str(self.device),
-            dream=self.dream(w_bn=DreamConfig().w_bn, remedy=remedy),
+            dream=self.dream(w_bn=DreamConfig().w_bn, cross_device=True, remedy=remedy),
             distill=self.distill(cross_device=True),
             clients_per_round=cohort,
         )
@@ -733,20 +751,26 @@ class _Runner:
         samples: int,
         models: tuple[str, ...],
         local_steps: int,
+        rounds: int,
+        limit_test: int | None,
         cohort: int | None = None,
     ) -> list[RunRecord]:
         s = self.size
+        data = self.dataset
+        if limit_test is not None and limit_test < len(data.y_test):
+            # The federations evaluate on the first `limit_test` test examples; so do their baselines.
+            data = dataclasses.replace(data, x_test=data.x_test[:limit_test], y_test=data.y_test[:limit_test])
         parts = partition(
             self.dataset.y_train, num_clients, alpha=alpha, samples_per_client=samples, seed=seed
         )
         cfg = BaselineConfig(
-            rounds=s.rounds, local_steps=max(1, local_steps), batch_size=s.batch_size, seed=seed, norm="batch"
+            rounds=rounds, local_steps=max(1, local_steps), batch_size=s.batch_size, seed=seed, norm="batch"
         )
         out = []
         runs = (
-            ("local", lambda: run_local_only(self.dataset, parts, models, cfg, device=self.device)),
-            ("centralized", lambda: run_centralized(self.dataset, parts, models, cfg, device=self.device)),
-            ("fedavg", lambda: run_fedavg(self.dataset, parts, s.fedavg_model, cfg, device=self.device)),
+            ("local", lambda: run_local_only(data, parts, models, cfg, device=self.device)),
+            ("centralized", lambda: run_centralized(data, parts, models, cfg, device=self.device)),
+            ("fedavg", lambda: run_fedavg(data, parts, s.fedavg_model, cfg, device=self.device)),
         )
         for mode, fn in runs:
             self.say(f"start {setting} {_label(alpha)} {mode} seed={seed}")
@@ -764,7 +788,7 @@ class _Runner:
                     mean_accuracy=res.mean,
                     std_accuracy=res.std,
                     best_mean_accuracy=float(np.max(np.mean(np.asarray(res.history), axis=1))),
-                    seconds_per_round=res.seconds / s.rounds,
+                    seconds_per_round=res.seconds / rounds,
                     extra={"steps_per_round": float(res.steps_per_round)},
                 )
             )
@@ -846,6 +870,8 @@ class _Runner:
             samples=s.silo_samples,
             models=tuple(s.silo_models),
             local_steps=ce_steps + math.ceil(group_cfg.distill.warmup_steps / s.rounds),
+            rounds=s.rounds,
+            limit_test=s.limit_test,
         )
         return out
 
@@ -858,7 +884,9 @@ class _Runner:
         q = cohort / s.population
         delta = _delta(s.population)
         plan = _plan_noise(
-            ClientLevelSchedule(rounds=s.rounds, sample_rate=q, releases_per_round=config.releases_per_round),
+            ClientLevelSchedule(
+                rounds=config.rounds, sample_rate=q, releases_per_round=config.releases_per_round
+            ),
             eps,
             delta,
             "rdp",
@@ -883,19 +911,18 @@ class _Runner:
         base = dict(setting="cross-device", partition_label=label, cohort=cohort)
         cfg = self.device_config(alpha, seed, cohort)
         out.append(self.federation(cfg, create_aggregator("plain"), mode="plain", epsilon=None, **base)[0])
-        out.append(
-            self.federation(
-                cfg,
-                create_aggregator("secure", graph=s.device_graph, seed=seed),
-                mode="secure",
-                epsilon=None,
-                **base,
-            )[0]
+        secure, _ = self.federation(
+            cfg,
+            create_aggregator("secure", graph=s.device_graph, seed=seed),
+            mode="secure",
+            epsilon=None,
+            **base,
         )
+        out.append(secure)
         for eps in s.epsilons:
             if math.isinf(eps):
-                agg: Aggregator = create_aggregator("secure", graph=s.device_graph, seed=seed)
-                out.append(self.federation(cfg, agg, mode="secure+dp", epsilon=INF, **base)[0])
+                # Without noise secure+dp is `secure`: the same run, recorded once more as the curve's end.
+                out.append(dataclasses.replace(secure, mode="secure+dp", epsilon=INF))
                 continue
             agg, dp = self.secure_dp(cfg, cohort, eps, seed)
             out.append(self.federation(cfg, agg, mode="secure+dp", epsilon=eps, dp=dp, **base)[0])
@@ -925,7 +952,9 @@ class _Runner:
             num_clients=s.population,
             samples=s.device_samples,
             models=models,
-            local_steps=_ce_steps_per_round(dc) + math.ceil(dc.warmup_steps / s.rounds),
+            local_steps=_ce_steps_per_round(dc) + math.ceil(dc.warmup_steps / s.device_rounds),
+            rounds=s.device_rounds,
+            limit_test=s.device_limit_test,
         )
 
 
@@ -1252,7 +1281,9 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
         f"{_delta(size.silo_samples):g} (< 1/examples per client). "
         f"Cross-device DP: `secure+dp`, client-level, "
         f"RDP accountant, δ = {_delta(size.population):g} (< 1/population), q = cohort / population, all "
-        "releases of a round composed into one event (ε = ∞ is `secure` without noise).",
+        "releases of a round composed into one event (ε = ∞ is the `secure` run). The cross-silo DP "
+        "runs sum through `plain` aggregation: the example-level guarantee does not rest on it, and what "
+        "secure aggregation costs is the `secure` row.",
         "",
     ]
     for note in results.notes:
