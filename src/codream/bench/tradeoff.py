@@ -525,7 +525,11 @@ def hardware(device: torch.device | str) -> dict[str, str]:
     """CPU model, core count and GPU name (if any) of this machine."""
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
     try:
-        info["nproc"] = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+        # nproc honours OMP_NUM_THREADS: ask it for the cores this process may use (threads: below).
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        info["nproc"] = subprocess.run(
+            ["nproc"], capture_output=True, text=True, check=True, env=env
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         info["nproc"] = str(os.cpu_count())
     cpu = platform.processor() or ""
@@ -537,6 +541,7 @@ def hardware(device: torch.device | str) -> dict[str, str]:
     except OSError:
         pass
     info["cpu"] = cpu or "unknown"
+    info["cpu_count"] = str(os.cpu_count())
     info["torch_threads"] = str(torch.get_num_threads())
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -691,8 +696,8 @@ class _Runner:
         if "dp_release_noise_multiplier" in rep_extra:
             z_i = float(rep_extra["dp_release_noise_multiplier"])
             clip = dream_specs[0].clip_norm
-            std = rep_extra.get(f"{DREAM_PREFIX}0", None)
-            std = rep_extra.get(f"dp_noise_std/{DREAM_PREFIX}0", std)
+            # Per-coordinate std of the summed noise the round guarantees, in float units.
+            std = rep_extra.get(f"dp_noise_std/{DREAM_PREFIX}0")
             nsr = (
                 (float(std) * math.sqrt(released_dim) / clip)
                 if std is not None
@@ -1174,6 +1179,17 @@ _BASELINES = ("local", "fedavg", "centralized")
 _PRIVATE = {"cross-silo": "example-dp", "cross-device": "secure+dp"}
 
 
+def _weak_reference(rows: Sequence[SummaryRow], setting: str, part: str, plain: SummaryRow) -> str:
+    """A caution when non-private CoDream itself does not beat local-only training at this size."""
+    local = _find(rows, setting=setting, partition=part, cohort=None, mode="local")
+    if local is None or plain.mean > local.mean:
+        return ""
+    return (
+        f" Caution: at this size non-private CoDream ({_pct(plain.mean)}) does not beat local-only training "
+        f"({_pct(local.mean)}), so this comparison says little about what DP costs a useful federation."
+    )
+
+
 def _targets(rows: Sequence[SummaryRow], size: TradeoffSize) -> list[str]:
     """Lines on each target: met or missed, by how much, and what limits it."""
     lines = []
@@ -1214,6 +1230,7 @@ def _targets(rows: Sequence[SummaryRow], size: TradeoffSize) -> list[str]:
                 f"(`plain`) {_pct(plain.mean)}: "
                 + (f"{gap:.1f} points below" if gap >= 0 else f"{-gap:.1f} points above")
                 + f", target ≤ 3 below: {status}.{limit}"
+                + _weak_reference(rows, setting, part, plain)
             )
         if plain and secure:
             d_acc = 100 * (plain.mean - secure.mean)
@@ -1257,7 +1274,7 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
     size = results.size
     rows = summarise(results.runs)
     hw = results.hardware
-    hw_line = f"{hw.get('cpu', '?')}, nproc = {hw.get('nproc', '?')}"
+    hw_line = f"{hw.get('cpu', '?')}, nproc = {hw.get('nproc', '?')} of {hw.get('cpu_count', '?')} cores"
     hw_line += f", torch threads = {hw.get('torch_threads', '?')}"
     if "gpu" in hw:
         hw_line = f"GPU {hw['gpu']}; CPU {hw_line}"
@@ -1523,6 +1540,14 @@ def write_plots(results: TradeoffResults, stem: str | Path) -> list[Path]:
 # -- command line ----------------------------------------------------------------------------------
 
 
+def _command_line() -> str:
+    """The command as typed, with the thread settings that change its timings."""
+    exe = os.path.relpath(sys.executable)
+    exe = exe if not exe.startswith("..") else sys.executable
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ]
+    return " ".join([*env, *(shlex.quote(a) for a in [exe, *sys.argv])])
+
+
 @click.command("tradeoff")
 @click.option("--quick", "size", flag_value="quick", help="Tiny size (seconds; for tests).")
 @click.option(
@@ -1558,7 +1583,7 @@ def cli(size: str, seeds: str | None, device: str, settings: str, as_json: bool,
         settings=[s.strip() for s in settings.split(",") if s.strip()],
         progress=lambda line: click.echo(line, err=True),
     )
-    results.command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    results.command = _command_line()
     stem = out_path.with_suffix("")
     plots = write_plots(results, stem)
     write_json(results, stem.with_suffix(".json"))
