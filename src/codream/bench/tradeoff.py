@@ -1297,10 +1297,11 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
         f"{size.silo_accountant.upper()} accountant, δ = "
         f"{_delta(size.silo_samples):g} (< 1/examples per client). "
         f"Cross-device DP: `secure+dp`, client-level, "
-        f"RDP accountant, δ = {_delta(size.population):g} (< 1/population), q = cohort / population, all "
-        "releases of a round composed into one event (ε = ∞ is the `secure` run). The cross-silo DP "
-        "runs sum through `plain` aggregation: the example-level guarantee does not rest on it, and what "
-        "secure aggregation costs is the `secure` row.",
+        f"RDP accountant, δ = {_delta(size.population):g} (< 1/population), q = cohort / population (the "
+        "accountant's Poisson sampling standing in for the loop's fixed-size cohort, the usual "
+        "approximation), all releases of a round composed into one event (ε = ∞ is the `secure` run). "
+        "The cross-silo DP runs sum through `plain` aggregation: the example-level guarantee does not "
+        "rest on it, and what secure aggregation costs is the `secure` row.",
         "",
     ]
     for note in results.notes:
