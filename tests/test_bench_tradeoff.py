@@ -36,7 +36,7 @@ TINY = dataclasses.replace(
 
 @pytest.fixture(scope="module")
 def results():
-    return run_tradeoff(TINY, device="cpu", settings=("cross-silo",))
+    return run_tradeoff(TINY, device="cpu", settings=("cross-silo",), strict=True)
 
 
 def _runs(results, **match):
@@ -109,7 +109,7 @@ def test_the_cross_device_part_runs_secure_dp_and_its_remedies_once_cohorts_exis
         epsilons=(8.0, math.inf),
         remedies=(tradeoff.Remedy("low-resolution", "2x2 block means", downsample=2),),
     )
-    r = run_tradeoff(size, device="cpu", settings=("cross-device",))
+    r = run_tradeoff(size, device="cpu", settings=("cross-device",), strict=True)
     assert r.notes == []
     by_mode = {(x.mode, x.epsilon, x.remedy): x for x in r.runs}
     assert set(by_mode) >= {("plain", None, None), ("secure", None, None), ("secure+dp", 8.0, None)}
@@ -125,6 +125,41 @@ def test_the_cross_device_part_runs_secure_dp_and_its_remedies_once_cohorts_exis
         by_mode[("secure+dp", math.inf, None)].final_accuracies
         == by_mode[("secure", None, None)].final_accuracies
     )
+
+
+def test_a_failing_block_is_recorded_and_the_runs_before_it_are_kept(monkeypatch, tmp_path):
+    calls = []
+
+    def cross_silo(self, alpha, seed, out):
+        calls.append(seed)
+        if seed == 1:
+            raise RuntimeError("diverged")
+        out.append(
+            RunRecord(
+                setting="cross-silo",
+                partition="dir0.1",
+                cohort=None,
+                mode="plain",
+                epsilon=None,
+                seed=seed,
+                remedy=None,
+                final_accuracies=(0.5,),
+                mean_accuracy=0.5,
+                std_accuracy=0.0,
+                best_mean_accuracy=0.5,
+            )
+        )
+
+    monkeypatch.setattr(tradeoff._Runner, "cross_silo", cross_silo)
+    checkpoint = tmp_path / "partial.json"
+    size = dataclasses.replace(TINY, seeds=(0, 1, 2))
+    r = run_tradeoff(size, device="cpu", settings=("cross-silo",), checkpoint=checkpoint)
+    assert calls == [0, 1, 2]
+    assert [x.seed for x in r.runs] == [0, 2]
+    assert any("seed 1 failed" in n and "diverged" in n for n in r.notes)
+    assert len(json.loads(checkpoint.read_text())["runs"]) == 2
+    with pytest.raises(RuntimeError, match="diverged"):
+        run_tradeoff(size, device="cpu", settings=("cross-silo",), strict=True)
 
 
 def test_the_results_file_and_plots_come_from_the_runs(results, tmp_path):

@@ -801,13 +801,13 @@ class _Runner:
 
     # the two settings
 
-    def cross_silo(self, alpha: float | None, seed: int) -> list[RunRecord]:
+    def cross_silo(self, alpha: float | None, seed: int, out: list[RunRecord]) -> None:
+        """Append every cross-silo run of one partition and seed to `out`, each as soon as it ends."""
         from ..privacy.calibration import ExampleLevelSchedule
         from ..privacy.example_level import dp_trainer_factory
 
         s = self.size
         label = _label(alpha)
-        out: list[RunRecord] = []
         base = dict(setting="cross-silo", partition_label=label, cohort=None)
         batch_cfg = self.silo_config(alpha, seed, norm="batch")
         for mode in ("plain", "secure"):
@@ -878,7 +878,6 @@ class _Runner:
             rounds=s.rounds,
             limit_test=s.limit_test,
         )
-        return out
 
     def secure_dp(
         self, config: FederationConfig, cohort: int, eps: float, seed: int
@@ -909,10 +908,10 @@ class _Runner:
         )
         return agg, {"noise_multiplier": plan.noise_multiplier, "delta": delta, "sample_rate": q}
 
-    def cross_device(self, alpha: float | None, seed: int, cohort: int) -> list[RunRecord]:
+    def cross_device(self, alpha: float | None, seed: int, cohort: int, out: list[RunRecord]) -> None:
+        """Append every cross-device run of one partition, seed and cohort to `out`, as each ends."""
         s = self.size
         label = _label(alpha)
-        out: list[RunRecord] = []
         base = dict(setting="cross-device", partition_label=label, cohort=cohort)
         cfg = self.device_config(alpha, seed, cohort)
         out.append(self.federation(cfg, create_aggregator("plain"), mode="plain", epsilon=None, **base)[0])
@@ -944,7 +943,6 @@ class _Runner:
                     rcfg, agg, mode="secure+dp", epsilon=s.remedy_epsilon, remedy=remedy, dp=dp, **base
                 )[0]
             )
-        return out
 
     def device_baselines(self, alpha: float | None, seed: int) -> list[RunRecord]:
         s = self.size
@@ -970,6 +968,8 @@ def run_tradeoff(
     device: str | torch.device = "auto",
     settings: Sequence[str] = ("cross-silo", "cross-device"),
     progress: Callable[[str], None] | None = None,
+    checkpoint: str | Path | None = None,
+    strict: bool = False,
 ) -> TradeoffResults:
     """Run the trade-off benchmark.
 
@@ -979,6 +979,10 @@ def run_tradeoff(
         device: "auto" (CUDA when available), "cpu", "cuda[:N]".
         settings: which federations to run ("cross-silo", "cross-device").
         progress: called with one line per run started and finished.
+        checkpoint: JSON file rewritten after every block of runs, so a long run that stops keeps
+            what it measured.
+        strict: raise the first error; otherwise a block (one setting, partition, seed, cohort)
+            that fails is recorded in the notes with its error, and the others still run.
     Returns:
         The `TradeoffResults` (every run, plus notes on anything skipped).
     Raises:
@@ -999,10 +1003,28 @@ def run_tradeoff(
     t0 = time.perf_counter()
     runner = _Runner(size, dev, say)
     results = TradeoffResults(size=size, device=str(dev), hardware=hardware(dev), started=started)
+
+    def block(what: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            if strict:
+                raise
+            # One failed block must not lose the runs before it: record it and go on.
+            log.exception("%s failed", what)
+            results.notes.append(f"{what} failed and is missing: {type(exc).__name__}: {exc}")
+            say(results.notes[-1])
+        if checkpoint is not None:
+            results.seconds = time.perf_counter() - t0
+            write_json(results, checkpoint)
+
     for alpha in size.partitions:
         for seed in size.seeds:
             if "cross-silo" in settings:
-                results.runs += runner.cross_silo(alpha, seed)
+                block(
+                    f"cross-silo {_label(alpha)} seed {seed}",
+                    functools.partial(runner.cross_silo, alpha, seed, results.runs),
+                )
     if "cross-device" in settings:
         if not cohort_sampling_supported():
             results.notes.append(
@@ -1015,8 +1037,14 @@ def run_tradeoff(
             for alpha in size.partitions:
                 for seed in size.seeds:
                     for cohort in size.cohorts:
-                        results.runs += runner.cross_device(alpha, seed, cohort)
-                    results.runs += runner.device_baselines(alpha, seed)
+                        block(
+                            f"cross-device {_label(alpha)} seed {seed} cohort {cohort}",
+                            functools.partial(runner.cross_device, alpha, seed, cohort, results.runs),
+                        )
+                    block(
+                        f"cross-device baselines {_label(alpha)} seed {seed}",
+                        lambda a=alpha, sd=seed: results.runs.extend(runner.device_baselines(a, sd)),
+                    )
     if size.remedies and not any(r.remedy for r in results.runs):
         results.notes.append(
             "remedies not run: they apply to client-level DP, which needs the cross-device part."
@@ -1577,15 +1605,16 @@ def cli(size: str, seeds: str | None, device: str, settings: str, as_json: bool,
         if out
         else Path("benchmarks/results") / ("tradeoff.md" if size == "cpu" else f"tradeoff_{size}.md")
     )
+    stem = out_path.with_suffix("")
     results = run_tradeoff(
         size,
         seeds=seed_list,
         device=device,
         settings=[s.strip() for s in settings.split(",") if s.strip()],
         progress=lambda line: click.echo(line, err=True),
+        checkpoint=stem.with_suffix(".json"),
     )
     results.command = _command_line()
-    stem = out_path.with_suffix("")
     plots = write_plots(results, stem)
     write_json(results, stem.with_suffix(".json"))
     write_markdown(results, out_path, plots=plots)
