@@ -182,3 +182,14 @@ def test_the_privacy_report_reads_the_ledger_of_a_secure_dp_run(runs):
     result = CliRunner().invoke(main, ["privacy", "report", str(path), "--json", "--no-plot"])
     assert result.exit_code == 0, result.output
     assert str(round(metrics(path)[-1]["epsilon"], 3))[:4] in result.output
+
+
+def test_a_resumed_secure_run_equals_the_unbroken_one(runs, tmp_path):
+    # Secure rounds draw their stochastic-rounding coins from the run seed and round index.
+    out = tmp_path / "stopped-secure"
+    assert run_cli("--rounds", "1", "--aggregation", "secure", "--out", str(out)).exit_code == 0
+    result = CliRunner().invoke(main, ["run", "--resume", str(out), "--rounds", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    unbroken = runs["secure"][0]
+    assert [m["accuracy"] for m in metrics(out)] == [m["accuracy"] for m in metrics(unbroken)]
+    assert torch.equal(torch.load(out / "dreams.pt")["x"], torch.load(unbroken / "dreams.pt")["x"])
