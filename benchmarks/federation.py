@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import torch
 
-from codream.bench.federation import METHODS, SIZES, run_benchmark, write_markdown
+from codream.bench.federation import METHODS, SIZES, override_size, run_benchmark, write_markdown
 
 
 def _alpha(text: str) -> float | None:
@@ -52,6 +52,12 @@ def _alpha(text: str) -> float | None:
     show_default=True,
     help="Worker processes, one (seed, partition) each; use one per core with --threads 1.",
 )
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    help="Override a size setting, e.g. --set dream.global_steps=60 --set samples_per_client=500.",
+)
 @click.option("--out", default="benchmarks/results/federation.md", show_default=True)
 def main(
     size,
@@ -67,12 +73,13 @@ def main(
     device,
     threads,
     jobs,
+    settings,
     out,
 ):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(threads)
     results = run_benchmark(
-        size="full" if full else size,
+        size=override_size(SIZES["full" if full else size], settings),
         dataset=dataset,
         data_dir=data_dir,
         models=[m.strip() for m in models.split(",") if m.strip()],

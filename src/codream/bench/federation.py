@@ -145,6 +145,43 @@ class BenchmarkResults:
         return asdict(self)
 
 
+def override_size(size: BenchmarkSize, settings: Sequence[str]) -> BenchmarkSize:
+    """Apply ``key=value`` overrides to a size: ``dream.global_steps=60``, ``distill.kd_steps=40``,
+    ``samples_per_client=500``, ``rounds=4``, ``limit_test=1000`` (values parsed as JSON, else text).
+
+    Raises:
+        ConfigError: for a malformed setting or an unknown key.
+    """
+    import json
+
+    dream, distill, top = {}, {}, {}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        section, dot, name = key.partition(".")
+        if dot and section == "dream":
+            dream[name] = value
+        elif dot and section == "distill":
+            distill[name] = value
+        elif not dot and key in ("samples_per_client", "rounds", "limit_test"):
+            top[key] = value
+        else:
+            raise ConfigError(
+                f"unknown setting {key!r}: use dream.*, distill.*, samples_per_client, rounds, limit_test"
+            )
+    try:
+        return replace(
+            size, dream=replace(size.dream, **dream), distill=replace(size.distill, **distill), **top
+        )
+    except TypeError as exc:
+        raise ConfigError(f"unknown setting: {exc}") from None
+
+
 def _alpha_label(alpha: float | None) -> str:
     return "IID" if alpha is None or math.isinf(alpha) else f"Dir({alpha:g})"
 
