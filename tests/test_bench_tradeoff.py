@@ -66,10 +66,18 @@ def test_accuracies_are_the_final_round_means_over_the_clients(results):
 
 
 def test_example_level_dp_spends_no_more_than_its_target(results):
-    (dp,) = _runs(results, mode="example-dp", epsilon=8.0)
+    (dp,) = _runs(results, mode="example-dp", epsilon=8.0, remedy=None)
     assert 0 < dp.epsilon_spent <= 8.0 * 1.01
     assert dp.noise_multiplier > 0
     assert dp.nsr == 0.0  # releases are post-processing of a DP model
+
+
+def test_the_larger_dp_batch_remedy_takes_fewer_larger_steps_within_the_same_budget(results):
+    (dp,) = _runs(results, mode="example-dp", epsilon=8.0, remedy=None)
+    (big,) = _runs(results, mode="example-dp", epsilon=8.0, remedy="dp-large-batch")
+    assert big.extra["dp_sgd_batch"] == 2 * dp.extra["dp_sgd_batch"]
+    assert big.extra["dp_sgd_steps"] < dp.extra["dp_sgd_steps"]
+    assert 0 < big.epsilon_spent <= 8.0 * 1.01
 
 
 def test_cost_per_round_is_measured_for_each_aggregation_mode(results):

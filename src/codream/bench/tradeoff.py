@@ -103,6 +103,8 @@ class Remedy:
         dream_batch: dreams per round; None keeps the size's.
         downsample: release each dream gradient at 1/downsample of the resolution per side
             (`LowResolutionReleases`); 1 releases it whole.
+        dp_batch_factor: example-level DP (cross-silo): DP-SGD batches this many times larger and
+            as many times fewer steps, so the same examples are seen with less noise per step.
     """
 
     name: str
@@ -110,6 +112,7 @@ class Remedy:
     global_steps: int | None = None
     dream_batch: int | None = None
     downsample: int = 1
+    dp_batch_factor: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,7 @@ class TradeoffSize:
             large population is evaluated on them after every round).
         fedavg_model: the one shared architecture of the FedAvg baseline.
         remedies: client-level DP variants run at `remedy_epsilon`.
+        silo_remedies: example-level DP variants (`Remedy.dp_batch_factor`) run at `remedy_epsilon`.
         remedy_epsilon: the epsilon the remedies are compared at.
         remedy_partitions, remedy_cohorts: where the remedies run (None: all).
     """
@@ -174,6 +178,7 @@ class TradeoffSize:
     device_limit_test: int | None = 500
     fedavg_model: str = "cnn"
     remedies: tuple[Remedy, ...] = ()
+    silo_remedies: tuple[Remedy, ...] = ()
     remedy_epsilon: float = 8.0
     remedy_partitions: tuple[float | None, ...] | None = None
     remedy_cohorts: tuple[int, ...] | None = None
@@ -243,6 +248,13 @@ def _default_remedies(global_steps: int, dream_batch: int) -> tuple[Remedy, ...]
     )
 
 
+_LARGE_DP_BATCH = Remedy(
+    "dp-large-batch",
+    "DP-SGD batches 4x larger and 4x fewer DP-SGD steps (same examples per round): the noise is averaged "
+    "over 4x more examples per step, and fewer, larger steps cost less privacy per example seen",
+    dp_batch_factor=4,
+)
+
 QUICK = TradeoffSize(
     name="quick",
     limit_test=200,
@@ -274,11 +286,15 @@ QUICK = TradeoffSize(
         Remedy("fewer-releases", "one dream step per round", global_steps=1),
         Remedy("low-resolution", "2x2 block means", downsample=2),
     ),
+    silo_remedies=(
+        Remedy("dp-large-batch", "DP-SGD batches twice as large, half the steps", dp_batch_factor=2),
+    ),
 )
 
 CPU = TradeoffSize(
     name="cpu",
     remedies=_default_remedies(4, 8),
+    silo_remedies=(_LARGE_DP_BATCH,),
     remedy_partitions=(0.1,),
     remedy_cohorts=(20,),
 )
@@ -305,6 +321,7 @@ FULL = TradeoffSize(
     device_global_steps=20,
     device_limit_test=2000,
     remedies=_default_remedies(20, 32),
+    silo_remedies=(_LARGE_DP_BATCH,),
 )
 
 SIZES: dict[str, TradeoffSize] = {s.name: s for s in (QUICK, CPU, FULL)}
@@ -803,9 +820,6 @@ class _Runner:
 
     def cross_silo(self, alpha: float | None, seed: int, out: list[RunRecord]) -> None:
         """Append every cross-silo run of one partition and seed to `out`, each as soon as it ends."""
-        from ..privacy.calibration import ExampleLevelSchedule
-        from ..privacy.example_level import dp_trainer_factory
-
         s = self.size
         label = _label(alpha)
         base = dict(setting="cross-silo", partition_label=label, cohort=None)
@@ -815,8 +829,6 @@ class _Runner:
             out.append(self.federation(batch_cfg, agg, mode=mode, epsilon=None, **base)[0])
         group_cfg = self.silo_config(alpha, seed, norm="group")
         ce_steps = _ce_steps_per_round(group_cfg.distill)
-        local_steps = group_cfg.distill.warmup_steps + s.rounds * ce_steps
-        delta = _delta(s.silo_samples)
         for eps in s.epsilons:
             if math.isinf(eps):
                 rec, _ = self.federation(
@@ -824,49 +836,21 @@ class _Runner:
                 )
                 out.append(rec)
                 continue
-            plan = _plan_noise(
-                ExampleLevelSchedule(
-                    local_steps=local_steps, batch_size=s.batch_size, data_size=s.silo_samples
-                ),
-                eps,
-                delta,
-                s.silo_accountant,
-            )
-            factory = dp_trainer_factory(
-                noise_multiplier=plan.noise_multiplier,
-                max_grad_norm=s.dp_clip,
-                batch_size=s.batch_size,
-                lr=group_cfg.distill.lr,
-                momentum=group_cfg.distill.momentum,
-                accountant=s.silo_accountant,
-                delta=delta,
-                noise_seed=seed,
-            )
-            rec, fed = self.federation(
-                group_cfg,
-                create_aggregator("plain"),
-                mode="example-dp",
-                epsilon=eps,
-                trainer_factory=factory,
-                **base,
-            )
-            spent = max(c.trainer.epsilon() for c in fed.clients)
-            params = max(sum(p.numel() for p in c.model.parameters()) for c in fed.clients)
-            out.append(
-                dataclasses.replace(
-                    rec,
-                    epsilon_spent=float(spent),
-                    noise_multiplier=plan.noise_multiplier,
-                    nsr=0.0,
-                    nsr_cohort=0.0,
-                    extra={
-                        **rec.extra,
-                        "delta": delta,
-                        "dp_sgd_steps": float(local_steps),
-                        "dp_sgd_step_nsr": plan.noise_multiplier * math.sqrt(params) / s.batch_size,
-                    },
+            out.append(self.example_dp(group_cfg, eps, seed, base=base))
+        if s.remedy_partitions is None or alpha in s.remedy_partitions:
+            for remedy in s.silo_remedies:
+                f = remedy.dp_batch_factor
+                dc = group_cfg.distill
+                # The same examples per round in f times fewer, f times larger DP-SGD steps.
+                distill = dataclasses.replace(
+                    dc, ce_ratio=dc.ce_ratio / f, warmup_steps=max(1, dc.warmup_steps // f)
                 )
-            )
+                cfg = dataclasses.replace(group_cfg, distill=distill)
+                out.append(
+                    self.example_dp(
+                        cfg, s.remedy_epsilon, seed, base=base, batch=s.batch_size * f, remedy=remedy
+                    )
+                )
         out += self.baselines(
             setting="cross-silo",
             alpha=alpha,
@@ -877,6 +861,66 @@ class _Runner:
             local_steps=ce_steps + math.ceil(group_cfg.distill.warmup_steps / s.rounds),
             rounds=s.rounds,
             limit_test=s.limit_test,
+        )
+
+    def example_dp(
+        self,
+        config: FederationConfig,
+        eps: float,
+        seed: int,
+        *,
+        base: dict[str, Any],
+        batch: int | None = None,
+        remedy: Remedy | None = None,
+    ) -> RunRecord:
+        """One cross-silo federation with DP-SGD on every client, calibrated to `eps` for the whole run."""
+        from ..privacy.calibration import ExampleLevelSchedule
+        from ..privacy.example_level import dp_trainer_factory
+
+        s = self.size
+        batch = min(batch or s.batch_size, s.silo_samples)
+        steps = config.distill.warmup_steps + config.rounds * _ce_steps_per_round(config.distill)
+        delta = _delta(s.silo_samples)
+        plan = _plan_noise(
+            ExampleLevelSchedule(local_steps=steps, batch_size=batch, data_size=s.silo_samples),
+            eps,
+            delta,
+            s.silo_accountant,
+        )
+        factory = dp_trainer_factory(
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=s.dp_clip,
+            batch_size=batch,
+            lr=config.distill.lr,
+            momentum=config.distill.momentum,
+            accountant=s.silo_accountant,
+            delta=delta,
+            noise_seed=seed,
+        )
+        rec, fed = self.federation(
+            config,
+            create_aggregator("plain"),
+            mode="example-dp",
+            epsilon=eps,
+            trainer_factory=factory,
+            remedy=remedy,
+            **base,
+        )
+        spent = max(c.trainer.epsilon() for c in fed.clients)
+        params = max(sum(p.numel() for p in c.model.parameters()) for c in fed.clients)
+        return dataclasses.replace(
+            rec,
+            epsilon_spent=float(spent),
+            noise_multiplier=plan.noise_multiplier,
+            nsr=0.0,
+            nsr_cohort=0.0,
+            extra={
+                **rec.extra,
+                "delta": delta,
+                "dp_sgd_steps": float(steps),
+                "dp_sgd_batch": float(batch),
+                "dp_sgd_step_nsr": plan.noise_multiplier * math.sqrt(params) / batch,
+            },
         )
 
     def secure_dp(
@@ -1045,7 +1089,7 @@ def run_tradeoff(
                         f"cross-device baselines {_label(alpha)} seed {seed}",
                         lambda a=alpha, sd=seed: results.runs.extend(runner.device_baselines(a, sd)),
                     )
-    if size.remedies and not any(r.remedy for r in results.runs):
+    if size.remedies and not any(r.remedy and r.setting == "cross-device" for r in results.runs):
         results.notes.append(
             "remedies not run: they apply to client-level DP, which needs the cross-device part."
         )
@@ -1390,14 +1434,14 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
     remedy_rows = [r for r in rows if r.remedy is not None]
     if remedy_rows:
         out += [
-            f"## Remedies for client-level DP (ε = {size.remedy_epsilon:g})",
+            f"## Remedies (ε = {size.remedy_epsilon:g})",
             "",
-            "| partition | cohort | remedy | accuracy % | vs no remedy (points) "
-            "| released dim | releases / round "
-            "| dream batch | z per release | NSR (per client) | NSR (cohort) | signal kept | s / round |",
-            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| setting | partition | cohort | remedy | accuracy % | vs no remedy (points) "
+            "| released dim | releases / round | dream batch | z per release | NSR (per client) "
+            "| NSR (cohort) | signal kept | DP-SGD batch | DP-SGD step NSR | s / round |",
+            "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for r in sorted(remedy_rows, key=lambda r: (r.partition, r.cohort or 0, r.remedy or "")):
+        for r in sorted(remedy_rows, key=lambda r: (r.setting, r.partition, r.cohort or 0, r.remedy or "")):
             ref = _find(
                 rows,
                 setting=r.setting,
@@ -1408,23 +1452,27 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
             )
             delta_pts = "-" if ref is None else f"{100 * (r.mean - ref.mean):+.1f}"
             out.append(
-                f"| {r.partition} | {r.cohort or '-'} | {r.remedy} | {_acc(r)} | {delta_pts} "
+                f"| {r.setting} | {r.partition} | {r.cohort or '-'} | {r.remedy} | {_acc(r)} | {delta_pts} "
                 f"| {r.released_dimension} "
                 f"| {r.releases_per_round} | {r.dream_batch} "
                 f"| {_num(r.release_noise_multiplier)} | {_num(r.nsr)} "
                 f"| {_num(r.nsr_cohort)} | {_num(r.extra.get('lowres_signal_fraction'), '{:.0%}')} "
+                f"| {_num(r.extra.get('dp_sgd_batch'), '{:.0f}')} | {_num(r.extra.get('dp_sgd_step_nsr'))} "
                 f"| {_num(r.seconds_per_round, '{:.2f}')} |"
             )
         out += [""]
-        for remedy in size.remedies:
-            out.append(f"- `{remedy.name}`: {remedy.description}.")
-        out += [
-            "- Larger cohorts: compare the cohort rows above (the noise is shared by the cohort, so the NSR "
-            "against the cohort's signal falls roughly as 1/cohort at a given q).",
-            "- Adaptive clipping is not implemented: every client already normalises its dream gradient to "
-            "the clip norm, so a quantile-tracking clip bound would not change the released scale.",
-            "",
-        ]
+        ran = {r.remedy for r in remedy_rows}
+        for remedy in (*size.silo_remedies, *size.remedies):
+            if remedy.name in ran:
+                out.append(f"- `{remedy.name}`: {remedy.description}.")
+        if any(r.setting == "cross-device" for r in remedy_rows):
+            out += [
+                "- Larger cohorts: compare the cohort rows above (the noise is shared by the cohort, so the "
+                "NSR against the cohort's signal falls roughly as 1/cohort at a given q).",
+                "- Adaptive clipping is not implemented: every client already normalises its dream gradient "
+                "to the clip norm, so a quantile-tracking clip bound would not change the released scale.",
+            ]
+        out.append("")
     if plots:
         out += ["## Plots", ""]
         out += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
