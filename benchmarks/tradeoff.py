@@ -1,6 +1,6 @@
 """What privacy costs: CoDream's accuracy and time per round against epsilon, cross-silo and cross-device.
 
-    .venv/bin/python benchmarks/tradeoff.py                  # CPU size -> benchmarks/results/tradeoff.md
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/tradeoff.py   # CPU size, one core (~25-30 min)
     .venv/bin/python benchmarks/tradeoff.py --full           # GPU size -> benchmarks/results/tradeoff_full.md
     .venv/bin/python benchmarks/tradeoff.py --quick --json   # tiny size, results as JSON
 

@@ -25,7 +25,12 @@ Where the DP runs miss their target, the report says by how much and gives the q
 them: the noise-to-signal ratio of a released dream gradient (noise L2 norm / clip norm, at the
 released dimension), the cohort, the dream batch and the releases per round. The remedies
 (`Remedy`) rerun the client-level DP point at epsilon = 8 with fewer releases per round, a smaller
-dream batch, or dream gradients released at a lower resolution (`LowResolutionReleases`).
+dream batch, or dream gradients released at a lower resolution (`LowResolutionReleases`), and the
+example-level DP point with larger, fewer DP-SGD steps.
+
+Sizes: `quick` (seconds, for tests), `cpu` (the default; about 25-30 minutes on one quiet core:
+``OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/tradeoff.py``) and `full` (a GPU: more
+data, rounds, dreams and larger models). Each states itself in the results file.
 """
 
 from __future__ import annotations
@@ -157,7 +162,7 @@ class TradeoffSize:
     rounds: int = 3
     dream_batch: int = 16
     global_steps: int = 8
-    kd_steps: int = 20
+    kd_steps: int = 16
     warmup_steps: int = 40
     batch_size: int = 32
     silo_clients: int = 4
@@ -1628,7 +1633,7 @@ def _command_line() -> str:
 @click.command("tradeoff")
 @click.option("--quick", "size", flag_value="quick", help="Tiny size (seconds; for tests).")
 @click.option(
-    "--cpu", "size", flag_value="cpu", default=True, help="CPU size (default; ~30 min on one core)."
+    "--cpu", "size", flag_value="cpu", default=True, help="CPU size (default; about 25-30 min on one core)."
 )
 @click.option("--full", "size", flag_value="full", help="GPU size (larger, paper-like).")
 @click.option("--seeds", default=None, help="Comma-separated seeds (default: the size's).")
