@@ -48,6 +48,7 @@ def test_the_cross_silo_run_covers_every_mode_and_baseline(results):
     assert modes == {
         ("plain", None),
         ("secure", None),
+        ("secure+dp", 8.0),
         ("example-dp", 8.0),
         ("example-dp", math.inf),
         ("local", None),
@@ -83,12 +84,17 @@ def test_the_larger_dp_batch_remedy_takes_fewer_larger_steps_within_the_same_bud
 def test_cost_per_round_is_measured_for_each_aggregation_mode(results):
     (plain,) = _runs(results, mode="plain")
     (secure,) = _runs(results, mode="secure")
-    for r in (plain, secure):
+    (secure_dp,) = _runs(results, mode="secure+dp")
+    for r in (plain, secure, secure_dp):
         assert r.seconds_per_round > 0
         assert r.bytes_per_client_per_round > 0
         assert r.releases_per_round == 2 + TINY.global_steps  # class weights, dream steps, soft labels
     # plain sends float64 coordinates, secure 32-bit masked words plus key material
     assert secure.bytes_per_client_per_round != plain.bytes_per_client_per_round
+    # client-level DP with every silo in every round: q = 1, and the noise of one release is reported
+    assert secure_dp.extra["sample_rate"] == 1.0
+    assert 0 < secure_dp.epsilon_spent <= 8.0
+    assert secure_dp.nsr > 0 and secure_dp.nsr_cohort == pytest.approx(secure_dp.nsr / TINY.silo_clients)
 
 
 def test_the_missing_cross_device_part_is_recorded_not_silently_dropped(monkeypatch, results):

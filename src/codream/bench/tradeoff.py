@@ -149,6 +149,8 @@ class TradeoffSize:
         fedavg_model: the one shared architecture of the FedAvg baseline.
         remedies: client-level DP variants run at `remedy_epsilon`.
         silo_remedies: example-level DP variants (`Remedy.dp_batch_factor`) run at `remedy_epsilon`.
+        silo_client_level_epsilons: epsilons at which the cross-silo federation also runs client-level
+            `secure+dp` (every client in every round): its cost per round, and its accuracy as contrast.
         remedy_epsilon: the epsilon the remedies are compared at.
         remedy_partitions, remedy_cohorts: where the remedies run (None: all).
     """
@@ -184,6 +186,7 @@ class TradeoffSize:
     fedavg_model: str = "cnn"
     remedies: tuple[Remedy, ...] = ()
     silo_remedies: tuple[Remedy, ...] = ()
+    silo_client_level_epsilons: tuple[float, ...] = (8.0,)
     remedy_epsilon: float = 8.0
     remedy_partitions: tuple[float | None, ...] | None = None
     remedy_cohorts: tuple[int, ...] | None = None
@@ -832,6 +835,13 @@ class _Runner:
         for mode in ("plain", "secure"):
             agg = create_aggregator(mode) if mode == "plain" else create_aggregator(mode, seed=seed)
             out.append(self.federation(batch_cfg, agg, mode=mode, epsilon=None, **base)[0])
+        for eps in s.silo_client_level_epsilons:
+            # Client-level DP with every silo in every round (q = 1): what `secure+dp` costs per round
+            # here, and why it does not suit a handful of clients.
+            agg, dp = self.secure_dp(
+                batch_cfg, s.silo_clients, eps, seed, population=s.silo_clients, graph="complete"
+            )
+            out.append(self.federation(batch_cfg, agg, mode="secure+dp", epsilon=eps, dp=dp, **base)[0])
         group_cfg = self.silo_config(alpha, seed, norm="group")
         ce_steps = _ce_steps_per_round(group_cfg.distill)
         for eps in s.epsilons:
@@ -929,13 +939,22 @@ class _Runner:
         )
 
     def secure_dp(
-        self, config: FederationConfig, cohort: int, eps: float, seed: int
+        self,
+        config: FederationConfig,
+        cohort: int,
+        eps: float,
+        seed: int,
+        *,
+        population: int | None = None,
+        graph: str | None = None,
     ) -> tuple[Aggregator, dict]:
+        """A `secure+dp` aggregator calibrated to `eps` over the run, with q = cohort / population."""
         from ..privacy.calibration import ClientLevelSchedule
 
         s = self.size
-        q = cohort / s.population
-        delta = _delta(s.population)
+        population = population or s.population
+        q = cohort / population
+        delta = _delta(population)
         plan = _plan_noise(
             ClientLevelSchedule(
                 rounds=config.rounds, sample_rate=q, releases_per_round=config.releases_per_round
@@ -952,7 +971,7 @@ class _Runner:
             target_epsilon=eps,
             accountant="rdp",
             noise_seed=seed,
-            graph=s.device_graph,
+            graph=graph or s.device_graph,
             seed=seed,
         )
         return agg, {"noise_multiplier": plan.noise_multiplier, "delta": delta, "sample_rate": q}
@@ -1588,7 +1607,7 @@ def write_plots(results: TradeoffResults, stem: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     bars = []
     for setting, part, cohort in _places(rows):
-        for mode, eps in (("plain", None), ("secure", None), (_PRIVATE[setting], 8.0)):
+        for mode, eps in (("plain", None), ("secure", None), ("secure+dp", 8.0), ("example-dp", 8.0)):
             r = _find(rows, setting=setting, partition=part, cohort=cohort, mode=mode, epsilon=eps)
             if r is not None and r.seconds_per_round is not None:
                 name = (
