@@ -1308,7 +1308,13 @@ def _targets(rows: Sequence[SummaryRow], size: TradeoffSize) -> list[str]:
                         f"{dp8.releases_per_round} releases per round composed "
                         f"into one event (z_eff {_num(dp8.noise_multiplier)}, z per release "
                         f"{_num(dp8.release_noise_multiplier)}), q = {cohort}/{size.population}, "
-                        f"{size.rounds} rounds."
+                        f"{size.device_rounds} rounds."
+                        + (
+                            f" At this noise, the summed signal of {math.ceil(dp8.nsr)} aligned clients "
+                            "would only just match the noise norm."
+                            if dp8.nsr is not None
+                            else ""
+                        )
                     )
                 else:
                     limit = (
