@@ -80,15 +80,15 @@ SIZES: dict[str, BenchmarkSize] = {
         distill=DistillConfig(kd_steps=15, warmup_steps=40, buffer_size=128),
         seeds=(0, 1),
     ),
-    # Sized to finish within an hour on 2 CPU cores when nothing else runs, with --jobs 2 --threads 1
-    # (estimated from per-step timings; the centralized baseline, 4 architectures on the union, is
-    # about 40% of it).
+    # Sized to finish within an hour on 2 idle CPU cores with --jobs 2 --threads 1: about 30 minutes by
+    # the per-round timings of smaller runs (the centralized baseline, 4 architectures trained on the
+    # union, is about a third of it).
     "cpu": BenchmarkSize(
         name="cpu",
         samples_per_client=1000,
-        rounds=5,
+        rounds=8,
         limit_test=2000,
-        dream=DreamConfig(batch_size=64, global_steps=30),
+        dream=DreamConfig(batch_size=64, global_steps=40),
         distill=DistillConfig(kd_steps=40, warmup_steps=150, buffer_size=1024),
         seeds=(0, 1),
     ),
