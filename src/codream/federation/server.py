@@ -107,6 +107,7 @@ class ServerRole:
         self.soft_labels: Tensor | None = None  # (B, K) aggregated
         self.target_logits: Tensor | None = None  # (B, K) what clients distil toward
         self.dream_steps = 0
+        self._weight_floor = _EPS
 
     @property
     def conditional(self) -> bool:
@@ -148,7 +149,10 @@ class ServerRole:
             raise ConfigError("no client contributed class weights")
         mean = result.total / result.count  # (K,)
         self.class_weight_mean = mean
-        eligible = np.flatnonzero(mean > _EPS)
+        # A class counts as held when a client holds it at (half) the minimum weight; the same
+        # value floors the per-dream normaliser, so noise on the sum (DP) cannot blow a dream up.
+        self._weight_floor = max(0.5 * self.config.dream.min_class_weight, _EPS) / result.count
+        eligible = np.flatnonzero(mean >= self._weight_floor)
         if eligible.size == 0:
             raise ConfigError("no client holds any class with a positive weight")
         b = self.config.dream.batch_size
@@ -159,10 +163,10 @@ class ServerRole:
         return self.targets
 
     def _per_dream_weight(self) -> Tensor:
-        """Mean client weight of each dream's target class, (B,), floored away from zero."""
+        """Mean client weight of each dream's target class, (B,), floored at one minimal holder."""
         assert self.targets is not None and self.class_weight_mean is not None
         w = torch.as_tensor(self.class_weight_mean, dtype=torch.float32)[self.targets]
-        return w.clamp_min(_EPS)
+        return w.clamp_min(self._weight_floor)
 
     def apply_dream_step(self, result: AggregateResult) -> Tensor:
         """One data-space step from the summed client directions; returns the new dreams (B, C, H, W).
@@ -233,6 +237,8 @@ class ServerRole:
             "student": None if self.student is None else self.student.state_dict(),
             "x": self.x,
             "targets": self.targets,
+            "class_weight_mean": self.class_weight_mean,
+            "weight_floor": self._weight_floor,
             "soft_labels": self.soft_labels,
             "target_logits": self.target_logits,
         }
@@ -246,5 +252,6 @@ class ServerRole:
         if self.student is not None:
             self.student.load_state_dict(state["student"])
         self.x, self.targets = state["x"], state["targets"]
+        self.class_weight_mean, self._weight_floor = state["class_weight_mean"], float(state["weight_floor"])
         self.soft_labels, self.target_logits = state["soft_labels"], state["target_logits"]
         self._opt = None
