@@ -80,7 +80,7 @@ SIZES: dict[str, BenchmarkSize] = {
         distill=DistillConfig(kd_steps=15, warmup_steps=40, buffer_size=128),
         seeds=(0, 1),
     ),
-    # Sized to finish within an hour on 2 idle CPU cores with --jobs 2 --threads 1: about 30 minutes by
+    # Sized to finish within an hour on 2 idle CPU cores with --jobs 2 --threads 1: about 35 minutes by
     # the per-round timings of smaller runs (the centralized baseline, 4 architectures trained on the
     # union, is about a third of it).
     "cpu": BenchmarkSize(
@@ -89,7 +89,7 @@ SIZES: dict[str, BenchmarkSize] = {
         rounds=8,
         limit_test=2000,
         dream=DreamConfig(batch_size=64, global_steps=40),
-        distill=DistillConfig(kd_steps=40, warmup_steps=150, buffer_size=1024),
+        distill=DistillConfig(kd_steps=100, ce_ratio=0.4, warmup_steps=150, buffer_size=1024),
         seeds=(0, 1),
     ),
     # For a GPU: the paper's 1000 samples per client, longer dream optimisation, more rounds.
