@@ -224,7 +224,10 @@ class FederationConfig:
     Attributes:
         dataset: dataset name for `codream.data.load_dataset`.
         data_dir: folder of IDX files (None: the dataset's default).
-        num_clients: number of clients; all take part in every round.
+        num_clients: number of clients (the population).
+        clients_per_round: size of the cohort sampled (seeded, without replacement) for each round
+            (None: every client takes part in every round). A client warms up the first time it is
+            sampled; only the cohort releases, distils and is evaluated in a round.
         alpha: Dirichlet concentration of the partition (None or inf: IID).
         samples_per_client: training samples per client (None: split everything).
         limit_test: test samples used for evaluation (None: all).
@@ -241,6 +244,7 @@ class FederationConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     num_clients: int = 4
+    clients_per_round: int | None = None
     alpha: float | None = 0.1
     samples_per_client: int | None = None
     limit_test: int | None = None
@@ -261,6 +265,12 @@ class FederationConfig:
             object.__setattr__(self, "models", tuple(self.models))
         _positive_int("num_clients", self.num_clients)
         _positive_int("rounds", self.rounds, minimum=0)
+        if self.clients_per_round is not None:
+            _positive_int("clients_per_round", self.clients_per_round)
+            if self.clients_per_round > self.num_clients:
+                raise ConfigError(
+                    f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}"
+                )
         if not self.models:
             raise ConfigError("models must name at least one architecture")
         if len(self.models) not in (1, self.num_clients):
@@ -298,3 +308,10 @@ class FederationConfig:
         """
         extra = 1 if self.method is Method.CONDITIONAL else 0
         return self.dream.global_steps + 1 + extra
+
+    @property
+    def sample_rate(self) -> float:
+        """Fraction of the population in each round's cohort (the q of privacy accounting)."""
+        if self.clients_per_round is None:
+            return 1.0
+        return self.clients_per_round / self.num_clients

@@ -38,7 +38,8 @@ class RoundMetrics:
 
     Attributes:
         round: 0-based round index.
-        accuracies: each client's test accuracy after the round (final, not selected).
+        accuracies: the test accuracy of each client of the round's cohort after the round, in
+            `participants` order (final, not selected).
         mean_accuracy, std_accuracy: over clients.
         best_accuracies: each client's best test accuracy over rounds so far (the paper's figure;
             selected on the test set, so optimistic).
@@ -55,6 +56,7 @@ class RoundMetrics:
         seconds: wall time of the round; dream_seconds of its dream optimisation.
         dream_steps_per_second: global dream steps (all clients) per second.
         aggregation: the aggregator's report.
+        participants: the round's cohort (every client unless `clients_per_round` is set).
     """
 
     round: int
@@ -77,6 +79,7 @@ class RoundMetrics:
     dream_seconds: float
     dream_steps_per_second: float
     aggregation: RoundReport = field(repr=False)
+    participants: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (tuples become lists, client ids become strings)."""
@@ -84,6 +87,7 @@ class RoundMetrics:
         d["accuracies"] = list(self.accuracies)
         d["best_accuracies"] = list(self.best_accuracies)
         d["survivors"] = list(self.survivors)
+        d["participants"] = list(self.participants)
         d["bytes_sent_per_client"] = {str(k): int(v) for k, v in self.bytes_sent_per_client.items()}
         agg = d["aggregation"]
         agg["participants"] = list(self.aggregation.participants)
@@ -180,7 +184,7 @@ class Federation:
             config, dataset.input_shape, dataset.num_classes, _generator(config.seed, 4), student=student
         )
         self.round = 0
-        self._warmed = False
+        self._warmed: set[int] = set()
         self._best: list[float] = [0.0] * config.num_clients
         self._best_mean = 0.0
         self.history: list[RoundMetrics] = []
@@ -195,6 +199,14 @@ class Federation:
         if self.server.x is None or self.server.soft_labels is None:
             raise ConfigError("no round has finished yet")
         return self.server.x, self.server.soft_labels
+
+    def cohort(self, round_index: int) -> list[ClientRole]:
+        """The clients taking part in round `round_index`: all, or a seeded sample without replacement."""
+        k = self.config.clients_per_round
+        if k is None or k == len(self.clients):
+            return list(self.clients)
+        order = torch.randperm(len(self.clients), generator=_generator(self.config.seed, 5, round_index))
+        return [self.clients[i] for i in sorted(order[:k].tolist())]
 
     def evaluate(self) -> list[float]:
         """Every client's accuracy on the test set."""
@@ -214,32 +226,36 @@ class Federation:
         say = progress or (lambda stage, done, total: None)
         t0 = time.perf_counter()
         warmup_loss = 0.0
-        if not self._warmed:
+        cohort = self.cohort(r)
+        cold = [c for c in cohort if c.client_id not in self._warmed]
+        if cold:
             losses = []
-            for i, client in enumerate(self.clients):
+            for i, client in enumerate(cold):
                 losses.append(client.warm_up())
-                say("warmup", i + 1, len(self.clients))
+                self._warmed.add(client.client_id)
+                say("warmup", i + 1, len(cold))
             warmup_loss = float(np.mean(losses))
-            self._warmed = True
 
         server = self.server
         specs = server.specs()
         plan = iter(specs)
-        agg = self.aggregator.open_round(round_index=r, participants=self.client_ids, specs=specs)
+        agg = self.aggregator.open_round(
+            round_index=r, participants=[c.client_id for c in cohort], specs=specs
+        )
         x = server.begin_round(r)
         targets = None
         if cfg.method is Method.CONDITIONAL:
-            res = agg.sum(next(plan), {c.client_id: c.class_weights() for c in self.clients})
+            res = agg.sum(next(plan), {c.client_id: c.class_weights() for c in cohort})
             targets = server.receive_class_weights(res)
         student = server.student.model if server.student is not None else None
-        for client in self.clients:
+        for client in cohort:
             client.begin_round(r, targets=targets, student=student)
 
         t_dream = time.perf_counter()
         loss_start = loss_end = 0.0
         for s in range(cfg.dream.global_steps):
-            vectors = {c.client_id: c.dream_gradient(x, s) for c in self.clients}
-            step_loss = float(np.mean([c.last_terms.total for c in self.clients]))
+            vectors = {c.client_id: c.dream_gradient(x, s) for c in cohort}
+            step_loss = float(np.mean([c.last_terms.total for c in cohort]))
             if s == 0:
                 loss_start = step_loss
             loss_end = step_loss
@@ -247,29 +263,30 @@ class Federation:
             say("dream", s + 1, cfg.dream.global_steps)
         dream_seconds = time.perf_counter() - t_dream
 
-        res = agg.sum(next(plan), {c.client_id: c.soft_labels(x) for c in self.clients})
+        res = agg.sum(next(plan), {c.client_id: c.soft_labels(x) for c in cohort})
         _, target_logits = server.receive_soft_labels(res)
         report = agg.close()
 
         kd, ce = [], []
-        for i, client in enumerate(self.clients):
+        for i, client in enumerate(cohort):
             client.acquire(x, target_logits)
             stats = client.distill()
             kd.append(stats.kd_loss)
             ce.append(stats.ce_loss)
-            say("distill", i + 1, len(self.clients))
+            say("distill", i + 1, len(cohort))
         server.distill_student()
 
         accs = []
-        for i, client in enumerate(self.clients):
+        for i, client in enumerate(cohort):
             accs.append(client.evaluate(self.x_test, self.y_test))
-            say("evaluate", i + 1, len(self.clients))
+            say("evaluate", i + 1, len(cohort))
         student_acc = None
         if server.student is not None:
             from ..evaluation import accuracy
 
             student_acc = float(accuracy(server.student.model, self.x_test, self.y_test))
-        self._best = [max(b, a) for b, a in zip(self._best, accs, strict=True)]
+        for client, a in zip(cohort, accs, strict=True):
+            self._best[client.client_id] = max(self._best[client.client_id], a)
         mean_acc = float(np.mean(accs))
         self._best_mean = max(self._best_mean, mean_acc)
         probs = server.label_probabilities()
@@ -294,6 +311,7 @@ class Federation:
             dream_seconds=dream_seconds,
             dream_steps_per_second=cfg.dream.global_steps / dream_seconds if dream_seconds > 0 else math.inf,
             aggregation=report,
+            participants=tuple(c.client_id for c in cohort),
         )
         self.history.append(metrics)
         self.round += 1
@@ -317,7 +335,7 @@ class Federation:
         """Everything needed to continue exactly where this federation stands (between rounds)."""
         return {
             "round": self.round,
-            "warmed": self._warmed,
+            "warmed": sorted(self._warmed),
             "best": list(self._best),
             "best_mean": self._best_mean,
             "clients": [c.state_dict() for c in self.clients],
@@ -339,7 +357,7 @@ class Federation:
             client.load_state_dict(cs)
         self.server.load_state_dict(state["server"])
         self.round = int(state["round"])
-        self._warmed = bool(state["warmed"])
+        self._warmed = {int(cid) for cid in state["warmed"]}
         self._best = [float(b) for b in state["best"]]
         self._best_mean = float(state["best_mean"])
         torch.set_rng_state(state["torch_rng"])
