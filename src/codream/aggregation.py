@@ -138,7 +138,9 @@ class AggregationRound(ABC):
             raise ConfigError(f"contributions from clients outside this round: {sorted(unknown)}")
         for cid, v in vectors.items():
             if v.shape != (spec.length,):
-                raise ConfigError(f"client {cid}: vector {spec.name!r} has shape {v.shape}, expected ({spec.length},)")
+                raise ConfigError(
+                    f"client {cid}: vector {spec.name!r} has shape {v.shape}, expected ({spec.length},)"
+                )
             if not np.all(np.isfinite(v)):
                 raise ConfigError(f"client {cid}: vector {spec.name!r} holds NaN or infinity")
 
