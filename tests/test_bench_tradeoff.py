@@ -104,15 +104,21 @@ def test_the_missing_cross_device_part_is_recorded_not_silently_dropped(monkeypa
     assert any("cross-device part skipped" in n for n in r.notes)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _CohortConfig(FederationConfig):
-    """A configuration that carries a cohort size; the loop here still lets every client take part."""
+def _cohort_config() -> type:
+    """A configuration that carries a cohort size, for a learning loop that cannot sample cohorts yet
+    (every client then takes part, which still exercises the whole cross-device path)."""
 
-    clients_per_round: int | None = None
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class CohortConfig(FederationConfig):
+        clients_per_round: int | None = None
+
+    return CohortConfig
 
 
 def test_the_cross_device_part_runs_secure_dp_and_its_remedies_once_cohorts_exist(monkeypatch):
-    monkeypatch.setattr(tradeoff, "FederationConfig", _CohortConfig)
+    native = tradeoff.cohort_sampling_supported()
+    if not native:
+        monkeypatch.setattr(tradeoff, "FederationConfig", _cohort_config())
     assert tradeoff.cohort_sampling_supported()
     size = dataclasses.replace(
         TINY,
@@ -139,6 +145,10 @@ def test_the_cross_device_part_runs_secure_dp_and_its_remedies_once_cohorts_exis
         by_mode[("secure+dp", math.inf, None)].final_accuracies
         == by_mode[("secure", None, None)].final_accuracies
     )
+    if native:
+        # only the sampled cohort releases and is evaluated, and the noise is shared by it
+        assert all(len(x.final_accuracies) == 3 for x in r.runs if x.cohort == 3)
+        assert dp.nsr_cohort == pytest.approx(dp.nsr / 3)
 
 
 def test_a_failing_block_is_recorded_and_the_runs_before_it_are_kept(monkeypatch, tmp_path):

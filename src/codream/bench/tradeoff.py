@@ -1455,6 +1455,12 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
             "Seconds per round: mean of the rounds after the first (the first includes the warm-up), or the "
             "first round's when there is only one; wall clock, so on a shared machine it also counts waiting "
             "for a core."
+            + (
+                " A client warms up the first time it is sampled, so later rounds still include the "
+                "warm-up of newly sampled clients."
+                if setting == "cross-device"
+                else ""
+            )
         )
         out.append("")
     out += ["## Targets", ""]
