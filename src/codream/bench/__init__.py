@@ -1,0 +1,4 @@
+"""Benchmarks as importable code.
+
+`codream bench ...` and the scripts under benchmarks/ share this one implementation.
+"""
