@@ -164,7 +164,7 @@ class TradeoffSize:
     rounds: int = 3
     dream_batch: int = 16
     global_steps: int = 8
-    kd_steps: int = 16
+    kd_steps: int = 12
     warmup_steps: int = 40
     batch_size: int = 32
     silo_clients: int = 4
@@ -303,6 +303,7 @@ CPU = TradeoffSize(
     name="cpu",
     remedies=_default_remedies(4, 8),
     silo_remedies=(_LARGE_DP_BATCH,),
+    silo_client_level_epsilons=(),
     remedy_partitions=(0.1,),
     remedy_cohorts=(20,),
 )
@@ -784,6 +785,7 @@ class _Runner:
         rounds: int,
         limit_test: int | None,
         cohort: int | None = None,
+        centralized_clients: int | None = None,
     ) -> list[RunRecord]:
         s = self.size
         data = self.dataset
@@ -796,10 +798,14 @@ class _Runner:
         cfg = BaselineConfig(
             rounds=rounds, local_steps=max(1, local_steps), batch_size=s.batch_size, seed=seed, norm="batch"
         )
+        # The centralized model takes local_steps x clients steps per round; with cohorts, match the
+        # examples the largest cohort processes per round rather than the whole population's.
+        share = (centralized_clients or num_clients) / num_clients
+        central_cfg = dataclasses.replace(cfg, local_steps=max(1, round(cfg.local_steps * share)))
         out = []
         runs = (
             ("local", lambda: run_local_only(data, parts, models, cfg, device=self.device)),
-            ("centralized", lambda: run_centralized(data, parts, models, cfg, device=self.device)),
+            ("centralized", lambda: run_centralized(data, parts, models, central_cfg, device=self.device)),
             ("fedavg", lambda: run_fedavg(data, parts, s.fedavg_model, cfg, device=self.device)),
         )
         for mode, fn in runs:
@@ -1026,6 +1032,7 @@ class _Runner:
             local_steps=_ce_steps_per_round(dc) + math.ceil(dc.warmup_steps / s.device_rounds),
             rounds=s.device_rounds,
             limit_test=s.device_limit_test,
+            centralized_clients=max(s.cohorts),
         )
 
 
