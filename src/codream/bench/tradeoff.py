@@ -177,7 +177,7 @@ class TradeoffSize:
     device_rounds: int = 2
     device_dream_batch: int = 8
     device_global_steps: int = 4
-    device_warmup_steps: int = 10
+    device_warmup_steps: int = 6
     device_kd_steps: int = 5
     device_graph: str = "harary"
     dp_clip: float = 1.0
