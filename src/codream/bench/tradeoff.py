@@ -215,15 +215,22 @@ class TradeoffSize:
             f"({', '.join(self.silo_models)}) of {self.silo_samples} training examples each, "
             f"test set of {self.limit_test or 'all'} examples; {self.rounds} rounds of "
             f"{self.global_steps} dream steps on {self.dream_batch} dreams, {self.kd_steps} KD steps "
-            f"(and as many CE steps) per client per round, {self.warmup_steps} warm-up steps, "
+            f"with {_ce_steps(self.kd_steps)} interleaved CE steps per client per round, "
+            f"{self.warmup_steps} warm-up steps, "
             f"batch {self.batch_size}. **Cross-device**: population {self.population} "
             f"({', '.join(self.device_models)} alternating) of {self.device_samples} examples each, "
             f"cohorts {', '.join(map(str, self.cohorts))} sampled per round, {self.device_rounds} "
             f"rounds of {self.device_global_steps} dream steps on {self.device_dream_batch} dreams, "
-            f"{self.device_kd_steps} KD steps and {self.device_warmup_steps} warm-up steps per client, "
+            f"{self.device_kd_steps} KD steps with {_ce_steps(self.device_kd_steps)} CE steps and "
+            f"{self.device_warmup_steps} warm-up steps per client, "
             f"test set of {self.device_limit_test or 'all'} examples, secure aggregation on a "
             f"{self.device_graph} graph."
         )
+
+
+def _ce_steps(kd_steps: int) -> int:
+    """Cross-entropy steps interleaved with `kd_steps` KD steps at the learning loop's default ratio."""
+    return _ce_steps_per_round(DistillConfig(kd_steps=kd_steps))
 
 
 def _default_remedies(global_steps: int, dream_batch: int) -> tuple[Remedy, ...]:
