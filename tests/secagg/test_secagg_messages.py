@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-from conftest import make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +32,7 @@ from codream.secagg.messages import (
     UnmaskResponse,
     decode_message,
 )
+from conftest import make_config
 from fakes import Harness
 
 

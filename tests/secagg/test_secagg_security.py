@@ -13,7 +13,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
@@ -33,6 +32,7 @@ from codream.secagg.messages import (
 )
 from codream.secagg.runner import Dropout, DropoutSchedule, InProcessSession, Stage
 from codream.secagg.server import ServerAborted
+from conftest import make_config
 from fakes import Harness, random_words, wire
 
 LOW_ORDER_POINT = bytes(32)  # u = 0: X25519 with it gives the all-zero secret

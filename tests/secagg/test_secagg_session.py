@@ -12,7 +12,6 @@ import os
 
 import numpy as np
 import pytest
-from conftest import make_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from codream.secagg.runner import (
     provision_signers,
     run_session,
 )
+from conftest import make_config
 from fakes import DeterministicRandom, Harness, plain_sum, random_words
 
 

@@ -11,7 +11,6 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import make_config
 
 from codream.exceptions import AbortReason, UnexpectedMessage
 from codream.secagg import client as c
@@ -29,6 +28,7 @@ from codream.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from conftest import make_config
 from fakes import Harness, random_words
 
 
