@@ -1,4 +1,4 @@
-"""Test doubles shared by the secure-aggregation tests.
+"""Test doubles shared by the tests.
 
 `DeterministicRandom` replaces `os.urandom` so that a failing example replays exactly; it is a
 SHA-256 counter stream, fine for tests and never used by library code. `Harness` steps a session
@@ -8,10 +8,11 @@ message by message so that a test can stop anywhere and play a dishonest server.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from codream.aggregation import AggregateResult, AggregationRound, Aggregator, PlainAggregator, VectorSpec
 from codream.secagg.client import ClientState, start_client
 from codream.secagg.config import SessionConfig
 from codream.secagg.messages import Message, decode_message
@@ -121,3 +122,36 @@ def plain_sum(inputs: Mapping[int, np.ndarray], ids: Iterable[int], bits: int, l
         for i, w in enumerate(inputs[cid].tolist()):
             total[i] += int(w)
     return np.array([t % (1 << bits) for t in total], dtype=np.uint64)
+
+
+class RecordingAggregator(Aggregator):
+    """Plain sums, plus a log of each round's participants and plan and of every
+    (round, vector name, contributing clients, vector length)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.inner = PlainAggregator()
+        self.plans: list[tuple[int, list[str]]] = []
+        self.participants: list[tuple[int, ...]] = []
+        self.sums: list[tuple[int, str, tuple[int, ...], int]] = []
+
+    def open_round(self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]):
+        self.plans.append((round_index, [s.name for s in specs]))
+        self.participants.append(tuple(participants))
+        inner = self.inner.open_round(round_index=round_index, participants=participants, specs=specs)
+        outer = self
+
+        class _Round(AggregationRound):
+            def __init__(self) -> None:
+                super().__init__(round_index=round_index, participants=participants, specs=specs)
+
+            def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
+                lengths = {v.shape for v in vectors.values()}
+                outer.sums.append((round_index, spec.name, tuple(sorted(vectors)), *[s[0] for s in lengths]))
+                return inner.sum(spec, vectors)
+
+            def close(self):
+                return inner.close()
+
+        return _Round()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
 import torch
 
-from codream.aggregation import AggregateResult, AggregationRound, Aggregator, PlainAggregator, VectorSpec
 from codream.data import load_dataset
 from codream.exceptions import ConfigError
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
+from fakes import RecordingAggregator
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -23,36 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-class RecordingAggregator(Aggregator):
-    """Plain sums, plus a log of every (round, vector name, contributing clients, vector length)."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.inner = PlainAggregator()
-        self.plans: list[tuple[int, list[str]]] = []
-        self.sums: list[tuple[int, str, tuple[int, ...], int]] = []
-
-    def open_round(self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]):
-        self.plans.append((round_index, [s.name for s in specs]))
-        inner = self.inner.open_round(round_index=round_index, participants=participants, specs=specs)
-        outer = self
-
-        class _Round(AggregationRound):
-            def __init__(self) -> None:
-                super().__init__(round_index=round_index, participants=participants, specs=specs)
-
-            def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
-                lengths = {v.shape for v in vectors.values()}
-                outer.sums.append((round_index, spec.name, tuple(sorted(vectors)), *[s[0] for s in lengths]))
-                return inner.sum(spec, vectors)
-
-            def close(self):
-                return inner.close()
-
-        return _Round()
 
 
 @pytest.fixture(scope="module")

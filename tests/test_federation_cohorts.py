@@ -2,45 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-import numpy as np
 import pytest
 import torch
 
-from codream.aggregation import AggregateResult, AggregationRound, Aggregator, PlainAggregator, VectorSpec
 from codream.data import load_dataset
 from codream.exceptions import ConfigError
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
-
-
-class ParticipantLog(Aggregator):
-    """Plain sums, remembering who was asked to take part in each round and who contributed."""
-
-    name = "participant-log"
-
-    def __init__(self) -> None:
-        self.inner = PlainAggregator()
-        self.rounds: list[tuple[int, ...]] = []
-        self.contributors: list[tuple[int, ...]] = []
-
-    def open_round(self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]):
-        self.rounds.append(tuple(participants))
-        inner = self.inner.open_round(round_index=round_index, participants=participants, specs=specs)
-        log = self
-
-        class _Round(AggregationRound):
-            def __init__(self) -> None:
-                super().__init__(round_index=round_index, participants=participants, specs=specs)
-
-            def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
-                log.contributors.append(tuple(sorted(vectors)))
-                return inner.sum(spec, vectors)
-
-            def close(self):
-                return inner.close()
-
-        return _Round()
+from fakes import RecordingAggregator
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +35,16 @@ def population_config(**overrides) -> FederationConfig:
 
 
 def test_each_round_releases_come_only_from_that_rounds_sampled_cohort(digits):
-    agg = ParticipantLog()
+    agg = RecordingAggregator()
     fed = Federation(population_config(), aggregator=agg, dataset=digits)
     metrics = fed.run(3)
-    assert [len(p) for p in agg.rounds] == [2, 2, 2]
-    for m, participants in zip(metrics, agg.rounds, strict=True):
+    assert [len(p) for p in agg.participants] == [2, 2, 2]
+    for m, participants in zip(metrics, agg.participants, strict=True):
         assert m.participants == participants
         assert len(m.accuracies) == 2
-    cohorts = set(agg.rounds)
-    for contributors in agg.contributors:
-        assert contributors in cohorts
+    cohorts = set(agg.participants)
+    for round_index, _, contributors, _ in agg.sums:
+        assert contributors == agg.participants[round_index]
     # Over three rounds a seeded sampler of 2 out of 6 should not pick the same pair every time.
     assert len(cohorts) > 1
 
