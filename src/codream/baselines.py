@@ -219,6 +219,30 @@ def _best(history: list[tuple[float, ...]]) -> tuple[float, ...]:
     return tuple(float(v) for v in np.max(np.asarray(history), axis=0))
 
 
+def _result(
+    method: Method,
+    names: Sequence[str],
+    history: list[tuple[float, ...]],
+    config: BaselineConfig,
+    *,
+    steps: int,
+    examples: int,
+    start: float,
+) -> BaselineResult:
+    """Package a finished baseline: final and best-over-rounds accuracies come from its history."""
+    return BaselineResult(
+        method=method,
+        models=names,
+        final_accuracy=history[-1],
+        history=tuple(history),
+        best_over_rounds=_best(history),
+        steps_per_round=steps,
+        examples_per_round=examples,
+        seconds=time.perf_counter() - start,
+        config=config,
+    )
+
+
 def run_local_only(
     dataset: Dataset,
     parts: Sequence[np.ndarray],
@@ -266,16 +290,14 @@ def run_local_only(
             accs.append(accuracy(model, x_test, y_test, batch_size=config.eval_batch_size, device=dev))
         history.append(tuple(accs))
         logger.info("local-only round %d/%d: mean accuracy %.4f", r + 1, config.rounds, float(np.mean(accs)))
-    return BaselineResult(
-        method=Method.LOCAL,
-        models=names,
-        final_accuracy=history[-1],
-        history=tuple(history),
-        best_over_rounds=_best(history),
-        steps_per_round=config.local_steps,
-        examples_per_round=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
-        seconds=time.perf_counter() - start,
-        config=config,
+    return _result(
+        Method.LOCAL,
+        names,
+        history,
+        config,
+        steps=config.local_steps,
+        examples=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
+        start=start,
     )
 
 
@@ -327,16 +349,14 @@ def run_fedavg(
         acc = accuracy(global_model, x_test, y_test, batch_size=config.eval_batch_size, device=dev)
         history.append((acc,) * len(idx))
         logger.info("fedavg round %d/%d: accuracy %.4f", r + 1, config.rounds, acc)
-    return BaselineResult(
-        method=Method.FEDAVG,
-        models=names,
-        final_accuracy=history[-1],
-        history=tuple(history),
-        best_over_rounds=_best(history),
-        steps_per_round=config.local_steps,
-        examples_per_round=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
-        seconds=time.perf_counter() - start,
-        config=config,
+    return _result(
+        Method.FEDAVG,
+        names,
+        history,
+        config,
+        steps=config.local_steps,
+        examples=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
+        start=start,
     )
 
 
@@ -388,16 +408,14 @@ def run_centralized(
             acc_by_arch[name] = accuracy(model, x_test, y_test, batch_size=config.eval_batch_size, device=dev)
         history.append(tuple(acc_by_arch[name] for name in names))
         logger.info("centralized round %d/%d: %s", r + 1, config.rounds, acc_by_arch)
-    return BaselineResult(
-        method=Method.CENTRALIZED,
-        models=names,
-        final_accuracy=history[-1],
-        history=tuple(history),
-        best_over_rounds=_best(history),
-        steps_per_round=steps,
-        examples_per_round=steps * min(config.batch_size, len(union)) * len(archs),
-        seconds=time.perf_counter() - start,
-        config=config,
+    return _result(
+        Method.CENTRALIZED,
+        names,
+        history,
+        config,
+        steps=steps,
+        examples=steps * min(config.batch_size, len(union)) * len(archs),
+        start=start,
     )
 
 
