@@ -12,6 +12,7 @@ Importing this module registers the aggregator as ``"secure"``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -174,18 +175,7 @@ class _SecureRound(AggregationRound):
         signers = None
         if owner.malicious:
             verify_keys, signers = provision_signers(config.client_ids)
-            config = SessionConfig(
-                round_index=config.round_index,
-                client_ids=config.client_ids,
-                threshold=config.threshold,
-                vector_lengths=config.vector_lengths,
-                bits=config.bits,
-                graph=config.graph,
-                degree=config.degree,
-                graph_seed=config.graph_seed,
-                malicious=True,
-                verify_keys=verify_keys,
-            )
+            config = dataclasses.replace(config, malicious=True, verify_keys=verify_keys)
         self.config = config
         self.n_min = max(config.threshold, owner.min_survivors or config.threshold)
         if self.n_min > len(self.participants):
