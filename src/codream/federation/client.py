@@ -179,7 +179,11 @@ class ClientRole:
         return float(np.mean(losses)) if losses else 0.0
 
     def acquire(self, x: Tensor, y_target: Tensor) -> None:
-        """Keep the round's dreams x (B, C, H, W) with their target logits (B, K) in the buffer."""
+        """Keep dreams x (B, C, H, W) with their target logits (B, K) in the buffer.
+
+        Called with the round's dreams, and, when the server keeps a bank (`distill.bank_size`), with
+        every banked round this client missed, oldest first.
+        """
         self.buffer.add(x.to(self.device), y_target.to(self.device))
 
     def distill(self) -> DistillStats:

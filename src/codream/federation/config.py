@@ -178,6 +178,12 @@ class DistillConfig:
             KD step); keeps clients anchored to their real data while they learn from dreams.
         buffer_size: dreams kept per client, FIFO (several rounds' worth, so a client keeps revisiting
             classes it saw in earlier dreams).
+        bank_size: dreams the server keeps from past rounds, with their aggregated target logits, for
+            clients that missed those rounds (0: no bank). In a cohort federation a client takes part in
+            few rounds and would otherwise distil only their dreams; the dreams and labels are the
+            round's released output, so handing them on is post-processing and costs no privacy. Each
+            cohort client acquires the bank entries it has not had yet into its own buffer, so
+            `buffer_size` must be >= bank_size (a smaller buffer would drop the oldest on arrival).
         warmup_steps: local cross-entropy steps before the first round.
         soft_labels: "probabilities" (paper) or "logits".
         logit_clip_norm: L2 bound of one client's soft-label vector when it releases logits
@@ -195,6 +201,7 @@ class DistillConfig:
     ce_batch_size: int = 64
     ce_ratio: float = 0.4  # 40 CE steps per 100 KD steps: more KD at the same local budget helped
     buffer_size: int = 1024
+    bank_size: int = 0
     warmup_steps: int = 200
     soft_labels: SoftLabelKind | str = SoftLabelKind.PROBABILITIES
     logit_clip_norm: float = 1000.0
@@ -208,6 +215,12 @@ class DistillConfig:
         _positive_int("distill.batch_size", self.batch_size)
         _positive_int("distill.ce_batch_size", self.ce_batch_size)
         _positive_int("distill.buffer_size", self.buffer_size)
+        _positive_int("distill.bank_size", self.bank_size, minimum=0)
+        if self.bank_size > self.buffer_size:
+            raise ConfigError(
+                f"distill.bank_size={self.bank_size} exceeds distill.buffer_size={self.buffer_size}: "
+                "a client's buffer could not hold the bank it acquires"
+            )
         _positive_int("distill.warmup_steps", self.warmup_steps, minimum=0)
         for name in ("lr", "student_lr", "logit_clip_norm"):
             _positive(f"distill.{name}", getattr(self, name))
@@ -289,6 +302,11 @@ class FederationConfig:
             raise ConfigError(f"dream must be a DreamConfig, got {type(self.dream).__name__}")
         if not isinstance(self.distill, DistillConfig):
             raise ConfigError(f"distill must be a DistillConfig, got {type(self.distill).__name__}")
+        if 0 < self.distill.bank_size < self.dream.batch_size:
+            raise ConfigError(
+                f"distill.bank_size={self.distill.bank_size} is smaller than one round's dreams "
+                f"(dream.batch_size={self.dream.batch_size}); use 0 (no bank) or at least the batch"
+            )
         needs_student = self.dream.w_adv > 0 or self.dream.adaptive_lambda > 0
         if needs_student and self.distill.student is None:
             raise ConfigError(

@@ -23,7 +23,7 @@ from ..dreams import DataSpaceOptimizer, entropy_gradient, init_dreams, prior_gr
 from ..exceptions import ConfigError
 from .config import FederationConfig, Method, SoftLabelKind
 
-__all__ = ["ServerRole", "StudentTrainer"]
+__all__ = ["DreamBank", "ServerRole", "StudentTrainer"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,71 @@ class StudentTrainer:
         self.generator.set_state(state["generator"])
 
 
+class DreamBank:
+    """The last `capacity` released dreams with their target logits, for clients that missed their rounds.
+
+    In a cohort federation a client takes part in few rounds; the bank lets it distil what the
+    federation released before it was sampled. Entries are whole rounds in release order, kept on the
+    CPU; beyond capacity the oldest dreams leave first (a round may lose its oldest dreams). Per
+    client it remembers the last round handed over, so no entry reaches a client twice.
+
+    Args:
+        capacity: the most dreams (samples, not rounds) kept, >= 1.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ConfigError(f"bank capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self.entries: list[tuple[int, Tensor, Tensor]] = []  # (round, x (B, C, H, W), y (B, K))
+        self.last_seen: dict[int, int] = {}  # client id -> last round it acquired
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return sum(int(x.shape[0]) for _, x, _ in self.entries)
+
+    def add(self, round_index: int, x: Tensor, y: Tensor) -> None:
+        """Bank round `round_index`'s dreams x (B, C, H, W) with target logits y (B, K)."""
+        if self.entries and round_index <= self.entries[-1][0]:
+            raise ConfigError(f"round {round_index} banked after round {self.entries[-1][0]}")
+        if x.shape[0] != y.shape[0]:
+            raise ConfigError(f"{x.shape[0]} dreams but {y.shape[0]} labels")
+        self.entries.append((round_index, x.detach().cpu().clone(), y.detach().cpu().clone()))
+        excess = len(self) - self.capacity
+        while excess > 0:
+            r, xo, yo = self.entries[0]
+            cut = min(excess, int(xo.shape[0]))
+            if cut == xo.shape[0]:
+                self.entries.pop(0)
+            else:
+                self.entries[0] = (r, xo[cut:], yo[cut:])
+            self.dropped += cut
+            excess -= cut
+
+    def take(self, client_id: int) -> list[tuple[Tensor, Tensor]]:
+        """The entries `client_id` has not acquired yet, oldest first; marks them as acquired."""
+        last = self.last_seen.get(client_id, -1)
+        new = [(x, y) for r, x, y in self.entries if r > last]
+        if self.entries:
+            self.last_seen[client_id] = self.entries[-1][0]
+        return new
+
+    def state_dict(self) -> dict:
+        return {
+            "capacity": self.capacity,
+            "entries": [(r, x.clone(), y.clone()) for r, x, y in self.entries],
+            "last_seen": dict(self.last_seen),
+            "dropped": self.dropped,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity:
+            raise ConfigError(f"bank capacity {state['capacity']} does not match {self.capacity}")
+        self.entries = [(int(r), x.clone(), y.clone()) for r, x, y in state["entries"]]
+        self.last_seen = {int(k): int(v) for k, v in state["last_seen"].items()}
+        self.dropped = int(state["dropped"])
+
+
 class ServerRole:
     """The server: dreams, their data-space optimiser, the round's plan and the optional student.
 
@@ -108,6 +173,7 @@ class ServerRole:
         self.target_logits: Tensor | None = None  # (B, K) what clients distil toward
         self.dream_steps = 0
         self._weight_floor = _EPS
+        self.bank = DreamBank(config.distill.bank_size) if config.distill.bank_size > 0 else None
 
     @property
     def conditional(self) -> bool:
@@ -229,8 +295,17 @@ class ServerRole:
         self.student.buffer.add(self.x.to(dev), self.target_logits.to(dev))
         return self.student.distill()
 
+    def bank_round(self) -> None:
+        """Put the round's released dreams and target logits in the bank (no-op without a bank)."""
+        if self.bank is None:
+            return
+        if self.x is None or self.target_logits is None:
+            raise ConfigError("bank_round before the round's soft labels")
+        self.bank.add(self.round_index, self.x, self.target_logits)
+
     def state_dict(self) -> dict:
         return {
+            "bank": None if self.bank is None else self.bank.state_dict(),
             "generator": self.generator.get_state(),
             "round_index": self.round_index,
             "dream_steps": self.dream_steps,
@@ -246,11 +321,15 @@ class ServerRole:
     def load_state_dict(self, state: dict) -> None:
         if (state["student"] is None) != (self.student is None):
             raise ConfigError("checkpoint and configuration disagree on whether the server has a student")
+        if (state.get("bank") is None) != (self.bank is None):
+            raise ConfigError("checkpoint and configuration disagree on whether the server has a dream bank")
         self.generator.set_state(state["generator"])
         self.round_index = int(state["round_index"])
         self.dream_steps = int(state["dream_steps"])
         if self.student is not None:
             self.student.load_state_dict(state["student"])
+        if self.bank is not None:
+            self.bank.load_state_dict(state["bank"])
         self.x, self.targets = state["x"], state["targets"]
         self.class_weight_mean, self._weight_floor = state["class_weight_mean"], float(state["weight_floor"])
         self.soft_labels, self.target_logits = state["soft_labels"], state["target_logits"]

@@ -266,10 +266,16 @@ class Federation:
         res = agg.sum(next(plan), {c.client_id: c.soft_labels(x) for c in cohort})
         _, target_logits = server.receive_soft_labels(res)
         report = agg.close()
+        server.bank_round()
 
         kd, ce = [], []
         for i, client in enumerate(cohort):
-            client.acquire(x, target_logits)
+            if server.bank is None:
+                client.acquire(x, target_logits)
+            else:
+                # This round's dreams and every earlier banked round the client has not had yet.
+                for xb, yb in server.bank.take(client.client_id):
+                    client.acquire(xb, yb)
             stats = client.distill()
             kd.append(stats.kd_loss)
             ce.append(stats.ce_loss)
