@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ...exceptions import CodreamError
 from .app import write_app_dir
-from .engine import AGGREGATIONS, config_from_dict, config_to_dict
+from .engine import AGGREGATIONS, config_from_dict, config_to_dict, refuse_dream_bank
 
 
 def _load_config(path: str | None, overrides: dict):
@@ -25,7 +25,9 @@ def _load_config(path: str | None, overrides: dict):
         with open(path, "rb") as f:
             data = tomllib.load(f)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_dict(data)
+    config = config_from_dict(data)
+    refuse_dream_bank(config)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

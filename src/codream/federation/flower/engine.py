@@ -86,6 +86,19 @@ def config_from_dict(d: Mapping[str, object]) -> FederationConfig:
         raise ConfigError(f"invalid federation config: {err}") from None
 
 
+def refuse_dream_bank(config: FederationConfig) -> None:
+    """Refuse a server dream bank (`distill.bank_size` > 0), which this engine does not carry yet.
+
+    Raises:
+        ConfigError: naming the option, before any process starts.
+    """
+    if config.distill.bank_size > 0:
+        raise ConfigError(
+            f"the Flower engine does not keep a dream bank yet; set distill.bank_size = 0 "
+            f"(got {config.distill.bank_size})"
+        )
+
+
 def _generator(*parts: int):
     # The in-process engine's seeding, so that both engines build identical clients and server.
     from ..simulation import _generator as simulation_generator
@@ -378,6 +391,7 @@ class CodreamServer:
             raise ConfigError(
                 "the Flower engine does not carry a server student yet; set distill.student = None"
             )
+        refuse_dream_bank(self.config)
         self.rounds = int(rc.get("rounds", self.config.rounds))  # type: ignore[arg-type]
         self.threshold = int(rc.get("threshold", 0)) or None  # type: ignore[arg-type]
         self.bits = int(rc.get("bits", 32))  # type: ignore[arg-type]

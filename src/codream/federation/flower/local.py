@@ -17,7 +17,7 @@ from pathlib import Path
 from ...exceptions import ConfigError
 from ..config import FederationConfig
 from .app import write_app_dir
-from .engine import AGGREGATIONS, config_to_dict
+from .engine import AGGREGATIONS, config_to_dict, refuse_dream_bank
 from .harness import DeploymentError, FlowerDeployment
 from .serverapp import RESULTS_FILE
 
@@ -81,11 +81,12 @@ def run_flower(
         "deployment" (ports, node ids, seconds to start, the killed node if any).
 
     Raises:
-        ConfigError: an unsupported aggregation or too few SuperNodes.
+        ConfigError: an unsupported aggregation or option (a dream bank), or too few SuperNodes.
         DeploymentError: a process failed to start, the run failed or ran past `timeout`.
     """
     if aggregation not in AGGREGATIONS:
         raise ConfigError(f"the Flower engine supports aggregation {list(AGGREGATIONS)}, got {aggregation!r}")
+    refuse_dream_bank(config)
     n = config.num_clients if num_supernodes is None else num_supernodes
     if n < config.num_clients:
         raise ConfigError(f"{config.num_clients} clients need {config.num_clients} SuperNodes, got {n}")
