@@ -144,7 +144,10 @@ class DPSGDTrainer:
         self.delta = delta
         self.accountant: Accountant = create_accountant(accountant)
         seed = noise_seed if noise_seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        self.noise_generator = torch.Generator().manual_seed(seed)
+        # The noise is drawn where the parameters live (Opacus samples it on the gradient's device),
+        # so the generator must be on that device too: a CPU generator cannot feed CUDA sampling.
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.noise_generator = torch.Generator(device=device).manual_seed(seed)
         # Hooks stay off except inside ce_step: dream gradients and KD must never leave per-example
         # gradients behind for the next DP step to pick up.
         self._gsm = GradSampleModule(model, loss_reduction="mean")
