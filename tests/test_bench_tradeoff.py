@@ -274,3 +274,43 @@ def test_low_resolution_releases_sum_to_the_block_mean_of_the_summed_gradients(i
 def test_low_resolution_refuses_a_factor_that_does_not_divide_the_dream():
     with pytest.raises(ConfigError, match="divide"):
         LowResolutionReleases(PlainAggregator(), (1, 28, 28), 3)
+
+
+def test_a_spent_budget_starts_no_run_and_says_what_did_not_run():
+    r = run_tradeoff(TINY, device="cpu", settings=("cross-silo",), budget_s=1e-9)
+    assert r.runs == []
+    assert any("time budget ran out" in n and "cross-silo dir0.1 seed 0" in n for n in r.notes)
+
+
+def test_the_budget_stops_between_runs_and_keeps_the_finished_ones(monkeypatch):
+    runner = tradeoff._Runner(TINY, tradeoff.resolve_device("cpu"), lambda line: None, deadline=None)
+    out: list[RunRecord] = []
+    notes: list[str] = []
+    real = tradeoff._Runner.federation
+
+    def federation(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        self.deadline = 0.0  # the budget runs out while the first run is under way
+        return result
+
+    monkeypatch.setattr(tradeoff._Runner, "federation", federation)
+    tradeoff._run_unit(runner, tradeoff._Unit("cross-silo", 0.1, 0), out, notes, strict=True)
+    assert [r.mode for r in out] == ["plain"]  # the started run finished, the next did not start
+    assert len(notes) == 1 and "secure" in notes[0] and "did not run" in notes[0]
+
+
+def test_worker_processes_give_the_same_numbers_as_one_process(results):
+    parallel = run_tradeoff(TINY, device="cpu", settings=("cross-silo",), jobs=2, threads=1)
+    assert parallel.hardware["jobs"] == "2"
+    # Modes with no randomness from the OS are reproducible to the bit, in whatever process they run.
+    key = ("plain", "secure", "example-dp", "local", "fedavg", "centralized")
+    seq = [(r.mode, r.epsilon, r.final_accuracies) for r in results.runs if r.mode in key]
+    par = [(r.mode, r.epsilon, r.final_accuracies) for r in parallel.runs if r.mode in key]
+    assert par == seq
+
+
+def test_jobs_and_budget_are_checked():
+    with pytest.raises(ConfigError, match="jobs"):
+        run_tradeoff(TINY, device="cpu", jobs=0)
+    with pytest.raises(ConfigError, match="budget"):
+        run_tradeoff(TINY, device="cpu", budget_s=0)

@@ -603,12 +603,28 @@ def _plan_noise(schedule: Any, epsilon: float, delta: float, accountant: str) ->
     return plan_noise(schedule, target_epsilon=epsilon, delta=delta, accountant=accountant)
 
 
+class OutOfTime(Exception):
+    """The time budget ran out before a run could start; the runs already finished are kept."""
+
+
 class _Runner:
-    def __init__(self, size: TradeoffSize, device: torch.device, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        size: TradeoffSize,
+        device: torch.device,
+        say: Callable[[str], None],
+        deadline: float | None = None,
+    ) -> None:
         self.size = size
         self.device = device
         self.say = say
+        self.deadline = deadline  # time.time() after which no run starts
         self._dataset: Dataset | None = None
+
+    def check_time(self, what: str) -> None:
+        """Refuse to start `what` once the budget is spent: a run that has started always finishes."""
+        if self.deadline is not None and time.time() > self.deadline:
+            raise OutOfTime(what)
 
     @property
     def dataset(self) -> Dataset:
@@ -703,6 +719,7 @@ class _Runner:
             + (f" cohort={cohort}" if cohort else "")
             + (f" remedy={remedy.name}" if remedy else "")
         )
+        self.check_time(tag)
         self.say(f"start {tag}")
         start = time.perf_counter()
         fed = Federation(config, aggregator, trainer_factory, dataset=self.dataset)
@@ -791,9 +808,11 @@ class _Runner:
         local_steps: int,
         rounds: int,
         limit_test: int | None,
+        out: list[RunRecord],
         cohort: int | None = None,
         centralized_clients: int | None = None,
-    ) -> list[RunRecord]:
+    ) -> None:
+        """Append local-only, centralized and FedAvg runs to `out`, each as soon as it ends."""
         s = self.size
         data = self.dataset
         if limit_test is not None and limit_test < len(data.y_test):
@@ -809,14 +828,15 @@ class _Runner:
         # examples the largest cohort processes per round rather than the whole population's.
         share = (centralized_clients or num_clients) / num_clients
         central_cfg = dataclasses.replace(cfg, local_steps=max(1, round(cfg.local_steps * share)))
-        out = []
         runs = (
             ("local", lambda: run_local_only(data, parts, models, cfg, device=self.device)),
             ("centralized", lambda: run_centralized(data, parts, models, central_cfg, device=self.device)),
             ("fedavg", lambda: run_fedavg(data, parts, s.fedavg_model, cfg, device=self.device)),
         )
         for mode, fn in runs:
-            self.say(f"start {setting} {_label(alpha)} {mode} seed={seed}")
+            tag = f"{setting} {_label(alpha)} {mode} seed={seed}"
+            self.check_time(tag)
+            self.say(f"start {tag}")
             res = fn()
             out.append(
                 RunRecord(
@@ -835,7 +855,6 @@ class _Runner:
                     extra={"steps_per_round": float(res.steps_per_round)},
                 )
             )
-        return out
 
     # the two settings
 
@@ -879,7 +898,8 @@ class _Runner:
                         cfg, s.remedy_epsilon, seed, base=base, batch=s.batch_size * f, remedy=remedy
                     )
                 )
-        out += self.baselines(
+        self.baselines(
+            out=out,
             setting="cross-silo",
             alpha=alpha,
             seed=seed,
@@ -1025,11 +1045,12 @@ class _Runner:
                 )[0]
             )
 
-    def device_baselines(self, alpha: float | None, seed: int) -> list[RunRecord]:
+    def device_baselines(self, alpha: float | None, seed: int, out: list[RunRecord]) -> None:
         s = self.size
         models = tuple(s.device_models[i % len(s.device_models)] for i in range(s.population))
         dc = self.distill(cross_device=True)
-        return self.baselines(
+        self.baselines(
+            out=out,
             setting="cross-device",
             alpha=alpha,
             seed=seed,
@@ -1043,6 +1064,76 @@ class _Runner:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """One independent piece of the benchmark: a worker process runs it whole."""
+
+    kind: str  # "cross-silo", "cross-device" or "cross-device baselines"
+    alpha: float | None
+    seed: int
+    cohort: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {_label(self.alpha)} seed {self.seed}" + (
+            f" cohort {self.cohort}" if self.cohort is not None else ""
+        )
+
+
+def _units(size: TradeoffSize, settings: Sequence[str]) -> list[_Unit]:
+    """Every unit of work, in the order a sequential run takes them (baselines before their federations)."""
+    units = []
+    if "cross-silo" in settings:
+        units += [_Unit("cross-silo", a, sd) for a in size.partitions for sd in size.seeds]
+    if "cross-device" in settings and cohort_sampling_supported():
+        for a in size.partitions:
+            for sd in size.seeds:
+                units.append(_Unit("cross-device baselines", a, sd))
+                units += [_Unit("cross-device", a, sd, c) for c in size.cohorts]
+    return units
+
+
+def _run_unit(runner: _Runner, unit: _Unit, out: list[RunRecord], notes: list[str], strict: bool) -> None:
+    """Run one unit into `out`; a failure or the end of the budget becomes a note, not a lost run."""
+    try:
+        if unit.kind == "cross-silo":
+            runner.cross_silo(unit.alpha, unit.seed, out)
+        elif unit.kind == "cross-device":
+            assert unit.cohort is not None
+            runner.cross_device(unit.alpha, unit.seed, unit.cohort, out)
+        else:
+            runner.device_baselines(unit.alpha, unit.seed, out)
+    except OutOfTime as exc:
+        notes.append(
+            f"{unit.label}: the time budget ran out before `{exc}`; it and the rest of the unit did not run."
+        )
+        runner.say(notes[-1])
+    except Exception as exc:
+        if strict:
+            raise
+        # One failed unit must not lose the runs before it: record it and go on.
+        log.exception("%s failed", unit.label)
+        notes.append(f"{unit.label} failed and is partly missing: {type(exc).__name__}: {exc}")
+        runner.say(notes[-1])
+
+
+def _worker(
+    size: TradeoffSize, unit: _Unit, device: str, deadline: float | None, threads: int | None
+) -> tuple[list[RunRecord], list[str]]:
+    """Run one unit in a worker process (spawned, so CUDA initialises cleanly in each)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+    def say(line: str) -> None:
+        print(f"[{unit.label}] {line}", file=sys.stderr, flush=True)
+
+    runner = _Runner(size, resolve_device(device), say, deadline)
+    out: list[RunRecord] = []
+    notes: list[str] = []
+    _run_unit(runner, unit, out, notes, strict=False)
+    return out, notes
+
+
 def run_tradeoff(
     size: str | TradeoffSize = "cpu",
     *,
@@ -1052,6 +1143,9 @@ def run_tradeoff(
     progress: Callable[[str], None] | None = None,
     checkpoint: str | Path | None = None,
     strict: bool = False,
+    jobs: int = 1,
+    budget_s: float | None = None,
+    threads: int | None = None,
 ) -> TradeoffResults:
     """Run the trade-off benchmark.
 
@@ -1061,14 +1155,20 @@ def run_tradeoff(
         device: "auto" (CUDA when available), "cpu", "cuda[:N]".
         settings: which federations to run ("cross-silo", "cross-device").
         progress: called with one line per run started and finished.
-        checkpoint: JSON file rewritten after every block of runs, so a long run that stops keeps
+        checkpoint: JSON file rewritten after every unit of runs, so a long run that stops keeps
             what it measured.
-        strict: raise the first error; otherwise a block (one setting, partition, seed, cohort)
-            that fails is recorded in the notes with its error, and the others still run.
+        strict: raise the first error; otherwise a unit (one setting, partition, seed, cohort)
+            that fails is recorded in the notes with its error, and the others still run. Only with
+            `jobs` = 1.
+        jobs: worker processes, each running whole units (with `jobs` > 1 they share the machine,
+            and a GPU, so times per round include that contention; the results file says so).
+        budget_s: no run starts after this many seconds (runs already started finish); what did
+            not run is listed in the notes.
+        threads: torch threads in each worker process (jobs > 1); None keeps torch's default.
     Returns:
         The `TradeoffResults` (every run, plus notes on anything skipped).
     Raises:
-        ConfigError: unknown size, setting or device; DataError when the data set is missing.
+        ConfigError: unknown size, setting or device, or jobs < 1; DataError when the data set is missing.
     """
     if isinstance(size, str):
         if size not in SIZES:
@@ -1079,54 +1179,58 @@ def run_tradeoff(
     unknown = set(settings) - {"cross-silo", "cross-device"}
     if unknown:
         raise ConfigError(f"unknown settings {sorted(unknown)}; choose from cross-silo, cross-device")
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    if budget_s is not None and not budget_s > 0:
+        raise ConfigError(f"budget_s must be > 0, got {budget_s}")
     dev = resolve_device(device)
     say = progress or (lambda line: log.info("%s", line))
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     t0 = time.perf_counter()
-    runner = _Runner(size, dev, say)
+    deadline = None if budget_s is None else time.time() + budget_s
     results = TradeoffResults(size=size, device=str(dev), hardware=hardware(dev), started=started)
+    results.hardware["jobs"] = str(jobs)
+    if "cross-device" in settings and not cohort_sampling_supported():
+        results.notes.append(
+            "cross-device part skipped: this version of the learning loop has no per-round cohort "
+            "sampling (FederationConfig.clients_per_round is missing), so cohorts of "
+            f"{', '.join(map(str, size.cohorts))} out of {size.population} clients cannot be run."
+        )
+        say(results.notes[-1])
+    units = _units(size, settings)
 
-    def block(what: str, fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except Exception as exc:
-            if strict:
-                raise
-            # One failed block must not lose the runs before it: record it and go on.
-            log.exception("%s failed", what)
-            results.notes.append(f"{what} failed and is missing: {type(exc).__name__}: {exc}")
-            say(results.notes[-1])
+    def save() -> None:
         if checkpoint is not None:
             results.seconds = time.perf_counter() - t0
             write_json(results, checkpoint)
 
-    for alpha in size.partitions:
-        for seed in size.seeds:
-            if "cross-silo" in settings:
-                block(
-                    f"cross-silo {_label(alpha)} seed {seed}",
-                    functools.partial(runner.cross_silo, alpha, seed, results.runs),
-                )
-    if "cross-device" in settings:
-        if not cohort_sampling_supported():
-            results.notes.append(
-                "cross-device part skipped: this version of the learning loop has no per-round cohort "
-                "sampling (FederationConfig.clients_per_round is missing), so cohorts of "
-                f"{', '.join(map(str, size.cohorts))} out of {size.population} clients cannot be run."
-            )
-            say(results.notes[-1])
-        else:
-            for alpha in size.partitions:
-                for seed in size.seeds:
-                    for cohort in size.cohorts:
-                        block(
-                            f"cross-device {_label(alpha)} seed {seed} cohort {cohort}",
-                            functools.partial(runner.cross_device, alpha, seed, cohort, results.runs),
-                        )
-                    block(
-                        f"cross-device baselines {_label(alpha)} seed {seed}",
-                        lambda a=alpha, sd=seed: results.runs.extend(runner.device_baselines(a, sd)),
-                    )
+    if jobs == 1:
+        runner = _Runner(size, dev, say, deadline)
+        for unit in units:
+            _run_unit(runner, unit, results.runs, results.notes, strict)
+            save()
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        done: dict[int, tuple[list[RunRecord], list[str]]] = {}
+        before = list(results.notes)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_worker, size, unit, str(dev), deadline, threads): i
+                for i, unit in enumerate(units)
+            }
+            for fut in as_completed(futures):
+                i = futures[fut]
+                try:
+                    done[i] = fut.result()
+                except Exception as exc:  # the worker process itself died
+                    done[i] = ([], [f"{units[i].label} failed: {type(exc).__name__}: {exc}"])
+                say(f"finished {units[i].label} ({len(done)}/{len(units)} units)")
+                # Keep the sequential order in the results, whatever order the workers finish in.
+                results.runs = [r for k in sorted(done) for r in done[k][0]]
+                results.notes = before + [n for k in sorted(done) for n in done[k][1]]
+                save()
     if size.remedies and not any(r.remedy and r.setting == "cross-device" for r in results.runs):
         results.notes.append(
             "remedies not run: they apply to client-level DP, which needs the cross-device part."
@@ -1394,6 +1498,12 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
     hw_line += f", torch threads = {hw.get('torch_threads', '?')}"
     if "gpu" in hw:
         hw_line = f"GPU {hw['gpu']}; CPU {hw_line}"
+    if int(hw.get("jobs", "1")) > 1:
+        hw_line += (
+            f"; {hw['jobs']} worker processes ran units side by side on this machine"
+            + (" and its one GPU" if "gpu" in hw else "")
+            + ", so every time per round includes that contention (compare times within a table only)"
+        )
     out = [
         "# What privacy costs: accuracy and time per round against epsilon",
         "",
@@ -1686,6 +1796,26 @@ def _command_line() -> str:
 @click.option(
     "--settings", default="cross-silo,cross-device", show_default=True, help="Which federations to run."
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes, each running whole units (setting, partition, seed, cohort); they share the "
+    "machine and its GPU, so times per round include that contention.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Torch threads per worker process (with --jobs > 1).",
+)
+@click.option(
+    "--budget-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Start no run after this many minutes (started runs finish); what did not run is listed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option(
     "--out",
@@ -1694,7 +1824,17 @@ def _command_line() -> str:
     help="Markdown results file; the PNGs and JSON go beside it with the same stem "
     "(default: benchmarks/results/tradeoff[_quick|_full].md).",
 )
-def cli(size: str, seeds: str | None, device: str, settings: str, as_json: bool, out: str | None) -> None:
+def cli(
+    size: str,
+    seeds: str | None,
+    device: str,
+    settings: str,
+    jobs: int,
+    threads: int | None,
+    budget_minutes: float | None,
+    as_json: bool,
+    out: str | None,
+) -> None:
     """What privacy costs: accuracy and time per round against epsilon, cross-silo and cross-device."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
@@ -1711,6 +1851,9 @@ def cli(size: str, seeds: str | None, device: str, settings: str, as_json: bool,
         settings=[s.strip() for s in settings.split(",") if s.strip()],
         progress=lambda line: click.echo(line, err=True),
         checkpoint=stem.with_suffix(".json"),
+        jobs=jobs,
+        threads=threads,
+        budget_s=None if budget_minutes is None else budget_minutes * 60,
     )
     results.command = _command_line()
     plots = write_plots(results, stem)
