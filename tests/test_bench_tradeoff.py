@@ -314,3 +314,29 @@ def test_jobs_and_budget_are_checked():
         run_tradeoff(TINY, device="cpu", jobs=0)
     with pytest.raises(ConfigError, match="budget"):
         run_tradeoff(TINY, device="cpu", budget_s=0)
+
+
+def test_results_read_back_from_json_render_the_same_file(results, tmp_path):
+    results.command = "python benchmarks/tradeoff.py --quick"
+    back = tradeoff.read_json(write_json(results, tmp_path / "a.json"))
+    assert back.runs == results.runs and back.size == results.size and back.notes == results.notes
+    assert write_markdown(back, tmp_path / "b.md").read_text() == write_markdown(
+        results, tmp_path / "a.md"
+    ).read_text().replace("a.md", "b.md")
+
+
+def test_split_units_cover_every_run_once_and_the_targets_come_first():
+    size = dataclasses.replace(QUICK, seeds=(0, 1), cohorts=(4, 8))
+    whole = tradeoff._units(size, ("cross-silo", "cross-device"))
+    split = tradeoff._units(size, ("cross-silo", "cross-device"), split=True)
+    assert all(u.key is None for u in whole)
+    assert len(split) == sum(len(tradeoff._run_keys(size, u)) for u in whole)
+    assert len(set(split)) == len(split)
+    ordered = sorted(split, key=lambda u: tradeoff._priority(size, u))
+    keys = [u.key for u in ordered]
+    assert keys[: keys.count("baselines")] == ["baselines"] * keys.count("baselines")
+    first_other_eps = min(i for i, k in enumerate(keys) if k.startswith("eps:") and k != "eps:8")
+    assert max(i for i, k in enumerate(keys) if k == "eps:8") < first_other_eps
+    # Within a rank, the larger cohort starts first.
+    plain = [u for u in ordered if u.key == "plain" and u.kind == "cross-device"]
+    assert [u.cohort for u in plain] == sorted((u.cohort for u in plain), reverse=True)

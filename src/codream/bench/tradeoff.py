@@ -142,6 +142,9 @@ class TradeoffSize:
             because a round costs a whole cohort of clients.
         device_graph: neighbour graph of secure aggregation for cohorts ("harary" keeps masking
             work logarithmic in the cohort).
+        device_bank: `DistillConfig.bank_size` of the cross-device federation: released dreams the
+            server keeps for clients that missed their rounds (0: none; released output, so free of
+            privacy cost).
         dp_clip: per-example gradient clip norm of DP-SGD.
         silo_accountant: accountant of example-level DP ("prv", tighter; "rdp", faster to calibrate).
         device_limit_test: test examples of the cross-device runs (every evaluated client of a
@@ -180,6 +183,7 @@ class TradeoffSize:
     device_warmup_steps: int = 6
     device_kd_steps: int = 5
     device_graph: str = "harary"
+    device_bank: int = 0
     dp_clip: float = 1.0
     silo_accountant: str = "prv"
     device_limit_test: int | None = 500
@@ -318,26 +322,29 @@ CPU = TradeoffSize(
 FULL = TradeoffSize(
     name="full",
     limit_test=None,
-    seeds=(0, 1, 2),
-    rounds=10,
+    seeds=(0, 1),
+    rounds=8,
     dream_batch=64,
-    global_steps=40,
-    kd_steps=100,
-    warmup_steps=300,
+    global_steps=30,
+    kd_steps=60,
+    warmup_steps=200,
     batch_size=64,
     silo_models=("resnet8", "cnn", "vgg", "mlp"),
     silo_samples=3000,
-    population=1000,
-    device_models=("cnn", "mlp", "resnet8", "vgg"),
-    device_samples=50,
-    device_warmup_steps=50,
+    population=500,
+    device_models=("cnn", "mlp"),
+    device_samples=60,
+    device_warmup_steps=30,
     device_kd_steps=20,
-    device_rounds=10,
+    device_rounds=8,
     device_dream_batch=32,
-    device_global_steps=20,
+    device_global_steps=10,
     device_limit_test=2000,
-    remedies=_default_remedies(20, 32),
+    device_bank=256,
+    remedies=_default_remedies(10, 32),
     silo_remedies=(_LARGE_DP_BATCH,),
+    remedy_partitions=(0.1,),
+    remedy_cohorts=(100,),
 )
 
 SIZES: dict[str, TradeoffSize] = {s.name: s for s in (QUICK, CPU, FULL)}
@@ -534,6 +541,7 @@ class TradeoffResults:
     command: str = ""
     started: str = ""
     seconds: float = 0.0
+    complete: bool = False  # False in a checkpoint written while units were still running
 
     def to_dict(self) -> dict:
         size = dataclasses.asdict(self.size)
@@ -545,6 +553,7 @@ class TradeoffResults:
             "command": self.command,
             "started": self.started,
             "seconds": self.seconds,
+            "complete": self.complete,
             "notes": list(self.notes),
             "runs": [r.to_dict() for r in self.runs],
             "summary": [_row_dict(r) for r in summarise(self.runs)],
@@ -603,6 +612,11 @@ def _plan_noise(schedule: Any, epsilon: float, delta: float, accountant: str) ->
     return plan_noise(schedule, target_epsilon=epsilon, delta=delta, accountant=accountant)
 
 
+@functools.lru_cache(maxsize=2)
+def _load(name: str, limit_test: int | None) -> Dataset:
+    return load_dataset(name, limit_train=None, limit_test=limit_test, seed=0)
+
+
 class OutOfTime(Exception):
     """The time budget ran out before a run could start; the runs already finished are kept."""
 
@@ -619,7 +633,11 @@ class _Runner:
         self.device = device
         self.say = say
         self.deadline = deadline  # time.time() after which no run starts
+        self.only: frozenset[str] | None = None  # run keys (`run_keys`) to run; None: all
         self._dataset: Dataset | None = None
+
+    def wants(self, key: str) -> bool:
+        return self.only is None or key in self.only
 
     def check_time(self, what: str) -> None:
         """Refuse to start `what` once the budget is spent: a run that has started always finishes."""
@@ -628,11 +646,11 @@ class _Runner:
 
     @property
     def dataset(self) -> Dataset:
-        """The data set, loaded on first use (once for every run)."""
+        """The data set, loaded on first use (once per process, for every run and unit)."""
         if self._dataset is None:
             s = self.size
             needed = max(s.silo_clients * s.silo_samples, s.population * s.device_samples)
-            self._dataset = load_dataset(s.dataset, limit_train=None, limit_test=s.limit_test, seed=0)
+            self._dataset = _load(s.dataset, s.limit_test)
             if needed > len(self._dataset.y_train):
                 raise ConfigError(f"size {s.name!r} needs {needed} training examples, {s.dataset} has fewer")
         return self._dataset
@@ -651,12 +669,14 @@ class _Runner:
 
     def distill(self, *, cross_device: bool) -> DistillConfig:
         s = self.size
+        bank = s.device_bank if cross_device else 0
         return DistillConfig(
             kd_steps=s.device_kd_steps if cross_device else s.kd_steps,
             warmup_steps=s.device_warmup_steps if cross_device else s.warmup_steps,
             batch_size=s.batch_size,
             ce_batch_size=s.batch_size,
-            buffer_size=max(256, 4 * s.dream_batch),
+            buffer_size=max(256, 4 * s.dream_batch, bank),
+            bank_size=bank,
         )
 
     def silo_config(self, alpha: float | None, seed: int, *, norm: str) -> FederationConfig:
@@ -865,9 +885,13 @@ class _Runner:
         base = dict(setting="cross-silo", partition_label=label, cohort=None)
         batch_cfg = self.silo_config(alpha, seed, norm="batch")
         for mode in ("plain", "secure"):
+            if not self.wants(mode):
+                continue
             agg = create_aggregator(mode) if mode == "plain" else create_aggregator(mode, seed=seed)
             out.append(self.federation(batch_cfg, agg, mode=mode, epsilon=None, **base)[0])
         for eps in s.silo_client_level_epsilons:
+            if not self.wants(f"client-dp:{eps:g}"):
+                continue
             # Client-level DP with every silo in every round (q = 1): what `secure+dp` costs per round
             # here, and why it does not suit a handful of clients.
             agg, dp = self.secure_dp(
@@ -877,6 +901,8 @@ class _Runner:
         group_cfg = self.silo_config(alpha, seed, norm="group")
         ce_steps = _ce_steps_per_round(group_cfg.distill)
         for eps in s.epsilons:
+            if not self.wants(f"eps:{eps:g}"):
+                continue
             if math.isinf(eps):
                 rec, _ = self.federation(
                     group_cfg, create_aggregator("plain"), mode="example-dp", epsilon=INF, **base
@@ -886,6 +912,8 @@ class _Runner:
             out.append(self.example_dp(group_cfg, eps, seed, base=base))
         if s.remedy_partitions is None or alpha in s.remedy_partitions:
             for remedy in s.silo_remedies:
+                if not self.wants(f"remedy:{remedy.name}"):
+                    continue
                 f = remedy.dp_batch_factor
                 dc = group_cfg.distill
                 # The same examples per round in f times fewer, f times larger DP-SGD steps.
@@ -898,6 +926,8 @@ class _Runner:
                         cfg, s.remedy_epsilon, seed, base=base, batch=s.batch_size * f, remedy=remedy
                     )
                 )
+        if not self.wants("baselines"):
+            return
         self.baselines(
             out=out,
             setting="cross-silo",
@@ -1015,26 +1045,29 @@ class _Runner:
         label = _label(alpha)
         base = dict(setting="cross-device", partition_label=label, cohort=cohort)
         cfg = self.device_config(alpha, seed, cohort)
-        out.append(self.federation(cfg, create_aggregator("plain"), mode="plain", epsilon=None, **base)[0])
-        secure, _ = self.federation(
-            cfg,
-            create_aggregator("secure", graph=s.device_graph, seed=seed),
-            mode="secure",
-            epsilon=None,
-            **base,
-        )
-        out.append(secure)
-        for eps in s.epsilons:
-            if math.isinf(eps):
+        if self.wants("plain"):
+            agg = create_aggregator("plain")
+            out.append(self.federation(cfg, agg, mode="plain", epsilon=None, **base)[0])
+        if self.wants("secure"):
+            secure, _ = self.federation(
+                cfg,
+                create_aggregator("secure", graph=s.device_graph, seed=seed),
+                mode="secure",
+                epsilon=None,
+                **base,
+            )
+            out.append(secure)
+            if any(math.isinf(e) for e in s.epsilons):
                 # Without noise secure+dp is `secure`: the same run, recorded once more as the curve's end.
                 out.append(dataclasses.replace(secure, mode="secure+dp", epsilon=INF))
+        for eps in s.epsilons:
+            if math.isinf(eps) or not self.wants(f"eps:{eps:g}"):
                 continue
             agg, dp = self.secure_dp(cfg, cohort, eps, seed)
             out.append(self.federation(cfg, agg, mode="secure+dp", epsilon=eps, dp=dp, **base)[0])
-        remedy_here = (s.remedy_partitions is None or alpha in s.remedy_partitions) and (
-            s.remedy_cohorts is None or cohort in s.remedy_cohorts
-        )
-        for remedy in s.remedies if remedy_here else ():
+        for remedy in _device_remedies(s, alpha, cohort):
+            if not self.wants(f"remedy:{remedy.name}"):
+                continue
             rcfg = self.device_config(alpha, seed, cohort, remedy)
             agg, dp = self.secure_dp(rcfg, cohort, s.remedy_epsilon, seed)
             if remedy.downsample > 1:
@@ -1064,6 +1097,14 @@ class _Runner:
         )
 
 
+def _device_remedies(size: TradeoffSize, alpha: float | None, cohort: int) -> tuple[Remedy, ...]:
+    """The client-level DP remedies run for this partition and cohort."""
+    here = (size.remedy_partitions is None or alpha in size.remedy_partitions) and (
+        size.remedy_cohorts is None or cohort in size.remedy_cohorts
+    )
+    return size.remedies if here else ()
+
+
 @dataclass(frozen=True, slots=True)
 class _Unit:
     """One independent piece of the benchmark: a worker process runs it whole."""
@@ -1072,16 +1113,43 @@ class _Unit:
     alpha: float | None
     seed: int
     cohort: int | None = None
+    key: str | None = None  # one run key (`_run_keys`); None: every run of the kind
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {_label(self.alpha)} seed {self.seed}" + (
-            f" cohort {self.cohort}" if self.cohort is not None else ""
+        return (
+            f"{self.kind} {_label(self.alpha)} seed {self.seed}"
+            + (f" cohort {self.cohort}" if self.cohort is not None else "")
+            + (f" [{self.key}]" if self.key is not None else "")
         )
 
 
-def _units(size: TradeoffSize, settings: Sequence[str]) -> list[_Unit]:
-    """Every unit of work, in the order a sequential run takes them (baselines before their federations)."""
+def _run_keys(size: TradeoffSize, unit: _Unit) -> list[str]:
+    """The runs of a whole unit, by key, in the order a sequential run takes them."""
+    if unit.kind == "cross-device baselines":
+        return ["baselines"]
+    finite = [f"eps:{e:g}" for e in size.epsilons if not math.isinf(e)]
+    if unit.kind == "cross-device":
+        assert unit.cohort is not None
+        remedies = _device_remedies(size, unit.alpha, unit.cohort)
+        return ["plain", "secure", *finite, *(f"remedy:{r.name}" for r in remedies)]
+    here = size.remedy_partitions is None or unit.alpha in size.remedy_partitions
+    return [
+        "plain",
+        "secure",
+        *(f"client-dp:{e:g}" for e in size.silo_client_level_epsilons),
+        *(f"eps:{e:g}" for e in size.epsilons),
+        *(f"remedy:{r.name}" for r in (size.silo_remedies if here else ())),
+        "baselines",
+    ]
+
+
+def _units(size: TradeoffSize, settings: Sequence[str], *, split: bool = False) -> list[_Unit]:
+    """Every unit of work, in the order a sequential run takes them (baselines before their federations).
+
+    With `split`, each unit is cut into one unit per run (`_run_keys`), so that many workers can
+    share the runs of one partition and seed.
+    """
     units = []
     if "cross-silo" in settings:
         units += [_Unit("cross-silo", a, sd) for a in size.partitions for sd in size.seeds]
@@ -1090,11 +1158,28 @@ def _units(size: TradeoffSize, settings: Sequence[str]) -> list[_Unit]:
             for sd in size.seeds:
                 units.append(_Unit("cross-device baselines", a, sd))
                 units += [_Unit("cross-device", a, sd, c) for c in size.cohorts]
-    return units
+    if not split:
+        return units
+    return [dataclasses.replace(u, key=k) for u in units for k in _run_keys(size, u)]
+
+
+def _priority(size: TradeoffSize, unit: _Unit) -> tuple[int, int]:
+    """Order of a split run under a time budget: what the targets need first, the longest first within."""
+    key = unit.key or ""
+    target = size.remedy_epsilon
+    ranks = {"baselines": 0, "plain": 1, "secure": 1, f"eps:{target:g}": 2, "eps:inf": 3}
+    ranks[f"client-dp:{target:g}"] = 3
+    rank = 5 if key.startswith("remedy:") else ranks.get(key, 4)
+    if unit.cohort is not None:
+        cost = unit.cohort
+    else:
+        cost = 10 * size.silo_clients if unit.kind == "cross-silo" else 0
+    return rank, -cost
 
 
 def _run_unit(runner: _Runner, unit: _Unit, out: list[RunRecord], notes: list[str], strict: bool) -> None:
     """Run one unit into `out`; a failure or the end of the budget becomes a note, not a lost run."""
+    runner.only = None if unit.key is None else frozenset({unit.key})
     try:
         if unit.kind == "cross-silo":
             runner.cross_silo(unit.alpha, unit.seed, out)
@@ -1146,6 +1231,7 @@ def run_tradeoff(
     jobs: int = 1,
     budget_s: float | None = None,
     threads: int | None = None,
+    command: str = "",
 ) -> TradeoffResults:
     """Run the trade-off benchmark.
 
@@ -1165,6 +1251,7 @@ def run_tradeoff(
         budget_s: no run starts after this many seconds (runs already started finish); what did
             not run is listed in the notes.
         threads: torch threads in each worker process (jobs > 1); None keeps torch's default.
+        command: the command line, recorded in the results (and so in every checkpoint).
     Returns:
         The `TradeoffResults` (every run, plus notes on anything skipped).
     Raises:
@@ -1190,6 +1277,7 @@ def run_tradeoff(
     deadline = None if budget_s is None else time.time() + budget_s
     results = TradeoffResults(size=size, device=str(dev), hardware=hardware(dev), started=started)
     results.hardware["jobs"] = str(jobs)
+    results.command = command
     if "cross-device" in settings and not cohort_sampling_supported():
         results.notes.append(
             "cross-device part skipped: this version of the learning loop has no per-round cohort "
@@ -1197,7 +1285,7 @@ def run_tradeoff(
             f"{', '.join(map(str, size.cohorts))} out of {size.population} clients cannot be run."
         )
         say(results.notes[-1])
-    units = _units(size, settings)
+    units = _units(size, settings, split=jobs > 1)
 
     def save() -> None:
         if checkpoint is not None:
@@ -1215,11 +1303,10 @@ def run_tradeoff(
 
         done: dict[int, tuple[list[RunRecord], list[str]]] = {}
         before = list(results.notes)
+        # Workers take units in submission order: the runs the targets need first, longest first.
+        order = sorted(range(len(units)), key=lambda i: (_priority(size, units[i]), i))
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {
-                pool.submit(_worker, size, unit, str(dev), deadline, threads): i
-                for i, unit in enumerate(units)
-            }
+            futures = {pool.submit(_worker, size, units[i], str(dev), deadline, threads): i for i in order}
             for fut in as_completed(futures):
                 i = futures[fut]
                 try:
@@ -1236,6 +1323,7 @@ def run_tradeoff(
             "remedies not run: they apply to client-level DP, which needs the cross-device part."
         )
     results.seconds = time.perf_counter() - t0
+    results.complete = True
     return results
 
 
@@ -1649,6 +1737,41 @@ def write_json(results: TradeoffResults, path: str | Path) -> Path:
     return path
 
 
+def read_json(path: str | Path) -> TradeoffResults:
+    """Results written by `write_json` (or a run's checkpoint), to render the tables and plots again."""
+    data = json.loads(Path(path).read_text())
+
+    def eps(e: Any) -> float | None:
+        return INF if e == "inf" else (None if e is None else float(e))
+
+    size_fields = dict(data["size"])
+    size_fields["epsilons"] = tuple(eps(e) for e in size_fields["epsilons"])
+    for name, value in list(size_fields.items()):
+        if name in ("remedies", "silo_remedies"):
+            size_fields[name] = tuple(Remedy(**r) for r in value)
+        elif isinstance(value, list):
+            size_fields[name] = tuple(value)
+    known = {f.name for f in dataclasses.fields(TradeoffSize)}
+    size = TradeoffSize(**{k: v for k, v in size_fields.items() if k in known})
+    runs = []
+    for r in data["runs"]:
+        r = dict(r)
+        r["epsilon"] = eps(r["epsilon"])
+        r["final_accuracies"] = tuple(r["final_accuracies"])
+        runs.append(RunRecord(**r))
+    return TradeoffResults(
+        size=size,
+        device=data["device"],
+        runs=runs,
+        notes=list(data["notes"]),
+        hardware=dict(data["hardware"]),
+        command=data.get("command", ""),
+        started=data.get("started", ""),
+        seconds=float(data.get("seconds", 0.0)),
+        complete=bool(data.get("complete", False)),
+    )
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, float) and math.isinf(obj):
         return "inf"
@@ -1816,6 +1939,13 @@ def _command_line() -> str:
     default=None,
     help="Start no run after this many minutes (started runs finish); what did not run is listed.",
 )
+@click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Run nothing: render the tables and plots again from a results or checkpoint JSON file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option(
     "--out",
@@ -1832,6 +1962,7 @@ def cli(
     jobs: int,
     threads: int | None,
     budget_minutes: float | None,
+    from_json: str | None,
     as_json: bool,
     out: str | None,
 ) -> None:
@@ -1844,18 +1975,26 @@ def cli(
         else Path("benchmarks/results") / ("tradeoff.md" if size == "cpu" else f"tradeoff_{size}.md")
     )
     stem = out_path.with_suffix("")
-    results = run_tradeoff(
-        size,
-        seeds=seed_list,
-        device=device,
-        settings=[s.strip() for s in settings.split(",") if s.strip()],
-        progress=lambda line: click.echo(line, err=True),
-        checkpoint=stem.with_suffix(".json"),
-        jobs=jobs,
-        threads=threads,
-        budget_s=None if budget_minutes is None else budget_minutes * 60,
-    )
-    results.command = _command_line()
+    if from_json is not None:
+        results = read_json(from_json)
+        if not results.complete:
+            results.notes.append(
+                "Rendered from a checkpoint of a run that did not finish: runs under way when it was "
+                "written are missing, beyond those the notes above name."
+            )
+    else:
+        results = run_tradeoff(
+            size,
+            seeds=seed_list,
+            device=device,
+            settings=[s.strip() for s in settings.split(",") if s.strip()],
+            progress=lambda line: click.echo(line, err=True),
+            checkpoint=stem.with_suffix(".json"),
+            jobs=jobs,
+            threads=threads,
+            budget_s=None if budget_minutes is None else budget_minutes * 60,
+            command=_command_line(),
+        )
     plots = write_plots(results, stem)
     write_json(results, stem.with_suffix(".json"))
     write_markdown(results, out_path, plots=plots)
