@@ -145,6 +145,8 @@ class TradeoffSize:
         device_bank: `DistillConfig.bank_size` of the cross-device federation: released dreams the
             server keeps for clients that missed their rounds (0: none; released output, so free of
             privacy cost).
+        device_batch_size: KD and CE batch of the cross-device federation and its baselines (None:
+            `batch_size`); a client there holds only `device_samples` examples.
         dp_clip: per-example gradient clip norm of DP-SGD.
         silo_accountant: accountant of example-level DP ("prv", tighter; "rdp", faster to calibrate).
         device_limit_test: test examples of the cross-device runs (every evaluated client of a
@@ -184,6 +186,7 @@ class TradeoffSize:
     device_kd_steps: int = 5
     device_graph: str = "harary"
     device_bank: int = 0
+    device_batch_size: int | None = None
     dp_clip: float = 1.0
     silo_accountant: str = "prv"
     device_limit_test: int | None = 500
@@ -228,7 +231,14 @@ class TradeoffSize:
             f"{self.device_kd_steps} KD steps with {_ce_steps(self.device_kd_steps)} CE steps and "
             f"{self.device_warmup_steps} warm-up steps per client, "
             f"test set of {self.device_limit_test or 'all'} examples, secure aggregation on a "
-            f"{self.device_graph} graph."
+            f"{self.device_graph} graph"
+            + (
+                f", a server dream bank of the last {self.device_bank} released dreams"
+                if self.device_bank
+                else ""
+            )
+            + (f", batch {self.device_batch_size}" if self.device_batch_size else "")
+            + "."
         )
 
 
@@ -320,31 +330,36 @@ CPU = TradeoffSize(
 )
 
 FULL = TradeoffSize(
+    # Sized for about 8 minutes of one H100 machine (16 cores) with --jobs 16: larger data and models than
+    # `cpu` in cross-silo, and in cross-device the settings under which non-private CoDream beats
+    # local-only training on a validation split (benchmarks/results/tradeoff-tuning.md).
     name="full",
     limit_test=None,
     seeds=(0, 1),
-    rounds=8,
+    rounds=4,
     dream_batch=64,
-    global_steps=30,
-    kd_steps=60,
-    warmup_steps=200,
+    global_steps=20,
+    kd_steps=40,
+    warmup_steps=100,
     batch_size=64,
     silo_models=("resnet8", "cnn", "vgg", "mlp"),
     silo_samples=3000,
-    population=500,
+    population=200,
     device_models=("cnn", "mlp"),
-    device_samples=60,
+    device_samples=40,
     device_warmup_steps=30,
-    device_kd_steps=20,
-    device_rounds=8,
-    device_dream_batch=32,
+    device_kd_steps=25,
+    device_rounds=4,
+    device_dream_batch=16,
     device_global_steps=10,
     device_limit_test=2000,
-    device_bank=256,
-    remedies=_default_remedies(10, 32),
+    device_bank=64,
+    device_batch_size=32,
+    remedies=_default_remedies(10, 16),
     silo_remedies=(_LARGE_DP_BATCH,),
+    silo_client_level_epsilons=(),
     remedy_partitions=(0.1,),
-    remedy_cohorts=(100,),
+    remedy_cohorts=(20,),
 )
 
 SIZES: dict[str, TradeoffSize] = {s.name: s for s in (QUICK, CPU, FULL)}
@@ -588,6 +603,8 @@ def hardware(device: torch.device | str) -> dict[str, str]:
     dev = torch.device(device)
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
+        if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+            info["cuda_mps"] = "on"
     return info
 
 
@@ -670,11 +687,12 @@ class _Runner:
     def distill(self, *, cross_device: bool) -> DistillConfig:
         s = self.size
         bank = s.device_bank if cross_device else 0
+        batch = s.device_batch_size or s.batch_size if cross_device else s.batch_size
         return DistillConfig(
             kd_steps=s.device_kd_steps if cross_device else s.kd_steps,
             warmup_steps=s.device_warmup_steps if cross_device else s.warmup_steps,
-            batch_size=s.batch_size,
-            ce_batch_size=s.batch_size,
+            batch_size=batch,
+            ce_batch_size=batch,
             buffer_size=max(256, 4 * s.dream_batch, bank),
             bank_size=bank,
         )
@@ -831,9 +849,11 @@ class _Runner:
         out: list[RunRecord],
         cohort: int | None = None,
         centralized_clients: int | None = None,
+        batch_size: int | None = None,
     ) -> None:
         """Append local-only, centralized and FedAvg runs to `out`, each as soon as it ends."""
         s = self.size
+        batch_size = batch_size or s.batch_size
         data = self.dataset
         if limit_test is not None and limit_test < len(data.y_test):
             # The federations evaluate on the first `limit_test` test examples; so do their baselines.
@@ -842,7 +862,7 @@ class _Runner:
             self.dataset.y_train, num_clients, alpha=alpha, samples_per_client=samples, seed=seed
         )
         cfg = BaselineConfig(
-            rounds=rounds, local_steps=max(1, local_steps), batch_size=s.batch_size, seed=seed, norm="batch"
+            rounds=rounds, local_steps=max(1, local_steps), batch_size=batch_size, seed=seed, norm="batch"
         )
         # The centralized model takes local_steps x clients steps per round; with cohorts, match the
         # examples the largest cohort processes per round rather than the whole population's.
@@ -1094,6 +1114,7 @@ class _Runner:
             rounds=s.device_rounds,
             limit_test=s.device_limit_test,
             centralized_clients=max(s.cohorts),
+            batch_size=dc.batch_size,
         )
 
 
@@ -1590,6 +1611,7 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
         hw_line += (
             f"; {hw['jobs']} worker processes ran units side by side on this machine"
             + (" and its one GPU" if "gpu" in hw else "")
+            + (" (through CUDA MPS)" if hw.get("cuda_mps") == "on" else "")
             + ", so every time per round includes that contention (compare times within a table only)"
         )
     out = [
