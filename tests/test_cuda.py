@@ -95,9 +95,10 @@ def test_a_dream_gradient_on_the_gpu_matches_the_cpu(name):
         gpu_model, x.to(CUDA), config, targets=targets.to(CUDA), weights=weights.to(CUDA)
     )
     assert gpu_grad.device.type == "cuda"
-    scale = float(cpu_grad.abs().max())
-    assert torch.allclose(gpu_grad.cpu(), cpu_grad, rtol=1e-3, atol=1e-4 * scale)
-    assert math.isclose(gpu_terms.total, cpu_terms.total, rel_tol=1e-3, abs_tol=1e-5)
+    # cuDNN convolutions may use TF32 (10-bit mantissa), so compare the whole direction, not each entry.
+    error = float((gpu_grad.cpu() - cpu_grad).norm() / cpu_grad.norm())
+    assert error < 1e-2
+    assert math.isclose(gpu_terms.total, cpu_terms.total, rel_tol=1e-2, abs_tol=1e-5)
 
 
 def test_dp_sgd_draws_its_noise_on_the_gpu_and_accounts(digits):
