@@ -340,3 +340,25 @@ def test_split_units_cover_every_run_once_and_the_targets_come_first():
     # Within a rank, the larger cohort starts first.
     plain = [u for u in ordered if u.key == "plain" and u.kind == "cross-device"]
     assert [u.cohort for u in plain] == sorted((u.cohort for u in plain), reverse=True)
+
+
+def test_a_resumed_run_runs_only_what_is_missing_and_keeps_the_rest(results, monkeypatch):
+    cut = dataclasses.replace(
+        results,
+        runs=[r for r in results.runs if r.mode not in ("secure", "fedavg")],
+        notes=["cross-silo dir0.1 seed 0 [secure]: the time budget ran out before `x`; it did not run."],
+    )
+    started = []
+    real = tradeoff._Runner.federation
+
+    def federation(self, config, aggregator, **kwargs):
+        started.append(kwargs["mode"])
+        return real(self, config, aggregator, **kwargs)
+
+    monkeypatch.setattr(tradeoff._Runner, "federation", federation)
+    resumed = run_tradeoff(TINY, device="cpu", settings=("cross-silo",), resume=cut, command="again")
+    assert started == ["secure"]  # the baselines unit reruns too, but no other federation
+    assert sorted(r.mode for r in resumed.runs) == sorted(r.mode for r in results.runs)
+    assert resumed.notes == [] and resumed.complete and resumed.command.endswith("resumed with: again")
+    with pytest.raises(ConfigError, match="resume"):
+        run_tradeoff(QUICK, device="cpu", resume=cut)

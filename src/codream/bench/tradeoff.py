@@ -1184,6 +1184,48 @@ def _units(size: TradeoffSize, settings: Sequence[str], *, split: bool = False) 
     return [dataclasses.replace(u, key=k) for u in units for k in _run_keys(size, u)]
 
 
+def _unit_runs(unit: _Unit, runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """The records among `runs` that the split unit `unit` writes."""
+    setting = "cross-device" if unit.kind.startswith("cross-device") else "cross-silo"
+    key = unit.key or ""
+    if key.startswith(("eps:", "client-dp:")):
+        eps = float(key.split(":", 1)[1])
+        mode = "example-dp" if key.startswith("eps:") and setting == "cross-silo" else "secure+dp"
+    else:
+        eps = None
+
+    def match(r: RunRecord) -> bool:
+        if key == "baselines":
+            return r.mode in ("local", "fedavg", "centralized")
+        if key.startswith("remedy:"):
+            return r.remedy == key.split(":", 1)[1]
+        if r.remedy is not None:
+            return False
+        if key == "secure" and setting == "cross-device":
+            return r.mode == "secure" or (r.mode == "secure+dp" and r.epsilon == INF)
+        if eps is None:
+            return r.mode == key
+        return r.mode == mode and r.epsilon == eps
+
+    return [
+        r
+        for r in runs
+        if r.setting == setting
+        and r.partition == _label(unit.alpha)
+        and r.seed == unit.seed
+        and r.cohort == unit.cohort
+        and match(r)
+    ]
+
+
+def _unit_done(unit: _Unit, runs: Sequence[RunRecord]) -> bool:
+    """Whether `runs` already hold everything the split unit `unit` would record."""
+    mine = _unit_runs(unit, runs)
+    if unit.key == "baselines":
+        return {"local", "fedavg", "centralized"} <= {r.mode for r in mine}
+    return bool(mine)
+
+
 def _priority(size: TradeoffSize, unit: _Unit) -> tuple[int, int]:
     """Order of a split run under a time budget: what the targets need first, the longest first within."""
     key = unit.key or ""
@@ -1253,6 +1295,7 @@ def run_tradeoff(
     budget_s: float | None = None,
     threads: int | None = None,
     command: str = "",
+    resume: TradeoffResults | None = None,
 ) -> TradeoffResults:
     """Run the trade-off benchmark.
 
@@ -1273,6 +1316,8 @@ def run_tradeoff(
             not run is listed in the notes.
         threads: torch threads in each worker process (jobs > 1); None keeps torch's default.
         command: the command line, recorded in the results (and so in every checkpoint).
+        resume: results of an earlier run of the same size (a budget-cut run, or a checkpoint): only
+            the runs missing from it are run, one unit per run, and the results hold both.
     Returns:
         The `TradeoffResults` (every run, plus notes on anything skipped).
     Raises:
@@ -1289,6 +1334,8 @@ def run_tradeoff(
         raise ConfigError(f"unknown settings {sorted(unknown)}; choose from cross-silo, cross-device")
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    if resume is not None and resume.size != size:
+        raise ConfigError(f"cannot resume: the results are of size {resume.size.name!r}, not {size.name!r}")
     if budget_s is not None and not budget_s > 0:
         raise ConfigError(f"budget_s must be > 0, got {budget_s}")
     dev = resolve_device(device)
@@ -1306,7 +1353,21 @@ def run_tradeoff(
             f"{', '.join(map(str, size.cohorts))} out of {size.population} clients cannot be run."
         )
         say(results.notes[-1])
-    units = _units(size, settings, split=jobs > 1)
+    units = _units(size, settings, split=jobs > 1 or resume is not None)
+    if resume is not None:
+        units = [u for u in units if not _unit_done(u, resume.runs)]
+        # Notes name split units, or whole ones (a sequential run's): both are superseded.
+        whole = {dataclasses.replace(u, key=None).label for u in units}
+        labels = tuple({u.label for u in units} | {w + ":" for w in whole} | {w + " failed" for w in whole})
+        # A unit that runs again replaces whatever part of it the earlier run recorded.
+        results.runs = [r for r in resume.runs if not any(_unit_runs(u, [r]) for u in units)]
+        # Notes on units that run now, and the closing note, are written afresh.
+        results.notes = [
+            n for n in resume.notes if not n.startswith(labels) and not n.startswith("remedies not run")
+        ]
+        results.command = f"{resume.command}; resumed with: {command}"
+        results.started = resume.started
+        t0 -= resume.seconds
 
     def save() -> None:
         if checkpoint is not None:
@@ -1324,6 +1385,7 @@ def run_tradeoff(
 
         done: dict[int, tuple[list[RunRecord], list[str]]] = {}
         before = list(results.notes)
+        before_runs = list(results.runs)
         # Workers take units in submission order: the runs the targets need first, longest first.
         order = sorted(range(len(units)), key=lambda i: (_priority(size, units[i]), i))
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
@@ -1336,7 +1398,7 @@ def run_tradeoff(
                     done[i] = ([], [f"{units[i].label} failed: {type(exc).__name__}: {exc}"])
                 say(f"finished {units[i].label} ({len(done)}/{len(units)} units)")
                 # Keep the sequential order in the results, whatever order the workers finish in.
-                results.runs = [r for k in sorted(done) for r in done[k][0]]
+                results.runs = before_runs + [r for k in sorted(done) for r in done[k][0]]
                 results.notes = before + [n for k in sorted(done) for n in done[k][1]]
                 save()
     if size.remedies and not any(r.remedy and r.setting == "cross-device" for r in results.runs):
@@ -1968,6 +2030,14 @@ def _command_line() -> str:
     default=None,
     help="Run nothing: render the tables and plots again from a results or checkpoint JSON file.",
 )
+@click.option(
+    "--resume",
+    "resume_json",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Results or checkpoint JSON of an earlier run: run only what it lacks, at its size, and write "
+    "both together.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option(
     "--out",
@@ -1985,6 +2055,7 @@ def cli(
     threads: int | None,
     budget_minutes: float | None,
     from_json: str | None,
+    resume_json: str | None,
     as_json: bool,
     out: str | None,
 ) -> None:
@@ -2005,8 +2076,9 @@ def cli(
                 "written are missing, beyond those the notes above name."
             )
     else:
+        resume = read_json(resume_json) if resume_json is not None else None
         results = run_tradeoff(
-            size,
+            resume.size if resume is not None else size,
             seeds=seed_list,
             device=device,
             settings=[s.strip() for s in settings.split(",") if s.strip()],
@@ -2016,6 +2088,7 @@ def cli(
             threads=threads,
             budget_s=None if budget_minutes is None else budget_minutes * 60,
             command=_command_line(),
+            resume=resume,
         )
     plots = write_plots(results, stem)
     write_json(results, stem.with_suffix(".json"))
