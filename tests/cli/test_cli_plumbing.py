@@ -204,11 +204,26 @@ def test_a_missing_config_file_is_named():
         ({"epsilon": 1.0}, "need --aggregation secure+dp"),
         ({"dropout": 0.3}, "add --aggregation secure"),
         ({"aggregation": "secure+dp", "epsilon": 1.0, "noise_multiplier": 1.0}, "not both"),
+        ({"clients_per_round": 5}, "between 1 and --clients (4)"),
     ],
 )
 def test_contradicting_settings_are_refused_with_what_would_be_right(changes, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         RunConfig(**changes)
+
+
+def test_cohorts_and_the_dream_bank_reach_the_learning_loop_and_the_accountant():
+    from codream.cli.config import federation_config
+
+    rc = RunConfig(clients=10, clients_per_round=4, bank_size=300, aggregation="secure+dp")
+    cfg = federation_config(rc)
+    assert cfg.clients_per_round == 4
+    assert cfg.distill.bank_size == 300 and cfg.distill.buffer_size >= 300
+    assert run_module.PrivacyPlan(rc, cfg).sample_rate == pytest.approx(0.4)
+    assert (
+        run_module.PrivacyPlan(RunConfig(aggregation="secure+dp"), federation_config(RunConfig())).sample_rate
+        == 1
+    )
 
 
 def test_a_short_model_list_repeats_in_turn_over_the_clients():

@@ -110,6 +110,12 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     ),
     RunOption("clients", click.IntRange(min=1), 4, "Number of clients."),
     RunOption(
+        "clients_per_round",
+        OptionalInt(),
+        None,
+        "Cohort sampled (seeded) from the clients every round (default: every client, every round).",
+    ),
+    RunOption(
         "partition",
         click.Choice(["iid", "dirichlet"]),
         "iid",
@@ -167,6 +173,12 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "Server's data-space learning rate for dreams (learning-loop default).",
     ),
     RunOption("kd_steps", click.IntRange(min=0), 30, "Distillation steps per client per round."),
+    RunOption(
+        "bank_size",
+        click.IntRange(min=0),
+        0,
+        "Released dreams the server keeps for clients that missed their rounds (with cohorts; 0: none).",
+    ),
     RunOption(
         "kd_temperature",
         click.FloatRange(min=0, min_open=True),
@@ -265,6 +277,7 @@ class RunConfig:
     data_dir: str | None = None
     limit_test: int | None = None
     clients: int = 4
+    clients_per_round: int | None = None
     partition: str = "iid"
     alpha: float = 0.5
     samples_per_client: int | None = None
@@ -277,6 +290,7 @@ class RunConfig:
     local_steps: int | None = None
     dream_lr: float | None = None
     kd_steps: int | None = 30
+    bank_size: int = 0
     kd_temperature: float | None = None
     kd_batch: int | None = None
     kd_lr: float | None = None
@@ -327,6 +341,11 @@ class RunConfig:
             raise ConfigError(
                 "--dropout simulates clients failing inside the secure protocol; "
                 "add --aggregation secure or secure+dp"
+            )
+        if self.clients_per_round is not None and not (1 <= self.clients_per_round <= self.clients):
+            raise ConfigError(
+                f"--clients-per-round {self.clients_per_round} must be between 1 and --clients "
+                f"({self.clients})"
             )
         if self.samples_per_client is not None and self.samples_per_client < 1:
             raise ConfigError(f"--samples-per-client must be at least 1, got {self.samples_per_client}")
@@ -528,12 +547,18 @@ def federation_config(rc: RunConfig, *, device: str | None = None) -> Any:
             "ce_ratio": rc.ce_ratio,
         },
     )
+    if rc.bank_size:
+        # Every client's buffer must hold the whole bank it may acquire.
+        distill = dataclasses.replace(
+            distill, bank_size=rc.bank_size, buffer_size=max(distill.buffer_size, rc.bank_size)
+        )
     base = FederationConfig()
     names = {f.name for f in dataclasses.fields(FederationConfig)}
     wanted: dict[str, Any] = {
         "dataset": rc.dataset,
         "data_dir": rc.data_dir,
         "num_clients": rc.clients,
+        "clients_per_round": rc.clients_per_round,
         "alpha": rc.dirichlet_alpha,
         "samples_per_client": rc.samples_per_client,
         "models": rc.client_models,

@@ -75,7 +75,7 @@ class PrivacyPlan:
     """The DP side of a run: calibrated noise, the ledger, and epsilon after each round.
 
     For secure+dp it calibrates the per-round noise multiplier to the target (default epsilon 8) over
-    the whole planned schedule (every client in every round, so q = 1, and one composed event per
+    the whole planned schedule (q = cohort / clients, 1 without cohorts, and one composed event per
     round over its releases). A resumed run keeps the multiplier it started with, so extending
     ``--rounds`` cannot quietly weaken the noise; the ledger then refuses rounds past the target.
     For plain and secure everything is None.
@@ -90,7 +90,10 @@ class PrivacyPlan:
         self.target_epsilon = rc.epsilon
         self.noise_multiplier: float | None = rc.noise_multiplier
         self.releases_per_round = int(getattr(fed_cfg, "releases_per_round", 1))
-        self.sample_rate = 1.0  # every client takes part in every round
+        # The cohort's share of the clients (1: every client in every round); the accountant treats
+        # the seeded fixed-size cohort as Poisson sampling at that rate, the usual approximation.
+        cohort = getattr(fed_cfg, "clients_per_round", None)
+        self.sample_rate = 1.0 if cohort is None else cohort / rc.clients
         self.planned_epsilon: float | None = None
         self.ledger: Any = None
         if not self.enabled:

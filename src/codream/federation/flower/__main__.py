@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ...exceptions import CodreamError
 from .app import write_app_dir
-from .engine import AGGREGATIONS, config_from_dict, config_to_dict, refuse_dream_bank
+from .engine import AGGREGATIONS, config_from_dict, config_to_dict, refuse_unsupported
 
 
 def _load_config(path: str | None, overrides: dict):
@@ -26,7 +26,7 @@ def _load_config(path: str | None, overrides: dict):
             data = tomllib.load(f)
     data.update({k: v for k, v in overrides.items() if v is not None})
     config = config_from_dict(data)
-    refuse_dream_bank(config)
+    refuse_unsupported(config)
     return config
 
 

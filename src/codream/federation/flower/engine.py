@@ -86,8 +86,11 @@ def config_from_dict(d: Mapping[str, object]) -> FederationConfig:
         raise ConfigError(f"invalid federation config: {err}") from None
 
 
-def refuse_dream_bank(config: FederationConfig) -> None:
-    """Refuse a server dream bank (`distill.bank_size` > 0), which this engine does not carry yet.
+def refuse_unsupported(config: FederationConfig) -> None:
+    """Refuse what this engine does not carry yet: a server dream bank and per-round cohorts.
+
+    Every node takes part in every round here, so a `clients_per_round` would be ignored; saying so
+    beats running a different federation than the one asked for.
 
     Raises:
         ConfigError: naming the option, before any process starts.
@@ -96,6 +99,11 @@ def refuse_dream_bank(config: FederationConfig) -> None:
         raise ConfigError(
             f"the Flower engine does not keep a dream bank yet; set distill.bank_size = 0 "
             f"(got {config.distill.bank_size})"
+        )
+    if config.clients_per_round is not None and config.clients_per_round < config.num_clients:
+        raise ConfigError(
+            f"the Flower engine runs every node in every round; it cannot sample cohorts of "
+            f"clients_per_round = {config.clients_per_round} (use the simulation engine)"
         )
 
 
@@ -391,7 +399,7 @@ class CodreamServer:
             raise ConfigError(
                 "the Flower engine does not carry a server student yet; set distill.student = None"
             )
-        refuse_dream_bank(self.config)
+        refuse_unsupported(self.config)
         self.rounds = int(rc.get("rounds", self.config.rounds))  # type: ignore[arg-type]
         self.threshold = int(rc.get("threshold", 0)) or None  # type: ignore[arg-type]
         self.bits = int(rc.get("bits", 32))  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...exceptions import ConfigError
 from ..config import FederationConfig
 from .app import write_app_dir
-from .engine import AGGREGATIONS, config_to_dict, refuse_dream_bank
+from .engine import AGGREGATIONS, config_to_dict, refuse_unsupported
 from .harness import DeploymentError, FlowerDeployment
 from .serverapp import RESULTS_FILE
 
@@ -86,7 +86,7 @@ def run_flower(
     """
     if aggregation not in AGGREGATIONS:
         raise ConfigError(f"the Flower engine supports aggregation {list(AGGREGATIONS)}, got {aggregation!r}")
-    refuse_dream_bank(config)
+    refuse_unsupported(config)
     n = config.num_clients if num_supernodes is None else num_supernodes
     if n < config.num_clients:
         raise ConfigError(f"{config.num_clients} clients need {config.num_clients} SuperNodes, got {n}")
