@@ -362,3 +362,13 @@ def test_a_resumed_run_runs_only_what_is_missing_and_keeps_the_rest(results, mon
     assert resumed.notes == [] and resumed.complete and resumed.command.endswith("resumed with: again")
     with pytest.raises(ConfigError, match="resume"):
         run_tradeoff(QUICK, device="cpu", resume=cut)
+
+
+def test_a_resumed_run_may_add_a_remedy_but_not_change_the_size(results):
+    extra = tradeoff.Remedy("dp-double-batch", "twice the batch", dp_batch_factor=2)
+    more = dataclasses.replace(TINY, silo_remedies=(*TINY.silo_remedies, extra))
+    resumed = run_tradeoff(more, device="cpu", settings=("cross-silo",), resume=results)
+    added = resumed.runs[len(results.runs) :]
+    assert [r.remedy for r in added] == ["dp-double-batch"]
+    with pytest.raises(ConfigError, match="only the remedies may differ"):
+        run_tradeoff(dataclasses.replace(TINY, rounds=2), device="cpu", resume=results)

@@ -1184,6 +1184,11 @@ def _units(size: TradeoffSize, settings: Sequence[str], *, split: bool = False) 
     return [dataclasses.replace(u, key=k) for u in units for k in _run_keys(size, u)]
 
 
+def _without_remedies(size: TradeoffSize) -> TradeoffSize:
+    """A size with its remedies removed: a resumed run may add remedies, nothing else."""
+    return dataclasses.replace(size, remedies=(), silo_remedies=())
+
+
 def _unit_runs(unit: _Unit, runs: Sequence[RunRecord]) -> list[RunRecord]:
     """The records among `runs` that the split unit `unit` writes."""
     setting = "cross-device" if unit.kind.startswith("cross-device") else "cross-silo"
@@ -1334,8 +1339,11 @@ def run_tradeoff(
         raise ConfigError(f"unknown settings {sorted(unknown)}; choose from cross-silo, cross-device")
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    if resume is not None and resume.size != size:
-        raise ConfigError(f"cannot resume: the results are of size {resume.size.name!r}, not {size.name!r}")
+    if resume is not None and _without_remedies(resume.size) != _without_remedies(size):
+        raise ConfigError(
+            f"cannot resume: the results are of another size ({resume.size.name!r} with other settings); "
+            "only the remedies may differ"
+        )
     if budget_s is not None and not budget_s > 0:
         raise ConfigError(f"budget_s must be > 0, got {budget_s}")
     dev = resolve_device(device)
@@ -1367,6 +1375,15 @@ def run_tradeoff(
         ]
         results.command = f"{resume.command}; resumed with: {command}"
         results.started = resume.started
+        if resume.hardware.get("gpu") != results.hardware.get("gpu") or resume.device != results.device:
+            # Accuracies compare across machines; times per round do not.
+            results.notes.append(
+                f"The runs this resumed call added ran on `{results.device}` "
+                f"({_hardware_line(results.hardware)}), the others on `{resume.device}` "
+                f"({_hardware_line(resume.hardware)}): compare their times per round only among themselves."
+            )
+            results.hardware = resume.hardware
+            results.device = resume.device
         t0 -= resume.seconds
 
     def save() -> None:
@@ -1654,6 +1671,12 @@ def _targets(rows: Sequence[SummaryRow], size: TradeoffSize) -> list[str]:
     return lines
 
 
+def _hardware_line(hw: Mapping[str, str]) -> str:
+    line = f"{hw.get('cpu', '?')}, nproc = {hw.get('nproc', '?')} of {hw.get('cpu_count', '?')} cores"
+    line += f", torch threads = {hw.get('torch_threads', '?')}"
+    return f"GPU {hw['gpu']}; CPU {line}" if "gpu" in hw else line
+
+
 def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequence[str | Path] = ()) -> Path:
     """Write the results file: context, accuracy tables, costs, targets, remedies, notes.
 
@@ -1665,10 +1688,7 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
     size = results.size
     rows = summarise(results.runs)
     hw = results.hardware
-    hw_line = f"{hw.get('cpu', '?')}, nproc = {hw.get('nproc', '?')} of {hw.get('cpu_count', '?')} cores"
-    hw_line += f", torch threads = {hw.get('torch_threads', '?')}"
-    if "gpu" in hw:
-        hw_line = f"GPU {hw['gpu']}; CPU {hw_line}"
+    hw_line = _hardware_line(hw)
     if int(hw.get("jobs", "1")) > 1:
         hw_line += (
             f"; {hw['jobs']} worker processes ran units side by side on this machine"
