@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from codream.exceptions import ConfigError, PrivacyBudgetExceeded
 from codream.models import build_model
 from codream.privacy import PrivacyEvent, epsilon_for
 from codream.privacy.example_level import (
+    AdaptiveClipping,
     DPSGDTrainer,
     check_example_round,
     dp_trainer_factory,
@@ -149,3 +153,156 @@ def test_the_trainer_factory_fits_the_learning_loop_and_demands_a_noise_multipli
     assert trainer.accountant.history == (PrivacyEvent(noise_multiplier=0.8, sample_rate=0.05, steps=1),)
     with pytest.raises(ConfigError, match="noise_multiplier"):
         dp_trainer_factory(batch_size=10)
+
+
+# -- adaptive clipping ---------------------------------------------------------------------------------
+
+
+def _z_grad(z: float, sigma_b: float) -> float:
+    return (z**-2 - (2 * sigma_b) ** -2) ** -0.5
+
+
+def test_without_adaptive_clipping_the_optimiser_is_opacus_own_and_the_bound_stays_put():
+    trainer = _trainer()
+    assert type(trainer.dp_optimizer) is DPOptimizer
+    assert trainer.dp_optimizer.noise_multiplier == trainer.noise_multiplier == 1.1
+    for _ in range(3):
+        trainer.ce_step()
+    assert trainer.clip_bound == 1.0
+
+
+def test_adaptive_clipping_accounts_the_combined_z_while_the_gradient_carries_the_larger_z_grad():
+    adaptive = AdaptiveClipping(count_noise_std=0.8)
+    trainer = _trainer(noise_multiplier=1.1, adaptive_clipping=adaptive)
+    z_grad = trainer.dp_optimizer.noise_multiplier
+    assert z_grad == pytest.approx(_z_grad(1.1, 0.8)) and z_grad > 1.1
+    for _ in range(4):
+        trainer.ce_step()
+    assert trainer.accountant.history == (PrivacyEvent(noise_multiplier=1.1, sample_rate=0.1, steps=4),)
+    expected = epsilon_for(noise_multiplier=1.1, sample_rate=0.1, steps=4, delta=1e-5, accountant="rdp")
+    assert trainer.epsilon() == pytest.approx(expected)
+    after = epsilon_for(noise_multiplier=1.1, sample_rate=0.1, steps=6, delta=1e-5, accountant="rdp")
+    assert trainer.epsilon_after(2) == pytest.approx(after)
+    # The paper's default count noise: expected batch / 20.
+    assert _trainer(adaptive_clipping=AdaptiveClipping()).dp_optimizer.count_noise_std == 1.0
+
+
+def test_the_gradient_noise_has_std_z_grad_times_the_bound():
+    # An empty batch's update is noise only: std z_grad C / B per coordinate, over 65k coordinates.
+    x, y = torch.randn(100, 64), torch.randint(0, 10, (100,))
+    results = {}
+    for adaptive in (None, AdaptiveClipping(count_noise_std=1 / math.sqrt(3))):  # z_grad = 2 z
+        model = nn.Linear(64, 1024)
+        trainer = DPSGDTrainer(
+            model,
+            x,
+            y,
+            torch.Generator().manual_seed(0),
+            noise_multiplier=1.0,
+            max_grad_norm=0.5,
+            batch_size=10,
+            lr=1.0,
+            noise_seed=0,
+            accountant="rdp",
+            adaptive_clipping=adaptive,
+        )
+        before = model.weight.detach().clone()
+        for p in model.parameters():
+            p.grad_sample = torch.zeros((0, *p.shape))
+        trainer.dp_optimizer.step()
+        results[adaptive is not None] = float((before - model.weight.detach()).std())
+    assert results[False] == pytest.approx(1.0 * 0.5 / 10, rel=0.03)
+    assert results[True] == pytest.approx(2.0 * 0.5 / 10, rel=0.03)
+
+
+def _fixed_norm_trainer(norm: float, bound: float, **adaptive: float) -> DPSGDTrainer:
+    """A trainer whose every per-example gradient norm is `norm` at every step (zero weights, lr 0)."""
+    k, d = 10, 16
+    x = torch.randn(200, d, generator=torch.Generator().manual_seed(0))
+    # With zero weights the softmax is uniform, so each gradient is (1/k - e_y) x^T, of norm
+    # sqrt((k - 1) / k) |x|.
+    x = x / x.norm(dim=1, keepdim=True) * norm / math.sqrt((k - 1) / k)
+    model = nn.Linear(d, k, bias=False)
+    nn.init.zeros_(model.weight)
+    return DPSGDTrainer(
+        model,
+        x,
+        torch.randint(0, k, (200,), generator=torch.Generator().manual_seed(1)),
+        torch.Generator().manual_seed(2),
+        noise_multiplier=0.5,
+        max_grad_norm=bound,
+        batch_size=40,
+        lr=0.0,
+        noise_seed=3,
+        accountant="rdp",
+        adaptive_clipping=AdaptiveClipping(**adaptive),
+    )
+
+
+@pytest.mark.parametrize("start", [1.0, 100.0])
+def test_the_bound_moves_geometrically_to_the_norm_it_should_leave_unclipped(start):
+    trainer = _fixed_norm_trainer(10.0, start, target_quantile=0.5, learning_rate=0.2)
+    bounds = [trainer.clip_bound]
+    fractions = []
+    for _ in range(40):
+        trainer.ce_step()
+        bounds.append(trainer.clip_bound)
+        fractions.append(trainer.dp_optimizer.unclipped_fraction)
+    # Every example clipped: the released fraction is about 0 and the bound rises by about e^0.1 per step;
+    # none clipped: about 1, and it falls as fast.
+    first = 0.0 if start < 10 else 1.0
+    assert fractions[0] == pytest.approx(first, abs=0.15)
+    ratio = bounds[1] / bounds[0]
+    assert ratio == pytest.approx(math.exp(-0.2 * (fractions[0] - 0.5)))
+    assert (ratio > 1.05) if start < 10 else (ratio < 0.95)
+    # It crosses the common norm within ~ln(10) / 0.1 = 23 steps and then stays close to it.
+    assert all(10.0 / 1.3 < b < 10.0 * 1.3 for b in bounds[30:])
+
+
+def test_invalid_adaptive_clipping_settings_are_refused():
+    for bad in (
+        dict(target_quantile=0.0),
+        dict(target_quantile=1.0),
+        dict(learning_rate=0.0),
+        dict(learning_rate=math.inf),
+        dict(count_noise_std=0.0),
+        dict(count_noise_std=math.nan),
+    ):
+        with pytest.raises(ConfigError):
+            AdaptiveClipping(**bad)
+    # The count's noise alone must not exceed what z allows: std > z / 2.
+    with pytest.raises(ConfigError, match="count_noise_std > noise_multiplier / 2"):
+        _trainer(noise_multiplier=2.0, adaptive_clipping=AdaptiveClipping(count_noise_std=1.0))
+    with pytest.raises(ConfigError, match="count_noise_std > noise_multiplier / 2"):
+        _trainer(noise_multiplier=2.5, adaptive_clipping=AdaptiveClipping())  # batch 20: std 1
+    with pytest.raises(ConfigError, match="AdaptiveClipping"):
+        _trainer(adaptive_clipping="median")
+
+
+def test_adaptive_state_round_trips_with_its_clip_bound():
+    adaptive = AdaptiveClipping(learning_rate=0.5)
+    a = _trainer(seed=3, adaptive_clipping=adaptive)
+    for _ in range(3):
+        a.ce_step()
+    assert a.clip_bound != 1.0
+    state = a.state_dict()
+    b = _trainer(seed=4, adaptive_clipping=adaptive)
+    b.load_state_dict(state)
+    assert b.clip_bound == a.clip_bound
+    for _ in range(2):
+        assert a.ce_step() == pytest.approx(b.ce_step())
+    assert b.clip_bound == pytest.approx(a.clip_bound)
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.allclose(p, q)
+    assert a.accountant.history == b.accountant.history
+
+
+def test_the_factory_passes_adaptive_clipping_through():
+    adaptive = AdaptiveClipping(target_quantile=0.7)
+    factory = dp_trainer_factory(
+        noise_multiplier=0.8, batch_size=10, adaptive_clipping=adaptive, noise_seed=0
+    )
+    x, y = _data()
+    trainer = factory(build_model("mlp", SHAPE, 10, seed=0), x, y, torch.Generator().manual_seed(0))
+    assert trainer.adaptive_clipping is adaptive
+    assert trainer.dp_optimizer.noise_multiplier == pytest.approx(_z_grad(0.8, 10 / 20))

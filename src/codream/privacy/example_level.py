@@ -10,6 +10,10 @@ reads private data directly: BatchNorm running statistics. So this mode refuses 
 Knowledge-distillation steps on dreams and aggregated soft labels read no private data: they run
 through a separate, plain optimiser with the per-example hooks switched off, so they neither spend
 budget nor touch the DP optimiser's state.
+
+A fixed clip bound far below the typical per-example gradient norm shrinks every step, so a run of few
+DP-SGD steps stays under-trained whatever its noise. `AdaptiveClipping` (Andrew et al. 2021) lets the
+bound track a quantile of the per-example norms from a privately released clipped fraction.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +41,7 @@ from .accountant import Accountant, PrivacyEvent, create_accountant
 from .ledger import Granularity, LedgerRound, PrivacyLedger
 
 __all__ = [
+    "AdaptiveClipping",
     "DPSGDTrainer",
     "dp_trainer_factory",
     "check_example_level_model",
@@ -87,6 +93,108 @@ def check_example_level_model(model: nn.Module) -> None:
         raise ConfigError("example-level DP cannot train this model: " + "; ".join(str(e) for e in errors))
 
 
+@dataclass(frozen=True, slots=True)
+class AdaptiveClipping:
+    """Let DP-SGD's clip bound follow a quantile of the per-example gradient norms (Andrew et al. 2021).
+
+    Each step also releases how many of the batch's examples the current bound left unclipped, with
+    Gaussian noise; the bound then moves geometrically, C <- C exp(-learning_rate (b - target_quantile)),
+    where b is that noisy count over the expected batch size. The count is centred (each example adds
+    +1/2 or -1/2, the expected half-batch is added back publicly) so that one example changes it by at
+    most 1/2: the gradient sum (noise z_grad C) and the count (noise count_noise_std) together are then one
+    Gaussian mechanism of noise multiplier z, with z^-2 = z_grad^-2 + (2 count_noise_std)^-2, and the
+    accountant records z.
+
+    Attributes:
+        target_quantile: fraction of examples the bound should leave unclipped (0.5: the median norm).
+        learning_rate: step size of the geometric update (the paper's 0.2).
+        count_noise_std: std of the count's noise; None: expected batch size / 20, as in the paper.
+            It must exceed z / 2, and the closer it is, the more of the budget the count takes from the
+            gradient.
+    Raises:
+        ConfigError: for a quantile outside (0, 1), or a non-positive learning rate or noise std.
+    """
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_noise_std: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (0 < self.target_quantile < 1):
+            raise ConfigError(f"target_quantile must be in (0, 1), got {self.target_quantile}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"learning_rate must be finite and > 0, got {self.learning_rate}")
+        if self.count_noise_std is not None and not (
+            math.isfinite(self.count_noise_std) and self.count_noise_std > 0
+        ):
+            raise ConfigError(f"count_noise_std must be finite and > 0, got {self.count_noise_std}")
+
+    def noise_std(self, expected_batch_size: int) -> float:
+        """The count's noise std for a batch of `expected_batch_size` examples."""
+        return self.count_noise_std if self.count_noise_std is not None else expected_batch_size / 20
+
+    def gradient_noise_multiplier(self, noise_multiplier: float, expected_batch_size: int) -> float:
+        """z_grad: the gradient's share of a combined noise multiplier z.
+
+        Raises:
+            ConfigError: when the count's noise alone would not be enough for z (std <= z / 2).
+        """
+        if noise_multiplier == 0:
+            return 0.0
+        sigma_b = self.noise_std(expected_batch_size)
+        if not (2 * sigma_b > noise_multiplier):
+            raise ConfigError(
+                f"adaptive clipping needs count_noise_std > noise_multiplier / 2 = "
+                f"{noise_multiplier / 2:.4g} (got {sigma_b:.4g}): with less noise on the count, no gradient "
+                "noise reaches the total noise multiplier. Raise count_noise_std or the batch size."
+            )
+        return (noise_multiplier**-2 - (2 * sigma_b) ** -2) ** -0.5
+
+
+class _AdaptiveClipDPOptimizer(DPOptimizer):
+    """`DPOptimizer` whose noise multiplier is z_grad and which moves its clip bound after every step.
+
+    Opacus' `AdaClipDPOptimizer` divides the count by the realised batch size (private under Poisson
+    sampling) and adds an uncentred count, whose sensitivity 1 its noise split does not cover; this
+    class divides by the expected batch size and centres the count.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, *, adaptive: AdaptiveClipping, **kwargs: Any
+    ) -> None:
+        super().__init__(optimizer, **kwargs)
+        self.adaptive = adaptive
+        self.count_noise_std = adaptive.noise_std(int(self.expected_batch_size))
+        self.unclipped_fraction = math.nan  # the last released (noisy) estimate
+        self._centred_count: Tensor | None = None
+
+    def clip_and_accumulate(self) -> None:
+        samples = self.grad_samples
+        if len(samples[0]) == 0:
+            self._centred_count = torch.zeros((), device=samples[0].device)
+        else:
+            per_param = [g.reshape(len(g), -1).norm(2, dim=-1) for g in samples]
+            norms = torch.stack(per_param, dim=1).norm(2, dim=1)
+            self._centred_count = ((norms <= self.max_grad_norm).to(norms.dtype) - 0.5).sum()
+        super().clip_and_accumulate()
+
+    def add_noise(self) -> None:
+        super().add_noise()
+        assert self._centred_count is not None
+        count = self._centred_count
+        noise = torch.randn((), generator=self.generator, device=count.device) * self.count_noise_std
+        self.unclipped_fraction = float(count + noise) / self.expected_batch_size + 0.5
+        self._centred_count = None
+
+    def pre_step(self, closure: Callable[[], float] | None = None) -> bool | None:
+        self.unclipped_fraction = math.nan
+        done = super().pre_step(closure)
+        if done and math.isfinite(self.unclipped_fraction):  # set by this step's add_noise
+            a = self.adaptive
+            self.max_grad_norm *= math.exp(-a.learning_rate * (self.unclipped_fraction - a.target_quantile))
+        return done
+
+
 class DPSGDTrainer:
     """A `LocalTrainer` whose cross-entropy steps are DP-SGD (Opacus) and whose KD steps are plain SGD.
 
@@ -102,6 +210,9 @@ class DPSGDTrainer:
         accountant: "prv" (default) or "rdp".
         delta: the delta `epsilon()` reports at.
         noise_seed: seed of the DP noise generator for reproducible tests; None keys it from the OS.
+        adaptive_clipping: let the clip bound (starting at max_grad_norm) track a quantile of the
+            per-example gradient norms; `noise_multiplier` is then the combined mechanism's z, which the
+            accountant records, and the gradient gets the larger z_grad. None: a fixed bound.
     Raises:
         ConfigError: for a BatchNorm (or otherwise unsupported) model or invalid settings.
     """
@@ -123,6 +234,7 @@ class DPSGDTrainer:
         accountant: str = "prv",
         delta: float = 1e-5,
         noise_seed: int | None = None,
+        adaptive_clipping: AdaptiveClipping | None = None,
     ) -> None:
         check_example_level_model(model)
         n = int(x_train.shape[0])
@@ -136,6 +248,10 @@ class DPSGDTrainer:
             raise ConfigError(f"max_grad_norm must be finite and > 0, got {max_grad_norm}")
         if not (0 < delta < 1):
             raise ConfigError(f"delta must be in (0, 1), got {delta}")
+        if adaptive_clipping is not None and not isinstance(adaptive_clipping, AdaptiveClipping):
+            raise ConfigError(f"adaptive_clipping must be an AdaptiveClipping, got {adaptive_clipping!r}")
+        self.noise_multiplier = noise_multiplier  # what the accountant records
+        self.adaptive_clipping = adaptive_clipping
         self.model = model
         self.x_train, self.y_train = x_train, y_train
         self.generator = generator
@@ -152,23 +268,37 @@ class DPSGDTrainer:
         # gradients behind for the next DP step to pick up.
         self._gsm = GradSampleModule(model, loss_reduction="mean")
         self._gsm.disable_hooks()
-        self.dp_optimizer = DPOptimizer(
-            torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum),
-            noise_multiplier=noise_multiplier,
+        sgd = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        dp_options: dict[str, Any] = dict(
             max_grad_norm=max_grad_norm,
             expected_batch_size=batch_size,
             loss_reduction="mean",
             generator=self.noise_generator,
         )
+        self.dp_optimizer: DPOptimizer
+        if adaptive_clipping is None:
+            self.dp_optimizer = DPOptimizer(sgd, noise_multiplier=noise_multiplier, **dp_options)
+        else:
+            z_grad = adaptive_clipping.gradient_noise_multiplier(noise_multiplier, batch_size)
+            self.dp_optimizer = _AdaptiveClipDPOptimizer(
+                sgd, adaptive=adaptive_clipping, noise_multiplier=z_grad, **dp_options
+            )
         self.dp_optimizer.attach_step_hook(self._account)
         self.kd_optimizer = torch.optim.SGD(
             model.parameters(), lr=kd_lr if kd_lr is not None else lr, momentum=kd_momentum
         )
         self.empty_batches = 0
 
+    @property
+    def clip_bound(self) -> float:
+        """The per-example clip bound the next DP-SGD step uses."""
+        return float(self.dp_optimizer.max_grad_norm)
+
     def _account(self, optimizer: DPOptimizer) -> None:
-        if optimizer.noise_multiplier > 0:
-            self.accountant.step(noise_multiplier=optimizer.noise_multiplier, sample_rate=self.sample_rate)
+        # The trainer's z, not the optimiser's: with adaptive clipping the gradient carries z_grad > z and
+        # the released count the rest, and only together are they the mechanism of multiplier z.
+        if self.noise_multiplier > 0:
+            self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         else:
             logger.warning("DP-SGD step with noise multiplier 0: no privacy guarantee")
 
@@ -187,11 +317,12 @@ class DPSGDTrainer:
         n = self.x_train.shape[0]
         chosen = torch.nonzero(torch.rand(n, generator=self.generator) < self.sample_rate).flatten()
         if chosen.numel() == 0:
-            # An empty Poisson batch is still a step: zero per-example gradients, then noise only.
+            # An empty Poisson batch is still a step: no per-example gradients (not one zero example,
+            # which adaptive clipping would count), then noise only.
             self.empty_batches += 1
             for p in self.model.parameters():
                 if p.requires_grad:
-                    p.grad_sample = torch.zeros((1, *p.shape), dtype=p.dtype, device=p.device)
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             self.dp_optimizer.step()
             self._clear_grads()
             return float("nan")
@@ -224,7 +355,7 @@ class DPSGDTrainer:
     def epsilon_after(self, steps: int, *, delta: float | None = None) -> float:
         """Epsilon after `steps` more DP-SGD steps (nothing is recorded)."""
         event = PrivacyEvent(
-            noise_multiplier=self.dp_optimizer.noise_multiplier, sample_rate=self.sample_rate, steps=steps
+            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=steps
         )
         return self.accountant.epsilon_with([event], delta=self.delta if delta is None else delta)
 
@@ -237,6 +368,7 @@ class DPSGDTrainer:
             "generator": self.generator.get_state(),
             "noise_generator": self.noise_generator.get_state(),
             "empty_batches": self.empty_batches,
+            "clip_bound": self.clip_bound,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -247,6 +379,8 @@ class DPSGDTrainer:
         self.generator.set_state(state["generator"])
         self.noise_generator.set_state(state["noise_generator"])
         self.empty_batches = int(state["empty_batches"])
+        if "clip_bound" in state:  # absent from states saved before adaptive clipping existed
+            self.dp_optimizer.max_grad_norm = float(state["clip_bound"])
 
 
 def dp_trainer_factory(
