@@ -9,11 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from codream.aggregation import PlainAggregator, VectorSpec, create_aggregator
 from codream.bench import tradeoff
 from codream.bench.tradeoff import (
     QUICK,
-    LowResolutionReleases,
     RunRecord,
     run_tradeoff,
     summarise,
@@ -23,6 +21,7 @@ from codream.bench.tradeoff import (
 )
 from codream.exceptions import ConfigError
 from codream.federation.config import FederationConfig
+from codream.privacy.projection import BlockMeans, LowFrequency
 
 TINY = dataclasses.replace(
     QUICK,
@@ -127,7 +126,10 @@ def test_the_cross_device_part_runs_secure_dp_and_its_remedies_once_cohorts_exis
         device_samples=8,
         device_limit_test=50,
         epsilons=(8.0, math.inf),
-        remedies=(tradeoff.Remedy("low-resolution", "2x2 block means", downsample=2),),
+        remedies=(
+            tradeoff.Remedy("low-resolution", "2x2 block means", projection="blocks:2"),
+            tradeoff.Remedy("dct", "4x4 lowest frequencies", projection="dct:4", renormalize=True),
+        ),
     )
     r = run_tradeoff(size, device="cpu", settings=("cross-device",), strict=True)
     assert r.notes == []
@@ -140,7 +142,9 @@ def test_the_cross_device_part_runs_secure_dp_and_its_remedies_once_cohorts_exis
     lowres = by_mode[("secure+dp", 8.0, "low-resolution")]
     assert lowres.released_dimension == dp.released_dimension // 4
     assert lowres.nsr < dp.nsr
-    assert 0 < lowres.extra["lowres_signal_fraction"] <= 1
+    assert 0 < lowres.extra["projection_signal_fraction"] <= 1
+    dct = by_mode[("secure+dp", 8.0, "dct")]
+    assert dct.released_dimension == dp.released_dimension // 49  # 4x4 of 28x28 per dream
     assert (
         by_mode[("secure+dp", math.inf, None)].final_accuracies
         == by_mode[("secure", None, None)].final_accuracies
@@ -225,55 +229,21 @@ def test_summaries_give_the_spread_over_clients_and_over_seeds():
     assert row.std_seeds == pytest.approx(0.1)
 
 
-SHAPE = (1, 4, 4)
+def test_projections_are_named_by_kind_and_size():
+    assert isinstance(tradeoff.parse_projection("blocks:2"), BlockMeans)
+    assert isinstance(tradeoff.parse_projection("dct:7"), LowFrequency)
+    for bad in ("blocks", "dct:x", "wavelet:3"):
+        with pytest.raises(ConfigError, match="projection"):
+            tradeoff.parse_projection(bad)
 
 
-def _dream_spec(batch: int) -> VectorSpec:
-    return VectorSpec("dream/0", batch * math.prod(SHAPE), 1.0)
-
-
-def test_low_resolution_releases_are_an_orthonormal_projection_of_the_dream_gradient():
-    lowres = LowResolutionReleases(PlainAggregator(), SHAPE, 2)
-    rng = np.random.default_rng(0)
-    g = rng.normal(size=3 * 16)
-    p = lowres.project(g)
-    assert p.shape == (3 * 4,)
-    assert np.linalg.norm(p) <= np.linalg.norm(g)  # a clipped gradient stays within its bound
-    y = rng.normal(size=p.shape)
-    np.testing.assert_allclose(lowres.project(lowres.lift(y)), y)  # P P^T = I
-    block = g.reshape(3, 1, 2, 2, 2, 2).mean(axis=(3, 5))
-    np.testing.assert_allclose(
-        lowres.lift(p).reshape(3, 1, 2, 2, 2, 2),
-        np.broadcast_to(block[:, :, :, None, :, None], (3, 1, 2, 2, 2, 2)),
-    )
-
-
-@pytest.mark.parametrize("inner", ["plain", "secure"])
-def test_low_resolution_releases_sum_to_the_block_mean_of_the_summed_gradients(inner):
-    agg = create_aggregator(inner) if inner == "plain" else create_aggregator(inner, seed=1)
-    lowres = LowResolutionReleases(agg, SHAPE, 2)
-    spec = _dream_spec(2)
-    labels = VectorSpec("soft_labels", 6, 2.0)
-    rng = np.random.default_rng(1)
-    vectors = {
-        cid: v / np.linalg.norm(v) * 0.9
-        for cid in range(3)
-        if (v := rng.normal(size=spec.length)) is not None
-    }
-    rnd = lowres.open_round(round_index=0, participants=[0, 1, 2], specs=[spec, labels])
-    res = rnd.sum(spec, vectors)
-    expected = lowres.lift(lowres.project(sum(vectors.values())))
-    np.testing.assert_allclose(res.total, expected, atol=1e-5)
-    y = {cid: np.full(6, 0.1 * (cid + 1)) for cid in range(3)}
-    np.testing.assert_allclose(rnd.sum(labels, y).total, np.full(6, 0.6), atol=1e-5)
-    report = rnd.close()
-    assert 0 < report.extra["lowres_signal_fraction"] <= 1
-    assert report.bytes_sent_per_client  # released at a quarter of the dimension, still counted
-
-
-def test_low_resolution_refuses_a_factor_that_does_not_divide_the_dream():
-    with pytest.raises(ConfigError, match="divide"):
-        LowResolutionReleases(PlainAggregator(), (1, 28, 28), 3)
+def test_results_that_named_block_means_downsample_still_read_back(results, tmp_path):
+    path = write_json(results, tmp_path / "old.json")
+    data = json.loads(path.read_text())
+    data["size"]["remedies"] = [{"name": "low-resolution", "description": "2x2", "downsample": 2}]
+    path.write_text(json.dumps(data))
+    (remedy,) = tradeoff.read_json(path).size.remedies
+    assert remedy.projection == "blocks:2" and not remedy.renormalize
 
 
 def test_a_spent_budget_starts_no_run_and_says_what_did_not_run():

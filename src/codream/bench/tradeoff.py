@@ -25,7 +25,7 @@ Where the DP runs miss their target, the report says by how much and gives the q
 them: the noise-to-signal ratio of a released dream gradient (noise L2 norm / clip norm, at the
 released dimension), the cohort, the dream batch and the releases per round. The remedies
 (`Remedy`) rerun the client-level DP point at epsilon = 8 with fewer releases per round, a smaller
-dream batch, or dream gradients released at a lower resolution (`LowResolutionReleases`), and the
+dream batch, or dream gradients released at a lower dimension (`ProjectedReleases`), and the
 example-level DP point with larger, fewer DP-SGD steps.
 
 Sizes: `quick` (seconds, for tests), `cpu` (the default; about 25-30 minutes on one quiet core:
@@ -56,24 +56,23 @@ import click
 import numpy as np
 import torch
 
-from ..aggregation import (
-    AggregateResult,
-    AggregationRound,
-    Aggregator,
-    RoundReport,
-    VectorSpec,
-    create_aggregator,
-)
+from ..aggregation import Aggregator, create_aggregator
 from ..baselines import BaselineConfig, run_centralized, run_fedavg, run_local_only
 from ..data import Dataset, load_dataset, partition
 from ..devices import resolve_device
 from ..exceptions import ConfigError
 from ..federation.config import DistillConfig, DreamConfig, FederationConfig
 from ..federation.simulation import Federation
+from ..privacy.projection import (
+    DREAM_PREFIX,
+    BlockMeans,
+    LowFrequency,
+    ProjectedReleases,
+    ReleaseProjection,
+)
 
 __all__ = [
     "SIZES",
-    "LowResolutionReleases",
     "Remedy",
     "RunRecord",
     "TradeoffResults",
@@ -81,6 +80,7 @@ __all__ = [
     "cli",
     "cohort_sampling_supported",
     "hardware",
+    "parse_projection",
     "run_tradeoff",
     "summarise",
     "write_json",
@@ -91,7 +91,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INF = math.inf
-DREAM_PREFIX = "dream/"
 
 
 # -- sizes -----------------------------------------------------------------------------------------
@@ -106,8 +105,11 @@ class Remedy:
         description: what it changes and why it should help.
         global_steps: dream steps per round (= dream releases per round); None keeps the size's.
         dream_batch: dreams per round; None keeps the size's.
-        downsample: release each dream gradient at 1/downsample of the resolution per side
-            (`LowResolutionReleases`); 1 releases it whole.
+        projection: release each dream gradient through a fixed orthonormal projection
+            (`codream.privacy.projection`, named as `parse_projection` reads it: ``blocks:2`` for 2x2
+            block means, ``dct:7`` for the 7x7 lowest DCT frequencies); None releases it whole.
+        renormalize: rescale each projected release to the client's unprojected norm, so that it
+            spends the whole clip budget (`ProjectedReleases`).
         dp_batch_factor: example-level DP (cross-silo): DP-SGD batches this many times larger and
             as many times fewer steps, so the same examples are seen with less noise per step.
     """
@@ -116,7 +118,8 @@ class Remedy:
     description: str
     global_steps: int | None = None
     dream_batch: int | None = None
-    downsample: int = 1
+    projection: str | None = None
+    renormalize: bool = False
     dp_batch_factor: int = 1
 
 
@@ -265,14 +268,14 @@ def _default_remedies(global_steps: int, dream_batch: int) -> tuple[Remedy, ...]
             "low-resolution",
             "dream gradients released as 2x2 block means (1/4 of the dimension, orthonormal projection, "
             "so the clip bound holds), lifted back by the server",
-            downsample=2,
+            projection="blocks:2",
         ),
         Remedy(
             "combined",
             "fewer releases, smaller batch and low-resolution releases together",
             global_steps=max(1, global_steps // 2),
             dream_batch=max(1, dream_batch // 2),
-            downsample=2,
+            projection="blocks:2",
         ),
     )
 
@@ -313,7 +316,7 @@ QUICK = TradeoffSize(
     device_limit_test=100,
     remedies=(
         Remedy("fewer-releases", "one dream step per round", global_steps=1),
-        Remedy("low-resolution", "2x2 block means", downsample=2),
+        Remedy("low-resolution", "2x2 block means", projection="blocks:2"),
     ),
     silo_remedies=(
         Remedy("dp-large-batch", "DP-SGD batches twice as large, half the steps", dp_batch_factor=2),
@@ -373,105 +376,18 @@ def cohort_sampling_supported() -> bool:
 # -- the low-resolution release remedy --------------------------------------------------------------
 
 
-class LowResolutionReleases(Aggregator):
-    """Release each dream gradient as f x f block means: 1/f^2 of the dimension, same clip bound.
-
-    The projection P maps a (B, C, H, W) gradient to (B, C, H/f, W/f) block sums divided by f: its rows
-    are orthonormal, so ||P g|| <= ||g|| (a clipped gradient stays within its bound) and the server's
-    lift P^T (each block coordinate spread back as value / f) of the summed releases is the block mean
-    of the summed gradients, since P^T sum_k P g_k = P^T P sum_k g_k. The projection reads no data, so
-    it is part of what a client computes before release. The DP noise norm grows with the square root
-    of the released dimension and therefore shrinks by f; the signal keeps its low-frequency part,
-    whose share is measured (`lowres_signal_fraction` in the round report's extras).
-
-    Args:
-        inner: the aggregator that sums the projected vectors.
-        input_shape: (C, H, W) of one dream.
-        factor: f, dividing H and W.
-    Raises:
-        ConfigError: f < 1 or not dividing H and W.
-    """
-
-    def __init__(self, inner: Aggregator, input_shape: Sequence[int], factor: int) -> None:
-        c, h, w = (int(s) for s in input_shape)
-        if factor < 1 or h % factor or w % factor:
-            raise ConfigError(f"downsample factor {factor} must be >= 1 and divide {h}x{w}")
-        self.inner = inner
-        self.shape = (c, h, w)
-        self.factor = int(factor)
-        self.name = f"{getattr(inner, 'name', '?')}+lowres{factor}"
-
-    def project(self, vector: np.ndarray) -> np.ndarray:
-        """P g: the flattened (B, C, H, W) vector to flattened (B, C, H/f, W/f) block sums / f."""
-        c, h, w = self.shape
-        f = self.factor
-        x = np.asarray(vector, dtype=np.float64).reshape(-1, c, h // f, f, w // f, f)
-        return (x.sum(axis=(3, 5)) / f).reshape(-1)
-
-    def lift(self, vector: np.ndarray) -> np.ndarray:
-        """P^T y: each block value / f spread over its f x f pixels, flattened (B, C, H, W)."""
-        c, h, w = self.shape
-        f = self.factor
-        y = np.asarray(vector, dtype=np.float64).reshape(-1, c, h // f, 1, w // f, 1) / f
-        return np.broadcast_to(y, (y.shape[0], c, h // f, f, w // f, f)).reshape(-1).copy()
-
-    def released_spec(self, spec: VectorSpec) -> VectorSpec:
-        """The spec of what actually leaves a client for `spec`."""
-        if not spec.name.startswith(DREAM_PREFIX):
-            return spec
-        if spec.length % math.prod(self.shape):
-            raise ConfigError(
-                f"vector {spec.name!r} of length {spec.length} is not a batch of {self.shape} dreams"
-            )
-        return VectorSpec(spec.name, spec.length // self.factor**2, spec.clip_norm)
-
-    def open_round(
-        self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]
-    ) -> AggregationRound:
-        released = [self.released_spec(s) for s in specs]
-        inner = self.inner.open_round(round_index=round_index, participants=participants, specs=released)
-        return _LowResolutionRound(
-            self, inner, released, round_index=round_index, participants=participants, specs=specs
-        )
-
-
-class _LowResolutionRound(AggregationRound):
-    def __init__(
-        self, owner: LowResolutionReleases, inner: AggregationRound, released: list[VectorSpec], **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self._owner = owner
-        self._inner = inner
-        self._released = released
-        self._kept: list[float] = []
-
-    def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
-        self._check_contributions(spec, vectors)
-        released = self._released[self._next]
-        self._next += 1
-        if not spec.name.startswith(DREAM_PREFIX):
-            return self._inner.sum(released, vectors)
-        projected = {}
-        for cid, v in vectors.items():
-            p = self._owner.project(v)
-            norm = float(np.linalg.norm(v))
-            if norm > 0:
-                self._kept.append(float(np.linalg.norm(p)) / norm)
-            projected[cid] = p
-        res = self._inner.sum(released, projected)
-        return AggregateResult(
-            total=self._owner.lift(res.total),
-            contributors=res.contributors,
-            clipped=res.clipped,
-            overflowed=res.overflowed,
-        )
-
-    def close(self) -> RoundReport:
-        report = self._inner.close()
-        extra = dict(report.extra)
-        if self._kept:
-            extra["lowres_signal_fraction"] = float(np.mean(self._kept))
-        return dataclasses.replace(report, extra=extra)
+def parse_projection(spec: str) -> ReleaseProjection:
+    """A release projection from its short name: ``blocks:F`` (F x F block means) or ``dct:K``."""
+    kind, _, arg = spec.partition(":")
+    try:
+        value = int(arg)
+    except ValueError:
+        raise ConfigError(f"projection {spec!r}: expected blocks:F or dct:K with an integer") from None
+    if kind == "blocks":
+        return BlockMeans(value)
+    if kind == "dct":
+        return LowFrequency(value)
+    raise ConfigError(f"projection {spec!r}: unknown kind {kind!r}; use blocks:F or dct:K")
 
 
 # -- records ---------------------------------------------------------------------------------------
@@ -772,14 +688,14 @@ class _Runner:
         specs = fed.server.specs()
         dream_specs = [sp for sp in specs if sp.name.startswith(DREAM_PREFIX)]
         released_dim = dream_specs[0].length if dream_specs else 0
-        if isinstance(aggregator, LowResolutionReleases) and dream_specs:
+        if isinstance(aggregator, ProjectedReleases) and dream_specs:
             released_dim = aggregator.released_spec(dream_specs[0]).length
         extra: dict[str, float] = {}
         record_kwargs: dict[str, Any] = {}
         rep_extra = last.aggregation.extra
-        if "lowres_signal_fraction" in rep_extra:
-            extra["lowres_signal_fraction"] = float(
-                np.mean([m.aggregation.extra.get("lowres_signal_fraction", np.nan) for m in history])
+        if "projection_signal_fraction" in rep_extra:
+            extra["projection_signal_fraction"] = float(
+                np.mean([m.aggregation.extra.get("projection_signal_fraction", np.nan) for m in history])
             )
         if "dp_release_noise_multiplier" in rep_extra:
             z_i = float(rep_extra["dp_release_noise_multiplier"])
@@ -1090,8 +1006,13 @@ class _Runner:
                 continue
             rcfg = self.device_config(alpha, seed, cohort, remedy)
             agg, dp = self.secure_dp(rcfg, cohort, s.remedy_epsilon, seed)
-            if remedy.downsample > 1:
-                agg = LowResolutionReleases(agg, self.dataset.input_shape, remedy.downsample)
+            if remedy.projection is not None:
+                agg = ProjectedReleases(
+                    agg,
+                    parse_projection(remedy.projection),
+                    self.dataset.input_shape,
+                    renormalize=remedy.renormalize,
+                )
             out.append(
                 self.federation(
                     rcfg, agg, mode="secure+dp", epsilon=s.remedy_epsilon, remedy=remedy, dp=dp, **base
@@ -1671,6 +1592,11 @@ def _targets(rows: Sequence[SummaryRow], size: TradeoffSize) -> list[str]:
     return lines
 
 
+def _kept(r: RunRecord) -> float | None:
+    """The share of the dream gradient's norm a projected release kept (older results: `lowres_...`)."""
+    return r.extra.get("projection_signal_fraction", r.extra.get("lowres_signal_fraction"))
+
+
 def _hardware_line(hw: Mapping[str, str]) -> str:
     line = f"{hw.get('cpu', '?')}, nproc = {hw.get('nproc', '?')} of {hw.get('cpu_count', '?')} cores"
     line += f", torch threads = {hw.get('torch_threads', '?')}"
@@ -1808,7 +1734,7 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
                 f"| {r.released_dimension} "
                 f"| {r.releases_per_round} | {r.dream_batch} "
                 f"| {_num(r.release_noise_multiplier)} | {_num(r.nsr)} "
-                f"| {_num(r.nsr_cohort)} | {_num(r.extra.get('lowres_signal_fraction'), '{:.0%}')} "
+                f"| {_num(r.nsr_cohort)} | {_num(_kept(r), '{:.0%}')} "
                 f"| {_num(r.extra.get('dp_sgd_batch'), '{:.0f}')} | {_num(r.extra.get('dp_sgd_step_nsr'))} "
                 f"| {_num(r.seconds_per_round, '{:.2f}')} |"
             )
@@ -1841,6 +1767,15 @@ def write_json(results: TradeoffResults, path: str | Path) -> Path:
     return path
 
 
+def _remedy(fields: Mapping[str, Any]) -> Remedy:
+    """A `Remedy` from JSON, including files that named 2x2 block means `downsample: 2`."""
+    fields = dict(fields)
+    factor = int(fields.pop("downsample", 1))
+    if factor > 1:
+        fields.setdefault("projection", f"blocks:{factor}")
+    return Remedy(**fields)
+
+
 def read_json(path: str | Path) -> TradeoffResults:
     """Results written by `write_json` (or a run's checkpoint), to render the tables and plots again."""
     data = json.loads(Path(path).read_text())
@@ -1852,7 +1787,7 @@ def read_json(path: str | Path) -> TradeoffResults:
     size_fields["epsilons"] = tuple(eps(e) for e in size_fields["epsilons"])
     for name, value in list(size_fields.items()):
         if name in ("remedies", "silo_remedies"):
-            size_fields[name] = tuple(Remedy(**r) for r in value)
+            size_fields[name] = tuple(_remedy(r) for r in value)
         elif isinstance(value, list):
             size_fields[name] = tuple(value)
     known = {f.name for f in dataclasses.fields(TradeoffSize)}
@@ -1872,7 +1807,7 @@ def read_json(path: str | Path) -> TradeoffResults:
         command=data.get("command", ""),
         started=data.get("started", ""),
         seconds=float(data.get("seconds", 0.0)),
-        complete=bool(data.get("complete", False)),
+        complete=bool(data.get("complete", True)),  # files older than the flag hold finished runs
     )
 
 
