@@ -1747,8 +1747,10 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
             out += [
                 "- Larger cohorts: compare the cohort rows above (the noise is shared by the cohort, so the "
                 "NSR against the cohort's signal falls roughly as 1/cohort at a given q).",
-                "- Adaptive clipping is not implemented: every client already normalises its dream gradient "
-                "to the clip norm, so a quantile-tracking clip bound would not change the released scale.",
+                "- Adaptive clipping: for client-level releases a quantile-tracking bound would not change "
+                "the released scale, since every client normalises its dream gradient to the clip norm; for "
+                "example-level DP-SGD it exists (`AdaptiveClipping`) and is measured on a validation split "
+                "in [dp_sgd_tuning.md](dp_sgd_tuning.md), where it did not help.",
             ]
         out.append("")
     if plots:
