@@ -342,3 +342,11 @@ def test_a_resumed_run_may_add_a_remedy_but_not_change_the_size(results):
     assert [r.remedy for r in added] == ["dp-double-batch"]
     with pytest.raises(ConfigError, match="only the remedies may differ"):
         run_tradeoff(dataclasses.replace(TINY, rounds=2), device="cpu", resume=results)
+
+
+def test_the_cross_silo_table_per_client_names_each_architecture(results, tmp_path):
+    md = write_markdown(results, tmp_path / "t.md").read_text()
+    assert "| partition | mode | ε | 0: mlp | 1: cnn |" in md
+    (plain,) = _runs(results, mode="plain")
+    cells = " | ".join(f"{100 * a:.1f}" for a in plain.final_accuracies)
+    assert f"| dir0.1 | plain | - | {cells} |" in md

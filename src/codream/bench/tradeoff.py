@@ -1513,7 +1513,7 @@ def _weak_reference(rows: Sequence[SummaryRow], setting: str, part: str, plain: 
     )
 
 
-def _targets(rows: Sequence[SummaryRow], size: TradeoffSize) -> list[str]:
+def _targets(rows: Sequence[SummaryRow], size: TradeoffSize, runs: Sequence[RunRecord] = ()) -> list[str]:
     """Lines on each target: met or missed, by how much, and what limits it."""
     lines = []
     for setting, part, cohort in _places(rows):
@@ -1552,6 +1552,7 @@ def _targets(rows: Sequence[SummaryRow], size: TradeoffSize) -> list[str]:
                         f"B = {size.batch_size}), on {size.silo_samples} examples per client; dream batch "
                         f"{dp8.dream_batch}, {dp8.releases_per_round} releases per round; BatchNorm and its "
                         "dream-loss term are unavailable (GroupNorm, w_bn = 0)."
+                        + _architecture_gap(runs, size, part)
                     )
             lines.append(
                 f"- **{where}**: accuracy at ε = 8 ({_PRIVATE[setting]}) {_pct(dp8.mean)} "
@@ -1590,6 +1591,52 @@ def _targets(rows: Sequence[SummaryRow], size: TradeoffSize) -> list[str]:
                 )
             )
     return lines
+
+
+def _client_means(runs: Sequence[RunRecord], **match: Any) -> list[float] | None:
+    """Each client's final accuracy, averaged over seeds, for the runs (without remedy) that match."""
+    sel = [r for r in runs if r.remedy is None and all(getattr(r, k) == v for k, v in match.items())]
+    if not sel or len({len(r.final_accuracies) for r in sel}) != 1:
+        return None
+    return [float(a) for a in np.mean([r.final_accuracies for r in sel], axis=0)]
+
+
+def _per_architecture(runs: Sequence[RunRecord], size: TradeoffSize) -> list[str]:
+    """Cross-silo accuracy per client (one architecture each), mean over seeds: who pays for privacy."""
+    names = [f"{i}: {m}" for i, m in enumerate(size.silo_models)]
+    out = [
+        "",
+        "### Per client (architecture), mean over seeds",
+        "",
+        "| partition | mode | ε | " + " | ".join(names) + " |",
+        "|---|---|---:|" + "---:|" * len(names),
+    ]
+    kinds = [("plain", None), ("secure", None)]
+    kinds += [("example-dp", e) for e in sorted(size.epsilons)]
+    kinds += [(m, None) for m in _BASELINES]
+    for part in dict.fromkeys(r.partition for r in runs if r.setting == "cross-silo"):
+        for mode, eps in kinds:
+            accs = _client_means(runs, setting="cross-silo", partition=part, mode=mode, epsilon=eps)
+            if accs is not None and len(accs) == len(names):
+                cells = " | ".join(f"{100 * a:.1f}" for a in accs)
+                out.append(f"| {part} | {mode} | {_eps_str(eps)} | {cells} |")
+    return out if len(out) > 5 else []
+
+
+def _architecture_gap(runs: Sequence[RunRecord], size: TradeoffSize, part: str) -> str:
+    """One sentence: each silo's accuracy at ε = 8 against the same GroupNorm model without DP."""
+    dp = _client_means(runs, setting="cross-silo", partition=part, mode="example-dp", epsilon=8.0)
+    free = _client_means(runs, setting="cross-silo", partition=part, mode="example-dp", epsilon=INF)
+    if dp is None or free is None or len(dp) != len(free) != len(size.silo_models):
+        return ""
+    pairs = ", ".join(
+        f"{m} {100 * a:.1f} vs {100 * b:.1f}" for m, a, b in zip(size.silo_models, dp, free, strict=True)
+    )
+    worst = max(range(len(dp)), key=lambda i: free[i] - dp[i])
+    return (
+        f" Per client at ε = 8 vs the same GroupNorm model without DP: {pairs}; "
+        f"{size.silo_models[worst]} loses the most ({100 * (free[worst] - dp[worst]):.1f} points)."
+    )
 
 
 def _kept(r: RunRecord) -> float | None:
@@ -1679,6 +1726,8 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
                 f"| {_num(r.release_noise_multiplier)} | {_num(r.nsr)} "
                 f"| {_num(r.nsr_cohort)} | {_num(r.clipped_fraction, '{:.0%}')} |"
             )
+        if setting == "cross-silo":
+            out += _per_architecture(results.runs, size)
         out += ["", "### Cost per round", ""]
         out += [
             "| partition | cohort | mode | ε | s / round | dream s / round | bytes sent / client / round |",
@@ -1706,7 +1755,7 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
         )
         out.append("")
     out += ["## Targets", ""]
-    target_lines = _targets(rows, size)
+    target_lines = _targets(rows, size, results.runs)
     out += target_lines or ["- no target could be evaluated (missing runs)."]
     out.append("")
     remedy_rows = [r for r in rows if r.remedy is not None]
