@@ -51,7 +51,7 @@ PROJECTED = {
     "dct7": (LowFrequency(7), True),
     "dct10": (LowFrequency(10), True),
 }
-VARIANTS = ("plain", "none", *PROJECTED)
+VARIANTS = ("plain", "none", *PROJECTED)  # and plain-<projection>: the projection's cost without noise
 
 
 def validation_split(name: str, val: int) -> Dataset:
@@ -109,16 +109,18 @@ def one_run(
 ) -> dict:
     """One federation; its validation accuracy, released dimension, NSR, kept signal and time."""
     base = variant.removesuffix("+gs")
+    private = not (base == "plain" or base.startswith("plain-"))
+    name = base.removeprefix("plain").removeprefix("-") if not private else ("" if base == "none" else base)
     remedy = Remedy(variant, "fewer releases", global_steps=global_steps) if global_steps else None
     config = runner.device_config(alpha, seed, cohort, remedy)
     agg: Aggregator
-    if base == "plain":
-        agg = create_aggregator("plain")
-    else:
+    if private:
         agg, _ = runner.secure_dp(config, cohort, epsilon, seed)
-        if base != "none":
-            projection, renormalize = PROJECTED[base]
-            agg = ProjectedReleases(agg, projection, data.input_shape, renormalize=renormalize)
+    else:
+        agg = create_aggregator("plain")
+    if name:
+        projection, renormalize = PROJECTED[name]
+        agg = ProjectedReleases(agg, projection, data.input_shape, renormalize=renormalize)
     t0 = time.perf_counter()
     fed = Federation(config, agg, dataset=data)
     history = fed.run(config.rounds)
@@ -140,7 +142,7 @@ def one_run(
         "alpha": alpha,
         "seed": seed,
         "cohort": cohort,
-        "epsilon": None if base == "plain" else epsilon,
+        "epsilon": epsilon if private else None,
         "epsilon_spent": extra.get("dp_epsilon"),
         "releases_per_round": config.releases_per_round,
         "dream_steps": config.dream.global_steps,
@@ -162,10 +164,14 @@ def _fmt(x: float | None, fmt: str) -> str:
 
 
 def write_markdown(path: Path, records: list[dict], commands: list[str], hw: str, best: str | None) -> None:
-    order = {v: i for i, v in enumerate(VARIANTS)}
-    rows = sorted(records, key=lambda r: (r["partition"], order.get(r["variant"], 99), r["variant"]))
+    order = {v: i for i, v in enumerate(VARIANTS)} | {f"plain-{p}": 0.5 for p in PROJECTED}
+    rows = sorted(
+        records,
+        key=lambda r: (r["partition"] != "IID", r["partition"], order.get(r["variant"], 99), r["variant"]),
+    )
     local = {r["partition"]: r.get("local") for r in records if r.get("local") is not None}
     none = {r["partition"]: r["accuracy"] for r in records if r["variant"] == "none"}
+    plain = {r["partition"]: r["accuracy"] for r in records if r["variant"] == "plain"}
     lines = [
         "# Lower-dimensional dream-gradient releases under client-level DP (cross-device)",
         "",
@@ -186,28 +192,30 @@ def write_markdown(path: Path, records: list[dict], commands: list[str], hw: str
         "P g as is (||P g|| < clip norm), the others rescale P g to the client's norm (the clip norm). "
         "`+gs` = the same with 5 instead of 10 dream steps (releases) per round. "
         "NSR (cohort) = noise std × sqrt(released dim) / clip norm / cohort: the summed noise's L2 norm "
-        "against the largest summed signal. Signal kept = mean ||P g|| / ||g|| of the clients' releases.",
+        "against the largest summed signal. Releases per round count the soft labels and class weights too. "
+        "Signal kept = mean ||P g|| / ||g|| of the clients' releases. `plain-X`: projection X without any "
+        "noise, its cost alone; 'vs no projection' compares it with `plain`, the DP variants with `none`.",
         "",
-        "| partition | variant | ε spent | releases / round | released dim | z per release | NSR (cohort) "
-        "| signal kept | val. accuracy % | vs no projection (pp) | vs local-only (pp) | s |",
+        "| partition | variant | ε spent | dream steps (releases) / round | released dim | z per release "
+        "| NSR (cohort) | signal kept | val. accuracy % | vs no projection (pp) | vs local-only (pp) | s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         part = r["partition"]
+        ref = (plain if r["variant"].startswith("plain-") else none).get(part)
         vs_none = (
-            (r["accuracy"] - none[part]) * 100
-            if part in none and r["variant"] not in ("none", "plain")
-            else None
+            (r["accuracy"] - ref) * 100 if ref is not None and r["variant"] not in ("none", "plain") else None
         )
         vs_local = (r["accuracy"] - local[part]) * 100 if local.get(part) is not None else None
         lines.append(
-            f"| {part} | {r['variant']} | {_fmt(r['epsilon_spent'], '{:.2f}')} | {r['releases_per_round']} "
+            f"| {part} | {r['variant']} | {_fmt(r['epsilon_spent'], '{:.2f}')} "
+            f"| {r['dream_steps']} ({r['releases_per_round']}) "
             f"| {r['released_dim']} | {_fmt(r['release_noise_multiplier'], '{:.3g}')} "
             f"| {_fmt(r['nsr_cohort'], '{:.2f}')} | {_fmt(r['signal_kept'], '{:.0%}')} "
             f"| {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} | {_fmt(vs_none, '{:+.1f}')} "
             f"| {_fmt(vs_local, '{:+.1f}')} | {r['seconds']:.0f} |"
         )
-    for part, acc in sorted(local.items()):
+    for part, acc in sorted(local.items(), key=lambda kv: (kv[0] != "IID", kv[0])):
         lines.append(f"| {part} | local-only | - | - | - | - | - | - | {100 * acc:.1f} | - | - | - |")
     lines += ["", f"Best projection on validation accuracy (mean over partitions): `{best or '-'}`."]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +257,7 @@ def cli(partitions, seed, cohort, epsilon, val, fewer_steps, variants, records, 
     """Cross-device CoDream under client-level DP with dream gradients released through projections."""
     torch.set_num_threads(threads)
     chosen = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = set(chosen) - set(VARIANTS)
+    unknown = {v for v in chosen if v not in VARIANTS and v.removeprefix("plain-") not in PROJECTED}
     if unknown:
         raise click.BadParameter(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     alphas = [alpha_of(p.strip()) for p in partitions.split(",")]
