@@ -20,7 +20,6 @@ after every run, so runs can be added in batches.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import math
@@ -36,7 +35,7 @@ import torch
 
 from codream.aggregation import PlainAggregator
 from codream.baselines import BaselineConfig, run_local_only
-from codream.data import Dataset, load_dataset, partition
+from codream.data import Dataset, hold_out, load_dataset, partition
 from codream.exceptions import ConfigError
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
 
@@ -68,15 +67,7 @@ def alpha_of(label: str) -> float | None:
 
 def validation_split(val: int) -> Dataset:
     """Fashion-MNIST whose 'test' set is the last `val` training images, which the clients never see."""
-    data = load_dataset("fashion-mnist", limit_train=None, seed=0)
-    n = len(data.y_train) - val
-    return dataclasses.replace(
-        data,
-        x_train=data.x_train[:n],
-        y_train=data.y_train[:n],
-        x_test=data.x_train[n:],
-        y_test=data.y_train[n:],
-    )
+    return hold_out(load_dataset("fashion-mnist", limit_train=None, seed=0), val)
 
 
 def ce_steps_per_round(distill: DistillConfig) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from codream.aggregation import create_aggregator
 from codream.bench import tradeoff as T
+from codream.data import hold_out
 from codream.federation.simulation import Federation
 from codream.privacy.calibration import ExampleLevelSchedule
 from codream.privacy.example_level import dp_trainer_factory
@@ -38,14 +39,7 @@ def main(partition: str, kd_lr: float, seed: int, epsilon: float) -> None:
     torch.set_num_threads(1)
     alpha = None if partition == "iid" else float(partition)
     runner = T._Runner(T.FULL, torch.device("cpu"), print)
-    d = runner.dataset
-    val = dataclasses.replace(
-        d,
-        x_train=d.x_train[:-2000],
-        y_train=d.y_train[:-2000],
-        x_test=d.x_train[-2000:],
-        y_test=d.y_train[-2000:],
-    )
+    val = hold_out(runner.dataset, 2000)
     cfg = dataclasses.replace(runner.silo_config(alpha, seed, norm="group"), limit_test=None)
     size = T.FULL
     steps = cfg.distill.warmup_steps + cfg.rounds * T._ce_steps_per_round(cfg.distill)

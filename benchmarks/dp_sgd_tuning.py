@@ -38,7 +38,7 @@ import torch
 
 from codream.aggregation import create_aggregator
 from codream.bench.tradeoff import CPU, INF, _ce_steps_per_round, _delta, _plan_noise, _Runner, hardware
-from codream.data import Dataset, load_dataset
+from codream.data import Dataset, hold_out, load_dataset
 from codream.exceptions import ConfigError
 from codream.privacy.calibration import ExampleLevelSchedule
 from codream.privacy.example_level import AdaptiveClipping, dp_trainer_factory
@@ -88,17 +88,7 @@ PARTITIONS = {"dir0.1": 0.1, "iid": None}
 
 def validation_split(name: str, val: int) -> Dataset:
     """The data set whose 'test' set is its last `val` training images, which no client then holds."""
-    data = load_dataset(name, limit_train=None, seed=0)
-    n = len(data.y_train) - val
-    if n <= 0:
-        raise ConfigError(f"--val {val} leaves no training images ({len(data.y_train)} in all)")
-    return dataclasses.replace(
-        data,
-        x_train=data.x_train[:n],
-        y_train=data.y_train[:n],
-        x_test=data.x_train[n:],
-        y_test=data.y_train[n:],
-    )
+    return hold_out(load_dataset(name, limit_train=None, seed=0), val)
 
 
 def one_run(runner: _Runner, variant: Variant, partition: str, seed: int) -> dict[str, Any]:

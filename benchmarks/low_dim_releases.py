@@ -21,7 +21,6 @@ rewritten from all records after each run.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import math
@@ -37,8 +36,7 @@ import torch
 from codream.aggregation import Aggregator, create_aggregator
 from codream.baselines import BaselineConfig, run_local_only
 from codream.bench.tradeoff import FULL, Remedy, _Runner, hardware
-from codream.data import Dataset, load_dataset, partition
-from codream.exceptions import ConfigError
+from codream.data import Dataset, hold_out, load_dataset, partition
 from codream.federation.config import FederationConfig
 from codream.federation.simulation import Federation
 from codream.privacy.projection import DREAM_PREFIX, BlockMeans, LowFrequency, ProjectedReleases
@@ -56,17 +54,7 @@ VARIANTS = ("plain", "none", *PROJECTED)  # and plain-<projection>: the projecti
 
 def validation_split(name: str, val: int) -> Dataset:
     """The data set whose 'test' set is the last `val` training images, which no client can hold."""
-    data = load_dataset(name, limit_train=None, seed=0)
-    n = len(data.y_train) - val
-    if n <= 0:
-        raise ConfigError(f"--val {val} leaves no training images")
-    return dataclasses.replace(
-        data,
-        x_train=data.x_train[:n],
-        y_train=data.y_train[:n],
-        x_test=data.x_train[n:],
-        y_test=data.y_train[n:],
-    )
+    return hold_out(load_dataset(name, limit_train=None, seed=0), val)
 
 
 def alpha_of(label: str) -> float | None:

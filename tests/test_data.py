@@ -288,3 +288,16 @@ def test_summary_counts_each_clients_classes():
     np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 1, 3]])
     with pytest.raises(ConfigError):
         partition_summary(labels, [np.array([5])], 2)
+
+
+def test_hold_out_evaluates_on_training_examples_no_client_can_hold():
+    from codream.data import hold_out
+
+    data = load_dataset("digits", seed=0)
+    val = hold_out(data, 100)
+    n = len(data.y_train) - 100
+    assert torch.equal(val.x_test, data.x_train[n:]) and torch.equal(val.y_test, data.y_train[n:])
+    assert torch.equal(val.x_train, data.x_train[:n]) and len(val.y_train) == n
+    for bad in (0, len(data.y_train)):
+        with pytest.raises(ConfigError, match="hold out"):
+            hold_out(data, bad)

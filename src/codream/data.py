@@ -16,6 +16,7 @@ over classes with equal-size clients (see `partition`).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import math
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_IDX_DIRS",
     "Dataset",
     "dataset_names",
+    "hold_out",
     "load_dataset",
     "partition",
     "partition_summary",
@@ -90,6 +92,27 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     input_shape: tuple[int, int, int]
+
+
+def hold_out(data: Dataset, n: int) -> Dataset:
+    """`data` with its last `n` training examples as the evaluation set, which no client then holds.
+
+    Settings are chosen on this validation split so that nothing is selected on the test set.
+
+    Raises:
+        ConfigError: n < 1 or n leaving no training examples.
+    """
+    total = len(data.y_train)
+    if not (1 <= n < total):
+        raise ConfigError(f"cannot hold out {n} of {total} training examples; choose 1 to {total - 1}")
+    k = total - n
+    return dataclasses.replace(
+        data,
+        x_train=data.x_train[:k],
+        y_train=data.y_train[:k],
+        x_test=data.x_train[k:],
+        y_test=data.y_train[k:],
+    )
 
 
 def dataset_names() -> list[str]:
