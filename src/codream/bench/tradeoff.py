@@ -28,9 +28,10 @@ released dimension), the cohort, the dream batch and the releases per round. The
 dream batch, or dream gradients released at a lower dimension (`ProjectedReleases`), and the
 example-level DP point with larger, fewer DP-SGD steps.
 
-Sizes: `quick` (seconds, for tests), `cpu` (the default; about 25-30 minutes on one quiet core:
-``OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/tradeoff.py``) and `full` (a GPU: more
-data, rounds, dreams and larger models). Each states itself in the results file.
+Sizes: `quick` (seconds, for tests), `cpu` (the default; about 40 minutes of one core, half that on two
+with ``--jobs 2 --threads 1``) and `full` (larger data and models, and cross-device settings under which
+CoDream beats local-only; about 6 minutes on one H100 with ``--jobs 16 --threads 1`` and CUDA MPS).
+Each states itself in the results file.
 """
 
 from __future__ import annotations
@@ -2031,9 +2032,13 @@ def _command_line() -> str:
 @click.command("tradeoff")
 @click.option("--quick", "size", flag_value="quick", help="Tiny size (seconds; for tests).")
 @click.option(
-    "--cpu", "size", flag_value="cpu", default=True, help="CPU size (default; about 25-30 min on one core)."
+    "--cpu",
+    "size",
+    flag_value="cpu",
+    default=True,
+    help="CPU size (default; about 40 min of one core, half with --jobs 2).",
 )
-@click.option("--full", "size", flag_value="full", help="GPU size (larger, paper-like).")
+@click.option("--full", "size", flag_value="full", help="GPU size (about 6 min on one H100 with --jobs 16).")
 @click.option("--seeds", default=None, help="Comma-separated seeds (default: the size's).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option(
