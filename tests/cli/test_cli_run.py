@@ -128,9 +128,13 @@ def test_a_run_with_dropout_completes_and_reports_the_survivors(tmp_path):
         (["--dataset", "fashion-mnist", "--data-dir", "/no/such/folder"], 3, "/no/such/folder"),
         (["--aggregation", "secure+dp", "--epsilon", "1e-9"], 2, "--epsilon 1e-09 cannot be met"),
         (["--device", "tpu"], 2, "'tpu' is not one of"),
+        (["--privacy-unit", "example", "--aggregation", "secure+dp"], 2, "choose --aggregation plain"),
+        (["--privacy-unit", "example", "--epsilon", "1e-9"], 2, "--epsilon 1e-09 cannot be met by"),
+        (["--privacy-unit", "example", "--engine", "flower"], 2, "works with --engine simulation only"),
     ],
     ids=["unknown model", "unknown dataset", "threshold above clients", "missing data folder",
-         "epsilon out of reach", "unknown device"],
+         "epsilon out of reach", "unknown device", "two privacy units", "example epsilon out of reach",
+         "example-level on flower"],
 )  # fmt: skip
 def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(tmp_path, args, code, message):
     out = tmp_path / "bad"
@@ -193,3 +197,19 @@ def test_a_resumed_secure_run_equals_the_unbroken_one(runs, tmp_path):
     unbroken = runs["secure"][0]
     assert [m["accuracy"] for m in metrics(out)] == [m["accuracy"] for m in metrics(unbroken)]
     assert torch.equal(torch.load(out / "dreams.pt")["x"], torch.load(unbroken / "dreams.pt")["x"])
+
+
+def test_example_level_dp_trains_every_client_with_dp_sgd_and_stays_within_its_target(tmp_path):
+    out = tmp_path / "example"
+    args = ("--rounds", "2", "--kd-steps", "5", "--privacy-unit", "example", "--epsilon", "4")
+    result = run_cli(*args, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "example-level DP: DP-SGD on every client" in result.output
+    privacy = json.loads((out / "summary.json").read_text())["privacy"]
+    assert privacy["granularity"] == "example" and privacy["noise_multiplier"] > 0
+    eps = [m["epsilon"] for m in metrics(out)]
+    assert 0 < eps[0] < eps[1] <= 4.0
+    ledger = json.loads((out / "privacy_ledger.json").read_text())
+    assert ledger["granularity"] == "example" and ledger["epsilon"] == pytest.approx(eps[1])
+    federation = json.loads((out / "federation.json").read_text())
+    assert federation["norm"] == "group" and federation["dream"]["w_bn"] == 0.0

@@ -205,22 +205,29 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "How client vectors are summed: plain, secure (secure aggregation) or secure+dp (plus DP noise).",
     ),
     RunOption(
+        "privacy_unit",
+        click.Choice(["client", "example"]),
+        "client",
+        "What DP protects: a client's whole data (with --aggregation secure+dp) or one training example "
+        "(DP-SGD on every client, GroupNorm models; with plain or secure aggregation).",
+    ),
+    RunOption(
         "epsilon",
         click.FloatRange(min=0, min_open=True),
         None,
-        "Client-level privacy target for secure+dp; the noise multiplier is calibrated to it.",
+        "Privacy target (secure+dp, or --privacy-unit example); the noise multiplier is calibrated to it.",
     ),
     RunOption(
         "delta",
         click.FloatRange(min=0, max=1, min_open=True, max_open=True),
         1e-5,
-        "Privacy delta for secure+dp.",
+        "Privacy delta (secure+dp, or --privacy-unit example).",
     ),
     RunOption(
         "noise_multiplier",
         click.FloatRange(min=0, min_open=True),
         None,
-        "Noise multiplier for secure+dp instead of --epsilon.",
+        "Noise multiplier instead of --epsilon (per round for secure+dp, per DP-SGD step for examples).",
     ),
     RunOption(
         "threshold",
@@ -296,6 +303,7 @@ class RunConfig:
     kd_lr: float | None = None
     ce_ratio: float | None = None
     aggregation: str = "plain"
+    privacy_unit: str = "client"
     epsilon: float | None = None
     delta: float = 1e-5
     noise_multiplier: float | None = None
@@ -329,10 +337,21 @@ class RunConfig:
             raise ConfigError(
                 "--threshold applies to secure aggregation; add --aggregation secure or secure+dp"
             )
-        if self.aggregation != "secure+dp" and (
-            self.epsilon is not None or self.noise_multiplier is not None
+        if self.privacy_unit not in ("client", "example"):
+            raise ConfigError(f"--privacy-unit {self.privacy_unit!r} is unknown; choose client or example")
+        if self.privacy_unit == "example" and self.aggregation == "secure+dp":
+            raise ConfigError(
+                "--privacy-unit example trains with DP-SGD on every client; choose --aggregation plain or "
+                "secure with it (secure+dp protects whole clients)"
+            )
+        if (
+            self.aggregation != "secure+dp"
+            and self.privacy_unit != "example"
+            and (self.epsilon is not None or self.noise_multiplier is not None)
         ):
-            raise ConfigError("--epsilon/--noise-multiplier need --aggregation secure+dp")
+            raise ConfigError(
+                "--epsilon/--noise-multiplier need --aggregation secure+dp or --privacy-unit example"
+            )
         if self.epsilon is not None and self.noise_multiplier is not None:
             raise ConfigError(
                 "give either --epsilon (a target to calibrate to) or --noise-multiplier, not both"
@@ -535,6 +554,11 @@ def federation_config(rc: RunConfig, *, device: str | None = None) -> Any:
             "lr": rc.dream_lr,
         },
     )
+    example_dp = rc.privacy_unit == "example"
+    if example_dp:
+        # DP-SGD needs per-example gradients: BatchNorm mixes examples (GroupNorm instead), and the
+        # dream loss's BatchNorm term reads running statistics of private data.
+        dream = dataclasses.replace(dream, w_bn=0.0)
     distill = _set_fields(
         DistillConfig,
         DistillConfig(),
@@ -567,6 +591,7 @@ def federation_config(rc: RunConfig, *, device: str | None = None) -> Any:
         "device": device or rc.device,
         "method": rc.method,
         "limit_test": rc.limit_test,
+        "norm": "group" if example_dp else None,
         "dream": dream,
         "distill": distill,
     }

@@ -85,6 +85,11 @@ class PrivacyPlan:
 
     def __init__(self, rc: RunConfig, fed_cfg: Any, *, saved: Mapping[str, Any] | None = None) -> None:
         self.rc = rc
+        self.example = rc.privacy_unit == "example"
+        if self.example:
+            self._init_example(rc, fed_cfg)
+            return
+        self.granularity = "client"
         self.enabled = rc.aggregation == "secure+dp"
         self.delta = rc.delta if self.enabled else None
         self.target_epsilon = rc.epsilon
@@ -106,6 +111,112 @@ class PrivacyPlan:
         elif self.noise_multiplier is None:
             self._calibrate()
 
+    def _init_example(self, rc: RunConfig, fed_cfg: Any) -> None:
+        """Example-level DP: every client trains with DP-SGD; its noise is calibrated to its data size."""
+        from ..privacy.ledger import PrivacyLedger
+
+        dc = fed_cfg.distill
+        self.granularity = "example"
+        self.enabled = True
+        self.delta = rc.delta
+        self.target_epsilon = rc.epsilon
+        if rc.noise_multiplier is None and rc.epsilon is None:
+            self.target_epsilon = self.DEFAULT_EPSILON
+        self.noise_multiplier = rc.noise_multiplier
+        self.releases_per_round = int(getattr(fed_cfg, "releases_per_round", 1))
+        self.sample_rate = None  # each client's own batch / data size, set when its trainer is built
+        self.batch_size = dc.ce_batch_size
+        self.lr, self.momentum = dc.lr, dc.momentum
+        # Each round's interleaved CE steps: floor(kd_steps x ce_ratio), an upper bound of the count the
+        # loop's float accumulation takes.
+        self.round_steps = math.floor(dc.kd_steps * dc.ce_ratio + 1e-9)
+        # Planned DP-SGD steps per client: the warm-up and every round's interleaved CE steps (never fewer
+        # than a client takes; a client outside a round's cohort takes fewer).
+        self.dp_steps = dc.warmup_steps + rc.rounds * self.round_steps
+        self.planned_epsilon = None
+        self.ledger = PrivacyLedger(
+            delta=rc.delta, target_epsilon=self.target_epsilon, granularity="example", accountant="prv"
+        )
+        self._planned: dict[int, Any] = {}
+        self._trainers: dict[int, Any] = {}
+
+    def _example_plan(self, data_size: int) -> Any:
+        from ..privacy.calibration import ExampleLevelSchedule, plan_noise
+
+        if data_size not in self._planned:
+            batch = min(self.batch_size, data_size)
+            schedule = ExampleLevelSchedule(local_steps=self.dp_steps, batch_size=batch, data_size=data_size)
+            try:
+                self._planned[data_size] = plan_noise(
+                    schedule, target_epsilon=self.target_epsilon, delta=self.delta, accountant="prv"
+                )
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"--epsilon {self.target_epsilon:g} cannot be met by {self.dp_steps} DP-SGD steps "
+                    f"on {data_size} examples at delta {self.delta:g} ({exc}); raise --epsilon or take "
+                    "fewer steps"
+                ) from None
+        return self._planned[data_size]
+
+    def trainer_factory(self) -> Any:
+        """For example-level DP, the factory of each client's DP-SGD trainer; None otherwise."""
+        if not self.example:
+            return None
+        from ..privacy.example_level import DPSGDTrainer
+
+        def factory(model: Any, x: Any, y: Any, generator: Any) -> Any:
+            n = int(x.shape[0])
+            if self.noise_multiplier is not None and self.target_epsilon is None:
+                z = self.noise_multiplier
+            else:
+                plan = self._example_plan(n)
+                z = plan.noise_multiplier
+                self.planned_epsilon = max(self.planned_epsilon or 0.0, plan.epsilon)
+            trainer = DPSGDTrainer(
+                model,
+                x,
+                y,
+                generator,
+                noise_multiplier=z,
+                batch_size=min(self.batch_size, n),
+                lr=self.lr,
+                momentum=self.momentum,
+                delta=self.delta,
+            )
+            self._trainers[len(self._trainers)] = trainer
+            return trainer
+
+        return factory
+
+    def before_round(self, round_index: int) -> None:
+        """Example-level: refuse a round whose DP-SGD steps would take a client past the target."""
+        if self.example and self._trainers and self.target_epsilon is not None:
+            from ..privacy.example_level import check_example_round
+
+            check_example_round(self.ledger, self._trainers, steps=self.round_steps, round_index=round_index)
+
+    def describe(self) -> str:
+        """The line a run prints about its noise before the first round."""
+        if self.example:
+            zs = sorted({round(t.dp_optimizer.noise_multiplier, 4) for t in self._trainers.values()})
+            return (
+                f"example-level DP: DP-SGD on every client, noise multiplier {', '.join(map(str, zs))} over "
+                f"{self.dp_steps} planned steps, target epsilon {_fmt_opt(self.target_epsilon)} at delta "
+                f"{self.delta:g} (GroupNorm models)"
+            )
+        return (
+            f"secure+dp: noise multiplier {self.noise_multiplier:.4g} per round "
+            f"({self.releases_per_round} releases), target epsilon {_fmt_opt(self.target_epsilon)} "
+            f"at delta {self.delta:g}"
+        )
+
+    def after_round(self, round_index: int) -> None:
+        """Example-level: record every client's epsilon; the run's is their maximum."""
+        if self.example and self._trainers:
+            from ..privacy.example_level import record_example_round
+
+            record_example_round(self.ledger, self._trainers, round_index=round_index)
+
     def _calibrate(self) -> None:
         from ..privacy.calibration import ClientLevelSchedule, plan_noise
 
@@ -123,7 +234,7 @@ class PrivacyPlan:
         self.planned_epsilon = plan.epsilon
 
     def aggregator_options(self) -> dict[str, Any]:
-        if not self.enabled:
+        if not self.enabled or self.example:
             return {}
         return {
             "noise_multiplier": self.noise_multiplier,
@@ -133,8 +244,8 @@ class PrivacyPlan:
         }
 
     def bind(self, aggregator: Any) -> None:
-        """Find the ledger the secure+dp aggregator keeps."""
-        if self.enabled:
+        """Find the ledger the secure+dp aggregator keeps (example-level keeps its own)."""
+        if self.enabled and not self.example:
             self.ledger = getattr(aggregator, "ledger", None)
 
     def attach(self, path: Path) -> None:
@@ -151,7 +262,7 @@ class PrivacyPlan:
         if not self.enabled:
             return None
         out: dict[str, Any] = {
-            "granularity": "client",
+            "granularity": self.granularity,
             "delta": self.rc.delta,
             "target_epsilon": self.target_epsilon,
             "noise_multiplier": self.noise_multiplier,
@@ -160,6 +271,11 @@ class PrivacyPlan:
             "releases_per_round": self.releases_per_round,
             "epsilon": self.epsilon(),
         }
+        if self.example and self._trainers:
+            trainers = list(self._trainers.values())
+            out["noise_multiplier"] = max(t.dp_optimizer.noise_multiplier for t in trainers)
+            out["sample_rate"] = max(t.sample_rate for t in trainers)
+            out["dp_sgd_steps"] = self.dp_steps
         if self.ledger is not None:
             out["accountant"] = getattr(self.ledger, "accountant_name", None)
             out["ledger"] = self.ledger.to_dict()
@@ -197,11 +313,11 @@ def build_aggregator(rc: RunConfig, privacy: PrivacyPlan) -> Any:
     return aggregator
 
 
-def make_federation(fed_cfg: Any, aggregator: Any) -> Any:
+def make_federation(fed_cfg: Any, aggregator: Any, trainer_factory: Any = None) -> Any:
     """The simulation engine's `Federation` (loads data and builds every client's model)."""
     from ..federation.simulation import Federation
 
-    return Federation(fed_cfg, aggregator=aggregator)
+    return Federation(fed_cfg, aggregator=aggregator, trainer_factory=trainer_factory)
 
 
 # --- per-round records ---------------------------------------------------------------------------------
@@ -364,13 +480,21 @@ def execute_run(
     privacy = PrivacyPlan(rc, fed_cfg, saved=state.get("privacy") if state else None)
     aggregator = build_aggregator(rc, privacy)
     if rc.engine == "flower":
+        if privacy.example:
+            raise ConfigError(
+                "--privacy-unit example works with --engine simulation only; the Flower engine does not "
+                "carry DP-SGD clients yet"
+            )
         if resume:
             raise ConfigError(
                 "--resume works with --engine simulation only; the Flower engine runs in one go"
             )
         return _execute_flower(rc, fed_cfg, privacy, device=device, run_dir=run_dir, echo=echo)
     # Built before the run directory exists: a bad model name or a missing data folder leaves nothing.
-    federation = federation_factory(fed_cfg, aggregator)
+    if privacy.example:
+        federation = make_federation(fed_cfg, aggregator, trainer_factory=privacy.trainer_factory())
+    else:
+        federation = federation_factory(fed_cfg, aggregator)
 
     if resume:
         done = 0
@@ -396,11 +520,7 @@ def execute_run(
     if privacy.ledger is not None:
         rd.write_json(LEDGER_FILE, privacy.ledger.to_dict())  # matches the checkpoint, even after a crash
     if privacy.enabled:
-        echo(
-            f"secure+dp: noise multiplier {privacy.noise_multiplier:.4g} per round "
-            f"({privacy.releases_per_round} releases), target epsilon {_fmt_opt(privacy.target_epsilon)} "
-            f"at delta {privacy.delta:g}"
-        )
+        echo(privacy.describe())
 
     records = rd.read_metrics()
     bars = _Progress(rc.rounds, done, progress)
@@ -408,7 +528,9 @@ def execute_run(
     try:
         for r in range(done, rc.rounds):
             t0 = time.perf_counter()
+            privacy.before_round(r)
             metrics = federation.run_round(progress=bars.step)
+            privacy.after_round(r)
             seconds = time.perf_counter() - t0
             record = round_record(
                 metrics, round_number=r + 1, epsilon=privacy.epsilon(), delta=privacy.delta, seconds=seconds
