@@ -26,7 +26,7 @@ them: the noise-to-signal ratio of a released dream gradient (noise L2 norm / cl
 released dimension), the cohort, the dream batch and the releases per round. The remedies
 (`Remedy`) rerun the client-level DP point at epsilon = 8 with fewer releases per round, a smaller
 dream batch, or dream gradients released at a lower dimension (`ProjectedReleases`), and the
-example-level DP point with larger, fewer DP-SGD steps.
+example-level DP point with larger, fewer DP-SGD steps or with KD on dreams at a smaller learning rate.
 
 Sizes: `quick` (seconds, for tests), `cpu` (the default; about 40 minutes of one core, half that on two
 with ``--jobs 2 --threads 1``) and `full` (larger data and models, and cross-device settings under which
