@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import platform
 import shlex
 import sys
 import time
@@ -35,6 +34,7 @@ import torch
 
 from codream.aggregation import PlainAggregator
 from codream.baselines import BaselineConfig, run_local_only
+from codream.bench.tradeoff import hardware as tradeoff_hardware
 from codream.data import Dataset, hold_out, load_dataset, partition
 from codream.exceptions import ConfigError
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
@@ -68,11 +68,6 @@ def alpha_of(label: str) -> float | None:
 def validation_split(val: int) -> Dataset:
     """Fashion-MNIST whose 'test' set is the last `val` training images, which the clients never see."""
     return hold_out(load_dataset("fashion-mnist", limit_train=None, seed=0), val)
-
-
-def ce_steps_per_round(distill: DistillConfig) -> int:
-    # The learning loop's interleaving: floor(kd_steps * ce_ratio) CE steps per round.
-    return int(math.floor(distill.kd_steps * distill.ce_ratio + 1e-9))
 
 
 def federation_config(
@@ -116,7 +111,7 @@ class LocalOnlyCache:
 
     def __call__(self, config: FederationConfig, clients: list[int]) -> tuple[np.ndarray, float, int]:
         dc = config.distill
-        steps = ce_steps_per_round(dc) + math.ceil(dc.warmup_steps / config.rounds)
+        steps = dc.ce_steps_per_round + math.ceil(dc.warmup_steps / config.rounds)
         key = (config.alpha, config.samples_per_client, config.seed, tuple(clients), steps, config.rounds)
         if key not in self._done:
             parts = partition(
@@ -169,18 +164,8 @@ def one_run(run: dict, data: Dataset, local: LocalOnlyCache, **setting) -> dict:
 
 
 def hardware() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, torch threads = {torch.get_num_threads()}; torch {torch.__version__}, "
-        f"Python {platform.python_version()}"
-    )
+    hw = tradeoff_hardware("cpu")
+    return f"{hw['cpu']}, torch threads = {hw['torch_threads']}; torch {hw['torch']}, Python {hw['python']}"
 
 
 def label(run: dict) -> str:
@@ -195,7 +180,7 @@ def write_markdown(path: Path, records: list[dict], commands: list[str], notes: 
     ]
     for i, r in enumerate(records, 1):
         run = r["run"]
-        ce = ce_steps_per_round(DistillConfig(kd_steps=run["kd"]))
+        ce = DistillConfig(kd_steps=run["kd"]).ce_steps_per_round
         rows.append(
             f"| {i} | {'IID' if alpha_of(run['alpha']) is None else 'Dir(' + run['alpha'] + ')'} "
             f"| {run['rounds']} | {run['bank']} | {run['gs']} | {run['batch']} | {run['warmup']} "

@@ -42,7 +42,7 @@ def main(partition: str, kd_lr: float, seed: int, epsilon: float) -> None:
     val = hold_out(runner.dataset, 2000)
     cfg = dataclasses.replace(runner.silo_config(alpha, seed, norm="group"), limit_test=None)
     size = T.FULL
-    steps = cfg.distill.warmup_steps + cfg.rounds * T._ce_steps_per_round(cfg.distill)
+    steps = cfg.distill.warmup_steps + cfg.rounds * cfg.distill.ce_steps_per_round
     schedule = ExampleLevelSchedule(
         local_steps=steps, batch_size=size.batch_size, data_size=size.silo_samples
     )

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from codream.aggregation import create_aggregator
-from codream.bench.tradeoff import CPU, INF, _ce_steps_per_round, _delta, _plan_noise, _Runner, hardware
+from codream.bench.tradeoff import CPU, INF, _delta, _plan_noise, _Runner, hardware
 from codream.data import Dataset, hold_out, load_dataset
 from codream.exceptions import ConfigError
 from codream.privacy.calibration import ExampleLevelSchedule
@@ -96,7 +96,7 @@ def one_run(runner: _Runner, variant: Variant, partition: str, seed: int) -> dic
     s = runner.size
     config = runner.silo_config(PARTITIONS[partition], seed, norm="group")
     base = dict(setting="cross-silo", partition_label=partition, cohort=None)
-    steps = config.distill.warmup_steps + config.rounds * _ce_steps_per_round(config.distill)
+    steps = config.distill.warmup_steps + config.rounds * config.distill.ce_steps_per_round
     lr = config.distill.lr * variant.lr_factor
     row: dict[str, Any] = dict(
         variant=variant.name,

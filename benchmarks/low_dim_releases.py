@@ -68,7 +68,7 @@ def label_of(alpha: float | None) -> str:
 def _local_only(data: Dataset, config: FederationConfig, clients: list[int]) -> float:
     """Local-only accuracy of `clients` with the SGD steps the trade-off benchmark gives local training."""
     dc = config.distill
-    steps = math.floor(dc.kd_steps * dc.ce_ratio + 1e-9) + math.ceil(dc.warmup_steps / config.rounds)
+    steps = dc.ce_steps_per_round + math.ceil(dc.warmup_steps / config.rounds)
     parts = partition(
         data.y_train,
         config.num_clients,

@@ -223,3 +223,16 @@ def test_the_benchmark_table_reports_mean_and_std_over_clients_and_seeds(tmp_pat
     assert "| codream | 75.0 ± 11.2 | [70.0, 80.0] |" in text
     assert "CoDream − local-only: +25.0 points" in text
     assert "python benchmarks/federation.py --size tiny" in text
+
+
+@pytest.mark.parametrize(
+    ("kd", "ratio", "ce"), [(40, 0.4, 16), (5, 0.4, 2), (10, 0.0, 0), (3, 0.5, 1), (25, 0.4, 10)]
+)
+def test_the_cross_entropy_steps_per_round_are_those_the_loop_interleaves(kd, ratio, ce):
+    assert DistillConfig(kd_steps=kd, ce_ratio=ratio).ce_steps_per_round == ce
+    owed, taken = 0.0, 0
+    for _ in range(kd):  # the client's own accumulation (`Client.distill`)
+        owed += ratio
+        while owed >= 1.0:
+            taken, owed = taken + 1, owed - 1.0
+    assert taken <= ce

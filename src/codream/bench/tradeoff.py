@@ -251,7 +251,7 @@ class TradeoffSize:
 
 def _ce_steps(kd_steps: int) -> int:
     """Cross-entropy steps interleaved with `kd_steps` KD steps at the learning loop's default ratio."""
-    return _ce_steps_per_round(DistillConfig(kd_steps=kd_steps))
+    return DistillConfig(kd_steps=kd_steps).ce_steps_per_round
 
 
 def _default_remedies(global_steps: int, dream_batch: int) -> tuple[Remedy, ...]:
@@ -541,10 +541,6 @@ def _label(alpha: float | None) -> str:
 def _delta(n: int) -> float:
     """Delta well below 1 / n (n: examples per client, or clients in the population)."""
     return min(1e-5, 0.1 / n)
-
-
-def _ce_steps_per_round(distill: DistillConfig) -> int:
-    return int(math.floor(distill.kd_steps * distill.ce_ratio + 1e-9))
 
 
 @functools.lru_cache(maxsize=256)
@@ -845,7 +841,7 @@ class _Runner:
             )
             out.append(self.federation(batch_cfg, agg, mode="secure+dp", epsilon=eps, dp=dp, **base)[0])
         group_cfg = self.silo_config(alpha, seed, norm="group")
-        ce_steps = _ce_steps_per_round(group_cfg.distill)
+        ce_steps = group_cfg.distill.ce_steps_per_round
         for eps in s.epsilons:
             if not self.wants(f"eps:{eps:g}"):
                 continue
@@ -910,7 +906,7 @@ class _Runner:
 
         s = self.size
         batch = min(batch or s.batch_size, s.silo_samples)
-        steps = config.distill.warmup_steps + config.rounds * _ce_steps_per_round(config.distill)
+        steps = config.distill.warmup_steps + config.rounds * config.distill.ce_steps_per_round
         delta = _delta(s.silo_samples)
         plan = _plan_noise(
             ExampleLevelSchedule(local_steps=steps, batch_size=batch, data_size=s.silo_samples),
@@ -1049,7 +1045,7 @@ class _Runner:
             num_clients=s.population,
             samples=s.device_samples,
             models=models,
-            local_steps=_ce_steps_per_round(dc) + math.ceil(dc.warmup_steps / s.device_rounds),
+            local_steps=dc.ce_steps_per_round + math.ceil(dc.warmup_steps / s.device_rounds),
             rounds=s.device_rounds,
             limit_test=s.device_limit_test,
             centralized_clients=max(s.cohorts),

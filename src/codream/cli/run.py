@@ -127,9 +127,7 @@ class PrivacyPlan:
         self.sample_rate = None  # each client's own batch / data size, set when its trainer is built
         self.batch_size = dc.ce_batch_size
         self.lr, self.momentum = dc.lr, dc.momentum
-        # Each round's interleaved CE steps: floor(kd_steps x ce_ratio), an upper bound of the count the
-        # loop's float accumulation takes.
-        self.round_steps = math.floor(dc.kd_steps * dc.ce_ratio + 1e-9)
+        self.round_steps = dc.ce_steps_per_round
         # Planned DP-SGD steps per client: the warm-up and every round's interleaved CE steps (never fewer
         # than a client takes; a client outside a round's cohort takes fewer).
         self.dp_steps = dc.warmup_steps + rc.rounds * self.round_steps

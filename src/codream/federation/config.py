@@ -229,6 +229,16 @@ class DistillConfig:
         if self.momentum >= 1:
             raise ConfigError(f"distill.momentum must be < 1, got {self.momentum}")
 
+    @property
+    def ce_steps_per_round(self) -> int:
+        """Local cross-entropy steps a client interleaves with its `kd_steps` KD steps in one round.
+
+        floor(kd_steps x ce_ratio): the loop accumulates ce_ratio per KD step and takes a CE step per
+        whole unit, so this is what it takes (or one more, where float rounding leaves the last unit a
+        hair short): an upper bound for DP-SGD step counts and the step budget baselines are matched to.
+        """
+        return math.floor(self.kd_steps * self.ce_ratio + 1e-9)
+
 
 @dataclass(frozen=True, slots=True)
 class FederationConfig:
