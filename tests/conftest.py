@@ -5,6 +5,15 @@ oversubscription (small models run many times faster) and keeps float results id
 since reduction order depends on the thread count.
 """
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The embedded data set, loaded once per test module."""
+    from codream.data import load_dataset
+
+    return load_dataset("digits", seed=0)

@@ -18,24 +18,10 @@ from codream.baselines import (
     run_fedavg,
     run_local_only,
 )
-from codream.data import load_dataset, partition
+from codream.data import partition
 from codream.exceptions import ConfigError
 
 FAST = BaselineConfig(rounds=2, local_steps=25, batch_size=32, lr=0.05, seed=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a shared machine train faster on one thread than on contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
 
 
 @pytest.fixture(scope="module")

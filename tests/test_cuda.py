@@ -16,7 +16,7 @@ import torch
 
 from codream.aggregation import create_aggregator
 from codream.baselines import BaselineConfig, run_centralized, run_fedavg, run_local_only
-from codream.data import DEFAULT_IDX_DIRS, load_dataset, partition
+from codream.data import DEFAULT_IDX_DIRS, partition
 from codream.devices import resolve_device
 from codream.dreams import client_dream_gradient
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
@@ -26,11 +26,6 @@ from codream.privacy.example_level import DPSGDTrainer, dp_trainer_factory
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 CUDA = torch.device("cuda")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
 
 
 def _config(**overrides) -> FederationConfig:

@@ -22,11 +22,6 @@ from codream.data import (
 from codream.exceptions import ConfigError, DataError
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
-
-
 def _idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
     """The IDX encoding, written out independently of the reader under test."""
     be = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[type_code]

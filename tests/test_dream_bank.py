@@ -8,26 +8,12 @@ import json
 import pytest
 import torch
 
-from codream.data import load_dataset
 from codream.exceptions import ConfigError
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
 from codream.federation.server import DreamBank
 
 BATCH = 8
 ROUNDS = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
 
 
 def bank_config(bank_size: int = ROUNDS * BATCH, **overrides) -> FederationConfig:

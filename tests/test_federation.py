@@ -9,24 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from codream.data import load_dataset
 from codream.exceptions import ConfigError
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
 from fakes import RecordingAggregator
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared CPU run far faster on one thread than on contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
 
 
 def small_config(**overrides) -> FederationConfig:

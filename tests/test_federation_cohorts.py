@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codream.data import load_dataset
 from codream.exceptions import ConfigError
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
 from fakes import RecordingAggregator
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
 
 
 def population_config(**overrides) -> FederationConfig:

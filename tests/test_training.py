@@ -13,14 +13,6 @@ from codream.models import build_model
 from codream.training import BatchStream, train_supervised
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _blobs(n: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Two well-separated classes of 1x4x4 images."""
     g = torch.Generator().manual_seed(seed)
