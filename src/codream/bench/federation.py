@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -547,3 +548,98 @@ def write_markdown(results: BenchmarkResults, path: str | Path | None, command: 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
     return text
+
+
+# -- command line ----------------------------------------------------------------------------------------
+
+
+def _alpha(text: str) -> float | None:
+    return None if text.strip().lower() in ("iid", "inf", "none") else float(text)
+
+
+def _names(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def federation_command(name: str, *, default_out: str | None, prog: str | None) -> Any:
+    """The click command of this benchmark, for `benchmarks/federation.py` and `codream bench federation`.
+
+    Args:
+        name: the command's name.
+        default_out: markdown file written when --out is not given (None: print only); the JSON of
+            every run goes beside it.
+        prog: how the results file names the command that made it, before its arguments (the
+            process's arguments after the first three); None: ``python <script>``, arguments after it.
+    """
+    import json
+    import shlex
+    import sys
+
+    import click
+
+    from ..rundir import to_jsonable
+
+    @click.command(name, help="CoDream against its baselines: accuracy per partition and model mix.")
+    @click.option("--size", type=click.Choice(sorted(SIZES)), default="cpu", show_default=True)
+    @click.option("--full", is_flag=True, help="Same as --size full (for a GPU).")
+    @click.option("--dataset", default="fashion-mnist", show_default=True)
+    @click.option("--data-dir", default=None, help="Folder of IDX files (default: the dataset's).")
+    @click.option("--models", default="resnet8,cnn,vgg,mlp", show_default=True, help="One per client.")
+    @click.option("--fedavg-model", default="cnn", show_default=True)
+    @click.option("--alphas", default="0.1,iid", show_default=True, help="Dirichlet alphas; 'iid' for IID.")
+    @click.option("--seeds", default=None, help="Comma-separated seeds (default: the size's).")
+    @click.option("--methods", default=",".join(METHODS), show_default=True)
+    @click.option("--rounds", type=int, default=None, help="Override the size's rounds.")
+    @click.option("--device", default="cpu", show_default=True)
+    @click.option(
+        "--threads",
+        type=int,
+        default=1,
+        show_default=True,
+        help="torch CPU threads; small models run fastest on 1, especially on a shared machine.",
+    )
+    @click.option(
+        "--jobs",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Worker processes, one (seed, partition) each; use one per core with --threads 1.",
+    )
+    @click.option(
+        "--set",
+        "settings",
+        multiple=True,
+        help="Override a size setting, e.g. --set dream.global_steps=60 --set samples_per_client=500.",
+    )
+    @click.option(
+        "--out", default=default_out, show_default=True, help="Markdown results file (JSON beside it)."
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+    def command(
+        size, full, dataset, data_dir, models, fedavg_model, alphas, seeds, methods, rounds, device, threads,
+        jobs, settings, out, as_json,
+    ) -> None:  # fmt: skip
+        torch.set_num_threads(threads)
+        results = run_benchmark(
+            size=override_size(SIZES["full" if full else size], settings),
+            dataset=dataset,
+            data_dir=data_dir,
+            models=_names(models),
+            fedavg_model=fedavg_model,
+            alphas=[_alpha(a) for a in alphas.split(",")],
+            seeds=None if seeds is None else [int(s) for s in seeds.split(",")],
+            methods=_names(methods),
+            device=device,
+            rounds=rounds,
+            jobs=jobs,
+            progress=lambda line: click.echo(line, err=True),
+        )
+        head, args = (
+            ("python " + shlex.quote(sys.argv[0]), sys.argv[1:]) if prog is None else (prog, sys.argv[3:])
+        )
+        text = write_markdown(results, out, " ".join([head, *(shlex.quote(a) for a in args)]))
+        if out is not None:
+            Path(out).with_suffix(".json").write_text(json.dumps(results.to_dict(), indent=1, default=str))
+        click.echo(json.dumps(to_jsonable(results.to_dict()), indent=1) if as_json else text)
+
+    return command

@@ -78,8 +78,8 @@ class BenchGroup(click.Group):
             ),
             None,
         )
-        if cmd is None and cmd_name == "federation" and hasattr(module, "run_benchmark"):
-            cmd = _federation_command(module)
+        if cmd is None and cmd_name == "federation" and hasattr(module, "federation_command"):
+            cmd = module.federation_command("federation", default_out=None, prog="codream bench federation")
         if not isinstance(cmd, click.Command):
             return _missing_command(cmd_name, module_name, help_text, f"it has no click command {attr!r}")
         if cmd.name != cmd_name:
@@ -93,64 +93,6 @@ def _renamed(cmd: click.Command, name: str) -> click.Command:
     clone = copy.copy(cmd)
     clone.name = name
     return clone
-
-
-def _federation_command(module: Any) -> click.Command:
-    """`codream bench federation` over `codream.bench.federation.run_benchmark`, as the script has it."""
-
-    def _alpha(text: str) -> float | None:
-        return None if text.strip().lower() in ("iid", "inf", "none") else float(text)
-
-    def _names(text: str) -> list[str]:
-        return [m.strip() for m in text.split(",") if m.strip()]
-
-    @click.command("federation", help=BENCHMARKS["federation"][2])
-    @click.option("--size", type=click.Choice(sorted(module.SIZES)), default="cpu", show_default=True)
-    @click.option("--full", is_flag=True, help="Same as --size full (for a GPU).")
-    @click.option("--dataset", default="fashion-mnist", show_default=True)
-    @click.option("--data-dir", default=None, help="Folder of IDX files (default: the dataset's).")
-    @click.option("--models", default="resnet8,cnn,vgg,mlp", show_default=True, help="One per client.")
-    @click.option("--fedavg-model", default="cnn", show_default=True)
-    @click.option("--alphas", default="0.1,iid", show_default=True, help="Dirichlet alphas; 'iid' for IID.")
-    @click.option("--seeds", default=None, help="Comma-separated seeds (default: the size's).")
-    @click.option("--methods", default=",".join(module.METHODS), show_default=True)
-    @click.option("--rounds", type=int, default=None, help="Override the size's rounds.")
-    @click.option("--device", default="cpu", show_default=True)
-    @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
-    @click.option("--jobs", type=int, default=1, show_default=True, help="Worker processes.")
-    @click.option("--out", default=None, help="Also write the markdown table here.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
-    def federation(size, full, dataset, data_dir, models, fedavg_model, alphas, seeds, methods, rounds,
-                   device,
-                   threads, jobs, out, as_json):  # fmt: skip
-        import json
-        import shlex
-        import sys
-
-        import torch
-
-        from ..rundir import to_jsonable
-
-        torch.set_num_threads(threads)
-        results = module.run_benchmark(
-            size="full" if full else size,
-            dataset=dataset,
-            data_dir=data_dir,
-            models=_names(models),
-            fedavg_model=fedavg_model,
-            alphas=[_alpha(a) for a in alphas.split(",")],
-            seeds=None if seeds is None else [int(s) for s in seeds.split(",")],
-            methods=_names(methods),
-            device=device,
-            rounds=rounds,
-            jobs=jobs,
-            progress=lambda line: click.echo(line, err=True),
-        )
-        command = "codream bench federation " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-        text = module.write_markdown(results, out, command)
-        click.echo(json.dumps(to_jsonable(results.to_dict()), indent=1) if as_json else text)
-
-    return federation
 
 
 @click.group("bench", cls=BenchGroup)
