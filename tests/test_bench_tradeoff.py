@@ -350,3 +350,16 @@ def test_the_cross_silo_table_per_client_names_each_architecture(results, tmp_pa
     (plain,) = _runs(results, mode="plain")
     cells = " | ".join(f"{100 * a:.1f}" for a in plain.final_accuracies)
     assert f"| dir0.1 | plain | - | {cells} |" in md
+
+
+def test_runs_resumed_on_another_machine_are_named_and_keep_the_first_machines_run_time(results):
+    gpu = dataclasses.replace(
+        results, device="cuda", hardware={**results.hardware, "gpu": "Some GPU"}, seconds=123.0
+    )
+    extra = tradeoff.Remedy("dp-kd-lr-test", "KD at a smaller lr", dp_kd_lr=0.01)
+    more = dataclasses.replace(TINY, silo_remedies=(*TINY.silo_remedies, extra))
+    resumed = run_tradeoff(more, device="cpu", settings=("cross-silo",), resume=gpu)
+    assert resumed.device == "cuda" and resumed.hardware["gpu"] == "Some GPU"
+    assert resumed.seconds == 123.0
+    (note,) = [n for n in resumed.notes if n.startswith("The 1 runs this resumed call added ran on `cpu`")]
+    assert "the others on `cuda` (GPU Some GPU" in note and "min there." in note

@@ -1317,22 +1317,21 @@ def run_tradeoff(
             resume.hardware.get("gpu") != results.hardware.get("gpu") or resume.device != results.device
         )
         if elsewhere:
-            # Accuracies compare across machines; times per round do not. The run time stays the
-            # first machine's; the note gives this call's.
-            results.notes.append(
-                f"The {len(units)} runs this resumed call added ran on `{results.device}` "
-                f"({_hardware_line(results.hardware)}), the others on `{resume.device}` "
-                f"({_hardware_line(resume.hardware)}): compare their times per round only among themselves."
-            )
-            added_note = len(results.notes) - 1
+            # Accuracies compare across machines; times per round do not. The file keeps the first
+            # machine's description and run time; a note names this one and its time.
+            here = (results.device, _hardware_line(results.hardware), len(units))
             results.hardware = resume.hardware
             results.device = resume.device
-            t_resume = time.perf_counter()
-        t0 -= resume.seconds
+
+    def run_seconds() -> float:
+        """The whole benchmark's time: an earlier call's plus this one's, unless this ran elsewhere."""
+        if resume is None:
+            return time.perf_counter() - t0
+        return resume.seconds + (0.0 if elsewhere else time.perf_counter() - t0)
 
     def save() -> None:
         if checkpoint is not None:
-            results.seconds = time.perf_counter() - t0
+            results.seconds = run_seconds()
             write_json(results, checkpoint)
 
     if jobs == 1:
@@ -1366,11 +1365,14 @@ def run_tradeoff(
         results.notes.append(
             "remedies not run: they apply to client-level DP, which needs the cross-device part."
         )
-    results.seconds = time.perf_counter() - t0
-    if resume is not None and elsewhere:
-        minutes = (time.perf_counter() - t_resume) / 60
-        results.notes[added_note] += f" They took {minutes:.1f} min there."
-        results.seconds = resume.seconds
+    if elsewhere:
+        device, line, count = here
+        results.notes.append(
+            f"The {count} runs this resumed call added ran on `{device}` ({line}), the others on "
+            f"`{resume.device}` ({_hardware_line(resume.hardware)}): compare their times per round only "
+            f"among themselves. They took {(time.perf_counter() - t0) / 60:.1f} min there."
+        )
+    results.seconds = run_seconds()
     results.complete = True
     return results
 
