@@ -196,7 +196,7 @@ class PrivacyPlan:
     def describe(self) -> str:
         """The line a run prints about its noise before the first round."""
         if self.example:
-            zs = sorted({round(t.dp_optimizer.noise_multiplier, 4) for t in self._trainers.values()})
+            zs = sorted({round(t.noise_multiplier, 4) for t in self._trainers.values()})
             return (
                 f"example-level DP: DP-SGD on every client, noise multiplier {', '.join(map(str, zs))} over "
                 f"{self.dp_steps} planned steps, target epsilon {_fmt_opt(self.target_epsilon)} at delta "
@@ -271,7 +271,7 @@ class PrivacyPlan:
         }
         if self.example and self._trainers:
             trainers = list(self._trainers.values())
-            out["noise_multiplier"] = max(t.dp_optimizer.noise_multiplier for t in trainers)
+            out["noise_multiplier"] = max(t.noise_multiplier for t in trainers)
             out["sample_rate"] = max(t.sample_rate for t in trainers)
             out["dp_sgd_steps"] = self.dp_steps
         if self.ledger is not None:
