@@ -32,7 +32,7 @@ import click
 import numpy as np
 import torch
 
-from codream.aggregation import PlainAggregator
+from codream.aggregation import create_aggregator
 from codream.baselines import BaselineConfig, run_local_only
 from codream.bench.tradeoff import hardware as tradeoff_hardware
 from codream.data import Dataset, hold_out, load_dataset, partition
@@ -140,7 +140,7 @@ class LocalOnlyCache:
 def one_run(run: dict, data: Dataset, local: LocalOnlyCache, **setting) -> dict:
     config = federation_config(run, **setting)
     t0 = time.perf_counter()
-    fed = Federation(config, PlainAggregator(), dataset=data)
+    fed = Federation(config, create_aggregator("plain"), dataset=data)
     history = fed.run(config.rounds)
     seconds = time.perf_counter() - t0
     last = history[-1]

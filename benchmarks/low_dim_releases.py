@@ -33,13 +33,13 @@ import click
 import numpy as np
 import torch
 
-from codream.aggregation import Aggregator, create_aggregator
+from codream.aggregation import Aggregator, ProjectedReleases, ReleaseKind, create_aggregator
 from codream.baselines import BaselineConfig, run_local_only
 from codream.bench.tradeoff import FULL, Remedy, _Runner, hardware
 from codream.data import Dataset, hold_out, load_dataset, partition
 from codream.federation.config import FederationConfig
 from codream.federation.simulation import Federation
-from codream.privacy.projection import DREAM_PREFIX, BlockMeans, LowFrequency, ProjectedReleases
+from codream.privacy.projection import BlockMeans, LowFrequency
 
 # name -> (projection or None, renormalise); order is the table's.
 PROJECTED = {
@@ -114,16 +114,18 @@ def one_run(
     history = fed.run(config.rounds)
     seconds = time.perf_counter() - t0
     last = history[-1]
-    spec = next(s for s in fed.server.specs() if s.name.startswith(DREAM_PREFIX))
+    spec = next(s for s in fed.server.specs() if s.kind is ReleaseKind.DREAM_GRADIENT)
     released = agg.released_spec(spec) if isinstance(agg, ProjectedReleases) else spec
-    extra = last.aggregation.extra
-    std = extra.get(f"dp_noise_std/{DREAM_PREFIX}0")
+    dp = last.aggregation.dp
+    std = None if dp is None else dp.noise_std.get(spec.name)
     n = len(last.aggregation.participants)
     kept = [
-        m.aggregation.extra["projection_signal_fraction"]
+        m.aggregation.projection_signal_fraction
         for m in history
-        if m.aggregation.extra.get("projection_signal_fraction") is not None
+        if m.aggregation.projection_signal_fraction is not None
     ]
+    inner = agg.inner if isinstance(agg, ProjectedReleases) else agg
+    ledger = getattr(inner, "ledger", None)
     return {
         "variant": variant,
         "partition": label_of(alpha),
@@ -131,14 +133,14 @@ def one_run(
         "seed": seed,
         "cohort": cohort,
         "epsilon": epsilon if private else None,
-        "epsilon_spent": extra.get("dp_epsilon"),
+        "epsilon_spent": None if ledger is None else float(ledger.spent),
         "releases_per_round": config.releases_per_round,
         "dream_steps": config.dream.global_steps,
         "accuracy": float(last.mean_accuracy),
         "accuracy_std": float(last.std_accuracy),
         "full_dim": spec.length,
         "released_dim": released.length,
-        "release_noise_multiplier": extra.get("dp_release_noise_multiplier"),
+        "release_noise_multiplier": None if dp is None else dp.release_noise_multiplier,
         "nsr_cohort": None if std is None else float(std) * math.sqrt(released.length) / spec.clip_norm / n,
         "signal_kept": float(np.mean(kept)) if kept else None,
         "seconds": seconds,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from codream.aggregation import AggregateResult, AggregationRound, Aggregator, PlainAggregator, VectorSpec
+from codream.aggregation import AggregateResult, AggregationRound, Aggregator, VectorSpec, create_aggregator
 from codream.secagg.client import ClientState, start_client
 from codream.secagg.config import SessionConfig
 from codream.secagg.messages import Message, decode_message
@@ -131,7 +131,7 @@ class RecordingAggregator(Aggregator):
     name = "recording"
 
     def __init__(self) -> None:
-        self.inner = PlainAggregator()
+        self.inner = create_aggregator("plain")
         self.plans: list[tuple[int, list[str]]] = []
         self.participants: list[tuple[int, ...]] = []
         self.sums: list[tuple[int, str, tuple[int, ...], int]] = []

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codream.aggregation import PlainAggregator, VectorSpec, create_aggregator
+from codream.aggregation import VectorSpec, create_aggregator
 from codream.exceptions import ConfigError
 
 SPECS = [VectorSpec("a", 3, 10.0), VectorSpec("b", 2, 1.0)]
 
 
 def open_round(participants=(0, 1, 2)):
-    return PlainAggregator().open_round(round_index=0, participants=list(participants), specs=SPECS)
+    return create_aggregator("plain").open_round(round_index=0, participants=list(participants), specs=SPECS)
 
 
 def test_plain_mean_equals_the_mean_computed_by_hand():

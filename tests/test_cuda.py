@@ -54,7 +54,7 @@ def test_auto_picks_the_gpu():
 def test_a_federation_of_every_architecture_learns_on_the_gpu(digits, mode):
     options = {}
     if mode == "secure+dp":
-        options = dict(noise_multiplier=1.0, sample_rate=1.0, delta=1e-5, noise_seed=0, seed=0)
+        options = dict(noise_multiplier=1.0, delta=1e-5, noise_seed=0, seed=0)
     elif mode == "secure":
         options = dict(seed=0)
     fed = Federation(_config(), create_aggregator(mode, **options), dataset=digits)

@@ -55,9 +55,12 @@ class Loopback:
     killed SuperNode does.
     """
 
-    def __init__(self, num_nodes: int, crash: tuple[int, str, int, int] | None = None) -> None:
+    def __init__(
+        self, num_nodes: int, crash: tuple[int, str, int, int] | None = None, *, aggregation: str = "secure"
+    ) -> None:
         self.nodes = {
-            100 + i: CodreamNode({"partition-id": i, "num-partitions": num_nodes}) for i in range(num_nodes)
+            100 + i: CodreamNode({"partition-id": i, "num-partitions": num_nodes, "aggregation": aggregation})
+            for i in range(num_nodes)
         }
         self.crash = crash
         self.crashed: set[int] = set()
@@ -95,7 +98,7 @@ def run_loopback(config, tmp_path, *, aggregation="secure", crash=None):
         "record-trace": True,
     }
     server = CodreamServer(run_config)
-    transport = Loopback(config.num_clients, crash)
+    transport = Loopback(config.num_clients, crash, aggregation=aggregation)
     channel, ready = connect_clients(
         transport,
         num_nodes=config.num_clients,

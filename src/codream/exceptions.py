@@ -74,3 +74,7 @@ class EncodingOverflow(CodreamError):
 
 class TrainingDiverged(CodreamError):
     """A loss became NaN or infinite during training; the message names the run and the learning rate."""
+
+
+class PolicyRefusal(CodreamError):
+    """A client refuses a round its own policy does not allow; it releases nothing for that round."""

@@ -7,15 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from codream.aggregation import VectorSpec, create_aggregator
+from codream.aggregation import ProjectedReleases, ReleaseKind, VectorSpec, create_aggregator
 from codream.exceptions import ConfigError
-from codream.privacy.projection import (
-    DREAM_PREFIX,
-    BlockMeans,
-    LowFrequency,
-    ProjectedReleases,
-    dct_matrix,
-)
+from codream.privacy.projection import BlockMeans, LowFrequency, dct_matrix
 
 SHAPE = (2, 8, 12)  # (C, H, W): non-square, two channels
 DIM = math.prod(SHAPE)
@@ -113,11 +107,11 @@ def _round_vectors(rng, specs, participants, scale=1.0):
 @pytest.mark.parametrize("renormalize", [False, True])
 def test_plain_inner_totals_match_a_hand_computation_and_other_vectors_pass_through(renormalize):
     clip = 1.0
-    specs = [VectorSpec(f"{DREAM_PREFIX}{s}", 3 * DIM, clip) for s in range(2)] + [
-        VectorSpec("soft_labels", 30, 2.0)
+    specs = [VectorSpec.dream_gradient(s, 3 * DIM, clip) for s in range(2)] + [
+        VectorSpec.soft_labels(30, 2.0)
     ]
     agg = ProjectedReleases(create_aggregator("plain"), LowFrequency(3), SHAPE, renormalize=renormalize)
-    assert agg.released_spec(specs[0]) == VectorSpec("dream/0", 3 * 2 * 9, clip)
+    assert agg.released_spec(specs[0]) == VectorSpec.dream_gradient(0, 3 * 2 * 9, clip)
     assert agg.released_spec(specs[2]) is specs[2]
     proj = agg.projection
     participants = [0, 3, 5]
@@ -141,8 +135,8 @@ def test_plain_inner_totals_match_a_hand_computation_and_other_vectors_pass_thro
     clipped = [v * min(1.0, 2.0 / np.linalg.norm(v)) for v in all_vectors[2].values()]
     np.testing.assert_allclose(labels.total, np.sum(clipped, axis=0), atol=1e-12)
     report = rnd.close()
-    assert report.extra["projection_signal_fraction"] == pytest.approx(np.mean(kept))
-    assert 0 < report.extra["projection_signal_fraction"] < 1
+    assert report.projection_signal_fraction == pytest.approx(np.mean(kept))
+    assert 0 < report.projection_signal_fraction < 1
     # bytes: the dreams go out at their released length, the labels at theirs
     assert report.bytes_sent_per_client[0] == 8 * (2 * 3 * 2 * 9 + 30)
 
@@ -166,7 +160,7 @@ def test_renormalised_releases_use_the_clip_norm_and_never_exceed_it():
 
 
 def test_over_long_release_is_still_clipped_by_the_inner_aggregator():
-    spec = VectorSpec("dream/0", DIM, 1.0)
+    spec = VectorSpec.dream_gradient(0, DIM, 1.0)
     agg = ProjectedReleases(create_aggregator("plain"), BlockMeans(2), SHAPE)
     rnd = agg.open_round(round_index=0, participants=[0], specs=[spec])
     res = rnd.sum(spec, {0: np.full(DIM, 5.0)})
@@ -176,10 +170,10 @@ def test_over_long_release_is_still_clipped_by_the_inner_aggregator():
 
 def test_secure_dp_inner_sums_the_projected_releases_with_noise_at_the_released_dimension():
     inner = create_aggregator(
-        "secure+dp", noise_multiplier=0.5, sample_rate=0.2, noise_seed=1, rounding_seed=1, min_survivors=4
+        "secure+dp", noise_multiplier=0.5, noise_seed=1, rounding_seed=1, min_survivors=4
     )
     shape = (1, 8, 8)
-    specs = [VectorSpec("dream/0", 16 * 64, 1.0), VectorSpec("soft_labels", 40, 0.5)]
+    specs = [VectorSpec.dream_gradient(0, 16 * 64, 1.0), VectorSpec.soft_labels(40, 0.5)]
     z_i = 0.5 * math.sqrt(len(specs))  # per release, calibrated for n_min = 4
     agg = ProjectedReleases(inner, LowFrequency(4), shape)
     assert agg.name == "secure+dp+dct4"
@@ -190,7 +184,7 @@ def test_secure_dp_inner_sums_the_projected_releases_with_noise_at_the_released_
     for c in dreams:
         dreams[c] *= 0.999 / np.linalg.norm(dreams[c])
     res = rnd.sum(specs[0], dreams)
-    assert res.total.shape == (16 * 64,) and res.count == 6 and res.clipped == 0
+    assert res.total.shape == (16 * 64,) and res.count == 6 and res.clipped is None
     proj = agg.projection
     signal = sum(proj.lift(agg.release(v)[0]) for v in dreams.values())
     error = proj.project(res.total - signal)  # the noise lives in the 256 released coordinates only
@@ -200,11 +194,11 @@ def test_secure_dp_inner_sums_the_projected_releases_with_noise_at_the_released_
     out = rnd.sum(specs[1], labels)
     assert out.total.shape == (40,)
     report = rnd.close()
-    assert report.extra["dp_noise_std/dream/0"] == pytest.approx(z_i, rel=1e-3)
-    assert 0 < report.extra["projection_signal_fraction"] < 1
+    assert report.dp.noise_std["dream/0"] == pytest.approx(z_i, rel=1e-3)
+    assert 0 < report.projection_signal_fraction < 1
 
 
-def test_dream_prefix_matches_the_benchmark_and_the_server():
-    from codream.bench.tradeoff import DREAM_PREFIX as bench_prefix
-
-    assert DREAM_PREFIX == bench_prefix == "dream/"
+def test_only_dream_gradients_are_projected_whatever_their_name():
+    agg = ProjectedReleases(create_aggregator("plain"), BlockMeans(2), SHAPE)
+    assert agg.projects(VectorSpec("anything", DIM, 1.0, ReleaseKind.DREAM_GRADIENT))
+    assert not agg.projects(VectorSpec("dream/0", DIM, 1.0))

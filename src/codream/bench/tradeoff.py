@@ -57,7 +57,7 @@ import click
 import numpy as np
 import torch
 
-from ..aggregation import Aggregator, create_aggregator
+from ..aggregation import Aggregator, ProjectedReleases, ReleaseKind, create_aggregator
 from ..baselines import BaselineConfig, run_centralized, run_fedavg, run_local_only
 from ..data import Dataset, load_dataset, partition
 from ..devices import resolve_device
@@ -65,10 +65,8 @@ from ..exceptions import ConfigError
 from ..federation.config import DistillConfig, DreamConfig, FederationConfig
 from ..federation.simulation import Federation
 from ..privacy.projection import (
-    DREAM_PREFIX,
     BlockMeans,
     LowFrequency,
-    ProjectedReleases,
     ReleaseProjection,
 )
 
@@ -92,6 +90,23 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INF = math.inf
+
+
+def _inner_aggregator(aggregator: Aggregator) -> Aggregator:
+    return aggregator.inner if isinstance(aggregator, ProjectedReleases) else aggregator
+
+
+def _local_clipped_fraction(aggregator: Aggregator) -> float:
+    """Clipped releases over all releases, from the clients' own counts (simulation only)."""
+    clients = getattr(_inner_aggregator(aggregator), "clients", {})
+    released = sum(c.local_stats.released for c in clients.values())
+    return sum(c.local_stats.clipped for c in clients.values()) / released if released else 0.0
+
+
+def _epsilon_spent(aggregator: Aggregator) -> float:
+    """The largest epsilon any client spent (each client's own ledger)."""
+    ledger = getattr(_inner_aggregator(aggregator), "ledger", None)
+    return float(ledger.spent) if ledger is not None else math.nan
 
 
 # -- sizes -----------------------------------------------------------------------------------------
@@ -692,22 +707,22 @@ class _Runner:
             ids = rep.participants or tuple(m.bytes_sent_per_client)
             per_client_bytes.append(np.mean([m.bytes_sent_per_client.get(i, 0) for i in ids]))
         specs = fed.server.specs()
-        dream_specs = [sp for sp in specs if sp.name.startswith(DREAM_PREFIX)]
+        dream_specs = [sp for sp in specs if sp.kind is ReleaseKind.DREAM_GRADIENT]
         released_dim = dream_specs[0].length if dream_specs else 0
         if isinstance(aggregator, ProjectedReleases) and dream_specs:
             released_dim = aggregator.released_spec(dream_specs[0]).length
         extra: dict[str, float] = {}
         record_kwargs: dict[str, Any] = {}
-        rep_extra = last.aggregation.extra
-        if "projection_signal_fraction" in rep_extra:
+        fractions = [m.aggregation.projection_signal_fraction for m in history]
+        if last.aggregation.projection_signal_fraction is not None:
             extra["projection_signal_fraction"] = float(
-                np.mean([m.aggregation.extra.get("projection_signal_fraction", np.nan) for m in history])
+                np.mean([np.nan if f is None else f for f in fractions])
             )
-        if "dp_release_noise_multiplier" in rep_extra:
-            z_i = float(rep_extra["dp_release_noise_multiplier"])
+        if last.aggregation.dp is not None:
+            z_i = float(last.aggregation.dp.release_noise_multiplier)
             clip = dream_specs[0].clip_norm
             # Per-coordinate std of the summed noise the round guarantees, in float units.
-            std = rep_extra.get(f"dp_noise_std/{DREAM_PREFIX}0")
+            std = last.aggregation.dp.noise_std.get(dream_specs[0].name)
             nsr = (
                 (float(std) * math.sqrt(released_dim) / clip)
                 if std is not None
@@ -718,10 +733,9 @@ class _Runner:
                 release_noise_multiplier=z_i,
                 nsr=nsr,
                 nsr_cohort=nsr / max(1, n),
-                clipped_fraction=float(
-                    np.mean([m.aggregation.extra.get("dp_clipped_fraction", 0.0) for m in history])
-                ),
-                epsilon_spent=float(rep_extra.get("dp_epsilon", math.nan)),
+                # Client-local counts (never released under DP), read here because this is a simulation.
+                clipped_fraction=_local_clipped_fraction(aggregator),
+                epsilon_spent=_epsilon_spent(aggregator),
             )
             extra["nsr_analytic"] = z_i * math.sqrt(released_dim)
         if dp:
@@ -961,7 +975,11 @@ class _Runner:
         population: int | None = None,
         graph: str | None = None,
     ) -> tuple[Aggregator, dict]:
-        """A `secure+dp` aggregator calibrated to `eps` over the run, with q = cohort / population."""
+        """A `secure+dp` aggregator calibrated to `eps` over the run for a client in every round.
+
+        The server knows each cohort, so a client's rounds compose unamplified (q = 1); `sample_rate`
+        (cohort / population) is recorded, never accounted.
+        """
         from ..privacy.calibration import ClientLevelSchedule
 
         s = self.size
@@ -970,7 +988,7 @@ class _Runner:
         delta = _delta(population)
         plan = _plan_noise(
             ClientLevelSchedule(
-                rounds=config.rounds, sample_rate=q, releases_per_round=config.releases_per_round
+                rounds=config.rounds, sample_rate=1.0, releases_per_round=config.releases_per_round
             ),
             eps,
             delta,
@@ -979,7 +997,6 @@ class _Runner:
         agg = create_aggregator(
             "secure+dp",
             noise_multiplier=plan.noise_multiplier,
-            sample_rate=q,
             delta=delta,
             target_epsilon=eps,
             accountant="rdp",

@@ -75,9 +75,11 @@ class PrivacyPlan:
     """The DP side of a run: calibrated noise, the ledger, and epsilon after each round.
 
     For secure+dp it calibrates the per-round noise multiplier to the target (default epsilon 8) over
-    the whole planned schedule (q = cohort / clients, 1 without cohorts, and one composed event per
-    round over its releases). A resumed run keeps the multiplier it started with, so extending
-    ``--rounds`` cannot quietly weaken the noise; the ledger then refuses rounds past the target.
+    the whole planned schedule, for a client that takes part in every round: the server knows each
+    round's cohort, so sampling amplifies nothing against it, and each client's own ledger composes
+    the rounds it was in (one event per round over its releases), unamplified. A resumed run keeps
+    the multiplier it started with, so extending ``--rounds`` cannot quietly weaken the noise; each
+    client's ledger then refuses rounds past the target.
     For plain and secure everything is None.
     """
 
@@ -95,8 +97,8 @@ class PrivacyPlan:
         self.target_epsilon = rc.epsilon
         self.noise_multiplier: float | None = rc.noise_multiplier
         self.releases_per_round = int(getattr(fed_cfg, "releases_per_round", 1))
-        # The cohort's share of the clients (1: every client in every round); the accountant treats
-        # the seeded fixed-size cohort as Poisson sampling at that rate, the usual approximation.
+        # The cohort's share of the clients (1: every client in every round). It is reported, never
+        # accounted: the server knows every cohort, so a client's rounds compose unamplified.
         cohort = getattr(fed_cfg, "clients_per_round", None)
         self.sample_rate = 1.0 if cohort is None else cohort / rc.clients
         self.planned_epsilon: float | None = None
@@ -219,7 +221,7 @@ class PrivacyPlan:
         from ..privacy.calibration import ClientLevelSchedule, plan_noise
 
         schedule = ClientLevelSchedule(
-            rounds=self.rc.rounds, sample_rate=self.sample_rate, releases_per_round=self.releases_per_round
+            rounds=self.rc.rounds, sample_rate=1.0, releases_per_round=self.releases_per_round
         )
         try:
             plan = plan_noise(schedule, target_epsilon=self.target_epsilon, delta=self.rc.delta)
@@ -236,13 +238,13 @@ class PrivacyPlan:
             return {}
         return {
             "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
             "delta": self.rc.delta,
             "target_epsilon": self.target_epsilon,
         }
 
     def bind(self, aggregator: Any) -> None:
-        """Find the ledger the secure+dp aggregator keeps (example-level keeps its own)."""
+        """Find the run's ledger the secure+dp seam keeps: every client's own epsilon, round by round
+        (example-level keeps its own)."""
         if self.enabled and not self.example:
             self.ledger = getattr(aggregator, "ledger", None)
 
@@ -277,6 +279,15 @@ class PrivacyPlan:
         if self.ledger is not None:
             out["accountant"] = getattr(self.ledger, "accountant_name", None)
             out["ledger"] = self.ledger.to_dict()
+            last = self.ledger.rounds[-1].client_epsilons if self.ledger.rounds else {}
+            if last:
+                out["client_epsilon_max"] = max(last.values())
+                out["client_epsilon_mean"] = sum(last.values()) / len(last)
+        if not self.example:
+            # The server knows who took part: a client's contribution replaced by nothing is the
+            # neighbouring relation the guarantee holds for, and no amplification by sampling applies.
+            out["relation"] = "zero-out"
+            out["accounting"] = "per client, over the rounds it took part in, unamplified"
         return out
 
     def state_dict(self) -> dict[str, Any] | None:

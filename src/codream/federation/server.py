@@ -186,10 +186,10 @@ class ServerRole:
         dream_len = b * math.prod(self.input_shape)
         specs = []
         if self.conditional:
-            specs.append(VectorSpec("class_weights", k, math.sqrt(k)))
-        specs += [VectorSpec(f"dream/{s}", dream_len, dc.clip_norm) for s in range(dc.global_steps)]
+            specs.append(VectorSpec.class_weights(k))
+        specs += [VectorSpec.dream_gradient(s, dream_len, dc.clip_norm) for s in range(dc.global_steps)]
         label_bound = math.sqrt(b) if kc.soft_labels is SoftLabelKind.PROBABILITIES else kc.logit_clip_norm
-        specs.append(VectorSpec("soft_labels", b * k, label_bound))
+        specs.append(VectorSpec.soft_labels(b * k, label_bound))
         return specs
 
     def begin_round(self, round_index: int) -> Tensor:

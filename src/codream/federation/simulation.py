@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..aggregation import Aggregator, PlainAggregator, RoundReport
+from ..aggregation import Aggregator, RoundReport, create_aggregator
 from ..distill import SGDTrainer, TrainerFactory
 from ..exceptions import ConfigError
 from .client import ClientRole
@@ -117,7 +117,7 @@ class Federation:
 
     Args:
         config: the federation.
-        aggregator: the seam implementation (default: `PlainAggregator`).
+        aggregator: the seam (default: the in-process plain one).
         trainer_factory: builds each client's `LocalTrainer` (default: `SGDTrainer`).
         dataset: an already loaded `codream.data.Dataset` (default: load `config.dataset`).
     Raises:
@@ -136,7 +136,7 @@ class Federation:
         from ..models import build_model
 
         self.config = config
-        self.aggregator = aggregator if aggregator is not None else PlainAggregator()
+        self.aggregator = aggregator if aggregator is not None else create_aggregator("plain")
         factory = trainer_factory if trainer_factory is not None else default_trainer_factory(config)
         if dataset is None:
             dataset = load_dataset(

@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..aggregation import clip_l2
 from ..exceptions import ConfigError
 
-__all__ = ["ClipCounter", "ClipStats", "clip_contributions"]
+__all__ = ["ClipCounter", "ClipStats", "clip_contributions", "clip_l2"]
+
+
+def clip_l2(vector: np.ndarray, bound: float) -> tuple[np.ndarray, bool]:
+    """Scale `vector` down to L2 norm `bound` if it is longer; return it and whether it was clipped."""
+    norm = float(np.linalg.norm(vector))
+    if norm > bound:
+        return vector * (bound / norm), True
+    return vector, False
 
 
 @dataclass(frozen=True, slots=True)

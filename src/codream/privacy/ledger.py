@@ -201,10 +201,13 @@ class PrivacyLedger:
         client_epsilons: Mapping[int, float],
         details: Mapping[str, float] | None = None,
     ) -> LedgerRound:
-        """Record an example-level round: each client's epsilon so far (the run's is the maximum)."""
-        self._need(Granularity.EXAMPLE)
+        """Record a round as each client's own epsilon so far; the run's is the maximum.
+
+        Example-level: each client's DP-SGD accountant. Client-level: each client's own ledger, which
+        composes the rounds that client took part in.
+        """
         if not client_epsilons:
-            raise ConfigError("an example-level round needs at least one client's epsilon")
+            raise ConfigError("a round record needs at least one client's epsilon")
         eps = max(float(v) for v in client_epsilons.values())
         return self._append(
             round_index, (), eps, {int(k): float(v) for k, v in client_epsilons.items()}, details

@@ -28,10 +28,10 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from ..aggregation import VectorSpec
 from ..exceptions import ConfigError
 from .analysis.integer import (
     ddg_concentrated_epsilon,
@@ -60,6 +60,19 @@ logger = logging.getLogger(__name__)
 # encodes with fewer bits (see `aggregator`) to keep shares far below it.
 _POISSON_CHUNK = 1e12
 _MAX_VARIANCE = float(2**60)
+
+
+class VectorSpec(Protocol):
+    """What noise sizing reads of a planned release (the seam's `VectorSpec` has these fields)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def clip_norm(self) -> float: ...
 
 
 class NoiseKind(enum.Enum):

@@ -13,7 +13,8 @@ where P is a fixed, data-independent linear map with orthonormal rows (P P^T = I
 Projections act on every (H, W) channel image of a flattened (B, C, H, W) vector, as P X = A X B^T with
 A (h', H) and B (w', W) orthonormal-row matrices: `BlockMeans` (f x f block means, the pixels' coarse
 average) and `LowFrequency` (the k x k lowest-frequency coefficients of the orthonormal 2D DCT-II, the
-smooth part of an image in the basis JPEG uses). `ProjectedReleases` wraps any `Aggregator`.
+smooth part of an image in the basis JPEG uses). The seam applies them to dream gradients
+(`codream.aggregation.ProjectedReleases`).
 """
 
 from __future__ import annotations
@@ -21,27 +22,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from ..aggregation import AggregateResult, AggregationRound, Aggregator, RoundReport, VectorSpec
 from ..exceptions import ConfigError
 
-__all__ = [
-    "DREAM_PREFIX",
-    "BlockMeans",
-    "LowFrequency",
-    "ProjectedReleases",
-    "ReleaseProjection",
-    "dct_matrix",
-]
-
-# The name prefix of the dream-gradient releases (`ServerRole.specs` names them "dream/<step>"); the
-# trade-off benchmark uses the same constant.
-DREAM_PREFIX = "dream/"
+__all__ = ["BlockMeans", "LowFrequency", "ReleaseProjection", "dct_matrix"]
 
 
 def dct_matrix(n: int) -> np.ndarray:
@@ -205,118 +192,3 @@ def _cached_dct(n: int) -> np.ndarray:
     if key not in _CACHE:
         _CACHE[key] = dct_matrix(n)
     return _CACHE[key]
-
-
-class ProjectedReleases(Aggregator):
-    """Release every dream gradient as P g through `inner`, and lift the sum back with P^T.
-
-    Vectors whose spec name starts with `prefix` are projected before they reach `inner` (their spec
-    keeps its clip norm, with the released length); the other vectors (soft labels, class weights) pass
-    through unchanged. With `renormalize`, each projected vector is rescaled to the norm the client's
-    unprojected vector had: clients normalise their releases to the clip norm, so without it the
-    release spends only ||P g|| / ||g|| of the clip budget, and the noise, calibrated to the clip norm,
-    does not shrink with it. The rescaled norm is the original one, so the clip bound (and with it
-    the DP guarantee) is unchanged; the lifted sum is then P^T P sum_k s_k g_k with s_k >= 1 per client.
-    The fraction of the norm the projection kept is reported as `projection_signal_fraction`.
-
-    Args:
-        inner: the aggregator that sums the released vectors (`plain`, `secure`, `secure+dp`).
-        projection: the map P, bound here to the dreams' (H, W).
-        input_shape: (C, H, W) of one dream.
-        prefix: spec-name prefix of the vectors to project.
-        renormalize: rescale each projected vector to its unprojected norm.
-    Raises:
-        ConfigError: an input shape that is not (C, H, W) or that the projection cannot act on.
-    """
-
-    def __init__(
-        self,
-        inner: Aggregator,
-        projection: ReleaseProjection,
-        input_shape: Sequence[int],
-        *,
-        prefix: str = DREAM_PREFIX,
-        renormalize: bool = True,
-    ) -> None:
-        if len(input_shape) != 3:
-            raise ConfigError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-        c, h, w = (int(s) for s in input_shape)
-        if c < 1:
-            raise ConfigError(f"input_shape must be positive, got {tuple(input_shape)}")
-        if not prefix:
-            raise ConfigError("the prefix of the projected vectors must not be empty")
-        self.inner = inner
-        self.projection = projection.for_image(h, w)
-        self.shape = (c, h, w)
-        self.prefix = prefix
-        self.renormalize = bool(renormalize)
-        self.name = f"{getattr(inner, 'name', '?') or '?'}+{self.projection.name}" + (
-            "" if self.renormalize else "-raw"
-        )
-
-    def projects(self, spec: VectorSpec) -> bool:
-        """Whether `spec` is a dream gradient this wrapper projects."""
-        return spec.name.startswith(self.prefix)
-
-    def released_spec(self, spec: VectorSpec) -> VectorSpec:
-        """The spec of what actually leaves a client for `spec`."""
-        if not self.projects(spec):
-            return spec
-        if spec.length % math.prod(self.shape):
-            raise ConfigError(
-                f"vector {spec.name!r} of length {spec.length} is not a batch of {self.shape} dreams"
-            )
-        return VectorSpec(spec.name, self.projection.released_length(spec.length), spec.clip_norm)
-
-    def release(self, vector: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """What a client releases for one dream vector, and the fraction of its norm P kept (None if 0)."""
-        v = np.asarray(vector, dtype=np.float64)
-        p = self.projection.project(v)
-        norm = float(np.linalg.norm(v))
-        if norm == 0:
-            return p, None
-        kept = float(np.linalg.norm(p))
-        if self.renormalize and kept > 0:
-            p = p * (norm / kept)
-        return p, kept / norm
-
-    def open_round(
-        self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]
-    ) -> AggregationRound:
-        released = [self.released_spec(s) for s in specs]
-        inner = self.inner.open_round(round_index=round_index, participants=participants, specs=released)
-        return _ProjectedRound(
-            self, inner, released, round_index=round_index, participants=participants, specs=specs
-        )
-
-
-class _ProjectedRound(AggregationRound):
-    def __init__(
-        self, owner: ProjectedReleases, inner: AggregationRound, released: list[VectorSpec], **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self._owner = owner
-        self._inner = inner
-        self._released = released
-        self._kept: list[float] = []
-
-    def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
-        self._check_contributions(spec, vectors)
-        released = self._released[self._next]
-        self._next += 1
-        if not self._owner.projects(spec):
-            return self._inner.sum(released, vectors)
-        projected = {}
-        for cid, v in vectors.items():
-            projected[cid], kept = self._owner.release(v)
-            if kept is not None:
-                self._kept.append(kept)
-        res = self._inner.sum(released, projected)
-        return dataclasses.replace(res, total=self._owner.projection.lift(res.total))
-
-    def close(self) -> RoundReport:
-        report = self._inner.close()
-        extra = dict(report.extra)
-        if self._kept:
-            extra["projection_signal_fraction"] = float(np.mean(self._kept))
-        return dataclasses.replace(report, extra=extra)

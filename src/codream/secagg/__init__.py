@@ -2,8 +2,8 @@
 
 Bonawitz et al. 2017 double masking, with the sparse neighbour graph of SecAgg+ (Bell et al. 2020)
 as an option, written as pure state machines (`client`, `server`) over typed wire `messages`.
-`runner.InProcessSession` drives a whole session in one process; `aggregator.SecureAggregator` plugs
-it into the aggregation seam as ``"secure"``. The low-level primitives live in `codream.crypto`.
+`runner.InProcessSession` drives a whole session in one process; the aggregation seam
+(`codream.aggregation`) stands on top of it. The low-level primitives live in `codream.crypto`.
 The protocol is specified in protocols/secagg.md.
 """
 
@@ -21,12 +21,10 @@ from .runner import (
 )
 
 __all__ = [
-    "ClientNoise",
     "Dropout",
     "DropoutSchedule",
     "GraphKind",
     "InProcessSession",
-    "SecureAggregator",
     "SessionConfig",
     "SessionResult",
     "SessionStats",
@@ -36,11 +34,3 @@ __all__ = [
     "run_session",
 ]
 
-
-def __getattr__(name: str):
-    # The aggregator registers itself with the seam on import; load it only when asked for.
-    if name in ("SecureAggregator", "ClientNoise"):
-        from . import aggregator
-
-        return getattr(aggregator, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

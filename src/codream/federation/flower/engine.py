@@ -5,9 +5,15 @@ hands them to the aggregation seam. Here each client lives in its own process (i
 the server only ever receives what a client would put on the network:
 
 - ``plain``: the float vector itself (as in the in-process plain seam);
-- ``secure``: the client clips its vector to the spec's bound, encodes it with the round's
-  `FixedPointCodec`, and submits it to its own secure-aggregation client state, which masks it; the
-  server's state machine (`codream.secagg.server`) unmasks only the sum over the survivors.
+- ``secure``: the node's own `ClientSeam` (the seam's client half, the same code the in-process engine
+  runs) admits the round's plan against the node's own policy, clips and encodes its vector, and its
+  secure-aggregation client state masks it; the server's `ServerSeam` and state machine
+  (`codream.secagg.server`) unmask and decode only the sum over the survivors.
+
+A node's policy comes from its own node config (``aggregation``: the least mode it releases under,
+default ``secure``; ``min-clients``, ``min-threshold``, ``min-survivors``, ``graphs``, ``max-clients``,
+``max-vectors``, ``max-vector-length``), never from the server: a plan below it is refused and the
+node releases nothing. Clip and saturation counts ride inside the masked vector, never beside it.
 
 One federation round is one secure-aggregation session with the round's whole plan of vectors
 (`ServerRole.specs`). Messages per secure round: session start (advertise keys), key broadcast (share
@@ -34,8 +40,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ...aggregation import AggregateResult, VectorSpec, clip_l2, create_aggregator
-from ...exceptions import AbortReason, ConfigError, InvalidMessage, ProtocolAbort
+from ...aggregation import (
+    AggregateResult,
+    ClientPolicy,
+    ClientSeam,
+    Mode,
+    ReleaseKind,
+    RoundPlan,
+    ServerSeam,
+    VectorSpec,
+)
+from ...exceptions import AbortReason, ConfigError, InvalidMessage, PolicyRefusal, ProtocolAbort
 from ..config import DistillConfig, DreamConfig, FederationConfig, Method
 from .channel import ClientChannel
 from .wire import Payload
@@ -50,7 +65,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AGGREGATIONS = ("plain", "secure")
+AGGREGATIONS = (Mode.PLAIN.value, Mode.SECURE.value)
 
 
 # ------------------------------------------------------------------------------------ configuration
@@ -114,19 +129,53 @@ def _generator(*parts: int):
     return simulation_generator(*parts)
 
 
-def _codec(spec: VectorSpec, n: int, bits: int):
-    from ...secagg.encoding import FixedPointCodec
+def node_policy(node_config: Mapping[str, object]) -> ClientPolicy:
+    """The node's own policy, from its node config; what the server asks never changes it.
 
-    return FixedPointCodec(clip_norm=spec.clip_norm, num_summands=n, bits=bits)
+    Raises:
+        ConfigError: a key with an invalid value.
+    """
+    nc = node_config
 
+    def opt_int(key: str) -> int | None:
+        return int(nc[key]) if key in nc else None  # type: ignore[arg-type]
 
-def _specs_to_fields(specs: list[VectorSpec]) -> list[list]:
-    return [[s.name, s.length, s.clip_norm] for s in specs]
-
-
-def _specs_from_fields(value: object) -> list[VectorSpec]:
+    limits = {
+        field: int(nc[key])  # type: ignore[arg-type]
+        for key, field in (
+            ("max-clients", "max_clients"),
+            ("max-vectors", "max_vectors"),
+            ("max-vector-length", "max_vector_length"),
+        )
+        if key in nc
+    }
+    graphs = {g.strip() for g in str(nc.get("graphs", "complete,harary")).split(",") if g.strip()}
     try:
-        return [VectorSpec(str(n), int(length), float(c)) for n, length, c in value]  # type: ignore[union-attr]
+        return ClientPolicy(
+            mode=Mode.parse(str(nc.get("aggregation", Mode.SECURE.value))),
+            malicious=str(nc.get("malicious", "false")).lower() in ("1", "true", "yes"),
+            min_clients=opt_int("min-clients") or 2,
+            min_threshold=opt_int("min-threshold"),
+            min_survivors=opt_int("min-survivors"),
+            graphs=frozenset(graphs),
+            **limits,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid node config: {err}") from None
+
+
+def _specs_to_fields(specs) -> list[list]:
+    return [[s.name, s.length, s.clip_norm, s.kind.value, s.step] for s in specs]
+
+
+def _specs_from_fields(value: object, *, limit: int = 100_000) -> list[VectorSpec]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise InvalidMessage("a vector plan must be a list of at most {limit} specs")
+    try:
+        return [
+            VectorSpec(str(n), int(length), float(c), ReleaseKind(kind), int(step))
+            for n, length, c, kind, step in value
+        ]
     except (TypeError, ValueError) as err:
         raise InvalidMessage(f"malformed vector plan: {err}") from None
 
@@ -142,6 +191,51 @@ def _session_fields(config) -> dict:
         "degree": config.degree,
         "graph_seed": config.graph_seed.hex(),
     }
+
+
+def _plan_fields(plan: RoundPlan) -> dict:
+    fields: dict[str, object] = {
+        "round": plan.round_index,
+        "mode": plan.mode.value,
+        "participants": list(plan.participants),
+        "specs": _specs_to_fields(plan.specs),
+        "n_min": plan.n_min,
+        "headroom": list(plan.noise_headroom),
+    }
+    if plan.session is not None:
+        fields["session"] = _session_fields(plan.session)
+    return fields
+
+
+def _plan_from_fields(f: Mapping[str, object], *, max_clients: int) -> RoundPlan:
+    try:
+        mode = Mode(f["mode"])
+        session = None
+        if mode.secure:
+            raw = f["session"]
+            if not isinstance(raw, dict) or not isinstance(raw.get("client_ids"), list):
+                raise InvalidMessage("a secure plan needs its session parameters")
+            if len(raw["client_ids"]) > max_clients:
+                # Refused before any graph or key material is built for the claimed clients.
+                raise PolicyRefusal(
+                    f"the session names {len(raw['client_ids'])} clients, more than this node's "
+                    f"maximum {max_clients}"
+                )
+            session = _session_from_fields(raw)
+        headroom = f.get("headroom", [])
+        if not isinstance(headroom, list):
+            raise InvalidMessage("headroom must be a list")
+        return RoundPlan(
+            round_index=int(f["round"]),  # type: ignore[arg-type]
+            mode=mode,
+            participants=tuple(session.client_ids) if session is not None else tuple(f["participants"]),  # type: ignore[arg-type]
+            specs=tuple(_specs_from_fields(f["specs"])),
+            session=session,
+            n_min=int(f.get("n_min", 1)),  # type: ignore[arg-type]
+            noise_headroom=tuple(float(h) for h in headroom),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise InvalidMessage(f"malformed round plan: {err}") from None
 
 
 def _session_from_fields(f: Mapping[str, object]):
@@ -168,7 +262,8 @@ class CodreamNode:
 
     Node config keys: ``partition-id`` (its client id, required), ``num-partitions`` (must equal the
     federation's number of clients), optional ``data-dir`` (this machine's data folder), ``dataset``
-    and ``seed`` (if given, must agree with the server's configuration), ``torch-threads``.
+    and ``seed`` (if given, must agree with the server's configuration), ``torch-threads``, and the
+    node's policy (`node_policy`).
     """
 
     def __init__(self, node_config: Mapping[str, object]) -> None:
@@ -179,14 +274,12 @@ class CodreamNode:
                 "a codream SuperNode needs an integer partition-id in its --node-config"
             ) from None
         self.node_config = dict(node_config)
+        self.policy = node_policy(self.node_config)
         self.role = None
         self.config: FederationConfig | None = None
-        self.aggregation = "plain"
-        self.bits = 32
+        self.seam: ClientSeam | None = None
         self._session = None  # this round's secure-aggregation client state
         self._specs: list[VectorSpec] = []
-        self._codecs: list = []
-        self._rng: np.random.Generator | None = None
         self._round = -1
 
     # -- dispatch
@@ -229,8 +322,14 @@ class CodreamNode:
         if "data-dir" in nc:
             config = dataclasses.replace(config, data_dir=str(nc["data-dir"]))
         torch.set_num_threads(int(nc.get("torch-threads", 1)))  # type: ignore[arg-type]
-        self.aggregation = str(req.get("aggregation", str))
-        self.bits = int(req.get("bits", int))
+        asked = Mode.parse(str(req.get("aggregation", str)))
+        if asked.rank < self.policy.mode.rank:
+            raise PolicyRefusal(
+                f"client {self.client_id}: the server asks for {asked.value!r}; this node releases "
+                f"under {self.policy.mode.value!r} or stronger only"
+            )
+        # Stochastic-rounding coins are not secrets; seeding them keeps a run reproducible.
+        self.seam = ClientSeam(self.client_id, self.policy, rounding_seed=config.seed)
         dataset = load_dataset(
             config.dataset, config.data_dir, limit_test=config.limit_test, seed=config.seed
         )
@@ -270,22 +369,22 @@ class CodreamNode:
         )
 
     # -- a round's session
+    def _admit(self, req: Payload) -> RoundPlan:
+        """Check the server's plan against this node's policy; a refusal releases nothing."""
+        assert self.seam is not None
+        plan = _plan_from_fields(req.fields, max_clients=self.policy.max_clients)
+        self.seam.admit(plan)
+        self._round = plan.round_index
+        self._specs = list(plan.specs)
+        return plan
+
     def _start_session(self, req: Payload) -> Payload:
         from ...secagg.client import start_client
 
-        self._round = int(req.get("round", int))
-        self._specs = _specs_from_fields(req.get("specs", list))
-        if self.aggregation != "secure":
+        plan = self._admit(req)
+        if not plan.mode.secure:
             return Payload("ok")
-        session = _session_from_fields(req.get("session", dict))
-        if session.vector_lengths != tuple(s.length for s in self._specs):
-            raise InvalidMessage("the session's vector lengths do not match the round's plan")
-        n = session.num_clients
-        self._codecs = [_codec(s, n, session.bits) for s in self._specs]
-        assert self.config is not None
-        # Stochastic-rounding coins are not secrets; seeding them keeps a run reproducible.
-        self._rng = np.random.default_rng([self.config.seed, 7, self.client_id, self._round])
-        self._session, advert = start_client(session, self.client_id)
+        self._session, advert = start_client(plan.session, self.client_id)  # type: ignore[arg-type]
         return Payload("secagg", arrays={"msg": _blob(advert.to_bytes())})
 
     def _deliver(self, blob: bytes) -> bytes | None:
@@ -313,11 +412,12 @@ class CodreamNode:
 
         from ...secagg.client import Aborted
 
-        role = self.role
-        assert role is not None
+        role, seam = self.role, self.seam
+        assert role is not None and seam is not None
         if "specs" in req.fields:  # plain rounds carry their plan with each release
-            self._round = int(req.get("round", int))
-            self._specs = _specs_from_fields(req.get("specs", list))
+            plan = _plan_from_fields(req.fields, max_clients=self.policy.max_clients)
+            if plan.round_index != self._round or plan.specs != tuple(self._specs):
+                self._admit(req)
         j = int(req.get("vector", int))
         if not 0 <= j < len(self._specs):
             raise InvalidMessage(f"vector {j} is not in this round's plan")
@@ -333,30 +433,25 @@ class CodreamNode:
             )
             role.begin_round(self._round, targets=targets)
         fields: dict[str, object] = {}
-        if spec.name == "class_weights":
+        if spec.kind is ReleaseKind.CLASS_WEIGHTS:
             vector = role.class_weights()
-        elif spec.name.startswith("dream/"):
+        elif spec.kind is ReleaseKind.DREAM_GRADIENT:
             if x is None:
                 raise InvalidMessage("a dream release needs the dreams")
-            vector = role.dream_gradient(x, int(spec.name.split("/", 1)[1]))
-            if self.aggregation == "plain" and role.last_terms is not None:
+            vector = role.dream_gradient(x, spec.step)
+            if seam.plan.mode is Mode.PLAIN and role.last_terms is not None:
                 fields["loss"] = float(role.last_terms.total)
-        elif spec.name == "soft_labels":
+        elif spec.kind is ReleaseKind.SOFT_LABELS:
             if x is None:
                 raise InvalidMessage("a soft-label release needs the dreams")
             vector = role.soft_labels(x)
         else:
             raise InvalidMessage(f"unknown release {spec.name!r}")
-        vector = np.asarray(vector, dtype=np.float64)
-        if self.aggregation == "plain":
-            return Payload("vector", fields, {"v": vector})
+        if seam.plan.mode is Mode.PLAIN:
+            return Payload("vector", fields, {"v": seam.prepare(vector)})
         if isinstance(self._session, Aborted) or self._session is None:
             raise ProtocolAbort(AbortReason.UNEXPECTED_VECTOR, "no live session to release into")
-        clipped_vector, clipped = clip_l2(vector, spec.clip_norm)
-        assert self._rng is not None
-        encoded = self._codecs[j].encode(clipped_vector, rng=self._rng)
-        self._session, message = self._session.submit(encoded.words)
-        fields.update({"clipped": int(clipped), "saturated": int(encoded.saturated)})
+        self._session, message = self._session.submit(seam.prepare(vector))
         return Payload("secagg", fields, {} if message is None else {"msg": _blob(message.to_bytes())})
 
     def _acquire(self, req: Payload) -> Payload:
@@ -408,9 +503,9 @@ class CodreamServer:
         self.record_trace = bool(rc.get("record-trace", False))
         self.trace: dict[str, np.ndarray] = {}
         self._last_bound = 0.0  # quantisation bound of the last sum (0 for plain sums)
-        self.secure = None
-        if self.aggregation == "secure":
-            self.secure = create_aggregator("secure", threshold=self.threshold, bits=self.bits)
+        self.seam = ServerSeam(
+            self.aggregation, threshold=self.threshold, bits=self.bits, min_survivors=self.min_survivors
+        )
 
     def setup_payload(self) -> Payload:
         return Payload(
@@ -468,7 +563,7 @@ class CodreamServer:
         participants = channel.alive
         sent0, received0 = dict(channel.bytes_sent), dict(channel.bytes_received)
         x = server.begin_round(r)
-        release = (_SecureRelease if self.secure is not None else _PlainRelease)(
+        release = (_SecureRelease if self.seam.mode.secure else _PlainRelease)(
             self, channel, r, participants, specs
         )
         j = 0
@@ -554,33 +649,42 @@ class CodreamServer:
 
 
 class _PlainRelease:
-    """Clients send their vectors in the clear; the in-process plain seam sums them."""
+    """Clients send their vectors in the clear; the server half sums and decodes them."""
 
     def __init__(self, owner: CodreamServer, channel: ClientChannel, r: int, participants, specs) -> None:
         self.owner = owner
         self.channel = channel
-        self.specs = specs
         self.r = r
-        self.round = create_aggregator("plain").open_round(
-            round_index=r, participants=participants, specs=specs
-        )
+        self.plan = owner.seam.plan(round_index=r, participants=participants, specs=specs)
         self.last_losses: list[float] = []
         self.participants = list(participants)
+        self.clipped = 0
 
     def release(self, j: int, fields: dict, arrays: dict) -> AggregateResult:
-        spec = self.specs[j]
+        spec = self.plan.specs[j]
         self.owner.progress(self.r, j, "release")
         # The round's plan travels with every release: plain rounds need no session set-up step.
-        plan = {"round": self.r, "vector": j, "specs": _specs_to_fields(self.specs), **fields}
+        plan = {**_plan_fields(self.plan), "vector": j, **fields}
         answers = self.channel.broadcast(Payload("release", plan, arrays), clients=self.participants)
-        vectors = {c: a.array("v", "float64") for c, a in answers.items()}
-        self.last_losses = [float(a.fields["loss"]) for a in answers.values() if "loss" in a.fields]
-        # Clients that dropped earlier in the round are not in the seam's participant check's way.
-        return self.round.sum(spec, vectors)
+        vectors = {}
+        for c, a in sorted(answers.items()):
+            try:
+                v = a.array("v", "float64")
+                if v.shape != (spec.length + 2,) or not np.all(np.isfinite(v)):
+                    raise InvalidMessage(f"a release of shape {v.shape}, expected ({spec.length + 2},)")
+                vectors[c] = v
+            except InvalidMessage as err:
+                self.channel.drop(c, f"bad release: {err}")
+        self.last_losses = [
+            float(a.fields["loss"]) for c, a in answers.items() if c in vectors and "loss" in a.fields
+        ]
+        total = np.sum(list(vectors.values()), axis=0) if vectors else np.zeros(spec.length + 2)
+        res = self.owner.seam.decode(self.plan, j, total, tuple(vectors))
+        self.clipped += res.clipped or 0
+        return res
 
     def close(self) -> dict:
-        report = self.round.close()
-        return {"clipped": report.clipped, "overflowed": report.overflowed}
+        return {"clipped": self.clipped, "overflowed": 0}
 
 
 class _SecureRelease:
@@ -591,30 +695,17 @@ class _SecureRelease:
 
         self.owner = owner
         self.channel = channel
-        self.specs = specs
         self.r = r
         owner.progress(r, -1, "session")
-        assert owner.secure is not None
-        self.session = owner.secure.session_config(round_index=r, participants=participants, specs=specs)
-        self.n_min = max(self.session.threshold, owner.min_survivors or self.session.threshold)
-        if self.n_min > len(participants):
-            raise ProtocolAbort(
-                AbortReason.TOO_FEW_PEERS,
-                f"round {r}: {len(participants)} clients left, fewer than {self.n_min}",
-            )
-        self.codecs = [_codec(s, len(participants), self.session.bits) for s in specs]
+        self.plan = owner.seam.plan(round_index=r, participants=participants, specs=specs)
+        self.session = self.plan.session
+        self.n_min = self.plan.n_min
         self.state = start_server(self.session)
         self.last_losses: list[float] = []
         self.clipped = 0
         self.overflowed = 0
-        # Round 0: every client starts its session state and advertises its keys.
-        answers = channel.broadcast(
-            Payload(
-                "session",
-                {"round": r, "specs": _specs_to_fields(specs), "session": _session_fields(self.session)},
-            ),
-            clients=participants,
-        )
+        # Round 0: every client admits the plan, starts its session state and advertises its keys.
+        answers = channel.broadcast(Payload("session", _plan_fields(self.plan)), clients=participants)
         self._feed(answers)
         outgoing = self._close()
         # Round 1: the key broadcast; clients answer with their encrypted shares.
@@ -655,7 +746,6 @@ class _SecureRelease:
         return outgoing
 
     def release(self, j: int, fields: dict, arrays: dict) -> AggregateResult:
-        spec = self.specs[j]
         self.owner.progress(self.r, j, "release")
         base = Payload("release", {"round": self.r, "vector": j, **fields}, arrays)
         if self.pending:
@@ -663,8 +753,6 @@ class _SecureRelease:
             self.pending = {}
         else:
             answers = self.channel.broadcast(base, clients=self.members)
-        clipped = {c: int(a.fields.get("clipped", 0)) for c, a in answers.items()}
-        saturated = {c: int(a.fields.get("saturated", 0)) for c, a in answers.items()}
         self._feed(answers)
         outgoing = self._close()
         # Unmasking (and, in malicious mode, the consistency check before it): answer until done.
@@ -678,24 +766,17 @@ class _SecureRelease:
             )
         survivors = tuple(total.survivors)
         self.members = [c for c in survivors if c in self.channel.alive]
-        if len(survivors) < self.n_min:
-            raise ProtocolAbort(
-                AbortReason.TOO_FEW_PEERS,
-                f"vector {spec.name!r}: {len(survivors)} survivors, fewer than {self.n_min}",
+        res = self.owner.seam.decode(self.plan, j, total.words, survivors)
+        if res.overflowed:
+            log.warning(
+                "vector %r: %d coordinates saturated in fixed-point encoding",
+                self.plan.specs[j].name,
+                res.overflowed,
             )
-        n_clipped = sum(clipped.get(c, 0) for c in survivors)
-        n_saturated = sum(saturated.get(c, 0) for c in survivors)
-        if n_saturated:
-            log.warning("vector %r: %d coordinates saturated in fixed-point encoding", spec.name, n_saturated)
-        self.clipped += n_clipped
-        self.overflowed += n_saturated
-        self.owner._last_bound = self.codecs[j].quantisation_bound(len(survivors))
-        return AggregateResult(
-            total=self.codecs[j].decode_sum(total.words),
-            contributors=survivors,
-            clipped=n_clipped,
-            overflowed=n_saturated,
-        )
+        self.clipped += res.clipped or 0
+        self.overflowed += res.overflowed or 0
+        self.owner._last_bound = self.owner.seam.quantisation_bound(self.plan, j, len(survivors))
+        return res
 
     def close(self) -> dict:
         return {"clipped": self.clipped, "overflowed": self.overflowed, "threshold": self.session.threshold}

@@ -115,7 +115,11 @@ def run_flower(
         "out-dir": str(out),
         "record-trace": record_trace,
     }
-    node_configs = [{"partition-id": i, "num-partitions": config.num_clients} for i in range(n)]
+    # Each node's own policy: it releases under the run's mode or stronger, whatever the server asks.
+    node_configs = [
+        {"partition-id": i, "num-partitions": config.num_clients, "aggregation": aggregation}
+        for i in range(n)
+    ]
     t0 = time.monotonic()
     with FlowerDeployment(
         n,

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...aggregation import AggregateResult, AggregationRound, Aggregator, RoundReport, VectorSpec, clip_l2
+from ...aggregation import AggregateResult, AggregationRound, Aggregator, RoundReport, VectorSpec
 from ...exceptions import ConfigError
+from ...privacy.clipping import clip_l2
 from ..config import FederationConfig
 
 __all__ = ["ReplayReport", "SumCheck", "replay_in_process"]
