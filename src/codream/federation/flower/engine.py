@@ -127,7 +127,7 @@ def _specs_to_fields(specs: list[VectorSpec]) -> list[list]:
 def _specs_from_fields(value: object) -> list[VectorSpec]:
     try:
         return [VectorSpec(str(n), int(length), float(c)) for n, length, c in value]  # type: ignore[union-attr]
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise InvalidMessage(f"malformed vector plan: {err}") from None
 
 
@@ -377,6 +377,20 @@ def _blob(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
+def _setup_facts(p: Payload) -> tuple[tuple[int, ...], int, float]:
+    """A node's set-up answer: (input shape, number of classes, warm-up loss); InvalidMessage if not."""
+    return (
+        p.integers("input_shape", max_len=8, minimum=1, maximum=1 << 16),
+        p.integer("num_classes", minimum=1, maximum=1 << 20),
+        p.number("warmup_loss"),
+    )
+
+
+def _learned(p: Payload) -> tuple[float, float, float]:
+    """A node's 'learned' answer: (accuracy, KD loss, CE loss); InvalidMessage if not."""
+    return p.number("accuracy", minimum=0.0, maximum=1.0), p.number("kd_loss"), p.number("ce_loss")
+
+
 # ---------------------------------------------------------------------------------------- the server
 class CodreamServer:
     """The ServerApp's engine: rounds of CoDream over the client channel.
@@ -422,16 +436,18 @@ class CodreamServer:
         from ..server import ServerRole
 
         cfg = self.config
+        facts = channel.read(ready, _setup_facts, what="set-up answer")
+        ready = {c: ready[c] for c in facts}
         missing = sorted(set(range(cfg.num_clients)) - set(ready))
         if missing:
             raise ConfigError(f"clients {missing} did not set up; every partition needs its SuperNode")
-        shapes = {tuple(p.get("input_shape", list)) for p in ready.values()}
-        classes = {int(p.get("num_classes", int)) for p in ready.values()}
+        shapes = {shape for shape, _, _ in facts.values()}
+        classes = {n for _, n, _ in facts.values()}
         if len(shapes) != 1 or len(classes) != 1:
             raise ConfigError(f"clients disagree on the data: input shapes {shapes}, classes {classes}")
         input_shape, num_classes = shapes.pop(), classes.pop()
         server = ServerRole(cfg, input_shape, num_classes, _generator(cfg.seed, 4))
-        warmup = float(np.mean([float(p.get("warmup_loss", float)) for p in ready.values()]))
+        warmup = float(np.mean([loss for _, _, loss in facts.values()]))
         rounds = []
         for r in range(self.rounds):
             metrics = self._round(r, server, channel)
@@ -503,7 +519,8 @@ class CodreamServer:
                 for c in res.contributors
             }
         )
-        accs = {c: float(a.get("accuracy", float)) for c, a in sorted(answers.items())}
+        learned = channel.read(answers, _learned, what="'learned' answer")
+        accs = {c: acc for c, (acc, _, _) in sorted(learned.items())}
         probs = server.label_probabilities()
         acc_values = list(accs.values())
 
@@ -516,12 +533,8 @@ class CodreamServer:
             "accuracies": {str(c): a for c, a in accs.items()},
             "mean_accuracy": float(np.mean(acc_values)) if acc_values else float("nan"),
             "std_accuracy": float(np.std(acc_values)) if acc_values else float("nan"),
-            "kd_loss": float(np.mean([float(a.get("kd_loss", float)) for a in answers.values()]))
-            if answers
-            else None,
-            "ce_loss": float(np.mean([float(a.get("ce_loss", float)) for a in answers.values()]))
-            if answers
-            else None,
+            "kd_loss": float(np.mean([kd for _, kd, _ in learned.values()])) if learned else None,
+            "ce_loss": float(np.mean([ce for _, _, ce in learned.values()])) if learned else None,
             "dream_loss_start": mean_loss(0),
             "dream_loss_end": mean_loss(-1),
             "class_coverage": int(probs.argmax(dim=1).unique().numel()),
@@ -573,8 +586,16 @@ class _PlainRelease:
         # The round's plan travels with every release: plain rounds need no session set-up step.
         plan = {"round": self.r, "vector": j, "specs": _specs_to_fields(self.specs), **fields}
         answers = self.channel.broadcast(Payload("release", plan, arrays), clients=self.participants)
-        vectors = {c: a.array("v", "float64") for c, a in answers.items()}
-        self.last_losses = [float(a.fields["loss"]) for a in answers.values() if "loss" in a.fields]
+        read = self.channel.read(
+            answers,
+            lambda a: (
+                a.array("v", "float64", shape=(spec.length,), finite=True),
+                a.number("loss", default=None),
+            ),
+            what=f"release of {spec.name!r}",
+        )
+        vectors = {c: v for c, (v, _) in read.items()}
+        self.last_losses = [loss for _, loss in read.values() if loss is not None]
         # Clients that dropped earlier in the round are not in the seam's participant check's way.
         return self.round.sum(spec, vectors)
 
@@ -663,8 +684,17 @@ class _SecureRelease:
             self.pending = {}
         else:
             answers = self.channel.broadcast(base, clients=self.members)
-        clipped = {c: int(a.fields.get("clipped", 0)) for c, a in answers.items()}
-        saturated = {c: int(a.fields.get("saturated", 0)) for c, a in answers.items()}
+        counts = self.channel.read(
+            answers,
+            lambda a: (
+                a.integer("clipped", default=0, minimum=0, maximum=1),
+                a.integer("saturated", default=0, minimum=0, maximum=spec.length),
+            ),
+            what=f"release of {spec.name!r}",
+        )
+        answers = {c: answers[c] for c in counts}  # a malformed reply is not fed: its sender dropped out
+        clipped = {c: n for c, (n, _) in counts.items()}
+        saturated = {c: n for c, (_, n) in counts.items()}
         self._feed(answers)
         outgoing = self._close()
         # Unmasking (and, in malicious mode, the consistency check before it): answer until done.

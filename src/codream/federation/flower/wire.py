@@ -192,10 +192,43 @@ class Payload:
             raise self._mistyped(name, v, "a string")
         return v
 
+    def integers(
+        self,
+        name: str,
+        *,
+        max_len: int,
+        default: object = _MISSING,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> tuple[int, ...]:
+        """At most `max_len` integers (length checked first), each within [minimum, maximum]."""
+        v = self._field(name, default)
+        if isinstance(v, _Absent):
+            return v.default  # type: ignore[return-value]
+        if not isinstance(v, list | tuple):
+            raise self._mistyped(name, v, "a list of integers")
+        if len(v) > max_len:
+            raise InvalidMessage(
+                f"{self.kind!r} message: field {name!r} has {len(v)} entries, more than {max_len}"
+            )
+        lo = _INT_MIN if minimum is None else minimum
+        hi = _INT_MAX if maximum is None else maximum
+        if not all(_is_int(x) and lo <= x <= hi for x in v):
+            raise InvalidMessage(f"{self.kind!r} message: field {name!r} must hold integers in [{lo}, {hi}]")
+        return tuple(v)
+
     def array(
-        self, name: str, dtype: str | None = None, *, shape: tuple[int, ...] | None = None
+        self,
+        name: str,
+        dtype: str | None = None,
+        *,
+        shape: tuple[int, ...] | None = None,
+        finite: bool = False,
     ) -> np.ndarray:
-        """The named array; raises InvalidMessage when missing, of another dtype, or of another shape."""
+        """The named array; raises InvalidMessage when it is missing or of another dtype or shape.
+
+        With `finite`, a float array holding a NaN or an infinity is refused too.
+        """
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"no wire dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
         try:
@@ -210,6 +243,8 @@ class Payload:
             raise InvalidMessage(
                 f"{self.kind!r} message: array {name!r} has shape {a.shape}, expected {tuple(shape)}"
             )
+        if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise InvalidMessage(f"{self.kind!r} message: array {name!r} holds a NaN or an infinity")
         return a
 
     def blob(self, name: str) -> bytes:
