@@ -1,8 +1,8 @@
-"""A crafted reply costs its sender its place in the run, never the run.
+"""A crafted reply costs its sender its place in the run, never the run; client ids are bound to nodes.
 
 Server and nodes are joined by in-process transports (no Flower processes): a node that sends
 undecodable bytes or a mistyped field is dropped with a logged reason while the round goes on with
-the others.
+the others, and `connect_clients` refuses a node that claims a client id it may not have.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import pytest
 
 pytest.importorskip("flwr", reason="the Flower engine needs flwr (pip install codream[flower])")
 
+from codream.exceptions import CodreamError, ConfigError  # noqa: E402
 from codream.federation.config import DistillConfig, DreamConfig, FederationConfig  # noqa: E402
 from codream.federation.flower.channel import ClientChannel  # noqa: E402
 from codream.federation.flower.engine import CodreamNode, CodreamServer, config_to_dict  # noqa: E402
-from codream.federation.flower.serverapp import connect_clients  # noqa: E402
+from codream.federation.flower.serverapp import connect_clients, parse_client_nodes  # noqa: E402
 from codream.federation.flower.wire import Payload, decode, encode  # noqa: E402
 from codream.federation.flower.worker import error_payload  # noqa: E402
 
@@ -193,3 +194,81 @@ def test_a_plain_round_drops_a_misshapen_vector_and_a_mistyped_accuracy(tmp_path
     assert sorted(channel.dropped) == [1, 2, 3]
     assert "shape" in channel.dropped[2] and "NaN" in channel.dropped[1] and "accuracy" in channel.dropped[3]
     assert results["rounds"][0]["survivors"] == [0, 3] and list(results["rounds"][0]["accuracies"]) == ["0"]
+
+
+# ------------------------------------------------------------------------------ client id binding
+def claims(ids: dict[int, object]):
+    """Nodes answering set-up with client_id = ids[node]."""
+    return lambda node, request: encode(Payload("ready", {"client_id": ids[node]}))
+
+
+def connect(transport, num_nodes, **kwargs):
+    return connect_clients(
+        transport,
+        num_nodes=num_nodes,
+        setup=Payload("setup"),
+        wait_timeout=0.3,
+        setup_timeout=1,
+        step_timeout=1,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("order", [[100, 101, 102], [101, 100, 102]])
+def test_the_first_node_to_claim_a_client_id_keeps_it_and_a_duplicate_is_refused(order, caplog):
+    transport = Scripted(claims({100: 0, 101: 0, 102: 1}), [100, 101, 102], order=order)
+    with caplog.at_level(logging.WARNING, logger="codream.federation.flower.serverapp"):
+        channel, ready = connect(transport, 3)
+    first, second = order[0], order[1]
+    assert channel.nodes == {0: first, 1: 102} and sorted(ready) == [0, 1]
+    assert channel.refused_nodes == {second: f"claims client id 0, already bound to node {first}"}
+    assert channel.refused_workers == [second]
+    assert f"SuperNode {second} refused" in caplog.text
+
+
+def test_a_node_claiming_a_mistyped_client_id_is_refused():
+    ids = {100: True, 101: "1", 102: -1, 103: 1 << 40, 104: 1.0, 105: 2}
+    channel, ready = connect(Scripted(claims(ids), list(ids)), len(ids))
+    assert channel.nodes == {2: 105} and sorted(channel.refused_nodes) == [100, 101, 102, 103, 104]
+    assert all("malformed set-up answer" in why for why in channel.refused_nodes.values())
+
+
+def test_with_client_nodes_only_listed_nodes_are_set_up_and_each_must_claim_its_own_id():
+    transport = Scripted(claims({100: 0, 101: 1, 102: 1, 103: 2}), [100, 101, 102, 103])
+    channel, ready = connect(transport, 3, client_nodes={0: 101, 1: 102, 2: 103})
+    assert channel.nodes == {1: 102, 2: 103} and sorted(ready) == [1, 2]
+    assert transport.asked[100] == []  # not listed: never sent the run's configuration
+    assert channel.refused_nodes == {
+        100: "not in the run's client-nodes",
+        101: "claims client id 1, which client-nodes binds to node 102",
+    }
+    assert channel.refused_workers == [101]
+
+
+def test_with_client_nodes_the_run_waits_for_the_listed_nodes_only():
+    transport = Scripted(claims({100: 0, 101: 1}), [100, 101])
+    with pytest.raises(CodreamError, match="only 1 of 2 listed SuperNodes"):
+        connect(transport, 2, client_nodes={0: 101, 1: 102})
+
+
+def test_client_nodes_parse_from_the_run_config():
+    assert parse_client_nodes("") == {} and parse_client_nodes("  ") == {}
+    assert parse_client_nodes("0=101 1=102") == {0: 101, 1: 102}
+    assert parse_client_nodes("0=101,1=102, 2=7") == {0: 101, 1: 102, 2: 7}
+    for bad in ("0=1 0=2", "0=1 1=1", "a=b", "0:1", "0=-1", "0=1 x"):
+        with pytest.raises(ConfigError):
+            parse_client_nodes(bad)
+
+
+def test_the_app_writer_carries_client_nodes_into_the_run_config(tmp_path):
+    import tomllib
+
+    from codream.federation.flower.__main__ import main
+
+    assert main(["app", str(tmp_path / "a"), "--client-nodes", "0=11,1=22 2=33 3=44"]) == 0
+    config = tomllib.loads((tmp_path / "a" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert parse_client_nodes(config["client-nodes"]) == {0: 11, 1: 22, 2: 33, 3: 44}
+    assert main(["app", str(tmp_path / "b")]) == 0  # the key is there to override with --run-config
+    config = tomllib.loads((tmp_path / "b" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert config["client-nodes"] == ""
+    assert main(["app", str(tmp_path / "c"), "--client-nodes", "0=11 0=22"]) == 2

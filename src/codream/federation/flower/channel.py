@@ -104,6 +104,10 @@ class ClientChannel:
         self.nodes = dict(nodes)
         self.step_timeout = step_timeout
         self.dropped: dict[int, str] = {}
+        #: Transport nodes refused a client id when the run connected, and why (see connect_clients).
+        self.refused_nodes: dict[int, str] = {}
+        #: Those of them that were set up (so run a worker that should be told the run is over).
+        self.refused_workers: list[int] = []
         self.bytes_sent: dict[int, int] = dict.fromkeys(self.nodes, 0)
         self.bytes_received: dict[int, int] = dict.fromkeys(self.nodes, 0)
 
