@@ -38,7 +38,7 @@ from ...aggregation import AggregateResult, VectorSpec, clip_l2, create_aggregat
 from ...exceptions import AbortReason, ConfigError, InvalidMessage, ProtocolAbort
 from ..config import DistillConfig, DreamConfig, FederationConfig, Method
 from .channel import ClientChannel
-from .wire import Payload
+from .wire import NodeLimits, Payload, session_fields, session_from_fields
 
 __all__ = [
     "AGGREGATIONS",
@@ -131,44 +131,14 @@ def _specs_from_fields(value: object) -> list[VectorSpec]:
         raise InvalidMessage(f"malformed vector plan: {err}") from None
 
 
-def _session_fields(config) -> dict:
-    return {
-        "round": config.round_index,
-        "client_ids": list(config.client_ids),
-        "threshold": config.threshold,
-        "vector_lengths": list(config.vector_lengths),
-        "bits": config.bits,
-        "graph": config.graph.value,
-        "degree": config.degree,
-        "graph_seed": config.graph_seed.hex(),
-    }
-
-
-def _session_from_fields(f: Mapping[str, object]):
-    from ...secagg.config import GraphKind, SessionConfig
-
-    try:
-        return SessionConfig(
-            round_index=int(f["round"]),  # type: ignore[arg-type]
-            client_ids=tuple(int(c) for c in f["client_ids"]),  # type: ignore[union-attr]
-            threshold=int(f["threshold"]),  # type: ignore[arg-type]
-            vector_lengths=tuple(int(n) for n in f["vector_lengths"]),  # type: ignore[union-attr]
-            bits=int(f["bits"]),  # type: ignore[arg-type]
-            graph=GraphKind(f["graph"]),
-            degree=int(f["degree"]),  # type: ignore[arg-type]
-            graph_seed=bytes.fromhex(str(f["graph_seed"])),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise InvalidMessage(f"malformed session parameters: {err}") from None
-
-
 # ------------------------------------------------------------------------------------------ the node
 class CodreamNode:
     """One client, in its node's worker: answers the server's requests with its `ClientRole`.
 
     Node config keys: ``partition-id`` (its client id, required), ``num-partitions`` (must equal the
     federation's number of clients), optional ``data-dir`` (this machine's data folder), ``dataset``
-    and ``seed`` (if given, must agree with the server's configuration), ``torch-threads``.
+    and ``seed`` (if given, must agree with the server's configuration), ``torch-threads``,
+    ``max-clients`` (the largest session this node joins, see `NodeLimits`).
     """
 
     def __init__(self, node_config: Mapping[str, object]) -> None:
@@ -179,6 +149,7 @@ class CodreamNode:
                 "a codream SuperNode needs an integer partition-id in its --node-config"
             ) from None
         self.node_config = dict(node_config)
+        self.limits = NodeLimits.from_node_config(self.node_config)
         self.role = None
         self.config: FederationConfig | None = None
         self.aggregation = "plain"
@@ -277,7 +248,8 @@ class CodreamNode:
         self._specs = _specs_from_fields(req.get("specs", list))
         if self.aggregation != "secure":
             return Payload("ok")
-        session = _session_from_fields(req.get("session", dict))
+        # Bounded before anything is built: a session past the node's max-clients is refused.
+        session = session_from_fields(req.get("session", dict), self.limits)
         if session.vector_lengths != tuple(s.length for s in self._specs):
             raise InvalidMessage("the session's vector lengths do not match the round's plan")
         n = session.num_clients
@@ -632,7 +604,7 @@ class _SecureRelease:
         answers = channel.broadcast(
             Payload(
                 "session",
-                {"round": r, "specs": _specs_to_fields(specs), "session": _session_fields(self.session)},
+                {"round": r, "specs": _specs_to_fields(specs), "session": session_fields(self.session)},
             ),
             clients=participants,
         )
