@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         if name == "app":
             p.add_argument("dir", help="the app folder to write")
+            p.add_argument(
+                "--client-nodes",
+                default="",
+                help='bind client ids to Flower node ids: "0=NODE_ID 1=NODE_ID ..." (the ids that '
+                "`flwr supernode register` printed for each client's key)",
+            )
         p.add_argument("--config", help="TOML file of FederationConfig fields ([dream], [distill] tables)")
         p.add_argument("--num-clients", type=int)
         p.add_argument("--rounds", type=int)
@@ -71,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         if args.command == "app":
+            from .serverapp import parse_client_nodes
+
+            client_nodes = parse_client_nodes(args.client_nodes)
             run_config = {
                 "handler": "codream",
                 "num-nodes": config.num_clients,
@@ -84,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wait-timeout": 600.0,
                 "out-dir": args.out_dir or "~/codream-flower-results",
                 "record-trace": False,
+                "client-nodes": " ".join(f"{c}={n}" for c, n in sorted(client_nodes.items())),
             }
             path = write_app_dir(args.dir, run_config)
             print(f"wrote {path / 'pyproject.toml'}; launch it with: flwr run {path} <connection> --stream")

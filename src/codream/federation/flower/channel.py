@@ -1,17 +1,19 @@
 """The ServerApp's side of the wire: send one engine payload per client, collect answers, with a deadline.
 
 `ClientChannel` is what an engine's server logic talks to; it knows clients by their codream ids.
-A client that does not answer a step within the step timeout, answers with a Flower error, or whose
-answer does not decode, is dropped for the rest of the run: it is never asked again, and the protocol
-goes on with the others if enough remain (the engine decides what "enough" is).
+A client that does not answer a step within the step timeout, answers with a Flower error, whose
+answer does not decode, or whose answer's fields do not read (`ClientChannel.read`), is dropped for
+the rest of the run with a logged reason: it is never asked again, and the protocol goes on with the
+others if enough remain (the engine decides what "enough" is). A crafted reply costs its sender its
+place in the run, never the run.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol, TypeVar
 
 from ...exceptions import CodreamError, InvalidMessage
 from .wire import Payload, decode, encode
@@ -19,6 +21,8 @@ from .wire import Payload, decode, encode
 __all__ = ["ClientChannel", "FlowerChannel", "Transport"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Transport(Protocol):
@@ -77,6 +81,8 @@ class FlowerChannel:
                     continue
                 if isinstance(body, bytes):
                     answers[node] = body
+                else:
+                    log.warning("node %d answered with a %s payload, not bytes", node, type(body).__name__)
             if pending:
                 time.sleep(self.poll_interval)
         for node in pending.values():
@@ -98,6 +104,10 @@ class ClientChannel:
         self.nodes = dict(nodes)
         self.step_timeout = step_timeout
         self.dropped: dict[int, str] = {}
+        #: Transport nodes refused a client id when the run connected, and why (see connect_clients).
+        self.refused_nodes: dict[int, str] = {}
+        #: Those of them that were set up (so run a worker that should be told the run is over).
+        self.refused_workers: list[int] = []
         self.bytes_sent: dict[int, int] = dict.fromkeys(self.nodes, 0)
         self.bytes_received: dict[int, int] = dict.fromkeys(self.nodes, 0)
 
@@ -117,6 +127,7 @@ class ClientChannel:
 
         Clients that time out, fail in transport, or send undecodable bytes are dropped. An answer
         of kind "error" drops the client too unless `errors_drop` is False (then it is returned).
+        Answers come in the order the transport returned them (for Flower: the order they arrived).
         """
         wanted = {c: p for c, p in requests.items() if c not in self.dropped}
         unknown = set(wanted) - set(self.nodes)
@@ -127,10 +138,10 @@ class ClientChannel:
             self.bytes_received[c] += len(raw[self.nodes[c]])
         by_node = self.transport.exchange(raw, timeout=self.step_timeout if timeout is None else timeout)
         answers: dict[int, Payload] = {}
-        for c in wanted:
-            body = by_node.get(self.nodes[c])
-            if body is None:
-                self.drop(c, f"no answer to {wanted[c].kind!r}")
+        client_of = {self.nodes[c]: c for c in wanted}
+        for node, body in by_node.items():
+            c = client_of.get(node)
+            if c is None:  # an answer nobody asked this node for
                 continue
             self.bytes_sent[c] += len(body)
             try:
@@ -141,12 +152,32 @@ class ClientChannel:
             if payload.kind == "error" and errors_drop:
                 self.drop(
                     c,
-                    f"error on {wanted[c].kind!r}: {payload.fields.get('type')}: "
-                    f"{payload.fields.get('detail')}",
+                    f"error on {wanted[c].kind!r}: {str(payload.fields.get('type'))[:100]}: "
+                    f"{str(payload.fields.get('detail'))[:1000]}",
                 )
                 continue
             answers[c] = payload
+        for c in wanted:
+            if self.nodes[c] not in by_node:
+                self.drop(c, f"no answer to {wanted[c].kind!r}")
         return answers
+
+    def read(
+        self, answers: Mapping[int, Payload], reader: Callable[[Payload], T], *, what: str
+    ) -> dict[int, T]:
+        """`reader` applied to each answer; a client whose answer it refuses is dropped, with why.
+
+        Readers use `Payload`'s typed accessors (`integer`, `number`, `array`, ...), which raise
+        `InvalidMessage` and nothing else for a missing or mistyped value, so reading a reply cannot
+        fail the run. Returns what was read, by client, in the order of `answers`.
+        """
+        out: dict[int, T] = {}
+        for c, payload in answers.items():
+            try:
+                out[c] = reader(payload)
+            except InvalidMessage as err:
+                self.drop(c, f"malformed {what}: {err}")
+        return out
 
     def broadcast(
         self, payload: Payload, clients: Iterable[int] | None = None, **kwargs

@@ -53,7 +53,7 @@ from ...aggregation import (
 from ...exceptions import AbortReason, ConfigError, InvalidMessage, PolicyRefusal, ProtocolAbort
 from ..config import DistillConfig, DreamConfig, FederationConfig, Method
 from .channel import ClientChannel
-from .wire import Payload
+from .wire import NodeLimits, Payload, session_fields, session_from_fields
 
 __all__ = [
     "AGGREGATIONS",
@@ -129,6 +129,13 @@ def _generator(*parts: int):
     return simulation_generator(*parts)
 
 
+def _node_int(nc: Mapping[str, object], key: str) -> int:
+    try:
+        return int(nc[key])  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"node config {key} must be an integer, got {nc[key]!r}") from None
+
+
 def node_policy(node_config: Mapping[str, object]) -> ClientPolicy:
     """The node's own policy, from its node config; what the server asks never changes it.
 
@@ -138,12 +145,11 @@ def node_policy(node_config: Mapping[str, object]) -> ClientPolicy:
     nc = node_config
 
     def opt_int(key: str) -> int | None:
-        return int(nc[key]) if key in nc else None  # type: ignore[arg-type]
+        return _node_int(nc, key) if key in nc else None
 
     limits = {
-        field: int(nc[key])  # type: ignore[arg-type]
+        field: _node_int(nc, key)
         for key, field in (
-            ("max-clients", "max_clients"),
             ("max-vectors", "max_vectors"),
             ("max-vector-length", "max_vector_length"),
         )
@@ -176,21 +182,8 @@ def _specs_from_fields(value: object, *, limit: int = 100_000) -> list[VectorSpe
             VectorSpec(str(n), int(length), float(c), ReleaseKind(kind), int(step))
             for n, length, c, kind, step in value
         ]
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise InvalidMessage(f"malformed vector plan: {err}") from None
-
-
-def _session_fields(config) -> dict:
-    return {
-        "round": config.round_index,
-        "client_ids": list(config.client_ids),
-        "threshold": config.threshold,
-        "vector_lengths": list(config.vector_lengths),
-        "bits": config.bits,
-        "graph": config.graph.value,
-        "degree": config.degree,
-        "graph_seed": config.graph_seed.hex(),
-    }
 
 
 def _plan_fields(plan: RoundPlan) -> dict:
@@ -203,25 +196,20 @@ def _plan_fields(plan: RoundPlan) -> dict:
         "headroom": list(plan.noise_headroom),
     }
     if plan.session is not None:
-        fields["session"] = _session_fields(plan.session)
+        fields["session"] = session_fields(plan.session)
     return fields
 
 
-def _plan_from_fields(f: Mapping[str, object], *, max_clients: int) -> RoundPlan:
+def _plan_from_fields(f: Mapping[str, object], limits: NodeLimits) -> RoundPlan:
     try:
         mode = Mode(f["mode"])
         session = None
         if mode.secure:
             raw = f["session"]
-            if not isinstance(raw, dict) or not isinstance(raw.get("client_ids"), list):
+            if not isinstance(raw, dict):
                 raise InvalidMessage("a secure plan needs its session parameters")
-            if len(raw["client_ids"]) > max_clients:
-                # Refused before any graph or key material is built for the claimed clients.
-                raise PolicyRefusal(
-                    f"the session names {len(raw['client_ids'])} clients, more than this node's "
-                    f"maximum {max_clients}"
-                )
-            session = _session_from_fields(raw)
+            # Bounded before anything is built: a session past the node's max-clients is refused.
+            session = session_from_fields(raw, limits)
         headroom = f.get("headroom", [])
         if not isinstance(headroom, list):
             raise InvalidMessage("headroom must be a list")
@@ -234,26 +222,8 @@ def _plan_from_fields(f: Mapping[str, object], *, max_clients: int) -> RoundPlan
             n_min=int(f.get("n_min", 1)),  # type: ignore[arg-type]
             noise_headroom=tuple(float(h) for h in headroom),
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise InvalidMessage(f"malformed round plan: {err}") from None
-
-
-def _session_from_fields(f: Mapping[str, object]):
-    from ...secagg.config import GraphKind, SessionConfig
-
-    try:
-        return SessionConfig(
-            round_index=int(f["round"]),  # type: ignore[arg-type]
-            client_ids=tuple(int(c) for c in f["client_ids"]),  # type: ignore[union-attr]
-            threshold=int(f["threshold"]),  # type: ignore[arg-type]
-            vector_lengths=tuple(int(n) for n in f["vector_lengths"]),  # type: ignore[union-attr]
-            bits=int(f["bits"]),  # type: ignore[arg-type]
-            graph=GraphKind(f["graph"]),
-            degree=int(f["degree"]),  # type: ignore[arg-type]
-            graph_seed=bytes.fromhex(str(f["graph_seed"])),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise InvalidMessage(f"malformed session parameters: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------ the node
@@ -263,7 +233,7 @@ class CodreamNode:
     Node config keys: ``partition-id`` (its client id, required), ``num-partitions`` (must equal the
     federation's number of clients), optional ``data-dir`` (this machine's data folder), ``dataset``
     and ``seed`` (if given, must agree with the server's configuration), ``torch-threads``, and the
-    node's policy (`node_policy`).
+    node's policy (`node_policy`) and ``max-clients`` (the largest session it joins).
     """
 
     def __init__(self, node_config: Mapping[str, object]) -> None:
@@ -274,7 +244,8 @@ class CodreamNode:
                 "a codream SuperNode needs an integer partition-id in its --node-config"
             ) from None
         self.node_config = dict(node_config)
-        self.policy = node_policy(self.node_config)
+        self.limits = NodeLimits.from_node_config(self.node_config)
+        self.policy = dataclasses.replace(node_policy(self.node_config), max_clients=self.limits.max_clients)
         self.role = None
         self.config: FederationConfig | None = None
         self.seam: ClientSeam | None = None
@@ -372,7 +343,7 @@ class CodreamNode:
     def _admit(self, req: Payload) -> RoundPlan:
         """Check the server's plan against this node's policy; a refusal releases nothing."""
         assert self.seam is not None
-        plan = _plan_from_fields(req.fields, max_clients=self.policy.max_clients)
+        plan = _plan_from_fields(req.fields, self.limits)
         self.seam.admit(plan)
         self._round = plan.round_index
         self._specs = list(plan.specs)
@@ -415,7 +386,7 @@ class CodreamNode:
         role, seam = self.role, self.seam
         assert role is not None and seam is not None
         if "specs" in req.fields:  # plain rounds carry their plan with each release
-            plan = _plan_from_fields(req.fields, max_clients=self.policy.max_clients)
+            plan = _plan_from_fields(req.fields, self.limits)
             if plan.round_index != self._round or plan.specs != tuple(self._specs):
                 self._admit(req)
         j = int(req.get("vector", int))
@@ -472,6 +443,20 @@ def _blob(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
+def _setup_facts(p: Payload) -> tuple[tuple[int, ...], int, float]:
+    """A node's set-up answer: (input shape, number of classes, warm-up loss); InvalidMessage if not."""
+    return (
+        p.integers("input_shape", max_len=8, minimum=1, maximum=1 << 16),
+        p.integer("num_classes", minimum=1, maximum=1 << 20),
+        p.number("warmup_loss"),
+    )
+
+
+def _learned(p: Payload) -> tuple[float, float, float]:
+    """A node's 'learned' answer: (accuracy, KD loss, CE loss); InvalidMessage if not."""
+    return p.number("accuracy", minimum=0.0, maximum=1.0), p.number("kd_loss"), p.number("ce_loss")
+
+
 # ---------------------------------------------------------------------------------------- the server
 class CodreamServer:
     """The ServerApp's engine: rounds of CoDream over the client channel.
@@ -517,16 +502,18 @@ class CodreamServer:
         from ..server import ServerRole
 
         cfg = self.config
+        facts = channel.read(ready, _setup_facts, what="set-up answer")
+        ready = {c: ready[c] for c in facts}
         missing = sorted(set(range(cfg.num_clients)) - set(ready))
         if missing:
             raise ConfigError(f"clients {missing} did not set up; every partition needs its SuperNode")
-        shapes = {tuple(p.get("input_shape", list)) for p in ready.values()}
-        classes = {int(p.get("num_classes", int)) for p in ready.values()}
+        shapes = {shape for shape, _, _ in facts.values()}
+        classes = {n for _, n, _ in facts.values()}
         if len(shapes) != 1 or len(classes) != 1:
             raise ConfigError(f"clients disagree on the data: input shapes {shapes}, classes {classes}")
         input_shape, num_classes = shapes.pop(), classes.pop()
         server = ServerRole(cfg, input_shape, num_classes, _generator(cfg.seed, 4))
-        warmup = float(np.mean([float(p.get("warmup_loss", float)) for p in ready.values()]))
+        warmup = float(np.mean([loss for _, _, loss in facts.values()]))
         rounds = []
         for r in range(self.rounds):
             metrics = self._round(r, server, channel)
@@ -598,7 +585,8 @@ class CodreamServer:
                 for c in res.contributors
             }
         )
-        accs = {c: float(a.get("accuracy", float)) for c, a in sorted(answers.items())}
+        learned = channel.read(answers, _learned, what="'learned' answer")
+        accs = {c: acc for c, (acc, _, _) in sorted(learned.items())}
         probs = server.label_probabilities()
         acc_values = list(accs.values())
 
@@ -611,12 +599,8 @@ class CodreamServer:
             "accuracies": {str(c): a for c, a in accs.items()},
             "mean_accuracy": float(np.mean(acc_values)) if acc_values else float("nan"),
             "std_accuracy": float(np.std(acc_values)) if acc_values else float("nan"),
-            "kd_loss": float(np.mean([float(a.get("kd_loss", float)) for a in answers.values()]))
-            if answers
-            else None,
-            "ce_loss": float(np.mean([float(a.get("ce_loss", float)) for a in answers.values()]))
-            if answers
-            else None,
+            "kd_loss": float(np.mean([kd for _, kd, _ in learned.values()])) if learned else None,
+            "ce_loss": float(np.mean([ce for _, _, ce in learned.values()])) if learned else None,
             "dream_loss_start": mean_loss(0),
             "dream_loss_end": mean_loss(-1),
             "class_coverage": int(probs.argmax(dim=1).unique().numel()),
@@ -666,18 +650,16 @@ class _PlainRelease:
         # The round's plan travels with every release: plain rounds need no session set-up step.
         plan = {**_plan_fields(self.plan), "vector": j, **fields}
         answers = self.channel.broadcast(Payload("release", plan, arrays), clients=self.participants)
-        vectors = {}
-        for c, a in sorted(answers.items()):
-            try:
-                v = a.array("v", "float64")
-                if v.shape != (spec.length + 2,) or not np.all(np.isfinite(v)):
-                    raise InvalidMessage(f"a release of shape {v.shape}, expected ({spec.length + 2},)")
-                vectors[c] = v
-            except InvalidMessage as err:
-                self.channel.drop(c, f"bad release: {err}")
-        self.last_losses = [
-            float(a.fields["loss"]) for c, a in answers.items() if c in vectors and "loss" in a.fields
-        ]
+        read = self.channel.read(
+            answers,
+            lambda a: (
+                a.array("v", "float64", shape=(spec.length + 2,), finite=True),
+                a.number("loss", default=None),
+            ),
+            what=f"release of {spec.name!r}",
+        )
+        vectors = {c: v for c, (v, _) in read.items()}
+        self.last_losses = [loss for _, loss in read.values() if loss is not None]
         total = np.sum(list(vectors.values()), axis=0) if vectors else np.zeros(spec.length + 2)
         res = self.owner.seam.decode(self.plan, j, total, tuple(vectors))
         self.clipped += res.clipped or 0
