@@ -213,3 +213,18 @@ def test_a_node_refuses_requests_before_set_up_and_with_a_foreign_partition_coun
         )
     with pytest.raises(ConfigError):
         CodreamNode({"num-partitions": 3})
+
+
+@pytest.mark.parametrize(("aggregation", "per_vector", "fixed"), [("plain", 1, 1), ("secure", 2, 3)])
+def test_the_engine_reports_its_exchanges_per_round(tmp_path, aggregation, per_vector, fixed):
+    """A deployed round costs about its exchanges times the transport's latency: count them exactly.
+
+    Plain: one release per vector, then the acquire. Secure: advertise keys, share keys, then per
+    vector the masked input and the unmask request, then the acquire.
+    """
+    config = tiny_config(rounds=1)
+    results, _ = run_loopback(config, tmp_path, aggregation=aggregation)
+    vectors = 1 + config.dream.global_steps + 1  # class weights, dream steps, soft labels
+    (round0,) = results["rounds"]
+    assert round0["exchanges"] == fixed + per_vector * vectors
+    assert round0["seconds_per_exchange"] > 0

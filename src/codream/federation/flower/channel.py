@@ -110,6 +110,10 @@ class ClientChannel:
         self.refused_workers: list[int] = []
         self.bytes_sent: dict[int, int] = dict.fromkeys(self.nodes, 0)
         self.bytes_received: dict[int, int] = dict.fromkeys(self.nodes, 0)
+        #: Server-to-nodes exchanges so far and the wall time they took: the deployed round's cost
+        #: is mostly their count times the transport's latency.
+        self.exchanges = 0
+        self.exchange_seconds = 0.0
 
     @property
     def alive(self) -> list[int]:
@@ -136,7 +140,10 @@ class ClientChannel:
         raw = {self.nodes[c]: encode(p) for c, p in wanted.items()}
         for c in wanted:
             self.bytes_received[c] += len(raw[self.nodes[c]])
+        t0 = time.perf_counter()
         by_node = self.transport.exchange(raw, timeout=self.step_timeout if timeout is None else timeout)
+        self.exchanges += 1
+        self.exchange_seconds += time.perf_counter() - t0
         answers: dict[int, Payload] = {}
         client_of = {self.nodes[c]: c for c in wanted}
         for node, body in by_node.items():

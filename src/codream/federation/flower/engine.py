@@ -546,6 +546,7 @@ class CodreamServer:
 
         cfg = self.config
         t0 = time.perf_counter()
+        exchanges0, exchange_seconds0 = channel.exchanges, channel.exchange_seconds
         specs = server.specs()
         participants = channel.alive
         sent0, received0 = dict(channel.bytes_sent), dict(channel.bytes_received)
@@ -616,6 +617,9 @@ class CodreamServer:
             },
             "seconds": time.perf_counter() - t0,
             "dream_seconds": dream_seconds,
+            "exchanges": channel.exchanges - exchanges0,
+            "seconds_per_exchange": (channel.exchange_seconds - exchange_seconds0)
+            / max(1, channel.exchanges - exchanges0),
         }
 
     def progress(self, r: int, j: int, stage: str) -> None:
