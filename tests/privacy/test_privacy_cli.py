@@ -31,7 +31,16 @@ def _invoke(*args: str):
 
 def test_epsilon_reports_both_accountants_for_the_reference_point():
     res = _invoke(
-        "epsilon", "--noise-multiplier", "1.0", "--sample-rate", str(100 / 3400), "--rounds", "1500", "--json"
+        "epsilon",
+        "--noise-multiplier",
+        "1.0",
+        "--sample-rate",
+        str(100 / 3400),
+        "--rounds",
+        "1500",
+        "--noise",
+        "gaussian",
+        "--json",
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
@@ -50,6 +59,8 @@ def test_epsilon_composes_the_releases_of_a_round_into_one_event():
         "50",
         "--releases-per-round",
         "4",
+        "--noise",
+        "gaussian",
         "--json",
     )
     out = json.loads(res.output)
@@ -59,38 +70,59 @@ def test_epsilon_composes_the_releases_of_a_round_into_one_event():
     )
 
 
-def test_plan_round_trips_through_epsilon():
+def test_plan_round_trips_through_epsilon_over_one_clients_participations_unamplified():
     res = _invoke(
         "plan",
         "--epsilon",
         "4",
         "--rounds",
         "60",
-        "--cohort",
-        "10",
-        "--population",
-        "200",
+        "--participations",
+        "12",
         "--releases-per-round",
         "9",
         "--json",
     )
     assert res.exit_code == 0, res.output
-    plan = json.loads(res.output)["plans"][0]
-    assert plan["sample_rate"] == pytest.approx(0.05)
+    out = json.loads(res.output)
+    plan = out["plans"][0]
+    assert out["sample_rate"] == 1.0 and out["steps"] == 12 and out["mechanism"] == "integer"
     back = _invoke(
         "epsilon",
         "--noise-multiplier",
         str(plan["per_release_noise_multiplier"]),
-        "--sample-rate",
-        "0.05",
         "--rounds",
-        "60",
+        "12",
         "--releases-per-round",
         "9",
         "--json",
     )
     assert json.loads(back.output)["epsilon"]["rdp"] == pytest.approx(plan["epsilon"], rel=1e-9)
     assert plan["epsilon"] <= 4.0
+    # Planning over every round a client could take part in needs more noise.
+    every = json.loads(_invoke("plan", "--epsilon", "4", "--rounds", "60", "--json").output)["plans"][0]
+    assert every["noise_multiplier"] > 2 * plan["noise_multiplier"]
+
+
+def test_cohort_sampling_is_refused_for_planning_because_the_server_knows_the_cohorts():
+    res = _invoke("plan", "--epsilon", "8", "--rounds", "100", "--cohort", "100", "--population", "1000")
+    assert res.exit_code == 2
+    assert "no amplification by sampling" in res.output and "--participations" in res.output
+
+
+def test_integer_noise_gets_the_general_bound_under_sampling_and_no_prv():
+    args = ["epsilon", "--noise-multiplier", "1.0", "--sample-rate", "0.1", "--rounds", "100", "--json"]
+    integer = json.loads(_invoke(*args).output)
+    gaussian = json.loads(_invoke(*args, "--noise", "gaussian").output)
+    assert integer["epsilon"]["prv"] is None and "PRV" in integer["refused"]["prv"]
+    assert integer["epsilon"]["rdp"] > 1.2 * gaussian["epsilon"]["rdp"]
+    assert integer["epsilon"]["rdp"] == pytest.approx(
+        epsilon_for(noise_multiplier=1.0, sample_rate=0.1, steps=100, delta=1e-5, mechanism="integer")
+    )
+    res = _invoke("plan", "--epsilon", "4", "--rounds", "10", "--accountant", "prv")
+    assert res.exit_code == 2 and "PRV accountant cannot account integer noise" in res.output
+    both = _invoke("plan", "--epsilon", "4", "--rounds", "10", "--accountant", "both")
+    assert both.exit_code == 0 and "prv: not applicable to integer noise" in both.output
 
 
 def test_plan_for_example_level_reads_the_training_schedule():
@@ -115,13 +147,10 @@ def test_plan_for_example_level_reads_the_training_schedule():
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["plan", "--epsilon", "0", "--rounds", "3", "--sample-rate", "0.1"], "--epsilon"),
-        (["plan", "--epsilon", "1", "--sample-rate", "0.1"], "needs --rounds"),
-        (["plan", "--epsilon", "1", "--rounds", "3"], "--cohort and --population"),
-        (
-            ["plan", "--epsilon", "1", "--rounds", "3", "--cohort", "30", "--population", "20"],
-            "exceeds population",
-        ),
+        (["plan", "--epsilon", "0", "--rounds", "3"], "--epsilon"),
+        (["plan", "--epsilon", "1"], "needs --rounds"),
+        (["plan", "--epsilon", "1", "--rounds", "3", "--sample-rate", "0.1"], "no amplification"),
+        (["plan", "--epsilon", "1", "--rounds", "3", "--participations", "5"], "exceeds the 3 rounds"),
         (["plan", "--epsilon", "1", "--granularity", "example", "--batch-size", "10"], "--data-size"),
         (
             [
@@ -141,6 +170,7 @@ def test_plan_for_example_level_reads_the_training_schedule():
         ),
         (["epsilon", "--noise-multiplier", "1", "--sample-rate", "1.5", "--rounds", "3"], "--sample-rate"),
         (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.1"], "--rounds"),
+        (["epsilon", "--noise-multiplier", "1", "--rounds", "3", "--noise", "laplace"], "--noise"),
         (["report", "does/not/exist"], "does not exist"),
     ],
 )

@@ -1,9 +1,12 @@
 """`codream privacy`: plan a noise multiplier, compute epsilon, report a run's privacy budget.
 
-    codream privacy plan --epsilon 8 --rounds 100 --cohort 20 --population 1000 --releases-per-round 21
+    codream privacy plan --epsilon 8 --rounds 100 --participations 30 --releases-per-round 21
     codream privacy plan --epsilon 4 --granularity example --epochs 10 --batch-size 64 --data-size 1000
-    codream privacy epsilon --noise-multiplier 4.6 --sample-rate 0.02 --rounds 100 --releases-per-round 21
+    codream privacy epsilon --noise-multiplier 4.6 --rounds 30 --releases-per-round 21
     codream privacy report RUN_DIR [--json] [--plot PNG]
+
+Client-level DP is stated against the server, which knows every cohort: a client's epsilon composes
+the rounds it takes part in, unamplified by sampling, with the integer noise's Renyi curve (RDP only).
 
 Every command takes --json for machine-readable output. Bad input stops with one line and a non-zero
 exit status, never a traceback.
@@ -23,13 +26,22 @@ from ..exceptions import ConfigError
 __all__ = ["privacy"]
 
 ACCOUNTANTS = ("rdp", "prv")
+NOISE = ("integer", "gaussian")
+NO_AMPLIFICATION = (
+    "client-level DP against the server gets no amplification by sampling: the server knows every "
+    "cohort (it runs secure aggregation with them). Plan over the rounds one client takes part in "
+    "(--participations)"
+)
 _positive = click.FloatRange(min=0, min_open=True)
 _probability = click.FloatRange(min=0, max=1, min_open=True, max_open=True)
 _rate = click.FloatRange(min=0, max=1, min_open=True)
 
 
-def _accountants(choice: str) -> tuple[str, ...]:
-    return ACCOUNTANTS if choice == "both" else (choice,)
+def _accountants(choice: str, noise: str = "gaussian") -> tuple[str, ...]:
+    """The accountants to run; "both" drops PRV for integer noise, which only RDP can account."""
+    if choice != "both":
+        return (choice,)
+    return ("rdp",) if noise == "integer" else ACCOUNTANTS
 
 
 def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
@@ -40,9 +52,10 @@ def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
 def privacy() -> None:
     """Plan, check and report differential-privacy budgets.
 
-    Client-level DP (secure+dp): one client's whole data is the unit; each round is one sampled event
-    with the round's effective noise multiplier z_eff, whatever its number of releases. Example-level
-    DP (DP-SGD on each client): one training example is the unit; each DP-SGD step is one event.
+    Client-level DP (secure+dp), against the server under the zero-out relation: each round a client
+    takes part in is one unamplified event with the round's effective noise multiplier z_eff, whatever
+    its number of releases. Example-level DP (DP-SGD on each client): one training example is the unit;
+    each DP-SGD step is one Poisson-sampled event.
     """
 
 
@@ -57,9 +70,21 @@ def privacy() -> None:
     help="client: secure+dp rounds; example: DP-SGD steps on one client.",
 )
 @click.option("--rounds", type=click.IntRange(min=1), help="client: federation rounds.")
-@click.option("--sample-rate", type=_rate, help="client: probability q that a client is in a round's cohort.")
-@click.option("--cohort", type=click.IntRange(min=1), help="client: clients per round (with --population).")
-@click.option("--population", type=click.IntRange(min=1), help="client: clients in the federation.")
+@click.option(
+    "--participations",
+    type=click.IntRange(min=1),
+    help="client: rounds one client takes part in at most [default: --rounds].",
+)
+@click.option(
+    "--noise",
+    type=click.Choice(NOISE),
+    default="integer",
+    show_default=True,
+    help="client: the noise family (codream's distributed noise is integer: RDP only).",
+)
+@click.option("--sample-rate", type=_rate, hidden=True)
+@click.option("--cohort", type=click.IntRange(min=1), hidden=True)
+@click.option("--population", type=click.IntRange(min=1), hidden=True)
 @click.option(
     "--releases-per-round",
     type=click.IntRange(min=1),
@@ -78,6 +103,8 @@ def plan_command(
     delta: float,
     granularity: str,
     rounds: int | None,
+    participations: int | None,
+    noise: str,
     sample_rate: float | None,
     cohort: int | None,
     population: int | None,
@@ -91,15 +118,21 @@ def plan_command(
 ) -> None:
     """The noise multiplier that meets a target (epsilon, delta) over a schedule."""
     from ..privacy.calibration import ClientLevelSchedule, ExampleLevelSchedule, plan_noise
+    from ..privacy.ledger import RELATION
 
     schedule: ClientLevelSchedule | ExampleLevelSchedule
     try:
         if granularity == "client":
             if rounds is None:
                 raise click.UsageError("client-level planning needs --rounds")
-            q = _client_rate(sample_rate, cohort, population)
+            if sample_rate is not None or cohort is not None or population is not None:
+                raise click.UsageError(NO_AMPLIFICATION)
+            if participations is not None and participations > rounds:
+                raise click.BadParameter(
+                    f"{participations} exceeds the {rounds} rounds", param_hint="--participations"
+                )
             schedule = ClientLevelSchedule(
-                rounds=rounds, sample_rate=q, releases_per_round=releases_per_round
+                rounds=participations or rounds, releases_per_round=releases_per_round, mechanism=noise
             )
         else:
             if batch_size is None or data_size is None or (local_steps is None) == (epochs is None):
@@ -115,45 +148,40 @@ def plan_command(
                 schedule = ExampleLevelSchedule(
                     local_steps=local_steps, batch_size=batch_size, data_size=data_size
                 )
-        plans = [
-            plan_noise(schedule, target_epsilon=target, delta=delta, accountant=a)
-            for a in _accountants(accountant)
-        ]
+        chosen = _accountants(accountant, noise if granularity == "client" else "gaussian")
+        plans = [plan_noise(schedule, target_epsilon=target, delta=delta, accountant=a) for a in chosen]
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     payload = {
         "granularity": granularity,
         "target_epsilon": target,
         "delta": delta,
+        "mechanism": schedule.mechanism.value,
         "sample_rate": schedule.sample_rate,
         "steps": schedule.steps,
         "releases_per_round": schedule.releases_per_round,
         "plans": [p.to_dict() for p in plans],
     }
     event = "round" if granularity == "client" else "DP-SGD step"
-    lines = [
-        f"{granularity}-level DP, target epsilon {target:g} at delta {delta:g}: "
-        f"{schedule.steps} events ({event}s) at sample rate {schedule.sample_rate:.6g}"
-    ]
+    if granularity == "client":
+        lines = [
+            f"client-level DP against the server ({RELATION}), target epsilon {target:g} at delta {delta:g}: "
+            f"{schedule.steps} rounds one client takes part in, unamplified, {schedule.mechanism.value} noise"
+        ]
+    else:
+        lines = [
+            f"example-level DP, target epsilon {target:g} at delta {delta:g}: "
+            f"{schedule.steps} events ({event}s) at sample rate {schedule.sample_rate:.6g}"
+        ]
     for p in plans:
         line = f"  {p.accountant}: noise multiplier {p.noise_multiplier:.4f} per {event}"
         line += f" (epsilon {p.epsilon:.4f})"
         if granularity == "client" and releases_per_round > 1:
             line += f"; each of the {releases_per_round} releases uses {p.per_release_noise_multiplier:.4f}"
         lines.append(line)
+    if "prv" not in chosen and accountant == "both":
+        lines.append("  prv: not applicable to integer noise (only its Renyi curve is bounded)")
     _emit(as_json, payload, "\n".join(lines))
-
-
-def _client_rate(sample_rate: float | None, cohort: int | None, population: int | None) -> float:
-    if sample_rate is not None:
-        if cohort is not None or population is not None:
-            raise click.UsageError("give either --sample-rate or --cohort with --population, not both")
-        return sample_rate
-    if cohort is None or population is None:
-        raise click.UsageError("client-level planning needs --sample-rate, or --cohort and --population")
-    if cohort > population:
-        raise click.BadParameter(f"cohort {cohort} exceeds population {population}", param_hint="--cohort")
-    return cohort / population
 
 
 @privacy.command("epsilon")
@@ -163,8 +191,21 @@ def _client_rate(sample_rate: float | None, cohort: int | None, population: int 
     required=True,
     help="Noise multiplier of each release (a round's z_eff is this / sqrt(releases per round)).",
 )
-@click.option("--sample-rate", type=_rate, required=True, help="Probability q that a client is in a round.")
+@click.option(
+    "--sample-rate",
+    type=_rate,
+    default=1.0,
+    show_default=True,
+    help="Poisson rate q of each event; below 1 only where the adversary cannot learn who took part.",
+)
 @click.option("--rounds", type=click.IntRange(min=1), required=True, help="Rounds (accounted events).")
+@click.option(
+    "--noise",
+    type=click.Choice(NOISE),
+    default="integer",
+    show_default=True,
+    help="integer: Skellam / discrete Gaussian (RDP only, general subsampling bound); gaussian.",
+)
 @click.option("--delta", type=_probability, default=1e-5, show_default=True)
 @click.option(
     "--releases-per-round",
@@ -178,37 +219,54 @@ def epsilon_command(
     noise_multiplier: float,
     sample_rate: float,
     rounds: int,
+    noise: str,
     delta: float,
     releases_per_round: int,
     as_json: bool,
 ) -> None:
-    """Epsilon spent by a client-level schedule, from each accountant."""
+    """Epsilon spent by a client-level schedule, from each accountant that applies to the noise."""
     from ..privacy.analysis.composition import effective_noise_multiplier
     from ..privacy.calibration import epsilon_for
 
+    results: dict[str, float] = {}
+    refused: dict[str, str] = {}
     try:
         z_eff = effective_noise_multiplier([noise_multiplier] * releases_per_round)
-        results = {
-            a: epsilon_for(
-                noise_multiplier=z_eff, sample_rate=sample_rate, steps=rounds, delta=delta, accountant=a
-            )
-            for a in ACCOUNTANTS
-        }
+        for a in ACCOUNTANTS:
+            try:
+                results[a] = epsilon_for(
+                    noise_multiplier=z_eff,
+                    sample_rate=sample_rate,
+                    steps=rounds,
+                    delta=delta,
+                    accountant=a,
+                    mechanism=noise,
+                )
+            except ConfigError as exc:
+                if a == "rdp":
+                    raise
+                refused[a] = str(exc)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     payload = {
         "noise_multiplier": noise_multiplier,
         "releases_per_round": releases_per_round,
         "effective_noise_multiplier": z_eff,
+        "noise": noise,
         "sample_rate": sample_rate,
         "rounds": rounds,
         "delta": delta,
-        "epsilon": {a: (e if math.isfinite(e) else None) for a, e in results.items()},
+        "epsilon": {
+            a: (results[a] if math.isfinite(results[a]) else None) if a in results else None
+            for a in ACCOUNTANTS
+        },
+        "refused": refused,
     }
     lines = [
         f"{rounds} rounds at sample rate {sample_rate:g}, {releases_per_round} releases of noise multiplier "
-        f"{noise_multiplier:g} per round -> one event per round with z_eff = {z_eff:.4f}",
+        f"{noise_multiplier:g} per round ({noise} noise) -> one event per round with z_eff = {z_eff:.4f}",
         *(f"  {a}: epsilon = {e:.4f} at delta = {delta:g}" for a, e in results.items()),
+        *(f"  {a}: not applicable ({why})" for a, why in refused.items()),
     ]
     _emit(as_json, payload, "\n".join(lines))
 

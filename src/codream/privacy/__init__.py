@@ -8,7 +8,14 @@ into a noise multiplier; `ledger` enforces the budget and records it round by ro
 Heavy modules (the aggregator, Opacus training, plots) are imported on demand.
 """
 
-from .accountant import Accountant, PrivacyEvent, accountant_names, create_accountant, register_accountant
+from .accountant import (
+    Accountant,
+    Mechanism,
+    PrivacyEvent,
+    accountant_names,
+    create_accountant,
+    register_accountant,
+)
 from .analysis.composition import effective_noise_multiplier, per_release_noise_multiplier
 from .calibration import (
     ClientLevelSchedule,
@@ -39,6 +46,7 @@ __all__ = [
     "ExampleLevelSchedule",
     "Granularity",
     "LedgerRound",
+    "Mechanism",
     "NoiseKind",
     "NoisePlan",
     "PRVAccountant",

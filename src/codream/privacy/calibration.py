@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from ..exceptions import ConfigError
-from .accountant import PrivacyEvent, create_accountant
+from .accountant import Mechanism, PrivacyEvent, create_accountant
 from .analysis.composition import per_release_noise_multiplier
 
 __all__ = [
@@ -29,19 +29,35 @@ _Z_MAX = 1e4
 
 @dataclass(frozen=True, slots=True)
 class ClientLevelSchedule:
-    """Client-level DP: one accounted event per round.
+    """Client-level DP against the server: one accounted event per round a client takes part in.
+
+    The server knows every cohort (it runs secure aggregation with them), so sampling clients into
+    cohorts amplifies nothing against it: a client's epsilon is the unamplified composition of the
+    rounds it took part in, and the schedule to plan for is the most rounds one client may take part in.
 
     Attributes:
-        rounds: federation rounds T.
-        sample_rate: q, the probability a client is in a round's cohort (cohort / population).
+        rounds: the rounds one client takes part in at most (all of the federation's, unless clients
+            stop at a smaller number).
+        sample_rate: 1 (default, no amplification). A rate below 1 holds only where the adversary cannot
+            learn who took part, e.g. clients that sample themselves with OS coins and stay silent
+            otherwise (not what codream's federation does; see protocols/privacy.md).
         releases_per_round: vectors released per round (dream steps + soft labels), composed into one event.
+        mechanism: the noise family; client-level noise in codream is integer (Skellam or distributed
+            discrete Gaussian), which only the RDP accountant can account.
     """
 
     rounds: int
-    sample_rate: float
+    sample_rate: float = 1.0
     releases_per_round: int = 1
+    mechanism: Mechanism = Mechanism.INTEGER
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "mechanism", Mechanism(self.mechanism))
+        except ValueError:
+            raise ConfigError(
+                f"unknown mechanism {self.mechanism!r}; choose one of {[m.value for m in Mechanism]}"
+            ) from None
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if not (0 < self.sample_rate <= 1):
@@ -100,6 +116,10 @@ class ExampleLevelSchedule:
     def releases_per_round(self) -> int:
         return 1
 
+    @property
+    def mechanism(self) -> Mechanism:
+        return Mechanism.GAUSSIAN  # Opacus' DP-SGD adds continuous Gaussian noise
+
 
 @dataclass(frozen=True, slots=True)
 class NoisePlan:
@@ -109,7 +129,7 @@ class NoisePlan:
         noise_multiplier: z of each accounted event (a round's z_eff, or a DP-SGD step's z).
         per_release_noise_multiplier: z_i of each of the round's releases (z_eff * sqrt(J)).
         epsilon: the epsilon this plan spends (<= target).
-        delta, sample_rate, steps, accountant: the inputs it was computed for.
+        delta, sample_rate, steps, accountant, mechanism: the inputs it was computed for.
     """
 
     noise_multiplier: float
@@ -121,17 +141,36 @@ class NoisePlan:
     steps: int
     releases_per_round: int
     accountant: str
+    mechanism: Mechanism = Mechanism.GAUSSIAN
 
     def to_dict(self) -> dict[str, float | int | str]:
-        return asdict(self)
+        return {**asdict(self), "mechanism": self.mechanism.value}
 
 
 def epsilon_for(
-    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str = "rdp",
+    mechanism: Mechanism | str = Mechanism.GAUSSIAN,
 ) -> float:
-    """Epsilon spent by `steps` Poisson-sampled Gaussian events with these parameters."""
+    """Epsilon spent by `steps` Poisson-sampled events of this noise family with these parameters.
+
+    Raises:
+        ConfigError: for invalid parameters, or an accountant that cannot account the mechanism
+            (PRV and integer noise).
+    """
     acc = create_accountant(accountant)
-    acc.add(PrivacyEvent(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps))
+    acc.add(
+        PrivacyEvent(
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=steps,
+            mechanism=Mechanism(mechanism),
+        )
+    )
     return acc.get_epsilon(delta=delta)
 
 
@@ -145,6 +184,7 @@ def calibrate_noise_multiplier(
     releases_per_round: int = 1,
     accountant: str = "rdp",
     tolerance: float = 1e-3,
+    mechanism: Mechanism | str = Mechanism.GAUSSIAN,
 ) -> float:
     """The smallest noise multiplier (within `tolerance`, relative) whose epsilon is <= target.
 
@@ -159,11 +199,12 @@ def calibrate_noise_multiplier(
             z_eff * sqrt(releases_per_round) (see `per_release_noise_multiplier`).
         accountant: registry name of the accountant ("rdp", "prv").
         tolerance: relative width of the final bracket.
+        mechanism: the noise family of every event (integer noise: RDP only).
     Returns:
         z with epsilon_for(z) <= target_epsilon.
     Raises:
-        ConfigError: for a non-positive target, both or neither of steps/rounds, or a target no
-            multiplier up to 1e4 meets.
+        ConfigError: for a non-positive target, both or neither of steps/rounds, a target no
+            multiplier up to 1e4 meets, or an accountant that cannot account the mechanism.
     """
     if (steps is None) == (rounds is None):
         raise ConfigError("give exactly one of steps= (events) or rounds= (client-level rounds)")
@@ -177,7 +218,12 @@ def calibrate_noise_multiplier(
 
     def eps(z: float) -> float:
         return epsilon_for(
-            noise_multiplier=z, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+            noise_multiplier=z,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=delta,
+            accountant=accountant,
+            mechanism=mechanism,
         )
 
     lo, hi = 1.0, 1.0
@@ -224,6 +270,7 @@ def plan_noise(
         steps=schedule.steps,
         accountant=accountant,
         tolerance=tolerance,
+        mechanism=schedule.mechanism,
     )
     spent = epsilon_for(
         noise_multiplier=z,
@@ -231,6 +278,7 @@ def plan_noise(
         steps=schedule.steps,
         delta=delta,
         accountant=accountant,
+        mechanism=schedule.mechanism,
     )
     return NoisePlan(
         noise_multiplier=z,
@@ -242,4 +290,5 @@ def plan_noise(
         steps=schedule.steps,
         releases_per_round=schedule.releases_per_round,
         accountant=accountant,
+        mechanism=schedule.mechanism,
     )

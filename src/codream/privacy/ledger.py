@@ -26,9 +26,12 @@ from typing import Any
 from ..exceptions import ConfigError, PrivacyBudgetExceeded
 from .accountant import Accountant, PrivacyEvent, create_accountant
 
-__all__ = ["Granularity", "LedgerRound", "PrivacyLedger", "LEDGER_VERSION"]
+__all__ = ["Granularity", "LedgerRound", "PrivacyLedger", "LEDGER_VERSION", "RELATION"]
 
 LEDGER_VERSION = 1
+# Client-level DP holds against the server under the zero-out relation: one client's contributions
+# replaced by nothing. Whether a client took part is public (the server knows every cohort).
+RELATION = "zero-out"
 
 
 class Granularity(enum.Enum):
@@ -311,19 +314,23 @@ class PrivacyLedger:
         return ledger
 
     def _save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2, allow_nan=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if self.path is not None:
+            write_json_atomically(self.path, self.to_dict())
+
+
+def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    """Write `data` to `path` through a synced temporary file, so a crash leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ledger-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_ledger_json(path: str | Path) -> dict[str, Any]:
