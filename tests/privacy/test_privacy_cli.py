@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from codream.cli.privacy import privacy
 from codream.privacy import PrivacyEvent, epsilon_for
+from codream.privacy.client_ledger import ClientLedger, client_ledger_path, client_round_event
 from codream.privacy.ledger import PrivacyLedger
 from codream.privacy.report import load_budget_report
 
@@ -214,3 +215,56 @@ def test_every_command_has_help():
     for cmd in ("plan", "epsilon", "report"):
         res = _invoke(cmd, "--help")
         assert res.exit_code == 0 and "--json" in res.output
+
+
+@pytest.fixture
+def client_run_dir(tmp_path):
+    """Four clients' own ledgers: client c took part in rounds 0..c (cohorts the server knows)."""
+    event = client_round_event(2.0)
+    for c in range(4):
+        ledger = ClientLedger(
+            client_id=c, delta=1e-5, target_epsilon=10.0, path=client_ledger_path(tmp_path, c)
+        )
+        for r in range(c + 1):
+            ledger.charge(r, event, session=f"s{r}")
+    return tmp_path
+
+
+def test_report_prints_every_clients_epsilon_the_max_the_mean_and_the_zero_out_relation(client_run_dir):
+    res = _invoke("report", str(client_run_dir), "--json", "--no-plot")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    own = [epsilon_for(noise_multiplier=2.0, sample_rate=1.0, steps=k, delta=1e-5) for k in range(1, 5)]
+    clients = out["clients"]
+    assert clients["relation"] == out["relation"] == "zero-out"
+    assert [clients["client_epsilons"][str(c)] for c in range(4)] == pytest.approx(own)
+    assert clients["max_epsilon"] == pytest.approx(own[3]) and clients["max_client"] == 3
+    assert clients["mean_epsilon"] == pytest.approx(sum(own) / 4)
+    assert out["epsilon"] == pytest.approx(own[3]) and out["remaining"] == pytest.approx(10.0 - own[3])
+    assert [r["charged"] for r in clients["per_round"]] == [4, 3, 2, 1]
+    text = _invoke("report", str(client_run_dir)).output
+    assert "client-level DP against the server (zero-out" in text and "whether it took part is public" in text
+    assert f"max {own[3]:.4f} (client 3, 4 rounds)" in text and f"mean {sum(own) / 4:.4f}" in text
+    assert (client_run_dir / "plots" / "privacy_budget.png").exists()
+
+
+def test_report_flags_an_amplified_run_ledger_as_no_guarantee_against_the_server(run_dir):
+    out = json.loads(_invoke("report", str(run_dir), "--json", "--no-plot").output)
+    assert any("NOT a guarantee against the server" in w for w in out["warnings"])
+    assert "WARNING: the run ledger amplifies by sampling (q = 0.1)" in _invoke("report", str(run_dir)).output
+
+
+def test_report_says_first_that_a_run_with_a_seeded_test_option_is_not_private(client_run_dir):
+    ClientLedger(
+        client_id=1,
+        delta=1e-5,
+        target_epsilon=10.0,
+        path=client_ledger_path(client_run_dir, 1),
+        not_private=["noise from a seeded generator (test option)"],
+    )
+    res = _invoke("report", str(client_run_dir), "--no-plot")
+    assert res.output.startswith("NOT PRIVATE: noise from a seeded generator (test option)")
+    out = json.loads(_invoke("report", str(client_run_dir), "--json", "--no-plot").output)
+    assert out["private"] is False and out["clients"]["not_private"] == {
+        "1": ["noise from a seeded generator (test option)"]
+    }

@@ -1,6 +1,7 @@
 """Differential privacy for codream, at two granularities (see protocols/privacy.md).
 
-- client-level (`secure+dp` aggregation): clip, distributed integer noise, one accounted event per round;
+- client-level (`secure+dp` aggregation): clip, distributed integer noise; each client's own
+  `ClientLedger` charges the rounds it takes part in, unamplified (the server knows the cohorts);
 - example-level (`example_level.DPSGDTrainer`): DP-SGD through Opacus on each client.
 
 Accounting is Opacus' (RDP and PRV) behind the `Accountant` ABC; `calibration` turns a target budget
@@ -25,6 +26,13 @@ from .calibration import (
     epsilon_for,
     plan_noise,
 )
+from .client_ledger import (
+    ClientBudgetSummary,
+    ClientCharge,
+    ClientLedger,
+    client_ledger_path,
+    client_round_event,
+)
 from .clipping import ClipCounter, ClipStats, clip_contributions
 from .engines import PRVAccountant, RDPAccountant
 from .ledger import Granularity, LedgerRound, PrivacyLedger
@@ -39,6 +47,9 @@ from .noise import (
 
 __all__ = [
     "Accountant",
+    "ClientBudgetSummary",
+    "ClientCharge",
+    "ClientLedger",
     "ClientLevelSchedule",
     "ClipCounter",
     "ClipStats",
@@ -56,6 +67,8 @@ __all__ = [
     "ShareCalibration",
     "accountant_names",
     "calibrate_noise_multiplier",
+    "client_ledger_path",
+    "client_round_event",
     "clip_contributions",
     "create_accountant",
     "effective_noise_multiplier",

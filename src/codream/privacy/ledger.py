@@ -131,6 +131,9 @@ class PrivacyLedger:
         self.path = Path(path) if path is not None else None
         self.allow_overspend = allow_overspend
         self.rounds: list[LedgerRound] = []
+        # Why the run's releases are not private whatever its epsilon (e.g. seeded DP-SGD coins in a
+        # test run); written into the file and printed first by the report.
+        self.not_private: list[str] = []
 
     # --- queries ---------------------------------------------------------------------------------------
 
@@ -150,6 +153,12 @@ class PrivacyLedger:
     @property
     def history(self) -> tuple[PrivacyEvent, ...]:
         return self._accountant.history
+
+    def mark_not_private(self, reason: str) -> None:
+        """Record why this run's releases are not private whatever the epsilon says."""
+        if reason not in self.not_private:
+            self.not_private.append(reason)
+            self._save()
 
     # --- enforcement -----------------------------------------------------------------------------------
 
@@ -272,6 +281,7 @@ class PrivacyLedger:
             "target_epsilon": self.target_epsilon,
             "allow_overspend": self.allow_overspend,
             "epsilon": self.spent,
+            "not_private": list(self.not_private),
             "rounds": [r.to_dict() for r in self.rounds],
         }
 
@@ -297,6 +307,9 @@ class PrivacyLedger:
             for e in r.events:
                 accountant.add(e)
         self.rounds, self._accountant = rounds, accountant
+        for reason in state.get("not_private", []):
+            if reason not in self.not_private:
+                self.not_private.append(str(reason))
 
     @classmethod
     def load(cls, path: str | Path, *, path_for_updates: bool = True) -> PrivacyLedger:

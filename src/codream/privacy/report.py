@@ -1,8 +1,17 @@
 """The privacy-budget report of a run: per-round table, totals, accountant and granularity, and a plot.
 
-It reads the ledger a run wrote (``RUN_DIR/privacy_ledger.json``, either the ledger's own JSON or a run
-summary that nests it under ``"ledger"``), so it can be produced at any time, also for a run that
-crashed: the ledger is rewritten after every round.
+It reads the ledgers a run wrote, so it can be produced at any time, also for a run that crashed:
+every ledger is rewritten as soon as it changes.
+
+- ``RUN_DIR/client_ledgers/client-<id>.json``: each client's own client-level ledger. Against the
+  server these are the guarantee: every client's epsilon (unamplified composition of the rounds it took
+  part in, zero-out relation), their maximum and mean.
+- ``RUN_DIR/privacy_ledger.json`` (or a run summary nesting it under ``"ledger"``): the run's ledger,
+  round by round (example level: every client's DP-SGD epsilon). A client-level one that amplifies by
+  sampling is flagged: the server knows every cohort, so it is not a guarantee against the server.
+
+Anything a ledger records as not private (a seeded sampler or seeded noise in a test run) is printed
+first.
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import ConfigError
-from .ledger import LedgerRound, read_ledger_json
+from .client_ledger import CLIENT_LEDGER_DIR, ClientBudgetSummary, load_client_ledgers
+from .ledger import RELATION, LedgerRound, read_ledger_json
 
 __all__ = ["BudgetReport", "BudgetRow", "LEDGER_FILE", "load_budget_report", "plot_budget"]
 
@@ -39,7 +49,14 @@ class BudgetRow:
 
 @dataclass(frozen=True, slots=True)
 class BudgetReport:
-    """Everything `codream privacy report` shows."""
+    """Everything `codream privacy report` shows.
+
+    Attributes:
+        rows: the run ledger's rounds (empty when the run kept client ledgers only).
+        client_epsilons: example level: each client's DP-SGD epsilon after the last round.
+        clients: client level: the summary of every client's own ledger, if the run kept them.
+        not_private: reasons the run's releases are not private whatever its epsilon.
+    """
 
     source: str
     granularity: str
@@ -48,9 +65,14 @@ class BudgetReport:
     target_epsilon: float | None
     rows: tuple[BudgetRow, ...]
     client_epsilons: dict[int, float]
+    clients: ClientBudgetSummary | None = None
+    not_private: tuple[str, ...] = ()
 
     @property
     def epsilon(self) -> float:
+        """The run's guarantee: the largest client's epsilon where client ledgers exist."""
+        if self.clients is not None:
+            return self.clients.max_epsilon
         return self.rows[-1].epsilon if self.rows else 0.0
 
     @property
@@ -66,13 +88,38 @@ class BudgetReport:
     def remaining(self) -> float | None:
         return None if self.target_epsilon is None else self.target_epsilon - self.epsilon
 
+    @property
+    def amplified_rates(self) -> tuple[float, ...]:
+        """Client level: the sample rates below 1 the run ledger amplified by (none against the server)."""
+        if self.granularity != "client":
+            return ()
+        return tuple(
+            sorted({r.sample_rate for r in self.rows if r.sample_rate is not None and r.sample_rate < 1})
+        )
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        out = []
+        if self.amplified_rates:
+            rates = ", ".join(f"{q:g}" for q in self.amplified_rates)
+            out.append(
+                f"the run ledger amplifies by sampling (q = {rates}); the server knows every cohort, so its "
+                "epsilon is NOT a guarantee against the server"
+                + ("; the per-client epsilons are" if self.clients is not None else "")
+            )
+        return tuple(out)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "granularity": self.granularity,
+            "relation": RELATION if self.granularity == "client" else "add/remove one example",
             "accountant": self.accountant,
             "delta": self.delta,
             "target_epsilon": self.target_epsilon,
+            "private": not self.not_private,
+            "not_private": list(self.not_private),
+            "warnings": list(self.warnings),
             "rounds": len(self.rows),
             "epsilon": self.epsilon,
             "remaining": self.remaining,
@@ -81,18 +128,38 @@ class BudgetReport:
             "overspent_rounds": [r.round for r in self.rows if r.overspent],
             "client_epsilons": {str(k): v for k, v in sorted(self.client_epsilons.items())},
             "max_client_epsilon": max(self.client_epsilons.values()) if self.client_epsilons else None,
+            "clients": None if self.clients is None else self.clients.to_dict(),
             "per_round": [asdict(r) for r in self.rows],
         }
 
     def to_text(self) -> str:
         """A plain-text table and totals, for the console."""
-        unit = "one client's whole data" if self.granularity == "client" else "one training example"
-        lines = [
-            f"privacy budget: {self.granularity}-level DP (neighbouring data sets differ by {unit})",
+        lines = [f"NOT PRIVATE: {reason}" for reason in self.not_private]
+        if self.granularity == "client":
+            lines.append(
+                f"privacy budget: client-level DP against the server ({RELATION}: neighbouring federations "
+                "differ in one client's contributions replaced by nothing; whether it took part is public)"
+            )
+        else:
+            lines.append(
+                "privacy budget: example-level DP (neighbouring data sets differ by one training example)"
+            )
+        lines += [
             f"accountant: {self.accountant}   delta: {self.delta:g}   target epsilon: "
             + ("none" if self.target_epsilon is None else f"{self.target_epsilon:g}"),
+            *(f"WARNING: {w}" for w in self.warnings),
             "",
         ]
+        if self.clients is not None:
+            lines += _client_lines(self.clients)
+        if self.rows:
+            lines += self._round_lines()
+        return "\n".join(lines)
+
+    def _round_lines(self) -> list[str]:
+        lines = []
+        if self.clients is not None:
+            lines.append("run ledger:")
         if self.granularity == "client":
             header = (
                 f"{'round':>5}  {'epsilon':>9}  {'+eps':>8}  {'z_eff':>7}  {'q':>7}  {'clipped':>7}  "
@@ -115,11 +182,12 @@ class BudgetReport:
                     f"{_f(r.max_client, '10d')}{mark}"
                 )
         lines.append("")
+        last = self.rows[-1].epsilon
         lines.append(
-            f"total: epsilon {self.epsilon:.4f} at delta {self.delta:g} after {len(self.rows)} rounds "
+            f"total: epsilon {last:.4f} at delta {self.delta:g} after {len(self.rows)} rounds "
             f"({self.total_steps} accounted events)"
         )
-        if self.remaining is not None:
+        if self.remaining is not None and self.clients is None:
             lines.append(f"remaining budget: {self.remaining:.4f}")
         if self.total_clipped is not None:
             lines.append(f"clipped contributions: {self.total_clipped:.0f}")
@@ -128,7 +196,38 @@ class BudgetReport:
             lines.append(
                 f"per-client epsilon: {per_client}; maximum {max(self.client_epsilons.values()):.4f}"
             )
-        return "\n".join(lines)
+        return lines
+
+
+def _client_lines(summary: ClientBudgetSummary, shown: int = 10) -> list[str]:
+    """Per-client epsilons (the largest `shown`), max, mean and a per-round table."""
+    eps = summary.client_epsilons
+    worst = sorted(eps, key=lambda c: (-eps[c], c))[:shown]
+    lines = [
+        f"per-client epsilon (each client's own ledger: the rounds it took part in, unamplified), "
+        f"{len(eps)} clients:",
+        f"  max {summary.max_epsilon:.4f} (client {summary.max_client}, "
+        f"{summary.participations.get(summary.max_client, 0)} rounds)   mean {summary.mean_epsilon:.4f}   "
+        f"min {min(eps.values()):.4f}",
+        "  highest: " + ", ".join(f"{c}: {eps[c]:.3f} ({summary.participations[c]} rounds)" for c in worst),
+    ]
+    if summary.target_epsilon is not None:
+        at = sum(1 for v in eps.values() if v >= summary.target_epsilon * (1 - 1e-9))
+        lines.append(
+            f"  target {summary.target_epsilon:g} per client; remaining for the largest: "
+            f"{summary.target_epsilon - summary.max_epsilon:.4f}; at the target: {at}"
+        )
+    for cid, reasons in sorted(summary.not_private.items()):
+        lines.append(f"  NOT PRIVATE (client {cid}): " + "; ".join(reasons))
+    if summary.rounds:
+        header = f"{'round':>5}  {'charged':>7}  {'max eps':>9}  {'mean eps':>9}"
+        lines += ["", header, "-" * len(header)]
+        lines += [
+            f"{r.round:>5}  {r.charged:>7d}  {r.max_epsilon:>9.4f}  {r.mean_epsilon:>9.4f}"
+            for r in summary.rounds
+        ]
+    lines.append("")
+    return lines
 
 
 def _f(value: float | int | None, fmt: str) -> str:
@@ -159,29 +258,49 @@ def _row(r: LedgerRound) -> BudgetRow:
 
 
 def load_budget_report(run_dir: str | Path) -> BudgetReport:
-    """Read the ledger of a run directory (or a ledger file) into a report.
+    """Read a run directory's ledgers (or one ledger file and the client ledgers beside it) into a report.
 
     Raises:
-        ConfigError: when there is no readable ledger.
+        ConfigError: when there is no readable ledger at all.
     """
     path = Path(run_dir)
-    if path.is_dir():
-        path = path / LEDGER_FILE
-    data = read_ledger_json(path)
+    base = path if path.is_dir() else path.parent
+    ledger_path = path / LEDGER_FILE if path.is_dir() else path
+    clients = load_client_ledgers(base)
+    summary = ClientBudgetSummary.from_ledgers(clients) if clients else None
+    if summary is not None and not ledger_path.exists():
+        reasons = sorted({r for rs in summary.not_private.values() for r in rs})
+        return BudgetReport(
+            source=str(base / CLIENT_LEDGER_DIR),
+            granularity="client",
+            accountant=summary.accountant,
+            delta=summary.delta,
+            target_epsilon=summary.target_epsilon,
+            rows=(),
+            client_epsilons={},
+            clients=summary,
+            not_private=tuple(reasons),
+        )
+    data = read_ledger_json(ledger_path)
     try:
         rounds = [LedgerRound.from_dict(r) for r in data["rounds"]]
         last_clients = rounds[-1].client_epsilons if rounds else {}
+        reasons = [str(r) for r in data.get("not_private", [])]
+        if summary is not None:
+            reasons += [r for rs in summary.not_private.values() for r in rs if r not in reasons]
         return BudgetReport(
-            source=str(path),
+            source=str(ledger_path),
             granularity=str(data["granularity"]),
             accountant=str(data.get("accountant", "unknown")),
             delta=float(data["delta"]),
             target_epsilon=None if data.get("target_epsilon") is None else float(data["target_epsilon"]),
             rows=tuple(_row(r) for r in rounds),
             client_epsilons=dict(last_clients),
+            clients=summary,
+            not_private=tuple(reasons),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"malformed privacy ledger {path}: {exc}") from None
+        raise ConfigError(f"malformed privacy ledger {ledger_path}: {exc}") from None
 
 
 def plot_budget(report: BudgetReport, path: str | Path) -> Path:
@@ -194,7 +313,29 @@ def plot_budget(report: BudgetReport, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    if report.rows:
+    if report.clients is not None and report.clients.rounds:
+        rows = report.clients.rounds
+        ax.plot(
+            [r.round for r in rows],
+            [r.max_epsilon for r in rows],
+            marker="o",
+            markersize=3,
+            color="tab:red",
+            label=f"largest client epsilon ({report.accountant})",
+        )
+        ax.plot(
+            [r.round for r in rows],
+            [r.mean_epsilon for r in rows],
+            color="tab:blue",
+            label="mean client epsilon",
+        )
+        if report.target_epsilon is not None:
+            ax.axhline(
+                report.target_epsilon, linestyle="--", color="gray", label=f"target {report.target_epsilon:g}"
+            )
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    elif report.rows:
         ax.plot(
             [r.round for r in report.rows],
             [r.epsilon for r in report.rows],
