@@ -108,6 +108,7 @@ def test_an_empty_poisson_batch_is_still_a_noisy_accounted_step():
         batch_size=1,
         accountant="rdp",
         noise_seed=1,
+        sampling_seed=1,  # a seeded sampler whose 10 steps include empty batches
     )
     before = [p.detach().clone() for p in model.parameters()]
     for _ in range(10):
@@ -118,15 +119,57 @@ def test_an_empty_poisson_batch_is_still_a_noisy_accounted_step():
 
 
 def test_state_round_trips_to_the_same_next_step():
-    a = _trainer(seed=3)
+    a = _trainer(seed=3, sampling_seed=3)  # the seeded sampler: a test option, so that steps can be compared
     a.ce_step()
     state = a.state_dict()
-    b = _trainer(seed=4)
+    b = _trainer(seed=4, sampling_seed=4)
     b.load_state_dict(state)
     assert a.ce_step() == pytest.approx(b.ce_step())
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.allclose(p, q)
     assert a.accountant.history == b.accountant.history
+
+
+def test_two_trainers_with_the_same_seeds_draw_different_dp_sgd_batches():
+    # Same model, same data, same run seed, even the same (test-only) noise seed: only the Poisson coins
+    # can tell the two apart, and they come from the OS.
+    a, b = _trainer(seed=0), _trainer(seed=0)
+    a.ce_step()
+    b.ce_step()
+    assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    batches = {tuple(_trainer(seed=0)._poisson_batch().tolist()) for _ in range(5)}
+    assert len(batches) == 5
+
+
+def test_the_coins_come_from_the_os_with_the_planned_rate(monkeypatch):
+    import codream.privacy.os_random as os_random
+
+    asked: list[int] = []
+    real = os_random.os.urandom
+    monkeypatch.setattr(os_random.os, "urandom", lambda k: asked.append(k) or real(k))
+    trainer = _trainer(seed=0, noise_seed=None)
+    asked.clear()  # the noise generator's key, drawn when the trainer was built
+    sizes = [trainer._poisson_batch().numel() for _ in range(400)]
+    assert asked == [8 * 200] * 400  # 64 OS bits per example per step
+    # 200 examples at q = 0.1: mean batch 20, std of the mean sqrt(200 * 0.1 * 0.9 / 400) = 0.21.
+    assert abs(sum(sizes) / len(sizes) - 20) < 5 * 0.22
+    assert trainer.private and trainer.not_private == ()
+
+
+def test_the_seeded_sampler_is_a_test_option_that_replays_batches_and_says_it_is_not_private(tmp_path):
+    a, b = _trainer(seed=1, sampling_seed=7), _trainer(seed=2, sampling_seed=7)
+    assert [a._poisson_batch().tolist() for _ in range(3)] == [b._poisson_batch().tolist() for _ in range(3)]
+    assert not a.private and any("seeded generator (sampling_seed" in r for r in a.not_private)
+    ledger = PrivacyLedger(
+        delta=1e-5, granularity="example", accountant="rdp", path=tmp_path / "privacy_ledger.json"
+    )
+    record_example_round(ledger, {0: _trainer(seed=0, noise_seed=None), 1: a}, round_index=0)
+    assert ledger.not_private == [f"client 1: {r}" for r in a.not_private]
+    from codream.privacy.report import load_budget_report
+
+    report = load_budget_report(tmp_path)
+    assert report.to_text().startswith("NOT PRIVATE: client 1: DP-SGD batches drawn from a seeded generator")
+    assert report.to_dict()["private"] is False
 
 
 def test_each_clients_epsilon_and_the_maximum_are_recorded_and_enforced():
@@ -281,12 +324,12 @@ def test_invalid_adaptive_clipping_settings_are_refused():
 
 def test_adaptive_state_round_trips_with_its_clip_bound():
     adaptive = AdaptiveClipping(learning_rate=0.5)
-    a = _trainer(seed=3, adaptive_clipping=adaptive)
+    a = _trainer(seed=3, adaptive_clipping=adaptive, sampling_seed=3)
     for _ in range(3):
         a.ce_step()
     assert a.clip_bound != 1.0
     state = a.state_dict()
-    b = _trainer(seed=4, adaptive_clipping=adaptive)
+    b = _trainer(seed=4, adaptive_clipping=adaptive, sampling_seed=4)
     b.load_state_dict(state)
     assert b.clip_bound == a.clip_bound
     for _ in range(2):

@@ -937,6 +937,7 @@ class _Runner:
             accountant=s.silo_accountant,
             delta=delta,
             noise_seed=seed,
+            sampling_seed=seed,  # reproducible benchmark runs: a test option (the trainers say not private)
             **({} if kd_lr is None else {"kd_lr": kd_lr}),
         )
         rec, fed = self.federation(

@@ -7,6 +7,11 @@ client then releases (dream gradients, soft labels) is post-processing of a DP m
 reads private data directly: BatchNorm running statistics. So this mode refuses BatchNorm models
 (build them with ``norm="group"``) and the dream loss must drop its BatchNorm term (``w_bn = 0``).
 
+Poisson sampling is what DP-SGD's accounting amplifies by, so its coins must be secret: they come from
+the operating system (`os_random`), never from the run seed. A seeded sampler (`sampling_seed`) and
+seeded noise (`noise_seed`) exist for reproducible tests only; a trainer using either says so in
+`not_private`, and the run's ledger records it.
+
 Knowledge-distillation steps on dreams and aggregated soft labels read no private data: they run
 through a separate, plain optimiser with the per-example hooks switched off, so they neither spend
 budget nor touch the DP optimiser's state.
@@ -39,6 +44,7 @@ from ..distill import kd_loss
 from ..exceptions import ConfigError
 from .accountant import Accountant, PrivacyEvent, create_accountant
 from .ledger import Granularity, LedgerRound, PrivacyLedger
+from .os_random import os_bernoulli
 
 __all__ = [
     "AdaptiveClipping",
@@ -201,7 +207,8 @@ class DPSGDTrainer:
     Args:
         model: the client's model (GroupNorm or no normalisation); trained in place.
         x_train: (N, C, H, W) local inputs; y_train: (N,) labels.
-        generator: the client's torch.Generator, used for Poisson batch sampling.
+        generator: the client's learning generator (the trainer interface's; DP-SGD's Poisson coins
+            never come from it, since the run seed is no secret).
         noise_multiplier: DP-SGD noise std / max_grad_norm.
         max_grad_norm: per-example gradient clip norm.
         batch_size: expected Poisson batch size (sample rate q = batch_size / N).
@@ -210,6 +217,8 @@ class DPSGDTrainer:
         accountant: "prv" (default) or "rdp".
         delta: the delta `epsilon()` reports at.
         noise_seed: seed of the DP noise generator for reproducible tests; None keys it from the OS.
+        sampling_seed: seed of a generator for the Poisson coins, for reproducible tests only; None
+            (default) draws every coin from the OS. Either seed marks the trainer not private.
         adaptive_clipping: let the clip bound (starting at max_grad_norm) track a quantile of the
             per-example gradient norms; `noise_multiplier` is then the combined mechanism's z, which the
             accountant records, and the gradient gets the larger z_grad. None: a fixed bound.
@@ -235,6 +244,7 @@ class DPSGDTrainer:
         delta: float = 1e-5,
         noise_seed: int | None = None,
         adaptive_clipping: AdaptiveClipping | None = None,
+        sampling_seed: int | None = None,
     ) -> None:
         check_example_level_model(model)
         n = int(x_train.shape[0])
@@ -259,6 +269,16 @@ class DPSGDTrainer:
         self.sample_rate = batch_size / n
         self.delta = delta
         self.accountant: Accountant = create_accountant(accountant)
+        # The coins: from the OS, or (tests only) from a seeded generator that anyone with the seed replays.
+        self.sampling_generator = (
+            None if sampling_seed is None else torch.Generator().manual_seed(int(sampling_seed))
+        )
+        reasons = []
+        if sampling_seed is not None:
+            reasons.append("DP-SGD batches drawn from a seeded generator (sampling_seed, a test option)")
+        if noise_seed is not None:
+            reasons.append("DP-SGD noise drawn from a seeded generator (noise_seed, a test option)")
+        self.not_private: tuple[str, ...] = tuple(reasons)
         seed = noise_seed if noise_seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         # The noise is drawn where the parameters live (Opacus samples it on the gradient's device),
         # so the generator must be on that device too: a CPU generator cannot feed CUDA sampling.
@@ -290,6 +310,20 @@ class DPSGDTrainer:
         self.empty_batches = 0
 
     @property
+    def private(self) -> bool:
+        """False when a seeded test option makes the sampling or the noise predictable."""
+        return not self.not_private
+
+    def _poisson_batch(self) -> Tensor:
+        """Indices of this step's batch: each example in independently with probability q."""
+        n = int(self.x_train.shape[0])
+        if self.sampling_generator is not None:
+            mask = torch.rand(n, generator=self.sampling_generator) < self.sample_rate
+        else:
+            mask = torch.from_numpy(os_bernoulli(n, self.sample_rate))
+        return torch.nonzero(mask).flatten().to(self.x_train.device)
+
+    @property
     def clip_bound(self) -> float:
         """The per-example clip bound the next DP-SGD step uses."""
         return float(self.dp_optimizer.max_grad_norm)
@@ -314,8 +348,7 @@ class DPSGDTrainer:
         self.model.train()
         self.dp_optimizer.zero_grad(set_to_none=True)
         self._clear_grads()
-        n = self.x_train.shape[0]
-        chosen = torch.nonzero(torch.rand(n, generator=self.generator) < self.sample_rate).flatten()
+        chosen = self._poisson_batch()
         if chosen.numel() == 0:
             # An empty Poisson batch is still a step: no per-example gradients (not one zero example,
             # which adaptive clipping would count), then noise only.
@@ -367,6 +400,9 @@ class DPSGDTrainer:
             "accountant": self.accountant.state_dict(),
             "generator": self.generator.get_state(),
             "noise_generator": self.noise_generator.get_state(),
+            "sampling_generator": (
+                None if self.sampling_generator is None else self.sampling_generator.get_state()
+            ),
             "empty_batches": self.empty_batches,
             "clip_bound": self.clip_bound,
         }
@@ -378,6 +414,8 @@ class DPSGDTrainer:
         self.accountant.load_state_dict(state["accountant"])
         self.generator.set_state(state["generator"])
         self.noise_generator.set_state(state["noise_generator"])
+        if self.sampling_generator is not None and state.get("sampling_generator") is not None:
+            self.sampling_generator.set_state(state["sampling_generator"])
         self.empty_batches = int(state["empty_batches"])
         if "clip_bound" in state:  # absent from states saved before adaptive clipping existed
             self.dp_optimizer.max_grad_norm = float(state["clip_bound"])
@@ -425,7 +463,13 @@ def record_example_round(
     round_index: int,
     details: Mapping[str, float] | None = None,
 ) -> LedgerRound:
-    """Record every client's epsilon after a round; the run's epsilon is their maximum."""
+    """Record every client's epsilon after a round; the run's epsilon is their maximum.
+
+    A trainer running a seeded test option marks the ledger not private, naming the client.
+    """
+    for cid, t in trainers.items():
+        for reason in t.not_private:
+            ledger.mark_not_private(f"client {cid}: {reason}")
     return ledger.record_client_epsilons(
         round_index=round_index,
         client_epsilons={cid: t.epsilon(delta=ledger.delta) for cid, t in trainers.items()},
