@@ -513,6 +513,13 @@ def execute_run(
                 aggregator.load_state_dict(state["aggregator"])
             privacy.load_state_dict(state.get("privacy"))
             done = int(state["round"])
+        if privacy.ledger is not None:
+            # The ledger file is the truth: a round charged after the last checkpoint stays charged.
+            privacy.ledger.merge_file(rd.ledger_path)
+            if privacy.example:
+                from ..privacy.example_level import restore_example_accountants
+
+                restore_example_accountants(privacy.ledger, privacy._trainers)
         dropped = rd.truncate_metrics(done)
         if dropped:
             log.info("dropped %d metrics line(s) written after the last checkpoint", dropped)

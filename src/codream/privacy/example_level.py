@@ -53,6 +53,7 @@ __all__ = [
     "check_example_level_model",
     "check_example_round",
     "record_example_round",
+    "restore_example_accountants",
 ]
 
 logger = logging.getLogger(__name__)
@@ -474,4 +475,52 @@ def record_example_round(
         round_index=round_index,
         client_epsilons={cid: t.epsilon(delta=ledger.delta) for cid, t in trainers.items()},
         details=details,
+        client_accountants={cid: t.accountant.state_dict() for cid, t in trainers.items()},
     )
+
+
+def restore_example_accountants(ledger: PrivacyLedger, trainers: Mapping[int, DPSGDTrainer]) -> list[int]:
+    """Resume: give each trainer the accountant the ledger last recorded for it, where that is longer.
+
+    A trainer restored from a checkpoint has forgotten the DP-SGD steps of any round recorded after the
+    checkpoint; those steps shaped releases that reached the server, so they stay accounted.
+
+    Returns:
+        the clients whose accountant was extended.
+    Raises:
+        ConfigError: when a recorded history does not extend the trainer's own (they disagree).
+    """
+    latest: dict[int, Mapping[str, Any]] = {}
+    for r in ledger.rounds:
+        latest.update(r.client_accountants)
+    extended = []
+    for cid, trainer in trainers.items():
+        if cid not in latest:
+            continue
+        recorded = create_accountant(trainer.accountant.mechanism())
+        recorded.load_state_dict(latest[cid])
+        own, theirs = trainer.accountant.history, recorded.history
+        if _extends(theirs, own) and recorded.total_steps > trainer.accountant.total_steps:
+            trainer.accountant.load_state_dict(latest[cid])
+            extended.append(cid)
+        elif not _extends(own, theirs):
+            raise ConfigError(
+                f"client {cid}: the ledger's accountant history and the checkpoint's disagree; refusing to "
+                "resume rather than lose DP-SGD steps"
+            )
+    return extended
+
+
+def _extends(longer: tuple[PrivacyEvent, ...], shorter: tuple[PrivacyEvent, ...]) -> bool:
+    """Whether the merged history `longer` starts with everything in `shorter`."""
+    if not shorter:
+        return True
+    if len(longer) < len(shorter) or longer[: len(shorter) - 1] != shorter[:-1]:
+        return False
+    a, b = longer[len(shorter) - 1], shorter[-1]
+    same = (a.noise_multiplier, a.sample_rate, a.mechanism) == (
+        b.noise_multiplier,
+        b.sample_rate,
+        b.mechanism,
+    )
+    return same and a.steps >= b.steps

@@ -13,6 +13,7 @@ Two granularities share the format:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
@@ -52,6 +53,8 @@ class LedgerRound:
         client_epsilons: example-level only: each client's epsilon after this round.
         details: numbers reported by the round (clipped counts, noise std, survivors, ...).
         overspent: True when the round exceeded the target under an explicit override.
+        client_accountants: example-level only: each client's accountant state after this round, so a
+            resume can restore DP-SGD steps taken after the last checkpoint.
     """
 
     round_index: int
@@ -61,9 +64,10 @@ class LedgerRound:
     client_epsilons: dict[int, float] = field(default_factory=dict)
     details: dict[str, float] = field(default_factory=dict)
     overspent: bool = False
+    client_accountants: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "round": self.round_index,
             "events": [e.to_dict() for e in self.events],
             "epsilon": self.epsilon,
@@ -72,6 +76,9 @@ class LedgerRound:
             "details": dict(self.details),
             "overspent": self.overspent,
         }
+        if self.client_accountants:
+            out["client_accountants"] = {str(k): v for k, v in sorted(self.client_accountants.items())}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LedgerRound:
@@ -84,9 +91,18 @@ class LedgerRound:
                 client_epsilons={int(k): float(v) for k, v in data.get("client_epsilons", {}).items()},
                 details={str(k): float(v) for k, v in data.get("details", {}).items() if v is not None},
                 overspent=bool(data.get("overspent", False)),
+                client_accountants={int(k): dict(v) for k, v in data.get("client_accountants", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed ledger round {dict(data)!r}: {exc}") from None
+
+    def same_release(self, other: LedgerRound) -> bool:
+        """Whether `other` records the same charged round (details may have been added since)."""
+        return (self.round_index, self.events, self.client_epsilons) == (
+            other.round_index,
+            other.events,
+            other.client_epsilons,
+        )
 
 
 class PrivacyLedger:
@@ -212,17 +228,25 @@ class PrivacyLedger:
         round_index: int,
         client_epsilons: Mapping[int, float],
         details: Mapping[str, float] | None = None,
+        client_accountants: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> LedgerRound:
         """Record a round as each client's own epsilon so far; the run's is the maximum.
 
         Example-level: each client's DP-SGD accountant. Client-level: each client's own ledger, which
-        composes the rounds that client took part in.
+        composes the rounds that client took part in. `client_accountants` (each client's accountant
+        or ledger `state_dict`) lets a resume restore what a client spent after the last checkpoint.
         """
         if not client_epsilons:
             raise ConfigError("a round record needs at least one client's epsilon")
         eps = max(float(v) for v in client_epsilons.values())
+        accountants = {int(k): dict(v) for k, v in (client_accountants or {}).items()}
         return self._append(
-            round_index, (), eps, {int(k): float(v) for k, v in client_epsilons.items()}, details
+            round_index,
+            (),
+            eps,
+            {int(k): float(v) for k, v in client_epsilons.items()},
+            details,
+            accountants,
         )
 
     def update_details(self, round_index: int, details: Mapping[str, float]) -> None:
@@ -230,15 +254,7 @@ class PrivacyLedger:
         for i, r in enumerate(self.rounds):
             if r.round_index == round_index:
                 merged = {**r.details, **{k: float(v) for k, v in details.items()}}
-                self.rounds[i] = LedgerRound(
-                    r.round_index,
-                    r.events,
-                    r.epsilon,
-                    r.epsilon_increment,
-                    r.client_epsilons,
-                    merged,
-                    r.overspent,
-                )
+                self.rounds[i] = dataclasses.replace(r, details=merged)
                 self._save()
                 return
         raise ConfigError(f"round {round_index} is not in the ledger")
@@ -250,6 +266,7 @@ class PrivacyLedger:
         eps: float,
         client_eps: dict[int, float],
         details: Mapping[str, float] | None,
+        client_accountants: dict[int, dict[str, Any]] | None = None,
     ) -> LedgerRound:
         entry = LedgerRound(
             round_index=round_index,
@@ -259,6 +276,7 @@ class PrivacyLedger:
             client_epsilons=client_eps,
             details={k: float(v) for k, v in (details or {}).items()},
             overspent=self.target_epsilon is not None and eps > self.target_epsilon,
+            client_accountants=client_accountants or {},
         )
         self.rounds.append(entry)
         self._save()
@@ -292,7 +310,8 @@ class PrivacyLedger:
         """Restore a ledger saved by `to_dict` (for --resume); the accountant history is rebuilt.
 
         Raises:
-            ConfigError: for another version, granularity, accountant or delta (named), or bad rounds.
+            ConfigError: for another version, granularity, accountant, delta or target epsilon (named: a
+                recorded budget cannot change), or bad rounds; the ledger is then unchanged.
         """
         if state.get("version") != LEDGER_VERSION:
             raise ConfigError(f"ledger version {state.get('version')!r} is not {LEDGER_VERSION}")
@@ -301,6 +320,13 @@ class PrivacyLedger:
                 raise ConfigError(f"ledger {key} {state.get(key)!r} does not match this run's {mine!r}")
         if float(state.get("delta", -1)) != self.delta:
             raise ConfigError(f"ledger delta {state.get('delta')!r} does not match this run's {self.delta:g}")
+        recorded = state.get("target_epsilon")
+        if (None if recorded is None else float(recorded)) != self.target_epsilon:
+            raise ConfigError(
+                f"the ledger was recorded with target epsilon {recorded!r}, this run asks for "
+                f"{self.target_epsilon!r}: a recorded budget cannot change; resume with the run's own "
+                "target, or start a new run"
+            )
         rounds = [LedgerRound.from_dict(r) for r in state.get("rounds", [])]
         accountant = create_accountant(self.accountant_name)
         for r in rounds:
@@ -310,6 +336,52 @@ class PrivacyLedger:
         for reason in state.get("not_private", []):
             if reason not in self.not_private:
                 self.not_private.append(str(reason))
+
+    def merge_file(self, path: str | Path) -> int:
+        """Resume: keep every round the ledger file at `path` holds, also those past the last checkpoint.
+
+        The file is rewritten as soon as a round is charged, the checkpoint only once a round finishes,
+        so the file may hold a round whose release reached the server after the last checkpoint. It
+        stays charged (running that round again charges it again): the file is the truth, and this
+        ledger (restored from the checkpoint) adopts it rather than overwriting it.
+
+        Returns:
+            how many rounds only the file held (now part of this ledger); 0 without a file.
+        Raises:
+            ConfigError: when the file was recorded at another granularity, accountant, delta or target,
+                or disagrees with this ledger on a round both hold; the ledger is then unchanged.
+        """
+        p = Path(path)
+        if not p.exists():
+            return 0
+        recorded = PrivacyLedger(
+            delta=self.delta,
+            target_epsilon=self.target_epsilon,
+            granularity=self.granularity,
+            accountant=self.accountant_name,
+        )
+        recorded.load_state_dict(read_ledger_json(p))
+        mine, theirs = self.rounds, recorded.rounds
+        for a, b in zip(mine, theirs, strict=False):
+            if not a.same_release(b):
+                raise ConfigError(
+                    f"the ledger file {p} and the checkpoint disagree on round {a.round_index}; "
+                    "refusing to resume rather than lose a charged round"
+                )
+        added = max(0, len(theirs) - len(mine))
+        if added:
+            self.rounds, self._accountant = (
+                list(mine) + theirs[len(mine) :],
+                create_accountant(self.accountant_name),
+            )
+            for r in self.rounds:
+                for e in r.events:
+                    self._accountant.add(e)
+        for reason in recorded.not_private:
+            if reason not in self.not_private:
+                self.not_private.append(reason)
+        self._save()
+        return added
 
     @classmethod
     def load(cls, path: str | Path, *, path_for_updates: bool = True) -> PrivacyLedger:
