@@ -35,6 +35,7 @@ from .client_ledger import (
 )
 from .clipping import ClipCounter, ClipStats, clip_contributions
 from .engines import PRVAccountant, RDPAccountant
+from .label_histogram import NoisyLabelHistogram, label_histogram_event, release_label_histogram
 from .ledger import Granularity, LedgerRound, PrivacyLedger
 from .noise import (
     DistributedNoise,
@@ -60,6 +61,7 @@ __all__ = [
     "Mechanism",
     "NoiseKind",
     "NoisePlan",
+    "NoisyLabelHistogram",
     "PRVAccountant",
     "PrivacyEvent",
     "PrivacyLedger",
@@ -73,10 +75,12 @@ __all__ = [
     "create_accountant",
     "effective_noise_multiplier",
     "epsilon_for",
+    "label_histogram_event",
     "noise_generator",
     "per_release_noise_multiplier",
     "plan_noise",
     "register_accountant",
+    "release_label_histogram",
     "sample_discrete_gaussian",
     "sample_skellam",
 ]

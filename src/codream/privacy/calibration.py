@@ -8,6 +8,7 @@ the target.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from ..exceptions import ConfigError
@@ -69,6 +70,10 @@ class ClientLevelSchedule:
     def steps(self) -> int:
         return self.rounds
 
+    @property
+    def extra_events(self) -> tuple[PrivacyEvent, ...]:
+        return ()
+
 
 @dataclass(frozen=True, slots=True)
 class ExampleLevelSchedule:
@@ -78,11 +83,14 @@ class ExampleLevelSchedule:
         local_steps: DP-SGD steps over the whole run (warm-up plus every round's CE steps).
         batch_size: expected Poisson batch size.
         data_size: the client's number of training examples.
+        extra_events: fixed releases charged to the same accountant beside the steps (e.g. the label
+            histogram, `label_histogram.label_histogram_event(z)`); calibration leaves room for them.
     """
 
     local_steps: int
     batch_size: int
     data_size: int
+    extra_events: tuple[PrivacyEvent, ...] = ()
 
     def __post_init__(self) -> None:
         if self.local_steps < 1:
@@ -92,9 +100,14 @@ class ExampleLevelSchedule:
                 "need 1 <= batch_size <= data_size, "
                 f"got batch_size={self.batch_size}, data_size={self.data_size}"
             )
+        if not all(isinstance(e, PrivacyEvent) for e in self.extra_events):
+            raise ConfigError(f"extra_events must be PrivacyEvents, got {self.extra_events!r}")
+        object.__setattr__(self, "extra_events", tuple(self.extra_events))
 
     @classmethod
-    def from_epochs(cls, *, epochs: float, batch_size: int, data_size: int) -> ExampleLevelSchedule:
+    def from_epochs(
+        cls, *, epochs: float, batch_size: int, data_size: int, extra_events: tuple[PrivacyEvent, ...] = ()
+    ) -> ExampleLevelSchedule:
         """Schedule of `epochs` passes (in expectation) over the data."""
         if not (epochs > 0):
             raise ConfigError(f"epochs must be > 0, got {epochs}")
@@ -102,6 +115,7 @@ class ExampleLevelSchedule:
             local_steps=max(1, math.ceil(epochs * data_size / batch_size)),
             batch_size=batch_size,
             data_size=data_size,
+            extra_events=tuple(extra_events),
         )
 
     @property
@@ -155,14 +169,19 @@ def epsilon_for(
     delta: float,
     accountant: str = "rdp",
     mechanism: Mechanism | str = Mechanism.GAUSSIAN,
+    extra_events: Sequence[PrivacyEvent] = (),
 ) -> float:
     """Epsilon spent by `steps` Poisson-sampled events of this noise family with these parameters.
+
+    `extra_events` are composed in too (fixed releases beside the schedule, e.g. a label histogram).
 
     Raises:
         ConfigError: for invalid parameters, or an accountant that cannot account the mechanism
             (PRV and integer noise).
     """
     acc = create_accountant(accountant)
+    for event in extra_events:
+        acc.add(event)
     acc.add(
         PrivacyEvent(
             noise_multiplier=noise_multiplier,
@@ -185,6 +204,7 @@ def calibrate_noise_multiplier(
     accountant: str = "rdp",
     tolerance: float = 1e-3,
     mechanism: Mechanism | str = Mechanism.GAUSSIAN,
+    extra_events: Sequence[PrivacyEvent] = (),
 ) -> float:
     """The smallest noise multiplier (within `tolerance`, relative) whose epsilon is <= target.
 
@@ -200,6 +220,7 @@ def calibrate_noise_multiplier(
         accountant: registry name of the accountant ("rdp", "prv").
         tolerance: relative width of the final bracket.
         mechanism: the noise family of every event (integer noise: RDP only).
+        extra_events: fixed releases charged beside the events, whose cost the answer leaves room for.
     Returns:
         z with epsilon_for(z) <= target_epsilon.
     Raises:
@@ -224,6 +245,7 @@ def calibrate_noise_multiplier(
             delta=delta,
             accountant=accountant,
             mechanism=mechanism,
+            extra_events=extra_events,
         )
 
     lo, hi = 1.0, 1.0
@@ -271,6 +293,7 @@ def plan_noise(
         accountant=accountant,
         tolerance=tolerance,
         mechanism=schedule.mechanism,
+        extra_events=schedule.extra_events,
     )
     spent = epsilon_for(
         noise_multiplier=z,
@@ -279,6 +302,7 @@ def plan_noise(
         delta=delta,
         accountant=accountant,
         mechanism=schedule.mechanism,
+        extra_events=schedule.extra_events,
     )
     return NoisePlan(
         noise_multiplier=z,

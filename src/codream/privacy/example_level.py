@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from ..distill import kd_loss
 from ..exceptions import ConfigError
 from .accountant import Accountant, PrivacyEvent, create_accountant
+from .label_histogram import NoisyLabelHistogram, release_label_histogram
 from .ledger import Granularity, LedgerRound, PrivacyLedger
 from .os_random import os_bernoulli
 
@@ -309,6 +310,7 @@ class DPSGDTrainer:
             model.parameters(), lr=kd_lr if kd_lr is not None else lr, momentum=kd_momentum
         )
         self.empty_batches = 0
+        self.label_histogram: NoisyLabelHistogram | None = None
 
     @property
     def private(self) -> bool:
@@ -382,6 +384,37 @@ class DPSGDTrainer:
         self._clear_grads()
         return float(loss.detach())
 
+    def release_label_histogram(
+        self, num_classes: int, *, noise_multiplier: float, target_epsilon: float | None = None
+    ) -> NoisyLabelHistogram:
+        """This client's label counts, released once per run through a charged Gaussian mechanism.
+
+        The first call charges this trainer's accountant (refusing past `target_epsilon`) and releases;
+        every later call returns the same release at no cost, so the class weights derived from it can
+        be used every round. Its state travels with `state_dict`, so a resume does not release again.
+
+        Raises:
+            PrivacyBudgetExceeded: the first release would exceed the target (nothing is charged).
+            ConfigError: a later call asks for another noise multiplier or number of classes.
+        """
+        if self.label_histogram is not None:
+            h = self.label_histogram
+            if (h.noise_multiplier, len(h.counts)) != (float(noise_multiplier), num_classes):
+                raise ConfigError(
+                    f"the label histogram was released once, with noise multiplier {h.noise_multiplier:g} "
+                    f"over {len(h.counts)} classes; it is not released again with other settings"
+                )
+            return h
+        self.label_histogram = release_label_histogram(
+            self.y_train.detach().cpu().numpy(),
+            num_classes=num_classes,
+            noise_multiplier=noise_multiplier,
+            accountant=self.accountant,
+            delta=self.delta,
+            target_epsilon=target_epsilon,
+        )
+        return self.label_histogram
+
     def epsilon(self, *, delta: float | None = None) -> float:
         """Epsilon this client has spent so far."""
         return self.accountant.get_epsilon(delta=self.delta if delta is None else delta)
@@ -406,6 +439,7 @@ class DPSGDTrainer:
             ),
             "empty_batches": self.empty_batches,
             "clip_bound": self.clip_bound,
+            "label_histogram": None if self.label_histogram is None else self.label_histogram.to_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -420,6 +454,8 @@ class DPSGDTrainer:
         self.empty_batches = int(state["empty_batches"])
         if "clip_bound" in state:  # absent from states saved before adaptive clipping existed
             self.dp_optimizer.max_grad_norm = float(state["clip_bound"])
+        saved = state.get("label_histogram")
+        self.label_histogram = None if saved is None else NoisyLabelHistogram.from_dict(saved)
 
 
 def dp_trainer_factory(
