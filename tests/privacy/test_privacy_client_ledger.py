@@ -56,6 +56,19 @@ def test_a_clients_epsilon_with_cohorts_is_the_unamplified_composition_of_its_ow
     assert summary.rounds[-1].max_epsilon == pytest.approx(summary.max_epsilon)
 
 
+def test_the_amplified_claim_of_7_99_is_about_19_for_ten_rounds_taken_part_in_and_30_for_twenty():
+    # Population 1000, 100 rounds, cohort 100: z = 0.9941 meets 7.99 at q = 0.1 by the Gaussian analysis.
+    assert epsilon_for(noise_multiplier=0.9941, sample_rate=0.1, steps=100, delta=DELTA) == pytest.approx(
+        7.99, abs=0.005
+    )
+    ledger = _ledger(target=None)
+    for r in range(20):
+        ledger.charge(r, client_round_event(0.9941), session=f"s{r}")
+        if r == 9:
+            assert ledger.spent == pytest.approx(19.2, abs=0.05)
+    assert ledger.spent == pytest.approx(30.4, abs=0.05)
+
+
 def test_a_round_over_the_clients_own_target_is_refused_and_nothing_is_recorded(tmp_path):
     path = tmp_path / "c.json"
     two = epsilon_for(noise_multiplier=Z, sample_rate=1.0, steps=2, delta=DELTA)

@@ -75,6 +75,7 @@ def test_sampled_integer_noise_costs_more_than_the_gaussian_analysis_claims():
     gaussian = epsilon_for(noise_multiplier=z, sample_rate=0.1, steps=100, delta=DELTA)
     integer = epsilon_for(noise_multiplier=z, sample_rate=0.1, steps=100, delta=DELTA, mechanism="integer")
     assert gaussian <= 7.99 < 1.2 * gaussian < integer
+    assert gaussian == pytest.approx(7.99, abs=0.005) and integer == pytest.approx(9.96, abs=0.005)
 
 
 def test_unsampled_integer_noise_is_accounted_exactly_as_its_dominating_gaussian():

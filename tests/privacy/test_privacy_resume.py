@@ -91,6 +91,8 @@ def test_merging_the_file_keeps_rounds_past_the_checkpoint_and_refuses_a_disagre
         PrivacyLedger(delta=DELTA, target_epsilon=30.0).merge_file(path)
     with pytest.raises(ConfigError, match="target epsilon 20.0.*cannot change"):
         PrivacyLedger(delta=DELTA, target_epsilon=None).load_state_dict(checkpoint)
+    with pytest.raises(ConfigError, match="delta"):
+        PrivacyLedger(delta=1e-6, target_epsilon=20.0).merge_file(path)
 
 
 def _trainer(seed: int = 0, noise_multiplier: float = 1.1) -> DPSGDTrainer:
