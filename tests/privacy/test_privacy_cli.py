@@ -268,3 +268,15 @@ def test_report_says_first_that_a_run_with_a_seeded_test_option_is_not_private(c
     assert out["private"] is False and out["clients"]["not_private"] == {
         "1": ["noise from a seeded generator (test option)"]
     }
+
+
+def test_report_of_the_seams_run_ledger_shows_each_rounds_largest_and_mean_client_epsilon(tmp_path):
+    ledger = PrivacyLedger(delta=1e-5, target_epsilon=8.0, path=tmp_path / "privacy_ledger.json")
+    for r, eps in enumerate(({0: 1.0, 1: 0.0, 2: 1.0}, {0: 1.5, 1: 1.0, 2: 1.0}, {0: 2.0, 1: 1.0, 2: 1.5})):
+        ledger.record_client_epsilons(round_index=r, client_epsilons=eps, details={"charged_clients": 2.0})
+    out = json.loads(_invoke("report", str(tmp_path), "--json", "--no-plot").output)
+    assert out["epsilon"] == 2.0 and out["mean_client_epsilon"] == pytest.approx(1.5)
+    assert [r["mean_client"] for r in out["per_round"]] == pytest.approx([2 / 3, 3.5 / 3, 1.5])
+    text = _invoke("report", str(tmp_path), "--no-plot").output
+    assert "max eps" in text and "mean eps" in text and "charged" in text
+    assert "per-client epsilon: 0: 2.000, 1: 1.000, 2: 1.500; maximum 2.0000, mean 1.5000" in text

@@ -17,6 +17,7 @@ first.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ class BudgetRow:
     survivors: float | None
     max_client: int | None
     overspent: bool
+    mean_client: float | None = None
+    charged: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,9 @@ class BudgetReport:
             "overspent_rounds": [r.round for r in self.rows if r.overspent],
             "client_epsilons": {str(k): v for k, v in sorted(self.client_epsilons.items())},
             "max_client_epsilon": max(self.client_epsilons.values()) if self.client_epsilons else None,
+            "mean_client_epsilon": (
+                statistics.fmean(self.client_epsilons.values()) if self.client_epsilons else None
+            ),
             "clients": None if self.clients is None else self.clients.to_dict(),
             "per_round": [asdict(r) for r in self.rows],
         }
@@ -137,8 +143,8 @@ class BudgetReport:
         lines = [f"NOT PRIVATE: {reason}" for reason in self.not_private]
         if self.granularity == "client":
             lines.append(
-                f"privacy budget: client-level DP against the server ({RELATION}: neighbouring federations "
-                "differ in one client's contributions replaced by nothing; whether it took part is public)"
+                f"privacy budget: client-level DP against the server ({RELATION}: a client's contributions "
+                "replaced by nothing; whether it took part is public)"
             )
         else:
             lines.append(
@@ -160,7 +166,14 @@ class BudgetReport:
         lines = []
         if self.clients is not None:
             lines.append("run ledger:")
-        if self.granularity == "client":
+        per_client = self.granularity == "client" and all(r.max_client is not None for r in self.rows)
+        if per_client:
+            # The seam's record: every client's own (unamplified) epsilon after each round.
+            header = (
+                f"{'round':>5}  {'max eps':>9}  {'+eps':>8}  {'mean eps':>9}  {'charged':>7}  "
+                f"{'survivors':>9}  {'max client':>10}"
+            )
+        elif self.granularity == "client":
             header = (
                 f"{'round':>5}  {'epsilon':>9}  {'+eps':>8}  {'z_eff':>7}  {'q':>7}  {'clipped':>7}  "
                 f"{'noise std':>9}"
@@ -170,7 +183,13 @@ class BudgetReport:
         lines += [header, "-" * len(header)]
         for r in self.rows:
             mark = "  OVERSPENT" if r.overspent else ""
-            if self.granularity == "client":
+            if per_client:
+                lines.append(
+                    f"{r.round:>5}  {r.epsilon:>9.4f}  {r.epsilon_increment:>8.4f}  "
+                    f"{_f(r.mean_client, '9.4f')}  {_f(r.charged, '7.0f')}  {_f(r.survivors, '9.0f')}  "
+                    f"{_f(r.max_client, '10d')}{mark}"
+                )
+            elif self.granularity == "client":
                 lines.append(
                     f"{r.round:>5}  {r.epsilon:>9.4f}  {r.epsilon_increment:>8.4f}  "
                     f"{_f(r.noise_multiplier, '7.3f')}  {_f(r.sample_rate, '7.4f')}  "
@@ -183,18 +202,28 @@ class BudgetReport:
                 )
         lines.append("")
         last = self.rows[-1].epsilon
-        lines.append(
-            f"total: epsilon {last:.4f} at delta {self.delta:g} after {len(self.rows)} rounds "
-            f"({self.total_steps} accounted events)"
-        )
+        if per_client:
+            lines.append(
+                f"total: epsilon {last:.4f} at delta {self.delta:g} after {len(self.rows)} rounds "
+                "(the largest client's: each client composes the rounds it took part in, unamplified)"
+            )
+        else:
+            lines.append(
+                f"total: epsilon {last:.4f} at delta {self.delta:g} after {len(self.rows)} rounds "
+                f"({self.total_steps} accounted events)"
+            )
         if self.remaining is not None and self.clients is None:
             lines.append(f"remaining budget: {self.remaining:.4f}")
         if self.total_clipped is not None:
             lines.append(f"clipped contributions: {self.total_clipped:.0f}")
         if self.client_epsilons:
-            per_client = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(self.client_epsilons.items()))
+            eps = self.client_epsilons
+            shown = sorted(eps, key=lambda c: (-eps[c], c))[:10]
+            listed = ", ".join(f"{k}: {eps[k]:.3f}" for k in sorted(shown))
+            more = f" (the {len(shown)} highest of {len(eps)})" if len(eps) > len(shown) else ""
             lines.append(
-                f"per-client epsilon: {per_client}; maximum {max(self.client_epsilons.values()):.4f}"
+                f"per-client epsilon{more}: {listed}; maximum {max(eps.values()):.4f}, "
+                f"mean {statistics.fmean(eps.values()):.4f}"
             )
         return lines
 
@@ -254,6 +283,8 @@ def _row(r: LedgerRound) -> BudgetRow:
         survivors=details.get("survivors"),
         max_client=max_client,
         overspent=r.overspent,
+        mean_client=statistics.fmean(r.client_epsilons.values()) if r.client_epsilons else None,
+        charged=details.get("charged_clients"),
     )
 
 
