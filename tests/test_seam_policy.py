@@ -72,7 +72,7 @@ def test_a_dp_client_refuses_headroom_its_own_noise_would_overflow():
     plan = _plan("secure+dp", noise_multiplier=0.1)  # the server sized the encoding for tiny noise
     seam = ClientSeam(0, ClientPolicy(mode=Mode.SECURE_DP, dp=DPPolicy(noise_multiplier=2.0)))
     _refuses(seam, plan, "noise headroom")
-    assert seam.ledger.rounds == []  # nothing charged: nothing can have been released
+    assert seam.ledger.participations == 0  # nothing charged: nothing can have been released
 
 
 def test_a_plan_at_the_policy_is_admitted_and_releases_words():

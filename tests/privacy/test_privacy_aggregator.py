@@ -9,7 +9,8 @@ import pytest
 
 from codream.aggregation import VectorSpec, create_aggregator
 from codream.exceptions import ConfigError, PrivacyBudgetExceeded
-from codream.privacy import PrivacyEvent
+from codream.privacy.accountant import Mechanism
+from codream.privacy.client_ledger import client_round_event
 from codream.privacy.calibration import epsilon_for
 
 SPECS = [VectorSpec.dream_gradient(j, 2048, 1.0) for j in range(3)] + [VectorSpec.soft_labels(80, 0.5)]
@@ -45,7 +46,8 @@ def test_secure_dp_sums_with_the_noise_each_client_calibrates_itself():
     assert 0 < dp.wraparound_bound < 1e-6
     # Every client holds its own ledger with one unamplified event for the round.
     for cid in PARTICIPANTS:
-        assert agg.clients[cid].ledger.history == (PrivacyEvent(noise_multiplier=0.5, sample_rate=1.0),)
+        assert agg.clients[cid].ledger.history == (client_round_event(0.5),)
+        assert client_round_event(0.5).mechanism is Mechanism.INTEGER
 
 
 def test_clipped_contributions_stay_on_the_clients_under_dp():
@@ -84,11 +86,11 @@ def test_with_cohorts_each_client_composes_only_its_own_rounds_unamplified(tmp_p
 
 def test_a_client_refuses_the_round_that_would_exceed_its_own_budget_before_releasing():
     agg = create_aggregator(
-        "secure+dp", noise_multiplier=1.0, target_epsilon=3.0, noise_seed=4, rounding_seed=4
+        "secure+dp", noise_multiplier=1.0, target_epsilon=6.0, noise_seed=4, rounding_seed=4
     )
     rng = np.random.default_rng(3)
     opened = 0
-    with pytest.raises(PrivacyBudgetExceeded, match="over the target 3"):
+    with pytest.raises(PrivacyBudgetExceeded, match="over its target 6"):
         for r in range(10):
             rnd = agg.open_round(round_index=r, participants=PARTICIPANTS, specs=SPECS[3:])
             opened += 1
@@ -96,7 +98,7 @@ def test_a_client_refuses_the_round_that_would_exceed_its_own_budget_before_rele
             rnd.close()
     for cid in PARTICIPANTS:
         ledger = agg.clients[cid].ledger
-        assert len(ledger.rounds) == opened and ledger.spent <= 3.0
+        assert ledger.participations == opened == 1 and ledger.spent <= 6.0
 
 
 def test_the_discrete_gaussian_option_also_reaches_the_target_noise():
@@ -114,3 +116,24 @@ def test_the_discrete_gaussian_option_also_reaches_the_target_noise():
 def test_prv_is_refused_for_integer_noise():
     with pytest.raises(ConfigError, match="integer"):
         create_aggregator("secure+dp", noise_multiplier=1.0, accountant="prv")
+
+
+def test_a_client_ledger_never_shrinks_when_a_run_resumes_from_an_older_checkpoint(tmp_path):
+    """A round released after the last checkpoint stays on each client's file-backed ledger."""
+    options = dict(noise_multiplier=2.0, noise_seed=6, rounding_seed=6)
+    agg = create_aggregator("secure+dp", **options)
+    agg.attach(tmp_path)
+    rng = np.random.default_rng(5)
+    checkpoint = None
+    for r in range(2):
+        if r == 1:
+            checkpoint = agg.state_dict()  # the checkpoint is written before round 1 ...
+        rnd = agg.open_round(round_index=r, participants=PARTICIPANTS, specs=SPECS[3:])
+        rnd.sum(SPECS[3], _vectors(rng, SPECS[3], 0.01))  # ... and round 1 is released after it
+        rnd.close()
+    resumed = create_aggregator("secure+dp", **options)
+    resumed.load_state_dict(checkpoint)
+    resumed.attach(tmp_path)
+    for cid in PARTICIPANTS:
+        assert resumed.clients[cid].ledger.participations == 2
+        assert resumed.clients[cid].epsilon == pytest.approx(agg.clients[cid].epsilon)

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..exceptions import ConfigError, PolicyRefusal
 from ..privacy.accountant import PrivacyEvent
 from ..privacy.analysis.composition import per_release_noise_multiplier
+from ..privacy.client_ledger import ClientLedger, client_round_event
 from ..privacy.clipping import clip_l2
-from ..privacy.ledger import Granularity, PrivacyLedger
 from ..privacy.noise import DistributedNoise
 from ..secagg.encoding import FixedPointCodec
 from .plan import Mode, RoundPlan, VectorSpec
@@ -67,7 +68,9 @@ class ClientSeam:
     Args:
         client_id: this client.
         policy: what it accepts, from its own configuration.
-        ledger: its own client-level privacy ledger (secure+dp); made from `policy.dp` when omitted.
+        ledger: its own client-level privacy ledger (secure+dp); made from `policy.dp` when omitted,
+            written to `ledger_path` (an existing file there is adopted: the ledger never shrinks).
+        ledger_path: where that ledger lives.
         rounding_seed: seed of the stochastic-rounding coins (they protect nothing; the masks do), for
             reproducible runs; None draws them from the OS.
         noise_seed: seeded DP noise, for tests only; None (default) keys it from the OS.
@@ -78,7 +81,8 @@ class ClientSeam:
         client_id: int,
         policy: ClientPolicy,
         *,
-        ledger: PrivacyLedger | None = None,
+        ledger: ClientLedger | None = None,
+        ledger_path: str | Path | None = None,
         rounding_seed: int | None = None,
         noise_seed: int | None = None,
     ) -> None:
@@ -86,28 +90,31 @@ class ClientSeam:
         self.policy = policy
         self.rounding_seed = rounding_seed
         self.noise: DistributedNoise | None = None
-        self.ledger: PrivacyLedger | None = None
+        self.ledger: ClientLedger | None = None
         dp = policy.dp
         if dp is not None:
             self.noise = DistributedNoise(
                 kind=dp.noise, colluders=dp.colluders, wrap_target=dp.wrap_target, seed=noise_seed
             )
             if ledger is None:
-                ledger = PrivacyLedger(
+                ledger = ClientLedger(
+                    client_id=client_id,
+                    # With an explicit override the client records past its target instead of refusing.
+                    target_epsilon=None if dp.allow_overspend else dp.target_epsilon,
                     delta=dp.delta,
-                    target_epsilon=dp.target_epsilon,
-                    granularity=Granularity.CLIENT,
                     accountant=dp.accountant,
-                    allow_overspend=dp.allow_overspend,
+                    path=ledger_path,
+                    not_private=("seeded DP noise (a test run)",) if noise_seed is not None else (),
                 )
-            elif ledger.granularity is not Granularity.CLIENT:
-                raise ConfigError("a secure+dp client needs a client-level ledger")
+            elif ledger.client_id != client_id:
+                raise ConfigError(f"client {client_id} was given client {ledger.client_id}'s ledger")
             self.ledger = ledger
         self.local_stats = LocalStats()
         self._plan: RoundPlan | None = None
         self._codecs: list[FixedPointCodec] = []
         self._next = 0
         self._charged = False
+        self._attempt = ""
         self._rng: np.random.Generator | None = None
 
     # ------------------------------------------------------------------ a round
@@ -125,7 +132,7 @@ class ClientSeam:
         amplifies nothing against it: each round a client is in composes in full.
         """
         assert self.policy.dp is not None
-        return PrivacyEvent(noise_multiplier=self.policy.dp.noise_multiplier, sample_rate=1.0)
+        return client_round_event(self.policy.dp.noise_multiplier)
 
     def admit(self, plan: RoundPlan) -> None:
         """Accept the server's plan for a round, or refuse it and release nothing.
@@ -141,7 +148,7 @@ class ClientSeam:
             headroom = plan.noise_headroom or (0.0,) * len(plan.specs)
             if plan.mode is Mode.SECURE_DP:
                 assert self.noise is not None and self.ledger is not None and self.policy.dp is not None
-                self.ledger.check([self.event()], round_index=plan.round_index)
+                self.ledger.check(plan.round_index, self.event())
                 z_i = per_release_noise_multiplier(self.policy.dp.noise_multiplier, releases=len(plan.specs))
                 self.noise.set_noise_multiplier(z_i)
                 self.noise.min_survivors = plan.n_min
@@ -161,6 +168,8 @@ class ClientSeam:
         self._codecs = codecs
         self._next = 0
         self._charged = False
+        # One attempt at a round is one charge: a round run again (after a crash) is charged again.
+        self._attempt = os.urandom(16).hex()
 
     def prepare(self, vector: np.ndarray) -> np.ndarray:
         """The next planned vector as it leaves this client (before masking).
@@ -206,7 +215,7 @@ class ClientSeam:
         if not self._charged:
             # The first release spends the round's whole composed event: charge it before anything
             # leaves, so a round that aborts later is still on this client's record.
-            self.ledger.record_round(round_index=plan.round_index, events=[self.event()])
+            self.ledger.charge(plan.round_index, self.event(), session=self._attempt)
             self._charged = True
         share = self.noise.sample(spec=spec, scale=codec.scale, length=spec.length, n_min=plan.n_min)
         mask = np.uint64((1 << codec.bits) - 1)

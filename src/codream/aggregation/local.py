@@ -20,6 +20,7 @@ import numpy as np
 
 from ..exceptions import ConfigError, ProtocolAbort
 from ..privacy.analysis.composition import effective_noise_multiplier
+from ..privacy.client_ledger import ClientLedger, client_ledger_path, read_client_ledger_json
 from ..privacy.ledger import Granularity, PrivacyLedger
 from ..secagg.config import GraphKind
 from ..secagg.runner import DropoutSchedule, InProcessSession, SessionStats, provision_signers
@@ -108,6 +109,7 @@ class LocalAggregator(Aggregator):
         noise_multiplier, delta, target_epsilon, noise, colluders, accountant, allow_overspend,
         wrap_target: the clients' DP parameters (secure+dp), when `policy` is not given.
         ledger_path: JSON file of the run's ledger: each client's epsilon after every round.
+        run_dir: where each client's own ledger file lives (`client_ledgers/`); see `attach`.
         dropout: each participant crashes with this probability, at a stage and vector drawn from a
             schedule seeded by (`seed`, round index); also what Harary parameters are chosen for.
         seed: seed of the dropout schedule (simulation only; keys never depend on it).
@@ -132,6 +134,7 @@ class LocalAggregator(Aggregator):
         allow_overspend: bool = False,
         wrap_target: float = 1e-9,
         ledger_path: str | Path | None = None,
+        run_dir: str | Path | None = None,
         dropout: float = 0.0,
         seed: int = 0,
         rounding_seed: int | None = None,
@@ -185,6 +188,7 @@ class LocalAggregator(Aggregator):
         self.rounding_seed = rounding_seed
         self.noise_seed = noise_seed
         self.clients: dict[int, ClientSeam] = {}
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         # The run's record: every client's own epsilon after each round; the run's is their maximum.
         self.ledger: PrivacyLedger | None = None
         if dp is not None:
@@ -206,7 +210,16 @@ class LocalAggregator(Aggregator):
         seam = self.clients.get(client_id)
         if seam is None:
             noise_seed = None if self.noise_seed is None else self.noise_seed * 1_000_003 + client_id
-            seam = ClientSeam(client_id, self.policy, rounding_seed=self.rounding_seed, noise_seed=noise_seed)
+            path = None
+            if self.run_dir is not None and self.policy.dp is not None:
+                path = client_ledger_path(self.run_dir, client_id)
+            seam = ClientSeam(
+                client_id,
+                self.policy,
+                ledger_path=path,
+                rounding_seed=self.rounding_seed,
+                noise_seed=noise_seed,
+            )
             self.clients[client_id] = seam
         return seam
 
@@ -233,6 +246,22 @@ class LocalAggregator(Aggregator):
         """
         return _LocalRound(self, round_index=round_index, participants=participants, specs=specs)
 
+    def attach(self, run_dir: str | Path) -> None:
+        """Keep every client's ledger in `run_dir/client_ledgers/` from now on.
+
+        A file already there is the truth: charges it holds beyond what the client's ledger knows (a
+        round released after the last checkpoint) are adopted, never dropped.
+        """
+        self.run_dir = Path(run_dir)
+        for cid, seam in self.clients.items():
+            if seam.ledger is None:
+                continue
+            path = client_ledger_path(self.run_dir, cid)
+            if path.exists():
+                seam.ledger.merge(read_client_ledger_json(path), save=False)
+            seam.ledger.path = path
+            seam.ledger.merge(seam.ledger.state_dict())  # nothing new; writes the file
+
     def state_dict(self) -> dict:
         """The clients' ledgers and the run's, for resuming."""
         return {
@@ -243,10 +272,12 @@ class LocalAggregator(Aggregator):
         }
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Restore the clients' ledgers; with a run directory, merged with their files (never shrunk)."""
         for cid, ledger_state in state.get("clients", {}).items():
             seam = self.client(int(cid))
             assert seam.ledger is not None
-            seam.ledger.load_state_dict(ledger_state)
+            path = None if self.run_dir is None else client_ledger_path(self.run_dir, int(cid))
+            seam.ledger = ClientLedger.from_state(ledger_state, path=path)
         if self.ledger is not None and state.get("ledger") is not None:
             self.ledger.load_state_dict(state["ledger"])
 

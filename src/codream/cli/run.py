@@ -533,6 +533,8 @@ def execute_run(
         done = 0
     rd.write_config(dump_toml(rc.to_dict()), federation=to_jsonable(fed_cfg))
     privacy.attach(rd.ledger_path)
+    if hasattr(aggregator, "attach"):
+        aggregator.attach(rd.path)  # each client's own ledger file, merged with what a crash left there
     if privacy.ledger is not None:
         rd.write_json(LEDGER_FILE, privacy.ledger.to_dict())  # matches the checkpoint, even after a crash
     if privacy.enabled:
