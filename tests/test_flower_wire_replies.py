@@ -92,6 +92,65 @@ def test_reading_a_mistyped_field_drops_the_client_instead_of_raising(caplog):
     assert "client 1 dropped: malformed counts" in caplog.text
 
 
+@pytest.fixture
+def flower_task(monkeypatch):
+    """The task identity Flower sets in its own processes; its Message needs one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 7), ("_task_id", 3)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def test_a_flower_error_reply_drops_the_client_with_flowers_reason(flower_task):
+    from types import SimpleNamespace
+
+    from codream.federation.flower.channel import FlowerChannel
+
+    def reply(mid, *, error=None, body=None):
+        records = {} if body is None else {"codream": {"payload": body}}
+        return SimpleNamespace(
+            metadata=SimpleNamespace(reply_to_message_id=mid),
+            has_error=lambda: error is not None,
+            error=SimpleNamespace(reason=error),
+            content=SimpleNamespace(config_records=records),
+        )
+
+    class Grid:
+        def push_messages(self, messages):
+            return [f"m{m.metadata.dst_node_id}" for m in messages]
+
+        def pull_messages(self, ids):
+            return [
+                reply("m1", error="The FAB could not be verified."),
+                reply("m2", body=encode(Payload("ok"))),
+                reply("m3", body="not bytes"),
+                reply("m4"),
+            ]
+
+    channel = ClientChannel(
+        FlowerChannel(Grid(), poll_interval=0), {0: 1, 1: 2, 2: 3, 3: 4}, step_timeout=0.2
+    )
+    assert list(channel.broadcast(Payload("setup"))) == [1]
+    assert channel.dropped[0] == "error on 'setup': FlowerError: The FAB could not be verified."
+    assert channel.dropped[2] == channel.dropped[3] == "no answer to 'setup'"
+
+
+def test_the_client_app_answers_every_message_even_one_without_a_codream_payload(flower_task):
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from codream.federation.flower.clientapp import PAYLOAD, RECORD, relay
+
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    for content in (
+        RecordDict({}),
+        RecordDict({RECORD: ConfigRecord({})}),
+        RecordDict({RECORD: ConfigRecord({PAYLOAD: "text"})}),
+        RecordDict({RECORD: ConfigRecord({PAYLOAD: CRAFTED["shape Infinity"]})}),
+    ):
+        answer = relay(Message(content, dst_node_id=7, message_type="query.codream"), context)
+        assert decode(answer.content.config_records[RECORD][PAYLOAD]).kind == "error"
+
+
 # ------------------------------------------------------------------------------ through the engine
 def tiny_config(**overrides) -> FederationConfig:
     base = dict(

@@ -72,7 +72,11 @@ class FlowerChannel:
                 if node is None:
                     continue
                 if reply.has_error():
-                    log.warning("node %d answered with a Flower error: %s", node, reply.error.reason)
+                    # Flower's own refusal (e.g. an app the node's --trusted-entities cannot verify):
+                    # passed on as an error answer, so the client is dropped with Flower's reason.
+                    reason = str(reply.error.reason)[:1000]
+                    log.warning("node %d answered with a Flower error: %s", node, reason)
+                    answers[node] = encode(Payload("error", {"type": "FlowerError", "detail": reason}))
                     continue
                 try:
                     body = reply.content.config_records[RECORD][PAYLOAD]

@@ -107,9 +107,14 @@ def _ask(
 
 @app.query(ACTION)
 def relay(msg: Message, context: Context) -> Message:
-    """Hand the engine payload to the worker; answer with its reply (or with a typed error payload)."""
-    request = msg.content.config_records[RECORD][PAYLOAD]
+    """Hand the engine payload to the worker; answer with its reply (or with a typed error payload).
+
+    Whatever the message holds, the node answers: a message without a codream payload, or one that
+    does not decode (`InvalidMessage`, the only exception `decode` raises), gets an error payload.
+    """
     try:
+        record = msg.content.config_records.get(RECORD)
+        request = None if record is None else record.get(PAYLOAD)
         if not isinstance(request, bytes):
             raise TypeError("the engine payload must be bytes")
         kind = decode(request).kind
