@@ -42,7 +42,7 @@ def test_epsilon_reports_both_accountants_for_the_reference_point():
 def test_epsilon_composes_the_releases_of_a_round_into_one_event():
     res = _invoke(
         "epsilon",
-        "--noise-multiplier",
+        "--release-noise-multiplier",
         "2.0",
         "--sample-rate",
         "0.1",
@@ -79,7 +79,7 @@ def test_plan_round_trips_through_epsilon():
     assert plan["sample_rate"] == pytest.approx(0.05)
     back = _invoke(
         "epsilon",
-        "--noise-multiplier",
+        "--release-noise-multiplier",
         str(plan["per_release_noise_multiplier"]),
         "--sample-rate",
         "0.05",
