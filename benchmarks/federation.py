@@ -5,7 +5,8 @@
     python benchmarks/federation.py --full --device cuda
     python benchmarks/federation.py --size tiny  # a minute: shows that everything runs
 
-Writes benchmarks/results/federation.md (or --out) with the table and the exact command.
+Writes runs/bench/<UTC time>/federation.md (or --out; --publish replaces benchmarks/results/federation.md)
+with the table and the exact command.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 
 from codream.bench.federation import federation_command
 
-main = federation_command("federation", default_out="benchmarks/results/federation.md", prog=None)
+main = federation_command("federation", prog=None)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

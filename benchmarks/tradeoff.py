@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/tradeoff.py --full --jobs 16 --threads 1   # GPU size -> tradeoff_full.md
     .venv/bin/python benchmarks/tradeoff.py --quick --json   # tiny size, results as JSON
 
-Writes the Markdown results, `<stem>_accuracy.png`, `<stem>_time.png` and `<stem>.json` (see --out).
+Writes the Markdown results, `<stem>_accuracy.png`, `<stem>_time.png` and `<stem>.json` in a fresh
+runs/bench/<UTC time>/ (or at --out; --publish replaces the published ones in benchmarks/results/).
 The logic lives in `codream.bench.tradeoff` (also `codream bench tradeoff`).
 """
 

@@ -175,6 +175,37 @@ def test_idx_images_and_labels_of_different_lengths_are_rejected(tmp_path):
         load_dataset("idx", tmp_path)
 
 
+def _corrupt_labels(folder: Path, stem: str, at: dict[int, int]) -> None:
+    """Rewrite label file `stem` of an IDX folder with some labels replaced."""
+    labels = read_idx(folder / stem)
+    for i, label in at.items():
+        labels[i] = label
+    (folder / stem).write_bytes(_idx_bytes(labels))
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
+def test_labels_outside_the_ten_classes_of_fashion_mnist_are_refused_not_a_bigger_model(tmp_path, name):
+    _write_idx_folder(tmp_path, n_train=30, n_test=8, side=4, gz=False, rng=np.random.default_rng(3))
+    _corrupt_labels(tmp_path, "train-labels-idx1-ubyte", {12: 200, 13: 37})
+    with pytest.raises(DataError, match=r"train labels 37, 200 are outside its 10 classes 0\.\.9"):
+        load_dataset(name, tmp_path)
+
+
+def test_fashion_mnist_test_labels_outside_its_classes_are_refused(tmp_path):
+    _write_idx_folder(tmp_path, n_train=30, n_test=8, side=4, gz=False, rng=np.random.default_rng(4))
+    _corrupt_labels(tmp_path, "t10k-labels-idx1-ubyte", {0: 10})
+    with pytest.raises(DataError, match="test labels 10 are outside its 10 classes"):
+        load_dataset("fashion-mnist", tmp_path)
+
+
+def test_generic_idx_labels_that_skip_classes_are_refused(tmp_path):
+    # Labels 200 and 37 in a ten-class file would otherwise make a 201-class model.
+    _write_idx_folder(tmp_path, n_train=30, n_test=8, side=4, gz=False, rng=np.random.default_rng(5))
+    _corrupt_labels(tmp_path, "train-labels-idx1-ubyte", {12: 200, 13: 37})
+    with pytest.raises(DataError, match="labels run up to 200 but no training example has class 10, 11"):
+        load_dataset("idx", tmp_path)
+
+
 def test_every_idx_name_has_a_default_folder():
     assert set(dataset_names()) == {"digits", *DEFAULT_IDX_DIRS}
 

@@ -31,6 +31,7 @@ import torch
 from .exceptions import ConfigError, DataError
 
 __all__ = [
+    "CLASS_NAMES",
     "DEFAULT_IDX_DIRS",
     "Dataset",
     "dataset_names",
@@ -49,6 +50,16 @@ DEFAULT_IDX_DIRS: dict[str, Path] = {
     "idx": Path("/usr/share/datasets/fashion-mnist"),
     "mnist": Path("/usr/share/datasets/mnist"),
 }
+
+#: The classes of the data sets whose classes are known; labels outside them are refused.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "digits": tuple(str(k) for k in range(10)),
+    "mnist": tuple(str(k) for k in range(10)),
+    "fashion-mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+}  # fmt: skip
 
 _DIGITS_TEST_SIZE = 360  # 1797 - 360 = 1437 training images, a 80/20 split.
 
@@ -157,7 +168,7 @@ def load_dataset(
         x_train, y_train, x_test, y_test = _load_idx_folder(folder, name)
 
     # Counted before subsetting, so a small subset that misses a class keeps the full output layer.
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    num_classes = _num_classes(name, y_train, y_test, folder=data_dir)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     x_train, y_train = _subset(x_train, y_train, limit_train, rng)
     x_test, y_test = _subset(x_test, y_test, limit_test, rng)
@@ -172,6 +183,38 @@ def load_dataset(
         num_classes=num_classes,
         input_shape=tuple(int(s) for s in xt.shape[1:]),  # type: ignore[arg-type]
     )
+
+
+def _num_classes(name: str, y_train: np.ndarray, y_test: np.ndarray, *, folder: object) -> int:
+    """K for labels 0..K-1: the data set's known classes, or for "idx" the classes the labels use.
+
+    A label outside the known classes, or (for "idx") a class below the largest label that no training
+    example has, is a corrupted file, not a bigger model: it is refused.
+
+    Raises:
+        DataError: naming the labels and the folder.
+    """
+    where = f"data set {name!r}" + (f" in {folder}" if folder is not None else "")
+    known = CLASS_NAMES.get(name)
+    if known is not None:
+        for split, y in (("train", y_train), ("test", y_test)):
+            bad = np.unique(y[(y < 0) | (y >= len(known))])
+            if len(bad):
+                shown = ", ".join(map(str, bad[:5].tolist())) + (", ..." if len(bad) > 5 else "")
+                raise DataError(
+                    f"{where}: {split} labels {shown} are outside its {len(known)} classes "
+                    f"0..{len(known) - 1}; the label file is corrupted or belongs to another data set"
+                )
+        return len(known)
+    k = int(max(y_train.max(), y_test.max())) + 1
+    missing = np.setdiff1d(np.arange(k), y_train)
+    if len(missing):
+        shown = ", ".join(map(str, missing[:5].tolist())) + (", ..." if len(missing) > 5 else "")
+        raise DataError(
+            f"{where}: labels run up to {k - 1} but no training example has class {shown}; labels must "
+            "be 0..K-1 with every class present (a corrupted label file?)"
+        )
+    return k
 
 
 def _load_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

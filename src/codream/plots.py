@@ -1,7 +1,8 @@
 """PNG plots of a run: accuracy per client, the final dreams by class, epsilon over rounds.
 
 matplotlib runs on the Agg backend (no display needed); each function writes one file and closes its
-figure, so long runs do not accumulate figures.
+figure, so long runs do not accumulate figures. Figures are drawn at 150 dpi with text of at least
+7 points, so that labels stay readable when a PNG is viewed at its own size.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_accuracy", "plot_dreams", "plot_epsilon"]
+__all__ = ["DPI", "plot_accuracy", "plot_dreams", "plot_epsilon"]
+
+DPI = 150
 
 
 def plot_accuracy(
@@ -38,7 +41,7 @@ def plot_accuracy(
         The path written.
     """
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=DPI)
     if records:
         rounds = [int(r["round"]) for r in records]
         acc = np.array([[100 * float(a) for a in r["accuracy"]] for r in records])  # (R, K)
@@ -51,7 +54,7 @@ def plot_accuracy(
             ax.plot(rounds, acc[:, k], marker="o", markersize=3, linewidth=1, alpha=0.7, label=label)
         ax.plot(rounds, acc.mean(axis=1), color="black", linewidth=2.5, label="mean")
         ax.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
-        ax.legend(fontsize=7, loc="lower right", ncol=2 if acc.shape[1] > 6 else 1)
+        ax.legend(fontsize=8, loc="lower right", ncol=2 if acc.shape[1] > 6 else 1)
     else:
         ax.text(0.5, 0.5, "no finished round", ha="center", va="center", transform=ax.transAxes)
     warm = bool(records) and records[0].get("warmup_accuracy") is not None
@@ -85,7 +88,7 @@ def plot_epsilon(
         The path written.
     """
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=DPI)
     pts = [
         (int(r["round"]), float(r["epsilon"]))
         for r in records
@@ -157,7 +160,8 @@ def plot_dreams(
     # One mosaic image (rows = classes) drawn with a single imshow: fast for any grid size.
     shape = (num_classes * (h + pad) + pad, cols * (w + pad) + pad) + ((3,) if c >= 3 else ())
     canvas = np.ones(shape)
-    fig, ax = plt.subplots(figsize=(cols * 0.75 + 1.0, num_classes * 0.75 + 0.5), dpi=100)
+    label_width = max([len(n) for n in (class_names or [])] + [2]) * 0.07
+    fig, ax = plt.subplots(figsize=(cols * 0.8 + 1.0 + label_width, num_classes * 0.8 + 0.6), dpi=DPI)
     for k in range(num_classes):
         idx = np.flatnonzero(pred == k)
         idx = idx[np.argsort(-conf[idx])][:cols]
@@ -165,15 +169,15 @@ def plot_dreams(
         for j, i in enumerate(idx):
             left = pad + j * (w + pad)
             canvas[top : top + h, left : left + w] = _display(xs[i])
-            ax.text(left + w / 2, top - pad / 2, f"{conf[i]:.2f}", ha="center", va="bottom", fontsize=5)
+            ax.text(left + w / 2, top - pad / 2, f"{conf[i]:.2f}", ha="center", va="bottom", fontsize=7)
     ax.imshow(canvas, cmap="gray" if c < 3 else None, interpolation="nearest", vmin=0, vmax=1)
     ax.set_xticks([])
     ax.set_yticks([pad + k * (h + pad) + h / 2 for k in range(num_classes)])
     names = [class_names[k] if class_names and k < len(class_names) else str(k) for k in range(num_classes)]
-    ax.set_yticklabels([f"{n} ({int((pred == k).sum())})" for k, n in enumerate(names)], fontsize=7)
+    ax.set_yticklabels([f"{n} ({int((pred == k).sum())})" for k, n in enumerate(names)], fontsize=9)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title("Final dreams by aggregated soft label: class (count), confidence", fontsize=8)
+    ax.set_title("Final dreams by aggregated soft label: class (count), confidence", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

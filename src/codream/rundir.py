@@ -6,39 +6,48 @@ Layout::
       config.toml          the resolved run configuration (``codream run --config`` reads it back)
       federation.json      the learning loop's resolved configuration, for reference
       metrics.jsonl        one JSON object per finished round, appended and flushed every round
+      metrics.csv          the same rounds as a flat table (one column per number, per client accuracy)
+      run.log              the run's log: every line it printed and its codream log records
       privacy_ledger.json  the privacy budget spent so far (secure+dp), rewritten every round
       checkpoint.pt        the federation's full state after the last finished round (``--resume``)
       dreams.pt            the final dreams and their aggregated soft labels
       summary.json         final numbers; summary.md the same as tables
-      plots/               accuracy.png, dreams.png, epsilon.png
+      plots/               accuracy.png, dreams.png, and epsilon.png for a run with DP
 
 A round is finished when its checkpoint is on disk: the checkpoint is written (atomically) before the
 round's metrics line, and resuming drops any metrics line beyond the checkpoint, so metrics and state
-never disagree.
+never disagree. A write the file system refuses (a full disk, a read-only folder) raises `RunDirError`
+naming the file; the files written before it are left as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .exceptions import ConfigError
+from .exceptions import CodreamError, ConfigError
 
-__all__ = ["RunDir", "to_jsonable"]
+__all__ = ["RunDir", "RunDirError", "metrics_csv", "to_jsonable"]
 
 log = logging.getLogger(__name__)
 
 CONFIG = "config.toml"
 FEDERATION = "federation.json"
 METRICS = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+LOG = "run.log"
 LEDGER = "privacy_ledger.json"
 CHECKPOINT = "checkpoint.pt"
 DREAMS = "dreams.pt"
@@ -78,17 +87,103 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+class RunDirError(CodreamError):
+    """A file of the run directory could not be written (full disk, read-only folder, ...)."""
+
+
+def _write_error(path: Path, exc: OSError) -> RunDirError:
+    return RunDirError(f"cannot write {path}: {exc.strerror or exc}")
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` so that a reader sees the old file or the new one, never a torn one."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# The flat columns of metrics.csv, in order; per-client accuracies follow as accuracy_<client>.
+_CSV_COLUMNS = (
+    "round", "accuracy_mean", "accuracy_std", "participants", "survivors", "bytes_sent_per_client",
+    "clipped", "overflowed", "seconds", "epsilon", "delta",
+)  # fmt: skip
+
+
+def metrics_csv(records: Sequence[Mapping[str, Any]]) -> str:
+    """The per-round records as CSV: the scalar columns, then one accuracy column per client."""
+    clients = max((len(r.get("accuracy") or []) for r in records), default=0)
+    header = [*_CSV_COLUMNS, *(f"accuracy_{k}" for k in range(clients))]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for r in records:
+        acc = list(r.get("accuracy") or [])
+        row = [_csv_cell(r.get(c)) for c in _CSV_COLUMNS]
+        row += [_csv_cell(acc[k]) if k < len(acc) else "" for k in range(clients)]
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return value
+
+
+class _RunLogHandler(logging.Handler):
+    """Appends records to run.log once its folder holds a run; keeps them in memory until then.
+
+    A log that cannot be written (a full disk) says so once on stderr and stops, so that the run's
+    own error, not a logging traceback, is what the user reads.
+    """
+
+    def __init__(self, folder: Path, level: int) -> None:
+        super().__init__(level)
+        self.folder = folder
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._pending: list[str] = []
+        self._file: Any = None
+        self._broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._broken:
+            return
+        try:
+            line = self.format(record)
+            if self._file is None:
+                if not (self.folder / CONFIG).is_file():
+                    self._pending.append(line)
+                    return
+                self._file = (self.folder / LOG).open("a", encoding="utf-8")
+                for old in self._pending:
+                    self._file.write(old + "\n")
+                self._pending.clear()
+            self._file.write(line + "\n")
+            self._file.flush()
+        except OSError as exc:
+            self._broken = True
+            print(f"codream: {self.folder / LOG} cannot be written ({exc.strerror or exc}); "
+                  "the run goes on without it", file=sys.stderr)  # fmt: skip
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        super().close()
 
 
 class RunDir:
@@ -147,6 +242,14 @@ class RunDir:
         return self.path / METRICS
 
     @property
+    def metrics_csv_path(self) -> Path:
+        return self.path / METRICS_CSV
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG
+
+    @property
     def ledger_path(self) -> Path:
         return self.path / LEDGER
 
@@ -183,10 +286,18 @@ class RunDir:
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         """Append one round's record to metrics.jsonl and flush it to disk."""
         line = json.dumps(to_jsonable(record), sort_keys=False, allow_nan=False)
-        with self.metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with self.metrics_path.open("a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise _write_error(self.metrics_path, exc) from None
+        self._write_csv(self.read_metrics())
+
+    def _write_csv(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """metrics.csv, rewritten whole from the JSONL records (which stay the reference)."""
+        _atomic_write_bytes(self.metrics_csv_path, metrics_csv(records).encode())
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All finished rounds' records; a torn last line (a crash mid-write) is skipped with a warning."""
@@ -209,14 +320,49 @@ class RunDir:
         dropped = len(records) - len(kept)
         text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
         _atomic_write_bytes(self.metrics_path, text.encode())
+        self._write_csv(kept)
         return dropped
+
+    # --- log ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    @contextlib.contextmanager
+    def logging_to(
+        path: str | Path | None, *, loggers: Sequence[str] = ("codream",), level: int = logging.INFO
+    ) -> Iterator[None]:
+        """Log `loggers` at `level` and above to PATH/run.log for the duration of the block.
+
+        The folder need not be a run directory yet: records wait in memory until its config.toml
+        exists (a run refused before it starts leaves no folder behind), then go to run.log. The
+        loggers after the first are children of it that log only here, not to the console (their
+        lines were printed already). What the console shows stays its handler's level.
+        """
+        if path is None:
+            yield
+            return
+        handler = _RunLogHandler(Path(path), level)
+        saved = []
+        for i, name in enumerate(loggers):
+            logger = logging.getLogger(name)
+            saved.append((logger, logger.level, logger.propagate))
+            if logger.getEffectiveLevel() > level:
+                logger.setLevel(level)
+            if i > 0:
+                logger.propagate = False
+            logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            for logger, old_level, old_propagate in saved:
+                logger.removeHandler(handler)
+                logger.setLevel(old_level)
+                logger.propagate = old_propagate
+            handler.close()
 
     # --- checkpoint ---------------------------------------------------------------------------------
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Write the run's full state atomically (a crash mid-write keeps the previous checkpoint)."""
-        import io
-
         import torch
 
         buf = io.BytesIO()
@@ -241,8 +387,6 @@ class RunDir:
             ) from None
 
     def save_dreams(self, x: Any, y_soft: Any) -> None:
-        import io
-
         import torch
 
         buf = io.BytesIO()

@@ -1,4 +1,4 @@
-"""The CLI's own machinery, with a small deterministic stand-in for the learning loop.
+"""The CLI's own machinery, with a small deterministic stand-in for the learning loop (conftest.py).
 
 The stand-in keeps state (a generator and a counter) that `--resume` must carry across, so these tests
 pin down the run directory, the checkpoint order, config resolution and the reports without paying for
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
 
 import click
 import numpy as np
@@ -24,62 +23,6 @@ from codream.cli import run as run_module
 from codream.cli.config import RunConfig, dump_toml, load_toml
 from codream.exceptions import ConfigError
 from codream.rundir import RunDir
-
-
-@dataclass
-class FakeMetrics:
-    accuracy: list[float]
-    report: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "report": self.report}
-
-
-class FakeFederation:
-    """Random-walk "accuracies" from a seeded generator: resuming must restore the generator."""
-
-    def __init__(self, config, aggregator) -> None:
-        self.config = config
-        self.gen = torch.Generator().manual_seed(config.seed)
-        self.round = 0
-        self.k = config.num_clients
-
-    def run_round(self, progress=None) -> FakeMetrics:
-        for i in range(3):
-            if progress:
-                progress("dream steps", i + 1, 3)
-        self.round += 1
-        acc = torch.rand(self.k, generator=self.gen).tolist()
-        ids = list(range(self.k))
-        return FakeMetrics(
-            acc, {"participants": ids, "survivors": ids, "bytes_sent_per_client": dict.fromkeys(ids, 80)}
-        )
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "round": self.round}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
-        self.round = state["round"]
-
-    @property
-    def last_dreams(self):
-        g = torch.Generator().manual_seed(self.round)
-        x = torch.randn(12, 1, 8, 8, generator=g)
-        y = torch.softmax(torch.randn(12, 10, generator=g), dim=1)
-        return x, y
-
-
-@pytest.fixture
-def fake_engine(monkeypatch):
-    # execute_run takes the engine factory as an argument; give it the stand-in where the command calls it
-    original = run_module.execute_run
-
-    def patched(rc, **kwargs):
-        kwargs.setdefault("federation_factory", FakeFederation)
-        return original(rc, **kwargs)
-
-    monkeypatch.setattr(run_module, "execute_run", patched)
 
 
 def invoke(args):
@@ -97,11 +40,13 @@ def test_a_run_writes_config_metrics_checkpoint_summary_and_plots(tmp_path, fake
         "dreams.pt",
         "summary.json",
         "summary.md",
+        "metrics.csv",
+        "run.log",
         "plots/accuracy.png",
         "plots/dreams.png",
-        "plots/epsilon.png",
     ):
         assert (out / name).is_file(), name
+    assert not (out / "plots" / "epsilon.png").exists()  # no DP: no budget to plot
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [1, 2, 3]
     assert "report:" in result.output and str(out / "summary.md") in result.output
@@ -113,7 +58,7 @@ def test_the_saved_config_reads_back_as_the_same_run_config(tmp_path, fake_engin
     invoke(["run", "--rounds", "2", "--clients", "3", "--models", "mlp", "--out", str(out), "--no-progress"])
     saved = tomllib.loads((out / "config.toml").read_text())
     assert saved["clients"] == 3 and saved["models"] == ["mlp"] and saved["rounds"] == 2
-    assert saved["out"] == str(out)
+    assert "out" not in saved  # so that --config RUN_DIR/config.toml runs anew instead of being refused
 
 
 def test_resume_after_a_stop_gives_the_same_metrics_as_an_unbroken_run(tmp_path, fake_engine):
@@ -178,10 +123,14 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path, fake_
         ('rounds = "many"\n', "key 'rounds'"),
         ('aggregation = "magic"\n', "key 'aggregation'"),
         ("clients = true\n", "key 'clients' must not be true/false"),
+        ("clients = 2.5\n", "key 'clients' must be an integer, got 2.5"),
+        ("samples_per_client = 10.5\n", "key 'samples_per_client' must be an integer, got 10.5"),
+        ("seed = -5\n", "key 'seed'"),
     ],
-    ids=["unknown key", "malformed file", "wrong type", "bad choice", "boolean for a number"],
-)
-def test_a_bad_config_file_gives_one_line_and_exit_code_2(tmp_path, content, message):
+    ids=["unknown key", "malformed file", "wrong type", "bad choice", "boolean for a number",
+         "float for a count", "float for an optional count", "negative seed"],
+)  # fmt: skip
+def test_a_bad_config_file_gives_one_line_and_exit_code_2(tmp_path, fake_engine, content, message):
     cfg = tmp_path / "c.toml"
     cfg.write_text(content)
     result = CliRunner().invoke(main, ["run", "--config", str(cfg), "--out", str(tmp_path / "r")])

@@ -6,6 +6,7 @@ Each aggregation mode runs once per module (fixtures below) and several tests re
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 
 import pytest
@@ -20,8 +21,8 @@ TINY = [
     "--warmup-steps", "3", "--limit-test", "60", "--no-progress",
 ]  # fmt: skip
 EVERY_FILE = (
-    "config.toml", "federation.json", "metrics.jsonl", "checkpoint.pt", "dreams.pt", "summary.json",
-    "summary.md", "plots/accuracy.png", "plots/dreams.png", "plots/epsilon.png",
+    "config.toml", "federation.json", "metrics.jsonl", "metrics.csv", "run.log", "checkpoint.pt",
+    "dreams.pt", "summary.json", "summary.md", "plots/accuracy.png", "plots/dreams.png",
 )  # fmt: skip
 
 
@@ -57,6 +58,10 @@ def test_a_short_run_in_each_mode_writes_every_file(runs, mode):
     assert len(summary["final_accuracy"]) == 3
     assert f"report: {path / 'summary.md'}" in result.output
     assert "round 2/2: acc" in result.output
+    # Only a run with DP has a budget to plot, and the printed plots are the ones written.
+    assert (path / "plots" / "epsilon.png").is_file() == (mode == "secure+dp")
+    plots_line = next(line for line in result.output.splitlines() if line.startswith("plots:"))
+    assert ("epsilon.png" in plots_line) == (mode == "secure+dp")
 
 
 def test_secure_plus_dp_writes_the_ledger_and_reports_epsilon_within_its_target(runs):
@@ -177,8 +182,13 @@ def test_a_round_with_too_few_survivors_stops_with_exit_5_and_says_what_to_chang
     result = run_cli("--clients", "4", "--rounds", "1", "--aggregation", "secure", "--dropout", "0.3",
                      "--seed", "0", "--out", str(out))  # fmt: skip
     assert result.exit_code == 5, result.output
-    assert "too_few_peers" in result.output and "lower --dropout or --threshold" in result.output
+    assert "too_few_peers" in result.output and "no round finished" in result.output
+    assert f"`codream run --resume {out} --dropout 0`" in result.output
     assert "Traceback" not in result.output
+    # The hint works as written: the round the seeded dropouts aborted runs without them.
+    resumed = CliRunner().invoke(main, ["run", "--resume", str(out), "--dropout", "0", "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [m["round"] for m in metrics(out)] == [1]
 
 
 def test_the_privacy_report_reads_the_ledger_of_a_secure_dp_run(runs):
@@ -186,6 +196,37 @@ def test_the_privacy_report_reads_the_ledger_of_a_secure_dp_run(runs):
     result = CliRunner().invoke(main, ["privacy", "report", str(path), "--json", "--no-plot"])
     assert result.exit_code == 0, result.output
     assert str(round(metrics(path)[-1]["epsilon"], 3))[:4] in result.output
+
+
+def test_the_privacy_report_counts_rounds_from_1_as_the_run_does(runs):
+    path, result = runs["secure+dp"]
+    assert "round 1/2" in result.output and "round 2/2" in result.output
+    report = CliRunner().invoke(main, ["privacy", "report", str(path), "--json", "--no-plot"])
+    assert [row["round"] for row in json.loads(report.output)["per_round"]] == [1, 2]
+    text = CliRunner().invoke(main, ["privacy", "report", str(path), "--no-plot"]).output
+    assert [line.split()[0] for line in text.splitlines() if line[:5].strip().isdigit()] == ["1", "2"]
+
+
+def test_the_noise_multiplier_a_run_prints_gives_its_epsilon_back(runs):
+    """`codream run` and `codream privacy epsilon` mean the same thing by "noise multiplier"."""
+    path, result = runs["secure+dp"]
+    m = re.search(
+        r"noise multiplier (\S+) per round \(z_eff; each of its (\d+) releases (\S+)\)", result.output
+    )
+    assert m, result.output
+    z_round, releases, z_release = m.group(1), m.group(2), m.group(3)
+    spent = metrics(path)[-1]["epsilon"]
+    common = ["privacy", "epsilon", "--sample-rate", "1", "--rounds", "2", "--json"]
+    by_round = CliRunner().invoke(main, [*common, "--noise-multiplier", z_round])
+    assert json.loads(by_round.output)["epsilon"]["rdp"] == pytest.approx(spent, rel=1e-3)
+    per_release = ["--release-noise-multiplier", z_release, "--releases-per-round", releases]
+    by_release = CliRunner().invoke(main, [*common, *per_release])
+    assert json.loads(by_release.output)["epsilon"]["rdp"] == pytest.approx(spent, rel=1e-3)
+    # The round's value with the round's releases would count the releases twice: refused, not wrong.
+    mixed = CliRunner().invoke(
+        main, [*common, "--noise-multiplier", z_round, "--releases-per-round", releases]
+    )
+    assert mixed.exit_code == 2 and "--release-noise-multiplier" in mixed.output
 
 
 def test_a_resumed_secure_run_equals_the_unbroken_one(runs, tmp_path):

@@ -10,8 +10,8 @@ import pytest
 from codream.aggregation import VectorSpec, create_aggregator
 from codream.exceptions import ConfigError, PrivacyBudgetExceeded
 from codream.privacy.accountant import Mechanism
-from codream.privacy.client_ledger import client_round_event
 from codream.privacy.calibration import epsilon_for
+from codream.privacy.client_ledger import client_round_event
 
 SPECS = [VectorSpec.dream_gradient(j, 2048, 1.0) for j in range(3)] + [VectorSpec.soft_labels(80, 0.5)]
 PARTICIPANTS = list(range(6))

@@ -52,7 +52,7 @@ def test_epsilon_reports_both_accountants_for_the_reference_point():
 def test_epsilon_composes_the_releases_of_a_round_into_one_event():
     res = _invoke(
         "epsilon",
-        "--noise-multiplier",
+        "--release-noise-multiplier",
         "2.0",
         "--sample-rate",
         "0.1",
@@ -90,7 +90,7 @@ def test_plan_round_trips_through_epsilon_over_one_clients_participations_unampl
     assert out["sample_rate"] == 1.0 and out["steps"] == 12 and out["mechanism"] == "integer"
     back = _invoke(
         "epsilon",
-        "--noise-multiplier",
+        "--release-noise-multiplier",
         str(plan["per_release_noise_multiplier"]),
         "--rounds",
         "12",

@@ -561,13 +561,16 @@ def _names(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
 
-def federation_command(name: str, *, default_out: str | None, prog: str | None) -> Any:
+def federation_command(name: str, *, default_out: str | None = None, prog: str | None) -> Any:
     """The click command of this benchmark, for `benchmarks/federation.py` and `codream bench federation`.
+
+    Without --out the results go to a fresh runs/bench/<UTC time>/federation.md, with --publish to the
+    published benchmarks/results/federation.md; the JSON of every run goes beside the markdown.
 
     Args:
         name: the command's name.
-        default_out: markdown file written when --out is not given (None: print only); the JSON of
-            every run goes beside it.
+        default_out: markdown file written when neither --out nor --publish is given (None: a fresh
+            folder under runs/bench/).
         prog: how the results file names the command that made it, before its arguments (the
             process's arguments after the first three); None: ``python <script>``, arguments after it.
     """
@@ -612,13 +615,22 @@ def federation_command(name: str, *, default_out: str | None, prog: str | None) 
         help="Override a size setting, e.g. --set dream.global_steps=60 --set samples_per_client=500.",
     )
     @click.option(
-        "--out", default=default_out, show_default=True, help="Markdown results file (JSON beside it)."
+        "--out",
+        default=default_out,
+        help="Markdown results file (JSON beside it) [default: runs/bench/<UTC time>/federation.md].",
+    )
+    @click.option(
+        "--publish", is_flag=True, help="Replace the published benchmarks/results/federation.md instead."
     )
     @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
     def command(
         size, full, dataset, data_dir, models, fedavg_model, alphas, seeds, methods, rounds, device, threads,
-        jobs, settings, out, as_json,
+        jobs, settings, out, publish, as_json,
     ) -> None:  # fmt: skip
+        from . import results_path
+
+        out = results_path("federation.md", out=out, publish=publish)
+        out.parent.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(threads)
         results = run_benchmark(
             size=override_size(SIZES["full" if full else size], settings),
@@ -638,8 +650,7 @@ def federation_command(name: str, *, default_out: str | None, prog: str | None) 
             ("python " + shlex.quote(sys.argv[0]), sys.argv[1:]) if prog is None else (prog, sys.argv[3:])
         )
         text = write_markdown(results, out, " ".join([head, *(shlex.quote(a) for a in args)]))
-        if out is not None:
-            Path(out).with_suffix(".json").write_text(json.dumps(results.to_dict(), indent=1, default=str))
+        out.with_suffix(".json").write_text(json.dumps(results.to_dict(), indent=1, default=str))
         click.echo(json.dumps(to_jsonable(results.to_dict()), indent=1) if as_json else text)
 
     return command

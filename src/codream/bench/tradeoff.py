@@ -2101,7 +2101,12 @@ def _command_line() -> str:
     type=click.Path(dir_okay=False),
     default=None,
     help="Markdown results file; the PNGs and JSON go beside it with the same stem "
-    "(default: benchmarks/results/tradeoff[_quick|_full].md).",
+    "(default: runs/bench/<UTC time>/tradeoff[_quick|_full].md, a fresh folder).",
+)
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="Replace the published results, benchmarks/results/tradeoff[_quick|_full].md, instead.",
 )
 def cli(
     size: str,
@@ -2115,15 +2120,17 @@ def cli(
     resume_json: str | None,
     as_json: bool,
     out: str | None,
+    publish: bool,
 ) -> None:
     """What privacy costs: accuracy and time per round against epsilon, cross-silo and cross-device."""
+    from . import results_path
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
-    out_path = (
-        Path(out)
-        if out
-        else Path("benchmarks/results") / ("tradeoff.md" if size == "cpu" else f"tradeoff_{size}.md")
+    out_path = results_path(
+        "tradeoff.md" if size == "cpu" else f"tradeoff_{size}.md", out=out, publish=publish
     )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     stem = out_path.with_suffix("")
     if from_json is not None:
         results = read_json(from_json)

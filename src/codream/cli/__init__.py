@@ -19,7 +19,9 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Any
+import warnings
+from pathlib import Path
+from typing import Any, TextIO
 
 import click
 
@@ -70,7 +72,13 @@ class CodreamClickException(click.ClickException):
 
 
 def _hint(exc: CodreamError) -> str:
-    """What would be right, for errors whose own message states only what went wrong."""
+    """What would be right, for errors whose own message states only what went wrong.
+
+    A command that knows more (`codream run` knows its run directory) attaches its own as ``exc.hint``.
+    """
+    own = getattr(exc, "hint", None)
+    if own:
+        return f" ({own})"
     if isinstance(exc, ProtocolAbort) and exc.reason is AbortReason.TOO_FEW_PEERS:
         return " (too few clients survived the round; lower --dropout or --threshold, or add --clients)"
     if isinstance(exc, ProtocolAbort):
@@ -116,6 +124,37 @@ class CodreamGroup(click.Group):
             raise CodreamClickException(exc) from None
 
 
+# Libraries whose warnings are about their internals (opacus's accountants divide by zero on purpose at
+# sample rate 1): they go to the log at INFO, so to a run's run.log and to the console with -v only.
+QUIET_LIBRARIES = ("opacus",)
+
+
+def _route_library_warnings() -> None:
+    """Send warnings raised inside `QUIET_LIBRARIES` to the log instead of stderr (once per process)."""
+    current = warnings.showwarning
+    if getattr(current, "_codream", False):
+        return
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        parts = Path(str(filename)).parts
+        if any(lib in parts for lib in QUIET_LIBRARIES):
+            logging.getLogger("codream.warnings").info(
+                "%s:%s: %s: %s", filename, lineno, category.__name__, message
+            )
+            return
+        current(message, category, filename, lineno, file, line)
+
+    showwarning._codream = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING
     if quiet:
@@ -129,8 +168,11 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler._codream = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # The console shows `level`; a run's log file may take more (see RunDir.logging_to).
+    handler.setLevel(level)
     root.addHandler(handler)
     root.setLevel(level)
+    _route_library_warnings()
 
 
 @click.group(
@@ -146,6 +188,6 @@ def main(verbose: int, quiet: bool) -> None:
     soft labels for them and distil that knowledge into their own models. Every client vector is summed
     through plain, secure (secure aggregation) or secure+dp (plus distributed DP noise) aggregation.
 
-    Start with `codream run` (a small secure federation on the embedded digits data).
+    Start with `codream run` (a small federation, plain aggregation, on the embedded digits data).
     """
     _setup_logging(verbose, quiet)

@@ -27,6 +27,7 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "AGGREGATIONS",
+    "MAX_SEED",
     "RUN_OPTIONS",
     "RunConfig",
     "RunOption",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 AGGREGATIONS = ("plain", "secure", "secure+dp")
+
+#: The largest seed every seeded component accepts (numpy's legacy seeding, used by the digits split).
+MAX_SEED = 2**32 - 1
 
 
 class CommaList(click.ParamType):
@@ -71,7 +75,7 @@ class OptionalInt(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
         if value is None or (isinstance(value, str) and value.lower() in {"none", "all", ""}):
             return None
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             self.fail(f"{value!r} is not an integer", param, ctx)
         try:
             return int(value)
@@ -144,7 +148,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "method",
         click.Choice(["conditional", "paper"]),
         None,
-        "CoDream variant: conditional (class-targeted dreams) or paper (learning-loop default).",
+        "CoDream variant: conditional (class-targeted dreams) or paper.",
     ),
     RunOption("rounds", click.IntRange(min=1), 3, "Federation rounds."),
     RunOption(
@@ -153,7 +157,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         60,
         "Local cross-entropy steps each client takes before the first round.",
     ),
-    RunOption("dream_batch", click.IntRange(min=1), None, "Dreams per round (learning-loop default)."),
+    RunOption("dream_batch", click.IntRange(min=1), None, "Dreams per round."),
     RunOption(
         "global_steps",
         click.IntRange(min=1),
@@ -164,13 +168,13 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "local_steps",
         click.IntRange(min=1),
         None,
-        "Local dream steps a client takes per global step (learning-loop default).",
+        "Local dream steps a client takes per global step.",
     ),
     RunOption(
         "dream_lr",
         click.FloatRange(min=0, min_open=True),
         None,
-        "Server's data-space learning rate for dreams (learning-loop default).",
+        "Server's data-space learning rate for dreams.",
     ),
     RunOption("kd_steps", click.IntRange(min=0), 30, "Distillation steps per client per round."),
     RunOption(
@@ -183,20 +187,20 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "kd_temperature",
         click.FloatRange(min=0, min_open=True),
         None,
-        "Distillation temperature (learning-loop default).",
+        "Distillation temperature.",
     ),
-    RunOption("kd_batch", click.IntRange(min=1), None, "Distillation batch size (learning-loop default)."),
+    RunOption("kd_batch", click.IntRange(min=1), None, "Distillation batch size."),
     RunOption(
         "kd_lr",
         click.FloatRange(min=0, min_open=True),
         None,
-        "Clients' learning rate for distillation and local steps (learning-loop default).",
+        "Clients' learning rate for distillation and local steps.",
     ),
     RunOption(
         "ce_ratio",
         click.FloatRange(min=0),
         None,
-        "Local cross-entropy steps per distillation step (learning-loop default).",
+        "Local cross-entropy steps per distillation step.",
     ),
     RunOption(
         "aggregation",
@@ -248,7 +252,12 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "Probability that a client drops at a random protocol stage (seeded).",
     ),
     RunOption("device", click.Choice(["auto", "cpu", "cuda"]), "auto", "Where models run."),
-    RunOption("seed", int, 0, "Seed for everything learned (data split, models, dreams, dropouts)."),
+    RunOption(
+        "seed",
+        click.IntRange(min=0, max=MAX_SEED),
+        0,
+        f"Seed for everything learned (data split, models, dreams, dropouts), 0 to {MAX_SEED}.",
+    ),
     RunOption(
         "threads",
         OptionalInt(),
@@ -370,6 +379,8 @@ class RunConfig:
             raise ConfigError(f"--samples-per-client must be at least 1, got {self.samples_per_client}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
         if not math.isfinite(self.alpha):
             raise ConfigError("--alpha must be finite; use --partition iid for an even split")
 
@@ -396,6 +407,37 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Options left unset (None) take the learning loop's own default: (dataclass, field) where it lives.
+_LOOP_DEFAULTS: dict[str, tuple[str, str]] = {
+    "method": ("FederationConfig", "method"),
+    "dream_batch": ("DreamConfig", "batch_size"),
+    "local_steps": ("DreamConfig", "local_steps"),
+    "dream_lr": ("DreamConfig", "lr"),
+    "kd_temperature": ("DistillConfig", "temperature"),
+    "kd_batch": ("DistillConfig", "batch_size"),
+    "kd_lr": ("DistillConfig", "lr"),
+    "ce_ratio": ("DistillConfig", "ce_ratio"),
+}
+
+
+def shown_default(key: str) -> str | None:
+    """The default `codream run --help` shows for `key`: its own, or the learning loop's when unset."""
+    import enum
+
+    from ..federation import config as loop
+
+    opt = _BY_KEY[key]
+    value = opt.default
+    if value is None and key in _LOOP_DEFAULTS:
+        cls_name, field_name = _LOOP_DEFAULTS[key]
+        value = getattr(getattr(loop, cls_name)(), field_name)
+    if value is None:
+        return None
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
 def run_options(command: Callable) -> Callable:
     """Decorate a click command with one option per `RUN_OPTIONS` entry (defaults stay in the table)."""
     for opt in reversed(RUN_OPTIONS):
@@ -405,13 +447,15 @@ def run_options(command: Callable) -> Callable:
         if opt.is_flag:
             command = click.option(*decls, is_flag=True, default=opt.default, help=opt.help)(command)
         else:
-            shown = opt.default if not isinstance(opt.default, tuple) else ",".join(opt.default)
+            shown = shown_default(opt.key)
+            loop_default = opt.default is None and shown is not None
             command = click.option(
                 *decls,
                 type=opt.type,
                 default=opt.default,
-                help=opt.help,
-                show_default=shown is not None,
+                # click shows a string default in parentheses, as a description; state the value instead
+                help=f"{opt.help}  [default: {shown}]" if loop_default else opt.help,
+                show_default=opt.default is not None,
             )(command)
     return command
 
@@ -455,10 +499,17 @@ def _convert(ctx: click.Context, key: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: key {key!r} must be a single value, got a list")
     if isinstance(value, bool) and opt.type is not bool:
         raise ConfigError(f"{source}: key {key!r} must not be true/false, got {value!r}")
+    if isinstance(value, float) and _wants_int(opt.type):
+        # click would truncate 2.5 to 2; a float where a count belongs is a mistake, not a request.
+        raise ConfigError(f"{source}: key {key!r} must be an integer, got {value!r}")
     try:
         return param.type_cast_value(ctx, value)
     except click.BadParameter as exc:
         raise ConfigError(f"{source}: key {key!r}: {exc.format_message()}") from None
+
+
+def _wants_int(kind: Any) -> bool:
+    return kind is int or isinstance(kind, click.types.IntParamType | OptionalInt)
 
 
 def resolve_run_config(

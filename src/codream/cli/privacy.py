@@ -2,14 +2,15 @@
 
     codream privacy plan --epsilon 8 --rounds 100 --participations 30 --releases-per-round 21
     codream privacy plan --epsilon 4 --granularity example --epochs 10 --batch-size 64 --data-size 1000
-    codream privacy epsilon --noise-multiplier 4.6 --rounds 30 --releases-per-round 21
+    codream privacy epsilon --noise-multiplier 1.0 --rounds 30
+    codream privacy epsilon --release-noise-multiplier 4.6 --releases-per-round 21 --rounds 30
     codream privacy report RUN_DIR [--json] [--plot PNG]
 
 Client-level DP is stated against the server, which knows every cohort: a client's epsilon composes
 the rounds it takes part in, unamplified by sampling, with the integer noise's Renyi curve (RDP only).
-
-Every command takes --json for machine-readable output. Bad input stops with one line and a non-zero
-exit status, never a traceback.
+A noise multiplier is always the round's (z_eff, one accounted event per round) unless its name says
+per release. Every command takes --json for machine-readable output. Bad input stops with one line and a
+non-zero exit status, never a traceback.
 """
 
 from __future__ import annotations
@@ -188,8 +189,14 @@ def plan_command(
 @click.option(
     "--noise-multiplier",
     type=_positive,
-    required=True,
-    help="Noise multiplier of each release (a round's z_eff is this / sqrt(releases per round)).",
+    help="The round's noise multiplier z_eff (one accounted event per round), as codream run and "
+    "codream privacy plan print it.",
+)
+@click.option(
+    "--release-noise-multiplier",
+    type=_positive,
+    help="Instead: the noise multiplier of each of the --releases-per-round releases; the round's "
+    "z_eff is this / sqrt(releases per round).",
 )
 @click.option(
     "--sample-rate",
@@ -210,28 +217,44 @@ def plan_command(
 @click.option(
     "--releases-per-round",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Vectors each round releases, all from the same cohort.",
+    default=None,
+    help="Vectors each round releases, all from the same cohort (with --release-noise-multiplier).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def epsilon_command(
-    noise_multiplier: float,
+    noise_multiplier: float | None,
+    release_noise_multiplier: float | None,
     sample_rate: float,
     rounds: int,
     noise: str,
     delta: float,
-    releases_per_round: int,
+    releases_per_round: int | None,
     as_json: bool,
 ) -> None:
-    """Epsilon spent by a client-level schedule, from each accountant that applies to the noise."""
+    """Epsilon spent by a client-level schedule, from each accountant that applies to the noise.
+
+    "Noise multiplier" means the round's, z_eff, here as everywhere in codream: the number `codream run`
+    prints and `privacy plan` plans. A round's releases share one cohort and compose into that one
+    event; give --release-noise-multiplier with --releases-per-round to start from each release's.
+    """
     from ..privacy.analysis.composition import effective_noise_multiplier
     from ..privacy.calibration import epsilon_for
 
+    if (noise_multiplier is None) == (release_noise_multiplier is None):
+        raise click.UsageError("give one of --noise-multiplier (the round's) or --release-noise-multiplier")
+    if noise_multiplier is not None and releases_per_round not in (None, 1):
+        raise click.UsageError(
+            "--noise-multiplier is the round's z_eff and already covers its releases; for the noise "
+            "of each release give --release-noise-multiplier with --releases-per-round"
+        )
+    releases = releases_per_round or 1
     results: dict[str, float] = {}
     refused: dict[str, str] = {}
     try:
-        z_eff = effective_noise_multiplier([noise_multiplier] * releases_per_round)
+        if release_noise_multiplier is not None:
+            z_eff = effective_noise_multiplier([release_noise_multiplier] * releases)
+        else:
+            z_eff = float(noise_multiplier)  # type: ignore[arg-type]
         for a in ACCOUNTANTS:
             try:
                 results[a] = epsilon_for(
@@ -249,8 +272,9 @@ def epsilon_command(
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     payload = {
-        "noise_multiplier": noise_multiplier,
-        "releases_per_round": releases_per_round,
+        "noise_multiplier": z_eff,
+        "release_noise_multiplier": release_noise_multiplier,
+        "releases_per_round": releases,
         "effective_noise_multiplier": z_eff,
         "noise": noise,
         "sample_rate": sample_rate,
@@ -262,9 +286,19 @@ def epsilon_command(
         },
         "refused": refused,
     }
+    if release_noise_multiplier is not None:
+        head = (
+            f"{rounds} rounds at sample rate {sample_rate:g}, {releases} releases of noise multiplier "
+            f"{release_noise_multiplier:g} per round ({noise} noise) -> one event per round with "
+            f"z_eff = {z_eff:.4f}"
+        )
+    else:
+        head = (
+            f"{rounds} rounds at sample rate {sample_rate:g}, round noise multiplier z_eff = {z_eff:.4f} "
+            f"({noise} noise)"
+        )
     lines = [
-        f"{rounds} rounds at sample rate {sample_rate:g}, {releases_per_round} releases of noise multiplier "
-        f"{noise_multiplier:g} per round ({noise} noise) -> one event per round with z_eff = {z_eff:.4f}",
+        head,
         *(f"  {a}: epsilon = {e:.4f} at delta = {delta:g}" for a, e in results.items()),
         *(f"  {a}: not applicable ({why})" for a, why in refused.items()),
     ]
@@ -293,7 +327,14 @@ def report_command(run_dir: Path, plot_path: Path | None, no_plot: bool, as_json
     text = report.to_text()
     if not no_plot:
         base = run_dir if run_dir.is_dir() else run_dir.parent
-        png = plot_budget(report, plot_path or base / "plots" / "privacy_budget.png")
+        target = plot_path or base / "plots" / "privacy_budget.png"
+        try:
+            png = plot_budget(report, target)
+        except OSError as exc:  # a read-only run directory, a full disk
+            raise click.ClickException(
+                f"cannot write the plot {target}: {exc.strerror or exc}; write it elsewhere with --plot "
+                f"PNG, or leave it out: `codream privacy report {run_dir} --no-plot`"
+            ) from None
         payload["plot"] = str(png)
         text += f"\nplot: {png}"
     _emit(as_json, payload, text)

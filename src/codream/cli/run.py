@@ -5,7 +5,11 @@ the run directory (so a bad model name or a missing data folder leaves nothing b
 rounds. After each round it writes the checkpoint first, then the round's line of metrics.jsonl and
 the privacy ledger, so `--resume RUN_DIR` picks up from the last round whose checkpoint is on disk
 and ends with the same numbers as an unbroken run. At the end it writes the final dreams, the plots
-and summary.json / summary.md, and prints where they are.
+and summary.json / summary.md, and prints where they are; everything it prints also goes to run.log.
+
+A run that stops early (an abort, a spent budget, a full disk, Ctrl-C, SIGTERM or SIGHUP) keeps what
+its finished rounds wrote, summary and plots included, and its last line names a command that goes on
+from there (see `codream.cli.hints`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ..exceptions import CodreamError, ConfigError
+from ..exceptions import CodreamError, ConfigError, PrivacyBudgetExceeded
 from ..rundir import LEDGER as LEDGER_FILE
 from ..rundir import RunDir, to_jsonable
 from .config import (
@@ -45,7 +49,12 @@ log = logging.getLogger(__name__)
 
 # Flags that may differ from the saved configuration when resuming: they change neither the numbers
 # nor the randomness of the rounds already run (`rounds` only extends the run).
-RESUMABLE_CHANGES = frozenset({"rounds", "device", "json", "out"})
+# `dropout` only simulates failures in the rounds still to run; each round's record keeps the value it ran
+# with, so a seeded dropout that aborts a round can be lowered for the rest.
+RESUMABLE_CHANGES = frozenset({"rounds", "dropout", "device", "json", "out"})
+
+# Where the lines a run prints are logged (to its run.log only; they are on the console already).
+CONSOLE_LOGGER = "codream.console"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,10 +213,13 @@ class PrivacyPlan:
                 f"{self.dp_steps} planned steps, target epsilon {_fmt_opt(self.target_epsilon)} at delta "
                 f"{self.delta:g} (GroupNorm models)"
             )
+        # The round's z_eff, the number `codream privacy epsilon --noise-multiplier` takes; its releases
+        # each carry sqrt(releases) times more (they compose into the one accounted event).
+        per_release = self.noise_multiplier * math.sqrt(self.releases_per_round)
         return (
-            f"secure+dp: noise multiplier {self.noise_multiplier:.4g} per round "
-            f"({self.releases_per_round} releases), target epsilon {_fmt_opt(self.target_epsilon)} "
-            f"at delta {self.delta:g}"
+            f"secure+dp: noise multiplier {self.noise_multiplier:.4g} per round (z_eff; each of its "
+            f"{self.releases_per_round} releases {per_release:.4g}), target epsilon "
+            f"{_fmt_opt(self.target_epsilon)} at delta {self.delta:g}"
         )
 
     def after_round(self, round_index: int) -> None:
@@ -437,6 +449,7 @@ class _Progress:
             self.inner, self.stage = None, None
         self.rounds.update(1)
         self._tqdm.write(line, file=stream)
+        logging.getLogger(CONSOLE_LOGGER).info(line)
 
     def close(self) -> None:
         if self.inner is not None:
@@ -513,6 +526,11 @@ def execute_run(
                 aggregator.load_state_dict(state["aggregator"])
             privacy.load_state_dict(state.get("privacy"))
             done = int(state["round"])
+        if rc.rounds < done:
+            raise ConfigError(
+                f"{rd.path} has finished {done} rounds; --rounds {rc.rounds} would undo some of them: "
+                f"give --rounds {done} or more"
+            )
         if privacy.ledger is not None:
             # The ledger file is the truth: a round charged after the last checkpoint stays charged.
             privacy.ledger.merge_file(rd.ledger_path)
@@ -531,7 +549,8 @@ def execute_run(
         rd = RunDir.create(out)
         rc = rc.replace(out=str(out))
         done = 0
-    rd.write_config(dump_toml(rc.to_dict()), federation=to_jsonable(fed_cfg))
+    if not resume or done < rc.rounds:  # a resume with nothing left to run changes no setting
+        rd.write_config(_config_toml(rc), federation=to_jsonable(fed_cfg))
     privacy.attach(rd.ledger_path)
     if hasattr(aggregator, "attach"):
         aggregator.attach(rd.path)  # each client's own ledger file, merged with what a crash left there
@@ -541,6 +560,9 @@ def execute_run(
         echo(privacy.describe())
 
     records = rd.read_metrics()
+    # The last finished round's dreams, kept aside: a round that aborts has already replaced the
+    # federation's own with its fresh, unfinished batch.
+    dreams = _finished_dreams(federation) if done else None
     bars = _Progress(rc.rounds, done, progress)
     failure: CodreamError | None = None
     try:
@@ -553,6 +575,8 @@ def execute_run(
             record = round_record(
                 metrics, round_number=r + 1, epsilon=privacy.epsilon(), delta=privacy.delta, seconds=seconds
             )
+            if rc.aggregation != "plain":
+                record["dropout"] = rc.dropout  # --resume may lower it for the rounds still to run
             # The checkpoint first: a round counts as finished once its state is on disk.
             rd.save_checkpoint(
                 {
@@ -564,6 +588,7 @@ def execute_run(
             )
             rd.append_metrics(record)
             records.append(record)
+            dreams = _finished_dreams(federation)
             bars.end_round(report_line(record, rc.rounds), stream)
     except CodreamError as exc:
         # Budget refused, or too few survivors: keep what the finished rounds earned, then say why.
@@ -571,12 +596,28 @@ def execute_run(
     finally:
         bars.close()
 
-    has_dreams = bool(records)
-    dreams = federation.last_dreams if has_dreams else None
-    outcome = _finish(rc, rd, records, privacy, device=device, dreams=dreams)
+    try:
+        outcome = _finish(rc, rd, records, privacy, device=device, dreams=dreams if records else None)
+    except CodreamError:
+        if failure is not None:  # say what stopped the run, not a later echo of it (a disk still full)
+            raise failure from None
+        raise
     if failure is not None:
         raise failure
     return outcome
+
+
+def _config_toml(rc: RunConfig) -> str:
+    """config.toml: every setting but the run directory, so `--config RUN_DIR/config.toml` runs anew."""
+    return dump_toml({k: v for k, v in rc.to_dict().items() if k != "out"})
+
+
+def _finished_dreams(federation: Any) -> tuple[Any, Any] | None:
+    """The dreams and soft labels of the federation's last finished round (None before the first)."""
+    try:
+        return federation.last_dreams
+    except ConfigError:
+        return None
 
 
 def _fmt_opt(value: float | None) -> str:
@@ -595,14 +636,16 @@ def _finish(
 ) -> RunOutcome:
     """Write the final dreams, the plots and summary.json / summary.md."""
     from .. import plots, report
+    from ..data import CLASS_NAMES
 
     files = {
         "config": "config.toml",
         "metrics": "metrics.jsonl",
+        "metrics_csv": "metrics.csv",
+        "log": "run.log",
         "summary_json": "summary.json",
         "summary_md": "summary.md",
         "accuracy_plot": "plots/accuracy.png",
-        "epsilon_plot": "plots/epsilon.png",
     }
     if rd.checkpoint_path.exists():
         files["checkpoint"] = "checkpoint.pt"
@@ -612,7 +655,7 @@ def _finish(
     if dreams is not None:
         x, y = dreams
         rd.save_dreams(x, y)
-        plots.plot_dreams(x, y, rd.plots_dir / "dreams.png")
+        plots.plot_dreams(x, y, rd.plots_dir / "dreams.png", class_names=CLASS_NAMES.get(rc.dataset))
         files["dreams"] = "dreams.pt"
         files["dreams_plot"] = "plots/dreams.png"
     plots.plot_accuracy(
@@ -621,13 +664,11 @@ def _finish(
         models=models,
         title=f"{rc.dataset}, {rc.clients} clients, {rc.aggregation}",
     )
-    plots.plot_epsilon(
-        records,
-        rd.plots_dir / "epsilon.png",
-        delta=privacy.delta,
-        target=privacy.target_epsilon,
-        note=None if privacy.enabled else f"no differential privacy (aggregation {rc.aggregation})",
-    )
+    if privacy.enabled:  # a run without DP spends no budget: no plot of it
+        plots.plot_epsilon(
+            records, rd.plots_dir / "epsilon.png", delta=privacy.delta, target=privacy.target_epsilon
+        )
+        files["epsilon_plot"] = "plots/epsilon.png"
     cfg = rc.to_dict() | {"client_models": models, "device": device}
     summary = report.summarise(cfg, records, privacy=privacy.summary(), files=files)
     summary["engine"] = rc.engine
@@ -659,6 +700,20 @@ def _execute_flower(
         )
     if rc.dropout > 0:
         raise ConfigError("--dropout is simulated by --engine simulation; on Flower, clients drop for real")
+    # What the Flower engine does not carry is refused before the run directory exists (so --out stays
+    # free for the corrected command), never silently dropped.
+    unsupported = {
+        "--graph harary": rc.graph != "complete",
+        f"--clients-per-round {rc.clients_per_round}": rc.clients_per_round not in (None, rc.clients),
+        f"--bank-size {rc.bank_size}": rc.bank_size > 0,
+    }
+    refused = [flag for flag, given in unsupported.items() if given]
+    if refused:
+        raise ConfigError(
+            f"{', '.join(refused)}: carried by --engine simulation only (the Flower engine masks over the "
+            "complete graph, runs every client in every round and keeps no dream bank); drop "
+            f"{'it' if len(refused) == 1 else 'them'} or use --engine simulation"
+        )
     try:
         from ..federation.flower.local import run_flower
     except ImportError as exc:
@@ -672,7 +727,7 @@ def _execute_flower(
         out = Path("runs") / _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     rd = RunDir.create(out)
     rc = rc.replace(out=str(out))
-    rd.write_config(dump_toml(rc.to_dict()), federation=to_jsonable(fed_cfg))
+    rd.write_config(_config_toml(rc), federation=to_jsonable(fed_cfg))
     echo(f"starting a Flower deployment with {rc.clients} SuperNodes (logs in {rd.path / 'flower' / 'logs'})")
     results = run_flower(
         fed_cfg,
@@ -750,6 +805,7 @@ def run_command(
             raise ConfigError("--resume reads the run's own config.toml; drop --config")
         RunDir.open(resume_dir)  # a precise error for a folder that holds no run
         saved = load_toml(Path(resume_dir) / "config.toml")
+        saved.pop("out", None)  # written by earlier versions; the run directory is where it is now
         changed = sorted(
             k
             for k in _typed_flags(ctx) - RESUMABLE_CHANGES
@@ -759,27 +815,51 @@ def run_command(
             raise ConfigError(
                 f"--resume cannot change {', '.join('--' + k.replace('_', '-') for k in changed)} "
                 "(the rounds already run used the saved values); "
-                "only --rounds, --device and --json may change"
+                "only --rounds, --dropout, --device and --json may change"
             )
         rc = resolve_run_config(ctx, params, saved, file_label=f"{resume_dir}/config.toml").replace(
             out=resume_dir
         )
-        try:
-            outcome = execute_run(rc, run_dir=resume_dir, resume=True, progress=progress)
-        except KeyboardInterrupt:
-            click.echo(f"\ninterrupted; continue with: codream run --resume {resume_dir}", err=True)
-            ctx.exit(130)
     else:
         file_values = load_toml(config_file) if config_file else None
         rc = resolve_run_config(ctx, params, file_values, file_label=config_file or "config")
         if rc.out is None:
             rc = rc.replace(out=str(Path("runs") / _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")))
-        try:
-            outcome = execute_run(rc, progress=progress)
-        except KeyboardInterrupt:
-            click.echo(f"\ninterrupted; continue with: codream run --resume {rc.out}", err=True)
-            ctx.exit(130)
+    outcome = _run_explained(ctx, rc, resume=resume_dir is not None, progress=progress)
     _print_outcome(outcome, as_json=rc.json)
+
+
+def _run_explained(ctx: click.Context, rc: RunConfig, *, resume: bool, progress: bool | None) -> RunOutcome:
+    """`execute_run`, with a run log, SIGTERM/SIGHUP handled as Ctrl-C, and a next step for every stop."""
+    from . import hints
+    from .signals import Terminated, stop_signals
+
+    stream = sys.stderr if rc.json else sys.stdout
+    console = logging.getLogger(CONSOLE_LOGGER)
+
+    def echo(line: str) -> None:
+        click.echo(line, file=stream)
+        console.info(line)
+
+    with stop_signals(), RunDir.logging_to(rc.out, loggers=("codream", CONSOLE_LOGGER)):
+        try:
+            return execute_run(
+                rc, run_dir=rc.out if resume else None, resume=resume, progress=progress, echo=echo
+            )
+        except KeyboardInterrupt as exc:
+            line = hints.interrupted_message(rc)
+            console.info(line)
+            click.echo("\n" + line, err=True)
+            ctx.exit(exc.exit_code if isinstance(exc, Terminated) else 130)
+        except CodreamError as exc:
+            if isinstance(exc, PrivacyBudgetExceeded):
+                done = len(RunDir(rc.out).read_metrics()) if rc.out else 0
+                stop: CodreamError = PrivacyBudgetExceeded(hints.budget_message(exc, round_number=done + 1))
+            else:
+                stop = exc
+            hints.attach(stop, hints.failure_hint(exc, rc))
+            console.info("Error: %s%s", stop, f" ({stop.hint})" if getattr(stop, "hint", None) else "")
+            raise stop from None
 
 
 def _differs(saved: Mapping[str, Any], key: str, typed_value: Any) -> bool:
@@ -804,7 +884,6 @@ def _print_outcome(outcome: RunOutcome, *, as_json: bool) -> None:
             line += f", epsilon {s['epsilon']:.2f} (delta {s['delta']:g})"
         click.echo(line)
     click.echo(f"report: {rd / 'summary.md'}")
-    click.echo(
-        f"plots:  {rd / 'plots' / 'accuracy.png'}, {rd / 'plots' / 'dreams.png'}, "
-        f"{rd / 'plots' / 'epsilon.png'}"
-    )
+    written = s.get("files", {})
+    shown = [rd / written[k] for k in ("accuracy_plot", "dreams_plot", "epsilon_plot") if k in written]
+    click.echo(f"plots:  {', '.join(map(str, shown))}")

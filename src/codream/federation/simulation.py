@@ -323,7 +323,7 @@ class Federation:
         self.round += 1
         log.info(
             "round %d: mean acc %.4f +- %.4f, coverage %d, confidence %.3f, %.1fs",
-            r,
+            r + 1,  # counted from 1, as codream run's lines and reports count rounds
             mean_acc,
             metrics.std_accuracy,
             metrics.class_coverage,

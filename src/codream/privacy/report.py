@@ -33,7 +33,10 @@ LEDGER_FILE = "privacy_ledger.json"
 
 @dataclass(frozen=True, slots=True)
 class BudgetRow:
-    """One round of the report. Fields that a granularity does not have are None."""
+    """One round of the report. Fields that a granularity does not have are None.
+
+    `round` counts from 1, as `codream run` counts rounds (the ledger file keeps its 0-based index).
+    """
 
     round: int
     epsilon: float
@@ -272,7 +275,7 @@ def _row(r: LedgerRound) -> BudgetRow:
     stds = [v for k, v in details.items() if k.startswith("dp_noise_std/")]
     max_client = max(r.client_epsilons, key=r.client_epsilons.__getitem__) if r.client_epsilons else None
     return BudgetRow(
-        round=r.round_index,
+        round=r.round_index + 1,
         epsilon=r.epsilon,
         epsilon_increment=r.epsilon_increment,
         noise_multiplier=event.noise_multiplier if event else details.get("noise_multiplier"),

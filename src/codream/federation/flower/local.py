@@ -65,7 +65,8 @@ def run_flower(
         config: the federation (its `num_clients` SuperNodes are started unless `num_supernodes`).
         aggregation: "plain" or "secure" ("secure+dp" is not carried by this engine yet).
         num_supernodes: how many SuperNodes to start (default and minimum: `config.num_clients`).
-        out_dir: results (flower-results.json, dreams.npz, progress.jsonl) and logs/ go here.
+        out_dir: results (flower-results.json, dreams.npz, progress.jsonl), logs/ (one log per
+            process, written as it runs) and the deployment's app/ and flwr-home/ go here.
         kill_node_at: kill one SuperNode mid-run (fault injection), see `KillAt`.
         rounds: number of rounds (default `config.rounds`).
         threshold: Shamir threshold (default: the secure aggregator's).
@@ -96,7 +97,9 @@ def run_flower(
     out.mkdir(parents=True, exist_ok=True)
     for stale in (RESULTS_FILE, "progress.jsonl", "dreams.npz", "trace.npz"):
         (out / stale).unlink(missing_ok=True)
-    workdir = out / "flower"
+    # The deployment's own folder is `out`: every process logs straight into out/logs, where a
+    # user is told to look, while the run goes on as well as after it.
+    workdir = out
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     run_config = {
@@ -133,21 +136,17 @@ def run_flower(
         proc = deployment.launch(app_dir)
         killed = None
         deadline = time.monotonic() + timeout
-        try:
-            if kill_node_at is not None:
-                _wait_for_progress(out / "progress.jsonl", kill_node_at, proc, deadline)
-                if proc.alive():
-                    deployment.kill_node(kill_node_at.node)
-                    killed = {
-                        "node": kill_node_at.node,
-                        "round": kill_node_at.round,
-                        "vector": kill_node_at.vector,
-                        "stage": kill_node_at.stage,
-                    }
-            deployment.wait_run(proc, timeout=max(1.0, deadline - time.monotonic()))
-        finally:
-            for name in ("superlink", "flwr-run", *[f"supernode-{i}" for i in range(n)]):
-                (logs / f"{name}.log").write_text(deployment.log_of(name))
+        if kill_node_at is not None:
+            _wait_for_progress(out / "progress.jsonl", kill_node_at, proc, deadline)
+            if proc.alive():
+                deployment.kill_node(kill_node_at.node)
+                killed = {
+                    "node": kill_node_at.node,
+                    "round": kill_node_at.round,
+                    "vector": kill_node_at.vector,
+                    "stage": kill_node_at.stage,
+                }
+        deployment.wait_run(proc, timeout=max(1.0, deadline - time.monotonic()))
         results_path = out / RESULTS_FILE
         if not results_path.exists():
             raise DeploymentError(f"the run ended without results; see {logs}")
