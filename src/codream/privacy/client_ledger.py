@@ -424,7 +424,10 @@ def load_client_ledgers(run_dir: str | Path) -> list[ClientLedger]:
 
 @dataclass(frozen=True, slots=True)
 class ClientRoundRow:
-    """After one round: how many clients it charged, and the largest and mean epsilon over all clients."""
+    """After one round: how many clients it charged, and the largest and mean epsilon over all clients.
+
+    `round` is the ledger's 0-based round index; reports print it counted from 1, like the run's lines.
+    """
 
     round: int
     charged: int

@@ -255,7 +255,7 @@ def _client_lines(summary: ClientBudgetSummary, shown: int = 10) -> list[str]:
         header = f"{'round':>5}  {'charged':>7}  {'max eps':>9}  {'mean eps':>9}"
         lines += ["", header, "-" * len(header)]
         lines += [
-            f"{r.round:>5}  {r.charged:>7d}  {r.max_epsilon:>9.4f}  {r.mean_epsilon:>9.4f}"
+            f"{r.round + 1:>5}  {r.charged:>7d}  {r.max_epsilon:>9.4f}  {r.mean_epsilon:>9.4f}"
             for r in summary.rounds
         ]
     lines.append("")
