@@ -204,7 +204,8 @@ def test_the_privacy_report_counts_rounds_from_1_as_the_run_does(runs):
     report = CliRunner().invoke(main, ["privacy", "report", str(path), "--json", "--no-plot"])
     assert [row["round"] for row in json.loads(report.output)["per_round"]] == [1, 2]
     text = CliRunner().invoke(main, ["privacy", "report", str(path), "--no-plot"]).output
-    assert [line.split()[0] for line in text.splitlines() if line[:5].strip().isdigit()] == ["1", "2"]
+    # Both tables, each client's ledger and the run's, count from 1.
+    assert [line.split()[0] for line in text.splitlines() if line[:5].strip().isdigit()] == ["1", "2"] * 2
 
 
 def test_the_noise_multiplier_a_run_prints_gives_its_epsilon_back(runs):

@@ -107,7 +107,8 @@ def test_a_budget_refusal_counts_rounds_from_1_and_suggests_a_run_that_plans_for
     result = invoke("run", "--resume", str(out), "--rounds", "2", "--no-progress")
     assert result.exit_code == 4, result.output
     line = one_error_line(result)
-    assert line.startswith("Error: round 2 would spend epsilon") and "over the target 8" in line
+    # Each client refuses the round its own budget cannot afford, and says so.
+    assert line.startswith("Error: client 0: round 2 would spend epsilon") and "over its target 8" in line
     assert "overspend" not in line  # the CLI has no such switch
     assert f"round 1 is saved in {out}" in line
     (command,) = hinted_commands(line)
@@ -360,7 +361,16 @@ def test_opacus_warnings_stay_out_of_the_output():
         warnings.simplefilter("always")
         warnings.showwarning = to_stderr  # what Python does outside pytest, which records warnings
         result = invoke(
-            "privacy", "epsilon", "--noise-multiplier", "0.3", "--sample-rate", "1", "--rounds", "2"
+            "privacy",
+            "epsilon",
+            "--noise-multiplier",
+            "0.3",
+            "--sample-rate",
+            "1",
+            "--rounds",
+            "2",
+            "--noise",
+            "gaussian",  # PRV applies to Gaussian noise only
         )
     assert result.exit_code == 0, result.output
     assert "Warning" not in result.output and "opacus" not in result.output
