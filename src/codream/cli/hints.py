@@ -137,10 +137,11 @@ def _anew(rc: RunConfig, out: Path) -> str:
 
 
 def budget_message(exc: PrivacyBudgetExceeded, round_number: int) -> str:
-    """The ledger's refusal, its round counted from 1 as the run's lines count, without its advice.
+    """The refusal, its round counted from 1 as the run's lines count, without its advice.
 
     The ledger (the run's, or a client's own, whose refusal names the client) names a round by the
-    0-based index the loop gave it and may end with advice for library callers (an overspending switch the CLI does not have); `failure_hint` says what the CLI offers.
+    0-based index the loop gave it and may end with advice for library callers (an overspending
+    switch the CLI does not have); `failure_hint` says what the CLI offers.
     """
     text = re.sub(r"^(client \d+: )?round \d+ ", rf"\g<1>round {round_number} ", str(exc))
     cut = text.find(" Stop here")
