@@ -331,7 +331,6 @@ def _one_session(
         bits=bits,
         graph=GraphKind.COMPLETE if complete else GraphKind.HARARY,
         degree=0 if complete else k,
-        graph_seed=b"" if complete else os.urandom(32),
     )
     inputs = {cid: mask_words(seed.to_bytes(4, "big") + bytes(28), d, bits=bits) for cid in ids}
     schedule = DropoutSchedule({cid: Dropout(Stage.MASKED_INPUT, 0) for cid in dropped})

@@ -171,7 +171,6 @@ class InProcessSession:
         self.dropouts = dropouts or DropoutSchedule()
         self._signers = dict(signers or {})
         self._randbytes = randbytes
-        self._graph = config.neighbours()
         self._server: ServerState = start_server(config)
         self._clients: dict[int, ClientState] = {}
         self._live: set[int] = set()
@@ -207,7 +206,7 @@ class InProcessSession:
                 continue
             t0 = time.perf_counter()
             state, advert = start_client(
-                self.config, cid, signer=self._signers.get(cid), randbytes=self._randbytes, graph=self._graph
+                self.config, cid, signer=self._signers.get(cid), randbytes=self._randbytes
             )
             self.stats.client_seconds[cid] += time.perf_counter() - t0
             self._clients[cid] = state
@@ -219,7 +218,12 @@ class InProcessSession:
         self._next_vector = 0
 
     def aggregate(
-        self, vector: int, inputs: Mapping[int, np.ndarray], *, dropouts: Mapping[int, Stage] | None = None
+        self,
+        vector: int,
+        inputs: Mapping[int, np.ndarray],
+        *,
+        dropouts: Mapping[int, Stage] | None = None,
+        context: bytes = b"",
     ) -> SessionSum:
         """Rounds 2 and 3 for vector `vector`: mask, collect, unmask.
 
@@ -228,6 +232,8 @@ class InProcessSession:
             inputs: each client's encoded words (uint64, < 2^bits). Live clients without an entry
                 crash before sending y^j; entries of clients already gone are ignored.
             dropouts: extra crashes for this vector only, by client.
+            context: what every client computed vector j from (the broadcast it received), bound
+                into the masks and the consistency signatures; the server expects the same.
 
         Returns:
             The sum modulo 2^bits over the clients whose y^j arrived, and who they are.
@@ -247,12 +253,15 @@ class InProcessSession:
         def crashes(cid: int, stage: Stage) -> bool:
             return self.dropouts.drops_at(cid, stage, vector) or extra.get(cid) is stage
 
+        if not isinstance(self._server, ServerMaskedInput):
+            raise ConfigError(f"the session is over ({self._server.name}); no vector {vector}")
+        self._server = self._server.expect_context(context)
         for cid in sorted(self._live):
             if crashes(cid, Stage.MASKED_INPUT) or cid not in inputs:
                 self._live.discard(cid)
                 continue
             t0 = time.perf_counter()
-            state, message = self._clients[cid].submit(inputs[cid])
+            state, message = self._clients[cid].submit(inputs[cid], context)
             self.stats.client_seconds[cid] += time.perf_counter() - t0
             self._clients[cid] = state
             if message is not None:
