@@ -147,3 +147,20 @@ def test_session_config_refuses_what_the_bound_refuses():
                 verify_keys=keys,
                 **base,
             )
+
+
+@pytest.mark.parametrize(
+    ("n", "dropout", "corrupt", "k", "t"),
+    [
+        (20, 0.1, 0.1, 19, 12),
+        (100, 0.1, 0.0, 38, 21),
+        (100, 0.1, 0.1, 74, 49),
+        (1000, 0.1, 0.1, 150, 109),
+        (10000, 0.1, 0.1, 174, 127),
+        (10000, 0.3, 0.1, 1086, 662),
+        (10, 0.3, 0.0, 9, 6),
+    ],
+)
+def test_the_examples_of_secagg_primitives_section_7(n, dropout, corrupt, k, t):
+    p = choose_parameters(n, dropout_rate=dropout, corrupt_fraction=corrupt)
+    assert (p.k, p.threshold) == (k, t)

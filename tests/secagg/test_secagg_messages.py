@@ -200,6 +200,7 @@ BASE = dict(round_index=0, client_ids=(1, 2, 3, 4), threshold=3, vector_lengths=
         {"corrupt": 4},
         {"corrupt": -1},
         {"corrupt": 3},
+        {"corrupt": 2},
         {"min_survivors": 2},
         {"min_survivors": 5},
     ],

@@ -120,6 +120,13 @@ class SessionConfig:
             raise ConfigError(
                 f"min_survivors must lie in [threshold={self.threshold}, {n}], got {self.min_survivors!r}"
             )
+        if n_min < self.corrupt + 2:
+            # The server may learn the sum over the honest clients alive: at least n_min - c of
+            # them. With one, that sum is one client's input.
+            raise ConfigError(
+                f"min_survivors={n_min} with corrupt={self.corrupt} leaves a sum over a single honest "
+                f"client; need at least {self.corrupt + 2} survivors (more clients, or a larger threshold)"
+            )
         object.__setattr__(self, "min_survivors", n_min)
         if self.malicious:
             if len(self.verify_keys) != n or any(
