@@ -182,7 +182,8 @@ def test_a_fixed_rounding_seed_makes_a_round_reproducible():
 def test_the_server_seam_puts_corrupt_clients_and_n_min_into_the_session(n, options, corrupt, n_min):
     from codream.aggregation.server import ServerSeam
 
-    config = ServerSeam("secure", **options).session_config(round_index=0, participants=range(n), lengths=(3,))
+    seam = ServerSeam("secure", **options)
+    config = seam.session_config(round_index=0, participants=range(n), lengths=(3,))
     assert (config.corrupt, config.min_survivors) == (corrupt, n_min)
 
 
