@@ -173,6 +173,7 @@ def test_a_fixed_rounding_seed_makes_a_round_reproducible():
 @pytest.mark.parametrize(
     ("n", "options", "corrupt", "n_min"),
     [
+        (2, {}, 0, 2),  # two clients cannot tolerate a corrupt one
         (3, {}, 1, 3),  # t = 2 would let a sum hold one honest input next to the corrupt one
         (20, {}, 2, 11),
         (20, {"min_survivors": 15}, 2, 15),

@@ -107,7 +107,9 @@ class ServerSeam:
                     )
         if threshold is None:
             threshold = required_threshold(n, malicious=self.malicious)
-        corrupt = min(n - 1, math.ceil(self.corrupt_fraction * n))
+        # ceil(fraction * n) corrupt clients, but never so many that no sum could hold two honest
+        # inputs (a session of two clients cannot tolerate a corrupt one).
+        corrupt = min(n - 2, math.ceil(self.corrupt_fraction * n))
         # A sum must hold at least two honest inputs (SessionConfig refuses less).
         n_min = max(threshold, corrupt + 2, self.min_survivors or 0)
         return SessionConfig(
