@@ -51,7 +51,6 @@ class Harness:
         self.config = config
         self.signers = dict(signers or {})
         self.randbytes = DeterministicRandom(seed)
-        self.graph = config.neighbours()
         self.server: ServerState = start_server(config)
         self.clients: dict[int, ClientState] = {}
 
@@ -59,7 +58,7 @@ class Harness:
         out = {}
         for cid in self.config.client_ids if ids is None else ids:
             state, advert = start_client(
-                self.config, cid, signer=self.signers.get(cid), randbytes=self.randbytes, graph=self.graph
+                self.config, cid, signer=self.signers.get(cid), randbytes=self.randbytes
             )
             self.clients[cid] = state
             out[cid] = advert

@@ -35,7 +35,8 @@ def session(n: int, **overrides) -> dict:
         "bits": 32,
         "graph": "complete",
         "degree": 0,
-        "graph_seed": "",
+        "corrupt": 0,
+        "min_survivors": n // 2 + 1,
     }
     fields.update(overrides)
     return fields
@@ -50,7 +51,7 @@ def test_session_parameters_round_trip_through_the_wire():
         bits=40,
         graph=GraphKind.HARARY,
         degree=2,
-        graph_seed=bytes(range(32)),
+        min_survivors=4,
     )
     fields = decode(encode(Payload("session", {"session": session_fields(config)}))).fields["session"]
     assert session_from_fields(fields) == config
@@ -93,8 +94,9 @@ def test_a_session_past_the_nodes_max_clients_is_refused_before_anything_is_buil
         {"bits": "32"},
         {"graph": "star"},
         {"graph": ["complete"]},
-        {"graph_seed": "zz"},
-        {"graph_seed": "00" * 1000},
+        {"corrupt": "1"},
+        {"corrupt": 9},
+        {"min_survivors": 1},
         {"degree": None},
     ],
 )

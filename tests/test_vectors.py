@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from codream.crypto import aead, kdf, prg, shamir
-from codream.crypto.agreement import X25519KeyPair
+from codream.crypto.agreement import X25519KeyPair, check_public_key
 from codream.exceptions import AbortReason, ConfigError, DecryptionError, InvalidShare, ProtocolAbort
 from codream.secagg.encoding import FixedPointCodec, words_to_bytes
 
@@ -183,6 +183,19 @@ def check_x25519(case: dict) -> None:
             == bob.exchange(alice.public_bytes()).hex()
             == case["shared"]
         )
+    elif kind == "check_public_key":
+        public = bytes.fromhex(case["public"])
+        if case["error"] is None:
+            check_public_key(public)
+            return
+        with pytest.raises(ProtocolAbort) as info:
+            check_public_key(public)
+        assert case["error"] == f"ProtocolAbort.{info.value.reason.name}"
+        # Independently: every refused 32-byte key is non-canonical (u >= p, top bit included) or
+        # forces the all-zero secret.
+        if len(public) == 32 and int.from_bytes(public, "little") < 2**255 - 19:
+            with pytest.raises(ProtocolAbort):
+                X25519KeyPair.generate().exchange(public)
     else:
         pair = X25519KeyPair.from_private_bytes(bytes.fromhex(case["private"]))
         with pytest.raises(ProtocolAbort) as info:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from codream.crypto import aead, kdf, prg, shamir
-from codream.crypto.agreement import X25519KeyPair
+from codream.crypto.agreement import X25519KeyPair, check_public_key
 from codream.exceptions import CodreamError, DecryptionError, InvalidShare, ProtocolAbort
 from codream.secagg.encoding import FixedPointCodec, words_to_bytes
 
@@ -453,6 +453,30 @@ def x25519_vectors() -> dict:
                 "peer_public": point,
                 "error": f"ProtocolAbort.{reason}",
             }
+        )
+    # check_public_key: what a party refuses when a key is advertised, before anyone uses it. It
+    # also refuses non-canonical spellings of ordinary points, which exchange() accepts.
+    bob_public = bytes.fromhex(RFC7748_DH["bob_public"])
+    for comment, point in [
+        *LOW_ORDER,
+        ("31-byte key", "09" * 31),
+        (
+            "non-canonical: RFC 7748 Bob's key with the top bit set",
+            (bob_public[:31] + bytes([bob_public[31] | 0x80])).hex(),
+        ),
+        ("non-canonical: 9 + p", (9 + 2**255 - 19).to_bytes(32, "little").hex()),
+        ("RFC 7748 Alice's public key", RFC7748_DH["alice_public"]),
+        ("RFC 7748 Bob's public key", RFC7748_DH["bob_public"]),
+        ("base point 9", (9).to_bytes(32, "little").hex()),
+    ]:
+        try:
+            check_public_key(bytes.fromhex(point))
+        except ProtocolAbort as exc:
+            error = f"ProtocolAbort.{exc.reason.name}"
+        else:
+            error = None
+        cases.append(
+            {"comment": f"check: {comment}", "kind": "check_public_key", "public": point, "error": error}
         )
     return {
         "source": "RFC 7748 sections 5.2 and 6.1; low-order points of Curve25519 "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codream.crypto.agreement import X25519KeyPair
+from codream.crypto.agreement import LOW_ORDER_U, X25519KeyPair, check_public_key
 from codream.exceptions import AbortReason, ConfigError, ProtocolAbort
 
 # Points of small order on Curve25519 and their non-canonical encodings (the top bit is ignored
@@ -59,3 +59,33 @@ def test_wrong_length_private_keys_are_refused() -> None:
 def test_repr_shows_no_private_key() -> None:
     pair = X25519KeyPair.generate()
     assert pair.private_bytes().hex() not in repr(pair)
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_POINTS)
+def test_check_public_key_refuses_every_low_order_point_and_spelling(point: str) -> None:
+    with pytest.raises(ProtocolAbort) as info:
+        check_public_key(bytes.fromhex(point))
+    assert info.value.reason is AbortReason.INVALID_PUBLIC_KEY
+
+
+def test_check_public_key_accepts_real_keys_but_not_their_second_spelling() -> None:
+    for _ in range(50):
+        public = X25519KeyPair.generate().public_bytes()
+        check_public_key(public)
+        # X25519 ignores the top bit, so this is the same point under other bytes: a byte-level
+        # duplicate check would miss the reuse, so the non-canonical spelling is refused.
+        twin = public[:31] + bytes([public[31] | 0x80])
+        peer = X25519KeyPair.generate()
+        assert peer.exchange(twin) == peer.exchange(public)
+        with pytest.raises(ProtocolAbort):
+            check_public_key(twin)
+
+
+def test_the_low_order_list_is_exactly_the_points_x25519_maps_to_zero() -> None:
+    # Each listed u-coordinate gives the all-zero secret; u = 2 (an ordinary point) does not.
+    pair = X25519KeyPair.generate()
+    for u in LOW_ORDER_U:
+        with pytest.raises(ProtocolAbort):
+            pair.exchange(u.to_bytes(32, "little"))
+    assert pair.exchange((2).to_bytes(32, "little")) != bytes(32)
+    assert len(LOW_ORDER_U) == 5

@@ -168,3 +168,30 @@ def test_a_fixed_rounding_seed_makes_a_round_reproducible():
         for _ in range(2)
     ]
     np.testing.assert_array_equal(totals[0], totals[1])
+
+
+@pytest.mark.parametrize(
+    ("n", "options", "corrupt", "n_min"),
+    [
+        (2, {}, 0, 2),  # two clients cannot tolerate a corrupt one
+        (3, {}, 1, 3),  # t = 2 would let a sum hold one honest input next to the corrupt one
+        (20, {}, 2, 11),
+        (20, {"min_survivors": 15}, 2, 15),
+        (20, {"corrupt_fraction": 0.0}, 0, 11),
+    ],
+)
+def test_the_server_seam_puts_corrupt_clients_and_n_min_into_the_session(n, options, corrupt, n_min):
+    from codream.aggregation.server import ServerSeam
+
+    seam = ServerSeam("secure", **options)
+    config = seam.session_config(round_index=0, participants=range(n), lengths=(3,))
+    assert (config.corrupt, config.min_survivors) == (corrupt, n_min)
+
+
+def test_a_harary_request_too_small_for_a_sparse_graph_gets_the_complete_graphs_threshold():
+    from codream.aggregation.server import ServerSeam
+
+    config = ServerSeam("secure", graph="harary", dropout=0.1, malicious=True).session_config(
+        round_index=0, participants=range(20), lengths=(3,)
+    )
+    assert config.is_complete and config.corrupt == 2 and 2 * config.threshold > 20 + 2

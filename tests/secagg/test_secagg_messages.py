@@ -50,10 +50,13 @@ EXAMPLES: dict[str, Message] = {
     "advertise": _advert(),
     "advertise-unsigned": _advert(signed=False),
     "keys-broadcast": KeysBroadcast(((1, os.urandom(32)), (3, os.urandom(32))), (_advert(1), _advert(3))),
-    "share-keys": ShareKeys(4, ((1, os.urandom(100)), (2, b""))),
-    "shares-delivery": SharesDelivery(((1, os.urandom(90)),)),
-    "masked-input-13": MaskedInput(2, 1, 13, np.array([0, 1, 8191], dtype=np.uint64)),
-    "masked-input-64": MaskedInput(2, 0, 64, np.array([2**64 - 1, 0], dtype=np.uint64)),
+    "share-keys": ShareKeys(
+        4, ((1, os.urandom(100)), (2, b"")), ((1, (os.urandom(32), os.urandom(32))), (4, ()))
+    ),
+    "share-keys-no-commitments": ShareKeys(4, ((1, os.urandom(100)),)),
+    "shares-delivery": SharesDelivery(((1, os.urandom(90)),), ((1, (os.urandom(32),) * 4),)),
+    "masked-input-13": MaskedInput(2, 1, 13, np.array([0, 1, 8191], dtype=np.uint64), os.urandom(32)),
+    "masked-input-64": MaskedInput(2, 0, 64, np.array([2**64 - 1, 0], dtype=np.uint64), bytes(32)),
     "unmask-request": UnmaskRequest(5, (0, 2, 3), (1,)),
     "consistency-signature": ConsistencySignature(2, 0, os.urandom(64)),
     "consistency-proof": ConsistencyProof(0, ((1, os.urandom(64)), (2, os.urandom(64)))),
@@ -65,8 +68,8 @@ EXAMPLES: dict[str, Message] = {
 
 def _same(a: Message, b: Message) -> bool:
     if isinstance(a, MaskedInput):
-        return (a.sender, a.vector, a.bits) == (b.sender, b.vector, b.bits) and np.array_equal(
-            a.words, b.words
+        return (a.sender, a.vector, a.bits, a.context) == (b.sender, b.vector, b.bits, b.context) and (
+            np.array_equal(a.words, b.words)
         )
     return a == b
 
@@ -140,9 +143,12 @@ def test_a_flipped_byte_gives_invalid_message_or_a_message_with_exactly_those_by
         lambda: KeysBroadcast(((1, os.urandom(31)),), ()),
         lambda: KeysBroadcast((), ("advert",)),
         lambda: ShareKeys(1, ((2, "text"),)),
-        lambda: MaskedInput(1, 0, 8, np.array([256], dtype=np.uint64)),
-        lambda: MaskedInput(1, 0, 32, np.array([1], dtype=np.int64)),
-        lambda: MaskedInput(1, 0, 7, np.array([1], dtype=np.uint64)),
+        lambda: ShareKeys(1, (), ((2, (os.urandom(31),)),)),
+        lambda: SharesDelivery((), ((2, [os.urandom(32)]),)),
+        lambda: MaskedInput(1, 0, 8, np.array([256], dtype=np.uint64), bytes(32)),
+        lambda: MaskedInput(1, 0, 32, np.array([1], dtype=np.int64), bytes(32)),
+        lambda: MaskedInput(1, 0, 7, np.array([1], dtype=np.uint64), bytes(32)),
+        lambda: MaskedInput(1, 0, 8, np.array([1], dtype=np.uint64), bytes(31)),
         lambda: UnmaskRequest(2**32, (), ()),
         lambda: UnmaskRequest(0, [1], ()),
         lambda: ConsistencySignature(1, 0, os.urandom(63)),
@@ -157,7 +163,7 @@ def test_an_ill_typed_message_cannot_even_be_built(build):
 
 
 def test_a_masked_word_above_the_ring_is_refused_on_the_wire():
-    data = bytearray(MaskedInput(1, 0, 12, np.array([4095], dtype=np.uint64)).to_bytes())
+    data = bytearray(MaskedInput(1, 0, 12, np.array([4095], dtype=np.uint64), bytes(32)).to_bytes())
     data[-1] = 0xFF  # little-endian high byte of the last 2-byte word: 0xFFFF >= 2^12
     with pytest.raises(InvalidMessage):
         decode_message(bytes(data))
@@ -186,12 +192,17 @@ BASE = dict(round_index=0, client_ids=(1, 2, 3, 4), threshold=3, vector_lengths=
         {"bits": 7},
         {"bits": 65},
         {"round_index": -1},
-        {"graph": GraphKind.HARARY, "degree": 2},
-        {"graph": GraphKind.HARARY, "degree": 4, "graph_seed": bytes(32)},
-        {"graph": GraphKind.HARARY, "degree": 2, "graph_seed": bytes(32), "threshold": 4},
-        {"client_ids": (1, 2, 3, 4, 5), "graph": GraphKind.HARARY, "degree": 3, "graph_seed": bytes(32)},
+        {"graph": GraphKind.HARARY, "degree": 4},
+        {"graph": GraphKind.HARARY, "degree": 2, "threshold": 4},
+        {"client_ids": tuple(range(1, 11)), "graph": GraphKind.HARARY, "degree": 3, "threshold": 3},
         {"malicious": True},
         {"verify_keys": (bytes(32),) * 4},
+        {"corrupt": 4},
+        {"corrupt": -1},
+        {"corrupt": 3},
+        {"corrupt": 2},
+        {"min_survivors": 2},
+        {"min_survivors": 5},
     ],
     ids=str,
 )
@@ -208,7 +219,9 @@ def test_the_config_digest_changes_with_every_field():
         {"threshold": 2},
         {"vector_lengths": (6,)},
         {"bits": 33},
-        {"graph": GraphKind.HARARY, "degree": 2, "graph_seed": bytes(32)},
+        {"graph": GraphKind.HARARY, "degree": 2},
+        {"corrupt": 1},
+        {"min_survivors": 4},
     ]
     digests = {SessionConfig(**{**BASE, **v}).digest() for v in variants}
     assert len(digests) == len(variants) and base.digest() not in digests
@@ -226,13 +239,13 @@ def test_message_sizes_are_the_ones_the_spec_states(malicious):
     broadcasts = h.close()
     assert len(broadcasts[0].to_bytes()) == 10 + 36 * n + (n - 1) * (47 + 64 * J + sig)
     shares = h.deliver(broadcasts)
-    assert len(shares[0].to_bytes()) == 10 + (n - 1) * (48 + 140 * J)
+    assert len(shares[0].to_bytes()) == 14 + (n - 1) * (48 + 140 * J) + n * (8 + 64 * J)
     h.send(shares)
     deliveries = h.close()
-    assert len(deliveries[0].to_bytes()) == 6 + (n - 1) * (48 + 140 * J)
+    assert len(deliveries[0].to_bytes()) == 10 + (n - 1) * (56 + 204 * J)
     h.deliver(deliveries)
     masked = h.submit({c: np.zeros(length, dtype=np.uint64) for c in range(n)})
-    assert len(masked[0].to_bytes()) == 15 + length * 3
+    assert len(masked[0].to_bytes()) == 47 + length * 3
     h.send(masked)
     requests = h.close()
     assert len(requests[0].to_bytes()) == 14 + 4 * n

@@ -8,8 +8,6 @@ protocol code.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +16,8 @@ from hypothesis import strategies as st
 from codream.exceptions import AbortReason, ConfigError, ProtocolAbort
 from codream.secagg.client import Aborted, Completed
 from codream.secagg.config import GraphKind, SessionConfig
+from codream.secagg.keys import advertisement_digest, session_id
+from codream.secagg.messages import AdvertiseKeys
 from codream.secagg.runner import (
     Dropout,
     DropoutSchedule,
@@ -26,33 +26,75 @@ from codream.secagg.runner import (
     provision_signers,
     run_session,
 )
+from codream.secagg.server.r0_advertise_keys import prune
 from conftest import make_config
 from fakes import DeterministicRandom, Harness, plain_sum, random_words
 
 
 def _expected_complete(config: SessionConfig, schedule: DropoutSchedule):
     """For a complete graph: the survivors of each vector, or the vector at which the session aborts
-    (-1 for setup), following the protocol's rules with plain set arithmetic."""
-    t = config.threshold
+    (-1 for setup), following the protocol's rules with plain set arithmetic: n_min clients at
+    every step, t responders, and in malicious mode a quorum of more than (roster + c) / 2 alive
+    clients that sign."""
+    t, n_min = config.threshold, config.min_survivors
     ids = set(config.client_ids)
     present = {c for c in ids if not schedule.drops_at(c, Stage.ADVERTISE_KEYS)}
-    if len(present) < t:
+    if len(present) < n_min:
         return None, -1
+    quorum = config.quorum(len(present)) if config.malicious else 0
     shared = {c for c in present if not schedule.drops_at(c, Stage.SHARE_KEYS)}
-    if len(shared) < t:
+    if len(shared) < n_min:
         return None, -1
     active, sums = shared, []
     for j in range(config.num_vectors):
         alive = {c for c in active if not schedule.drops_at(c, Stage.MASKED_INPUT, j)}
-        if len(alive) < t:
+        if len(alive) < max(n_min, quorum):
             return sums, j
         signed = {
             c for c in alive if not (config.malicious and schedule.drops_at(c, Stage.CONSISTENCY_CHECK, j))
         }
-        if len(signed) < t:
+        if len(signed) < quorum:
             return sums, j
         responders = {c for c in signed if not schedule.drops_at(c, Stage.UNMASK, j)}
         if len(responders) < t:
+            return sums, j
+        sums.append(tuple(sorted(alive)))
+        active = responders
+    return sums, None
+
+
+def _expected_harary(config: SessionConfig, schedule: DropoutSchedule, adverts):
+    """For any graph: the survivors of each vector, or where the session aborts, recomputed from
+    the advertisements (which fix the session id, hence the graph) with plain set arithmetic: the
+    server's pruning, n_min, the quorum (malicious mode), t responders, and t responding holders
+    for every seed and key to rebuild."""
+    t, n_min = config.threshold, config.min_survivors
+    present = frozenset(adverts)
+    if len(present) < n_min:
+        return None, -1
+    roster = tuple(sorted((c, advertisement_digest(a)) for c, a in adverts.items()))
+    graph = config.neighbours(session_id(config.digest(), roster))
+    usable = prune(present, graph, t)
+    shared = prune(frozenset(c for c in usable if not schedule.drops_at(c, Stage.SHARE_KEYS)), graph, t)
+    if len(usable) < n_min or len(shared) < n_min:
+        return None, -1
+    quorum = config.quorum(len(present)) if config.malicious else 0
+    active, sums = shared, []
+    for j in range(config.num_vectors):
+        alive = {c for c in active if not schedule.drops_at(c, Stage.MASKED_INPUT, j)}
+        if len(alive) < max(n_min, quorum):
+            return sums, j
+        signed = {
+            c for c in alive if not (config.malicious and schedule.drops_at(c, Stage.CONSISTENCY_CHECK, j))
+        }
+        if len(signed) < quorum:
+            return sums, j
+        responders = {c for c in signed if not schedule.drops_at(c, Stage.UNMASK, j)}
+        if len(responders) < t:
+            return sums, j
+        if any(len(({u} | graph[u]) & responders) < t for u in alive):
+            return sums, j
+        if any(graph[v] & alive and len(graph[v] & responders) < t for v in shared - alive):
             return sums, j
         sums.append(tuple(sorted(alive)))
         active = responders
@@ -64,12 +106,19 @@ def sessions(draw, *, max_clients: int = 40, harary: bool | None = None, malicio
     n = draw(st.integers(3, max_clients))
     use_harary = draw(st.booleans()) if harary is None else harary
     use_harary = use_harary and n >= 5
+    corrupt = 0
     if use_harary:
+        # With no corrupt client the bound is exactly 0 from t = k/2 + 2 (graph.split_failure).
         degree = draw(st.integers(1, (n - 2) // 2)) * 2
-        holders = degree + 1
+        lowest, holders = degree // 2 + 2, degree + 1
     else:
         degree, holders = 0, n
-    t = draw(st.integers(2, holders))
+        corrupt = draw(st.integers(0, min(2, n - 2)))
+        # semi-honest: t > c; malicious: 2t > n + c (graph.exposure_failure on the complete graph)
+        lowest = (n + corrupt) // 2 + 1 if malicious else max(2, corrupt + 1)
+    t = draw(st.integers(lowest, holders))
+    lowest_n_min = max(t, corrupt + 2)
+    min_survivors = draw(st.integers(lowest_n_min, max(lowest_n_min, min(n, t + 2))))
     num_vectors = draw(st.integers(1, 3))
     lengths = tuple(draw(st.lists(st.integers(1, 12), min_size=num_vectors, max_size=num_vectors)))
     bits = draw(st.sampled_from([8, 13, 16, 32, 47, 64]))
@@ -82,7 +131,8 @@ def sessions(draw, *, max_clients: int = 40, harary: bool | None = None, malicio
         bits=bits,
         graph=GraphKind.HARARY if use_harary else GraphKind.COMPLETE,
         degree=degree,
-        graph_seed=draw(st.binary(min_size=32, max_size=32)) if use_harary else b"",
+        corrupt=corrupt,
+        min_survivors=min_survivors,
         malicious=malicious,
         verify_keys=verify_keys,
     )
@@ -102,16 +152,26 @@ def _inputs(config: SessionConfig, seed: int):
     return [{c: random_words(rng, n, config.bits) for c in config.client_ids} for n in config.vector_lengths]
 
 
-def _run(config, schedule, signers, seed):
+def _run(config, schedule, signers, seed, adverts=None):
+    """Run a whole session; `adverts`, if given, collects every advertisement sent."""
     inputs = _inputs(config, seed)
     session = InProcessSession(
         config, dropouts=schedule, signers=signers, randbytes=DeterministicRandom(seed)
     )
+    if adverts is not None:
+        send = session._send
+
+        def spy(cid, message):
+            if isinstance(message, AdvertiseKeys):
+                adverts[cid] = message
+            send(cid, message)
+
+        session._send = spy
     sums = []
     try:
         session.setup()
         for j in range(config.num_vectors):
-            sums.append(session.aggregate(j, inputs[j]))
+            sums.append(session.aggregate(j, inputs[j], context=b"round plan %d" % j))
     except ProtocolAbort as exc:
         return inputs, sums, exc
     return inputs, sums, None
@@ -122,14 +182,17 @@ def _run(config, schedule, signers, seed):
 def test_complete_graph_sums_are_exact_or_abort_exactly_when_fewer_than_t_remain(case):
     config, schedule, signers, seed = case
     inputs, sums, error = _run(config, schedule, signers, seed)
-    expected, abort_at = _expected_complete(config, schedule)
+    _check_against(*_expected_complete(config, schedule), inputs, sums, error, config)
+
+
+def _check_against(expected, abort_at, inputs, sums, error, config):
     if abort_at is None:
         assert error is None
     else:
         assert error is not None and error.reason is AbortReason.TOO_FEW_PEERS
         assert len(sums) == max(abort_at, 0)
     for j, s in enumerate(sums):
-        assert s.survivors == expected[j]
+        assert s.survivors == expected[j] and len(s.survivors) >= config.min_survivors
         np.testing.assert_array_equal(
             s.words, plain_sum(inputs[j], s.survivors, config.bits, config.vector_lengths[j])
         )
@@ -137,17 +200,20 @@ def test_complete_graph_sums_are_exact_or_abort_exactly_when_fewer_than_t_remain
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sessions(harary=True))
-def test_harary_graph_sums_are_exact_over_whoever_survives(case):
+def test_harary_graph_sums_are_exact_or_abort_exactly_when_some_secret_lacks_t_holders(case):
     config, schedule, signers, seed = case
-    inputs, sums, error = _run(config, schedule, signers, seed)
-    if error is not None:
-        assert error.reason is AbortReason.TOO_FEW_PEERS
-    for j, s in enumerate(sums):
-        assert len(s.survivors) >= config.threshold
-        assert not any(schedule.drops_at(c, Stage.MASKED_INPUT, j) for c in s.survivors)
-        np.testing.assert_array_equal(
-            s.words, plain_sum(inputs[j], s.survivors, config.bits, config.vector_lengths[j])
-        )
+    adverts = {}
+    inputs, sums, error = _run(config, schedule, signers, seed, adverts)
+    _check_against(*_expected_harary(config, schedule, adverts), inputs, sums, error, config)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sessions(max_clients=16, harary=True, malicious=True))
+def test_malicious_mode_on_harary_graphs_is_exact_or_aborts_cleanly_whatever_drops_where(case):
+    config, schedule, signers, seed = case
+    adverts = {}
+    inputs, sums, error = _run(config, schedule, signers, seed, adverts)
+    _check_against(*_expected_harary(config, schedule, adverts), inputs, sums, error, config)
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -155,13 +221,7 @@ def test_harary_graph_sums_are_exact_over_whoever_survives(case):
 def test_malicious_mode_sums_are_exact_with_dropouts_at_every_stage(case):
     config, schedule, signers, seed = case
     inputs, sums, error = _run(config, schedule, signers, seed)
-    expected, abort_at = _expected_complete(config, schedule)
-    assert (error is None) == (abort_at is None)
-    for j, s in enumerate(sums):
-        assert s.survivors == expected[j]
-        np.testing.assert_array_equal(
-            s.words, plain_sum(inputs[j], s.survivors, config.bits, config.vector_lengths[j])
-        )
+    _check_against(*_expected_complete(config, schedule), inputs, sums, error, config)
 
 
 @pytest.mark.parametrize(
@@ -247,12 +307,11 @@ def test_sums_are_exact_with_the_real_operating_system_randomness():
     config = SessionConfig(
         round_index=1,
         client_ids=tuple(range(10, 30)),
-        threshold=4,
+        threshold=5,
         vector_lengths=(64,),
         bits=64,
         graph=GraphKind.HARARY,
         degree=6,
-        graph_seed=os.urandom(32),
     )
     rng = np.random.default_rng(9)
     inputs = [{c: random_words(rng, 64, 64) for c in config.client_ids}]

@@ -8,7 +8,7 @@ ride at the end of `secure` releases and refuses a sum over fewer than n_min sur
 
 from __future__ import annotations
 
-import os
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -95,17 +95,23 @@ class ServerSeam:
         n = len(ids)
         if n < 2:
             raise ConfigError(f"secure aggregation needs at least 2 participants, got {n}")
-        kind, degree, seed, threshold = GraphKind.COMPLETE, 0, b"", self.threshold
+        kind, degree, threshold = GraphKind.COMPLETE, 0, self.threshold
         if self.graph is GraphKind.HARARY:
             params = choose_parameters(n, dropout_rate=self.dropout, corrupt_fraction=self.corrupt_fraction)
             if params.k < n - 1:
-                kind, degree, seed = GraphKind.HARARY, params.k, os.urandom(32)
+                # The graph itself is drawn from the session id (SessionConfig.neighbours).
+                kind, degree = GraphKind.HARARY, params.k
                 if threshold is None:
                     threshold = max(
                         params.threshold, required_threshold(degree + 1, malicious=self.malicious)
                     )
         if threshold is None:
             threshold = required_threshold(n, malicious=self.malicious)
+        # ceil(fraction * n) corrupt clients, but never so many that no sum could hold two honest
+        # inputs (a session of two clients cannot tolerate a corrupt one).
+        corrupt = min(n - 2, math.ceil(self.corrupt_fraction * n))
+        # A sum must hold at least two honest inputs (SessionConfig refuses less).
+        n_min = max(threshold, corrupt + 2, self.min_survivors or 0)
         return SessionConfig(
             round_index=round_index,
             client_ids=ids,
@@ -114,7 +120,8 @@ class ServerSeam:
             bits=self.bits,
             graph=kind,
             degree=degree,
-            graph_seed=seed,
+            corrupt=corrupt,
+            min_survivors=n_min if n_min <= n else None,
         )
 
     def plan(
@@ -141,7 +148,7 @@ class ServerSeam:
             session = self.session_config(
                 round_index=round_index, participants=ids, lengths=wire_lengths(self.mode, specs)
             )
-        n_min = max(session.threshold, self.min_survivors or session.threshold)
+        n_min = max(session.min_survivors, self.min_survivors or 0)
         if n_min > len(ids):
             raise ConfigError(f"min_survivors {n_min} exceeds the {len(ids)} participants")
         headroom: tuple[float, ...] = ()

@@ -1,6 +1,6 @@
 """What secure aggregation costs: seconds and bytes per client and for the server.
 
-For every (n clients, d words, dropout rate, graph) the benchmark reports
+For every (n clients, d words, dropout rate, graph, mode) the benchmark reports
 
 - **whole protocol** (`codream.secagg.runner`): per-client and server seconds and bytes of a real
   session in which round(dropout * n) clients, chosen by a seeded draw, crash after sharing their
@@ -19,10 +19,15 @@ For every (n clients, d words, dropout rate, graph) the benchmark reports
   the same number of neighbours, by calling Flower's own library functions (quantisation, ECDH key
   derivation, its mask generator, its modular arithmetic and serialisation).
 
+The two modes run the same sessions at the same (n, d, dropout, graph, k, t): semi-honest, and
+malicious (signed advertisements, the consistency quorum of `protocols/secagg.md` §5.5, with the
+corrupt count c = ceil(corrupt_fraction * n) in the session config); the report adds a table of
+malicious over semi-honest ratios. The single-client masking and PRG columns are the same code in
+both modes.
+
 Single-function timings are the best CPU time (`time.process_time`) of `repeats` runs, taken in
-turns; whole-session seconds are the runner's own wall-clock accounting, which on a loaded
-machine also counts time spent waiting for a core. The threshold comes from
-:func:`codream.secagg.graph.choose_parameters` with the given corrupt fraction.
+turns; whole-session seconds are the runner's own accounting, also CPU time, per party. The
+threshold comes from :func:`codream.secagg.graph.choose_parameters` with the given corrupt fraction.
 """
 
 from __future__ import annotations
@@ -47,9 +52,11 @@ from ..exceptions import ConfigError, ProtocolAbort
 from ..secagg.encoding import FixedPointCodec, words_from_bytes, words_to_bytes
 from ..secagg.graph import choose_parameters
 
-__all__ = ["FULL", "QUICK", "CostSettings", "cli", "hardware", "run", "to_markdown"]
+__all__ = ["FULL", "MODES", "QUICK", "CostSettings", "cli", "hardware", "mode_ratios", "run", "to_markdown"]
 
 _log = logging.getLogger(__name__)
+
+MODES = ("semi-honest", "malicious")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,7 @@ class CostSettings:
         ds: vector lengths in words.
         dropouts: fractions of clients that crash before sending their masked input.
         graphs: "complete" and/or "harary".
+        modes: "semi-honest" and/or "malicious".
         bits: ring width.
         corrupt_fraction: assumed colluding fraction, used to choose k and t.
         repeats: timings are the best of this many runs.
@@ -75,6 +83,7 @@ class CostSettings:
     ds: tuple[int, ...]
     dropouts: tuple[float, ...] = (0.0, 0.1, 0.3)
     graphs: tuple[str, ...] = ("complete", "harary")
+    modes: tuple[str, ...] = ("semi-honest", "malicious")
     bits: int = 32
     corrupt_fraction: float = 0.1
     repeats: int = 3
@@ -90,6 +99,8 @@ class CostSettings:
             raise ConfigError(f"dropout rates must lie in [0, 1), got {self.dropouts}")
         if set(self.graphs) - {"complete", "harary"}:
             raise ConfigError(f"graphs must be 'complete' or 'harary', got {self.graphs}")
+        if not self.modes or set(self.modes) - set(MODES):
+            raise ConfigError(f"modes must be among {MODES}, got {self.modes}")
         if self.repeats < 1:
             raise ConfigError("repeats must be >= 1")
 
@@ -300,10 +311,23 @@ class _SessionCost:
 
 
 def _session(
-    n: int, k: int, t: int, d: int, dropped: Sequence[int], bits: int, seed: int, repeats: int
+    n: int,
+    k: int,
+    t: int,
+    d: int,
+    dropped: Sequence[int],
+    bits: int,
+    seed: int,
+    repeats: int,
+    *,
+    malicious: bool = False,
+    corrupt: int = 0,
 ) -> _SessionCost:
     """Best of `repeats` sessions (seconds are minimised separately; bytes do not vary)."""
-    runs = [_one_session(n, k, t, d, dropped, bits, seed) for _ in range(repeats)]
+    runs = [
+        _one_session(n, k, t, d, dropped, bits, seed, malicious=malicious, corrupt=corrupt)
+        for _ in range(repeats)
+    ]
     best = runs[0]
     return _SessionCost(
         client_seconds=min(r.client_seconds for r in runs),
@@ -316,13 +340,23 @@ def _session(
 
 
 def _one_session(
-    n: int, k: int, t: int, d: int, dropped: Sequence[int], bits: int, seed: int
+    n: int,
+    k: int,
+    t: int,
+    d: int,
+    dropped: Sequence[int],
+    bits: int,
+    seed: int,
+    *,
+    malicious: bool = False,
+    corrupt: int = 0,
 ) -> _SessionCost:
     from ..secagg.config import GraphKind, SessionConfig
-    from ..secagg.runner import Dropout, DropoutSchedule, Stage, run_session
+    from ..secagg.runner import Dropout, DropoutSchedule, Stage, provision_signers, run_session
 
     ids = tuple(range(n))
     complete = k >= n - 1
+    verify_keys, signers = provision_signers(ids) if malicious else ((), None)
     config = SessionConfig(
         round_index=0,
         client_ids=ids,
@@ -331,11 +365,13 @@ def _one_session(
         bits=bits,
         graph=GraphKind.COMPLETE if complete else GraphKind.HARARY,
         degree=0 if complete else k,
-        graph_seed=b"" if complete else os.urandom(32),
+        corrupt=corrupt,
+        malicious=malicious,
+        verify_keys=verify_keys,
     )
     inputs = {cid: mask_words(seed.to_bytes(4, "big") + bytes(28), d, bits=bits) for cid in ids}
     schedule = DropoutSchedule({cid: Dropout(Stage.MASKED_INPUT, 0) for cid in dropped})
-    result = run_session(config, [inputs], dropouts=schedule)
+    result = run_session(config, [inputs], dropouts=schedule, signers=signers)
     total = result.sums[0]
     survivors = total.survivors
     expected = np.zeros(d, dtype=np.uint64)
@@ -390,10 +426,11 @@ def run(settings: CostSettings, *, progress: Callable[[str], None] | None = None
     """Measure every point of `settings`.
 
     Returns:
-        One JSON-ready dict per (n, d, dropout, graph), with the keys listed in the module
-        docstring's terms: k, threshold, method, client/server seconds and bytes, mask_s,
-        mask_fast_s, encode_s, prg_bound_s, mask_over_prg, mask_fast_over_prg, flower_mask_s,
-        flower_client_s, flower_over_ours (None without flwr), aborted (a reason or None).
+        One JSON-ready dict per (n, d, dropout, graph, mode), with the keys listed in the module
+        docstring's terms: mode, k, threshold, corrupt, method, client/server seconds and bytes,
+        mask_s, mask_fast_s, encode_s, prg_bound_s, mask_over_prg, mask_fast_over_prg,
+        flower_mask_s, flower_client_s, flower_over_ours (None without flwr), aborted (a reason or
+        None).
     """
     from ..secagg.graph import complete_graph, harary_graph
 
@@ -415,12 +452,11 @@ def run(settings: CostSettings, *, progress: Callable[[str], None] | None = None
                     corrupt_fraction=settings.corrupt_fraction,
                     complete=graph_name == "complete",
                 )
-                k, t = params.k, params.threshold
+                k, t, c = params.k, params.threshold, params.corrupt
                 graph = complete_graph(range(n)) if k >= n - 1 else harary_graph(range(n), k, seed=b"bench")
-                probes: dict[int, _SessionCost] = {}
-                aborted = None
+                probes: dict[tuple[str, int], _SessionCost] = {}
+                server_work: dict[int, float] = {}
                 for d in settings.ds:
-                    say(f"n={n} d={d} dropout={dropout} graph={graph_name} k={k} t={t}")
                     if k not in peers_cache:
                         peers_cache[k] = _Peers(k)
                     if (k, d) not in client_cache:
@@ -429,75 +465,135 @@ def run(settings: CostSettings, *, progress: Callable[[str], None] | None = None
                             _flower_client_seconds(k, d, max(1, repeats - 1)) if settings.flower else None
                         )
                     masking = client_cache[(k, d)]
-                    mask_s = masking.protocol
-                    prg_s = masking.prg
-                    flower = flower_cache[(k, d)]
-                    cost = None
                     method = "runner" if n * (k + 1) * d <= settings.full_session_words else "probe+measured"
-                    try:
-                        if method == "runner":
-                            cost = _session(n, k, t, d, dropped, bits, settings.seed, repeats)
-                        else:
-                            d0 = settings.probe_words
-                            for size in (d0, 2 * d0):
-                                if size not in probes:
-                                    probes[size] = _session(
-                                        n, k, t, size, dropped, bits, settings.seed, repeats
+                    for mode in settings.modes:
+                        say(f"n={n} d={d} dropout={dropout} graph={graph_name} k={k} t={t} mode={mode}")
+                        how = {"malicious": mode == "malicious", "corrupt": c}
+
+                        cost, aborted = None, None
+                        try:
+                            if method == "runner":
+                                cost = _session(n, k, t, d, dropped, bits, settings.seed, repeats, **how)
+                            else:
+                                d0 = settings.probe_words
+                                for size in (d0, 2 * d0):
+                                    if (mode, size) not in probes:
+                                        probes[(mode, size)] = _session(
+                                            n, k, t, size, dropped, bits, settings.seed, repeats, **how
+                                        )
+                                if d0 not in server_work:
+                                    server_work[d0] = _server_unmask_seconds(
+                                        graph, dropped, d0, bits, repeats
                                     )
-                            lo, hi = probes[d0], probes[2 * d0]
-                            slope = (d - d0) / d0
-                            small = _client_mask_seconds(peers_cache[k], d0, bits, micro).protocol
-                            server_small = _server_unmask_seconds(graph, dropped, d0, bits, repeats)
-                            server_full = _server_unmask_seconds(graph, dropped, d, bits, 1)
-                            cost = _SessionCost(
-                                client_seconds=lo.client_seconds + mask_s - small,
-                                client_bytes_sent=lo.client_bytes_sent
-                                + slope * (hi.client_bytes_sent - lo.client_bytes_sent),
-                                server_seconds=lo.server_seconds + server_full - server_small,
-                                server_bytes_sent=round(
-                                    lo.server_bytes_sent
-                                    + slope * (hi.server_bytes_sent - lo.server_bytes_sent)
-                                ),
-                                server_bytes_received=round(
-                                    lo.server_bytes_received
-                                    + slope * (hi.server_bytes_received - lo.server_bytes_received)
-                                ),
-                                survivors=lo.survivors,
+                                if d not in server_work:
+                                    server_work[d] = _server_unmask_seconds(graph, dropped, d, bits, 1)
+                                small = _client_mask_seconds(peers_cache[k], d0, bits, micro).protocol
+                                cost = _extrapolate(
+                                    probes[(mode, d0)],
+                                    probes[(mode, 2 * d0)],
+                                    (d - d0) / d0,
+                                    client_extra=masking.protocol - small,
+                                    server_extra=server_work[d] - server_work[d0],
+                                )
+                        except ProtocolAbort as exc:
+                            aborted = exc.reason.value
+                        rows.append(
+                            _row(
+                                n,
+                                d,
+                                dropout,
+                                graph_name,
+                                mode,
+                                params,
+                                dropped,
+                                method,
+                                aborted,
+                                cost,
+                                masking,
+                                flower_cache[(k, d)],
                             )
-                    except ProtocolAbort as exc:
-                        aborted = exc.reason.value
-                    row = {
-                        "n": n,
-                        "d": d,
-                        "dropout": dropout,
-                        "graph": graph_name,
-                        "k": k,
-                        "threshold": t,
-                        "dropped": len(dropped),
-                        "method": method,
-                        "aborted": aborted,
-                        "client_s": cost.client_seconds if cost else None,
-                        "client_bytes_sent": cost.client_bytes_sent if cost else None,
-                        "server_s": cost.server_seconds if cost else None,
-                        "server_bytes_sent": cost.server_bytes_sent if cost else None,
-                        "server_bytes_received": cost.server_bytes_received if cost else None,
-                        "mask_s": mask_s,
-                        "mask_fast_s": masking.fast,
-                        "key_agreement_s": masking.keys,
-                        "expand_s": masking.expand,
-                        "encode_s": masking.encode,
-                        "prg_bound_s": prg_s,
-                        "mask_over_prg": mask_s / prg_s,
-                        "mask_fast_over_prg": masking.fast / prg_s,
-                        "expand_over_prg": masking.expand / prg_s,
-                        "mask_over_prg_and_keys": mask_s / (prg_s + masking.keys),
-                        "flower_mask_s": flower[0] if flower else None,
-                        "flower_client_s": flower[1] if flower else None,
-                        "flower_over_ours": flower[1] / (mask_s + masking.encode) if flower else None,
-                        "flower_mask_over_ours": flower[0] / mask_s if flower else None,
-                    }
-                    rows.append(row)
+                        )
     return rows
+
+
+def _extrapolate(
+    lo: _SessionCost, hi: _SessionCost, slope: float, *, client_extra: float, server_extra: float
+) -> _SessionCost:
+    """A session at the full d from probes at d0 and 2 * d0: bytes are affine in d, and the
+    d-dependent seconds are the measured extra masking and unmasking work."""
+    return _SessionCost(
+        client_seconds=lo.client_seconds + client_extra,
+        client_bytes_sent=lo.client_bytes_sent + slope * (hi.client_bytes_sent - lo.client_bytes_sent),
+        server_seconds=lo.server_seconds + server_extra,
+        server_bytes_sent=round(lo.server_bytes_sent + slope * (hi.server_bytes_sent - lo.server_bytes_sent)),
+        server_bytes_received=round(
+            lo.server_bytes_received + slope * (hi.server_bytes_received - lo.server_bytes_received)
+        ),
+        survivors=lo.survivors,
+    )
+
+
+def _row(n, d, dropout, graph_name, mode, params, dropped, method, aborted, cost, masking, flower) -> dict:
+    mask_s, prg_s = masking.protocol, masking.prg
+    return {
+        "n": n,
+        "d": d,
+        "dropout": dropout,
+        "graph": graph_name,
+        "mode": mode,
+        "k": params.k,
+        "threshold": params.threshold,
+        "corrupt": params.corrupt,
+        "dropped": len(dropped),
+        "method": method,
+        "aborted": aborted,
+        "client_s": cost.client_seconds if cost else None,
+        "client_bytes_sent": cost.client_bytes_sent if cost else None,
+        "server_s": cost.server_seconds if cost else None,
+        "server_bytes_sent": cost.server_bytes_sent if cost else None,
+        "server_bytes_received": cost.server_bytes_received if cost else None,
+        "mask_s": mask_s,
+        "mask_fast_s": masking.fast,
+        "key_agreement_s": masking.keys,
+        "expand_s": masking.expand,
+        "encode_s": masking.encode,
+        "prg_bound_s": prg_s,
+        "mask_over_prg": mask_s / prg_s,
+        "mask_fast_over_prg": masking.fast / prg_s,
+        "expand_over_prg": masking.expand / prg_s,
+        "mask_over_prg_and_keys": mask_s / (prg_s + masking.keys),
+        "flower_mask_s": flower[0] if flower else None,
+        "flower_client_s": flower[1] if flower else None,
+        "flower_over_ours": flower[1] / (mask_s + masking.encode) if flower else None,
+        "flower_mask_over_ours": flower[0] / mask_s if flower else None,
+    }
+
+
+def mode_ratios(rows: Iterable[dict]) -> list[dict]:
+    """Malicious over semi-honest, for every (n, d, dropout, graph) measured in both modes and
+    finished in both: client seconds, client bytes sent, server seconds, server bytes received."""
+    by_point: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        by_point.setdefault((r["n"], r["d"], r["dropout"], r["graph"]), {})[r["mode"]] = r
+    out = []
+    for (n, d, dropout, graph), measured in by_point.items():
+        semi, mal = measured.get("semi-honest"), measured.get("malicious")
+        if not semi or not mal or semi["aborted"] or mal["aborted"]:
+            continue
+        out.append(
+            {
+                "n": n,
+                "d": d,
+                "dropout": dropout,
+                "graph": graph,
+                **{
+                    f"{key}_ratio": mal[key] / semi[key]
+                    for key in ("client_s", "client_bytes_sent", "server_s", "server_bytes_received")
+                },
+                "client_extra_bytes": mal["client_bytes_sent"] - semi["client_bytes_sent"],
+            }
+        )
+    return out
 
 
 def _fmt(value: object, kind: str = "") -> str:
@@ -514,7 +610,8 @@ def _fmt(value: object, kind: str = "") -> str:
 
 
 def to_markdown(rows: Iterable[dict], *, command: str, machine: dict[str, str]) -> str:
-    """The results as a Markdown document: how they were made, the table, and the targets."""
+    """The results as a Markdown document: how they were made, the whole-protocol table of both
+    modes, malicious over semi-honest, the masking table, and the targets."""
     rows = list(rows)
     lines = [
         "# Secure aggregation cost",
@@ -524,34 +621,75 @@ def to_markdown(rows: Iterable[dict], *, command: str, machine: dict[str, str]) 
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         "",
         "Method: see `codream.bench.secagg` (module docstring). *client* and *server*: whole-protocol",
-        "seconds and bytes for one vector (client: mean over the clients that sent their input). *mask*: one",
-        "client's masking of one vector in the protocol's code path (key agreement, HKDF, expansion and adds",
-        "for k neighbours plus the self mask). *keys*: the key agreement and HKDF part alone. *expand*:",
-        "expansion and adds alone, with `MaskAccumulator`. *PRG*: the bare AES-256-CTR keystream for the",
-        "same words and keys. *Flower*: a Flower SecAgg+ client's masking stage (quantise, mask, mod,",
-        "serialise) with the same neighbours; *Flower/ours* divides it by ours (encode, mask, serialise).",
+        "seconds and bytes for one vector (client: mean over the clients that sent their input), in",
+        "semi-honest and in malicious mode (signed keys and the consistency quorum; c corrupt clients",
+        "assumed), at the same n, d, dropout, graph, k and t.",
         "",
-        "| n | d | drop | graph | k | t | method | client | client MB sent | server | server MB recv | "
-        "mask | keys | expand | PRG | mask/PRG | expand/PRG | mask/(PRG+keys) | Flower | Flower/ours |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "## Whole protocol",
+        "",
+        "| n | d | drop | graph | k | t | c | mode | method | client | client MB sent | server "
+        "| server MB recv |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         client = _fmt(r["client_s"], "s") if not r["aborted"] else f"aborted ({r['aborted']})"
         lines.append(
             f"| {r['n']} | {r['d']:.0e} | {r['dropout']} | {r['graph']} | {r['k']} | {r['threshold']} | "
-            f"{r['method']} | {client} | {_fmt(r['client_bytes_sent'], 'MB')} | {_fmt(r['server_s'], 's')} | "
-            f"{_fmt(r['server_bytes_received'], 'MB')} | {_fmt(r['mask_s'], 's')} | "
+            f"{r['corrupt']} | {r['mode']} | {r['method']} | {client} | "
+            f"{_fmt(r['client_bytes_sent'], 'MB')} | "
+            f"{_fmt(r['server_s'], 's')} | {_fmt(r['server_bytes_received'], 'MB')} |"
+        )
+    ratios = mode_ratios(rows)
+    if ratios:
+        lines += [
+            "",
+            "## Malicious over semi-honest",
+            "",
+            "| n | d | drop | graph | client seconds | client bytes sent | extra bytes per client "
+            "| server seconds | server bytes recv |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for q in ratios:
+            lines.append(
+                f"| {q['n']} | {q['d']:.0e} | {q['dropout']} | {q['graph']} | "
+                f"{_fmt(q['client_s_ratio'], 'x')} | {q['client_bytes_sent_ratio']:.4f} | "
+                f"{q['client_extra_bytes']:,.0f} | {_fmt(q['server_s_ratio'], 'x')} | "
+                f"{q['server_bytes_received_ratio']:.4f} |"
+            )
+    # The single-client measurements do not depend on the mode or the dropout: one row per (n, d, k).
+    masking: dict[tuple, dict] = {}
+    for r in rows:
+        masking.setdefault((r["n"], r["d"], r["k"]), r)
+    lines += [
+        "",
+        "## Masking against the PRG bound and Flower",
+        "",
+        "*mask*: one client's masking of one vector in the protocol's code path (key agreement, HKDF,",
+        "expansion and adds for k neighbours plus the self mask). *keys*: the key agreement and HKDF part",
+        "alone. *expand*: expansion and adds alone, with `MaskAccumulator`. *PRG*: the bare AES-256-CTR",
+        "keystream for the same words and keys. *Flower*: a Flower SecAgg+ client's masking stage",
+        "(quantise, mask, mod, serialise) with the same neighbours; *Flower/ours* divides it by ours",
+        "(encode, mask, serialise).",
+        "",
+        "| n | d | k | mask | keys | expand | PRG | mask/PRG | expand/PRG | mask/(PRG+keys) | Flower "
+        "| Flower/ours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in masking.values():
+        lines.append(
+            f"| {r['n']} | {r['d']:.0e} | {r['k']} | {_fmt(r['mask_s'], 's')} | "
             f"{_fmt(r['key_agreement_s'], 's')} | {_fmt(r['expand_s'], 's')} | "
             f"{_fmt(r['prg_bound_s'], 's')} | "
             f"{_fmt(r['mask_over_prg'], 'x')} | {_fmt(r['expand_over_prg'], 'x')} | "
             f"{_fmt(r['mask_over_prg_and_keys'], 'x')} | {_fmt(r['flower_client_s'], 's')} | "
             f"{_fmt(r['flower_over_ours'], 'x')} |"
         )
+    points = list(masking.values())
 
     def count(key: str) -> str:
-        return f"{sum(r[key] <= 2.0 for r in rows)}/{len(rows)}"
+        return f"{sum(r[key] <= 2.0 for r in points)}/{len(points)}"
 
-    flower_rows = [r for r in rows if r["flower_over_ours"] is not None]
+    flower_rows = [r for r in points if r["flower_over_ours"] is not None]
     faster = [r for r in flower_rows if r["flower_over_ours"] > 1.0]
     lines += [
         "",
@@ -580,14 +718,31 @@ def to_markdown(rows: Iterable[dict], *, command: str, machine: dict[str, str]) 
     help="Session repeats (default: 3 quick, 1 full); single-function timings take at least 3.",
 )
 @click.option("--no-flower", is_flag=True, help="Skip Flower's SecAgg+ even when flwr is installed.")
-def cli(quick: bool, as_json: bool, output: str | None, repeats: int | None, no_flower: bool) -> None:
-    """Cost of secure aggregation: time and bytes by clients, vector size, dropout and graph."""
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(MODES),
+    multiple=True,
+    help="Protocol mode(s) to measure (repeatable; default both, side by side).",
+)
+def cli(
+    quick: bool,
+    as_json: bool,
+    output: str | None,
+    repeats: int | None,
+    no_flower: bool,
+    modes: tuple[str, ...],
+) -> None:
+    """Cost of secure aggregation: time and bytes by clients, vector size, dropout, graph and mode
+    (malicious against semi-honest at equal n, d and dropout)."""
     settings = QUICK if quick else FULL
     overrides: dict[str, object] = {}
     if repeats is not None:
         overrides["repeats"] = repeats
     if no_flower:
         overrides["flower"] = False
+    if modes:
+        overrides["modes"] = tuple(modes)
     if overrides:
         from dataclasses import replace
 

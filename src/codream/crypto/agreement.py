@@ -3,6 +3,11 @@
 A peer public key of a low-order point makes the shared secret all zeros whatever our private key
 is; a server relaying such a key could then predict the pairwise masks. Any wrong-length key and
 any all-zero result abort the protocol with ``AbortReason.INVALID_PUBLIC_KEY``.
+
+`check_public_key` refuses such keys up front (when they are advertised, before anyone relies on
+them), and also refuses non-canonical encodings: X25519 ignores the top bit and reduces the
+u-coordinate modulo p, so one point has several byte strings, and a byte-level duplicate check
+would miss a reused key written twice.
 """
 
 from __future__ import annotations
@@ -14,10 +19,40 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from ..exceptions import AbortReason, ConfigError, ProtocolAbort
 
-__all__ = ["KEY_LENGTH", "X25519KeyPair"]
+__all__ = ["KEY_LENGTH", "LOW_ORDER_U", "X25519KeyPair", "check_public_key"]
 
 KEY_LENGTH = 32
 _ZERO = bytes(KEY_LENGTH)
+_P = 2**255 - 19
+
+#: The canonical u-coordinates of the points of small order on Curve25519 and its twist (cofactors
+#: 8 and 4): 0 (order 2), 1 and p - 1 (order 4), and the two of order 8. X25519 maps each of them
+#: (and every non-canonical spelling of them) to the all-zero secret, whatever the private key.
+LOW_ORDER_U = frozenset(
+    {
+        0,
+        1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+        _P - 1,
+    }
+)
+
+
+def check_public_key(public: bytes) -> None:
+    """Refuse an X25519 public key that is malformed, non-canonical or of small order.
+
+    Raises:
+        ProtocolAbort: reason INVALID_PUBLIC_KEY when `public` is not 32 bytes, encodes a
+            u-coordinate >= p or with the top bit set, or is one of `LOW_ORDER_U`.
+    """
+    if not isinstance(public, bytes | bytearray | memoryview) or len(public) != KEY_LENGTH:
+        raise ProtocolAbort(AbortReason.INVALID_PUBLIC_KEY, "an X25519 public key is 32 bytes")
+    u = int.from_bytes(bytes(public), "little")
+    if u >= _P:
+        raise ProtocolAbort(AbortReason.INVALID_PUBLIC_KEY, "non-canonical X25519 public key")
+    if u in LOW_ORDER_U:
+        raise ProtocolAbort(AbortReason.INVALID_PUBLIC_KEY, "X25519 public key of small order")
 
 
 def _raw(key: X25519PrivateKey | X25519PublicKey) -> bytes:

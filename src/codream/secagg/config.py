@@ -7,19 +7,22 @@ into the session id, so two parties with different configs never agree on a key.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
 
 from ..exceptions import ConfigError
 
-__all__ = ["MAX_CLIENT_ID", "SUPPORTED_BITS", "GraphKind", "SessionConfig"]
+__all__ = ["MAX_CLIENT_ID", "SUPPORTED_BITS", "GraphKind", "SessionConfig", "graph_seed"]
 
 #: Client ids travel as unsigned 32-bit integers; the top value is reserved for the server.
 MAX_CLIENT_ID = 0xFFFFFFFE
 
 #: Ring widths the fixed-point codec and the AES-CTR mask expansion both support.
 SUPPORTED_BITS = frozenset(range(8, 65))
+
+_GRAPH_SEED_LABEL = b"codream/v1/graph-seed"
 
 
 class GraphKind(enum.Enum):
@@ -36,14 +39,26 @@ class SessionConfig:
     Attributes:
         round_index: the federation round this session serves; part of the session id.
         client_ids: the clients invited to the session, strictly increasing.
-        threshold: Shamir threshold t; also the least number of clients alive at every step.
+        threshold: Shamir threshold t: shares, out of a client's holders (its neighbours and
+            itself), that rebuild one of its secrets.
         vector_lengths: number of words of each planned vector, in the order they are summed.
         bits: words are summed modulo 2**bits.
         graph: complete (every client shares with every other) or Harary (each with `degree` others).
-        degree: neighbours per client in a Harary graph (ignored for complete graphs).
-        graph_seed: public randomness that fixes the Harary graph, so that all parties derive the same.
+        degree: neighbours per client in a Harary graph (ignored for complete graphs); even, or
+            n - 1 (which is the complete graph). The graph itself is drawn from the session id
+            (`neighbours`), so it is fixed only once every key is advertised.
+        corrupt: c, how many clients may collude with the server. The threshold and the graph are
+            checked against it, and malicious mode's consistency check needs a quorum of more than
+            (roster + c) / 2 signatures.
+        min_survivors: n_min, the fewest clients whose inputs a sum may hold; every client refuses
+            to unmask a vector with fewer alive. Default (and at least): the threshold.
         malicious: malicious-server mode: signed key advertisements and the consistency check.
         verify_keys: Ed25519 public keys of the clients (same order as `client_ids`), malicious mode only.
+
+    Raises:
+        ConfigError: any field out of range, or a combination that cannot be made sound (see
+            protocols/secagg.md §2): a threshold the corrupt clients could reach, a Harary graph
+            whose security bound misses 2^-40, too few clients for the quorum.
     """
 
     round_index: int
@@ -53,7 +68,8 @@ class SessionConfig:
     bits: int = 32
     graph: GraphKind = GraphKind.COMPLETE
     degree: int = 0
-    graph_seed: bytes = b""
+    corrupt: int = 0
+    min_survivors: int | None = None
     malicious: bool = False
     verify_keys: tuple[bytes, ...] = ()
 
@@ -62,43 +78,85 @@ class SessionConfig:
         object.__setattr__(self, "client_ids", ids)
         object.__setattr__(self, "vector_lengths", tuple(self.vector_lengths))
         object.__setattr__(self, "verify_keys", tuple(self.verify_keys))
+        for name in ("round_index", "threshold", "bits", "degree", "corrupt"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an int, got {value!r}")
         if not 0 <= self.round_index < 2**32:
             raise ConfigError(f"round_index must fit in 32 bits, got {self.round_index}")
         if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
             raise ConfigError(f"client ids must be ints, got {ids!r}")
         if list(ids) != sorted(set(ids)):
             raise ConfigError(f"client ids must be unique and increasing, got {ids!r}")
-        if len(ids) < 2:
-            raise ConfigError(f"a session needs at least 2 clients, got {len(ids)}")
+        n = len(ids)
+        if n < 2:
+            raise ConfigError(f"a session needs at least 2 clients, got {n}")
         if ids[0] < 0 or ids[-1] > MAX_CLIENT_ID:
             raise ConfigError(f"client ids must lie in [0, {MAX_CLIENT_ID}]")
         if not self.vector_lengths:
             raise ConfigError("a session needs at least one planned vector")
-        if len(self.vector_lengths) >= 2**32 or any(not 0 < n < 2**32 for n in self.vector_lengths):
+        if len(self.vector_lengths) >= 2**32 or any(not 0 < m < 2**32 for m in self.vector_lengths):
             raise ConfigError(f"vector lengths must be positive 32-bit counts, got {self.vector_lengths!r}")
         if self.bits not in SUPPORTED_BITS:
             raise ConfigError(f"bits must be in 8..64, got {self.bits}")
         if not isinstance(self.graph, GraphKind):
             raise ConfigError(f"graph must be a GraphKind, got {self.graph!r}")
-        # A threshold of 1 would hand every neighbour the secret itself.
-        holders = len(ids)
+        if not 0 <= self.corrupt < n:
+            raise ConfigError(f"corrupt must lie in [0, {n - 1}] for {n} clients, got {self.corrupt}")
         if self.graph is GraphKind.HARARY:
-            if not 2 <= self.degree < len(ids):
-                raise ConfigError(f"Harary degree must lie in [2, {len(ids) - 1}], got {self.degree}")
-            if self.degree % 2 and len(ids) % 2:
-                raise ConfigError(f"no {self.degree}-regular graph on {len(ids)} clients; use an even degree")
-            if len(self.graph_seed) != 32:
-                raise ConfigError("a Harary graph needs a 32-byte public graph_seed")
-            holders = self.degree + 1
-        if not 2 <= self.threshold <= holders:
+            if not 2 <= self.degree <= n - 1:
+                raise ConfigError(f"Harary degree must lie in [2, {n - 1}], got {self.degree}")
+            if self.degree % 2 and self.degree != n - 1:
+                # The ring argument behind the split bound (graph.split_failure) needs even k.
+                raise ConfigError(f"Harary degree must be even (or n - 1 = complete), got {self.degree}")
+        # A threshold of 1 would hand every holder the secret itself.
+        if not 2 <= self.threshold <= self.holders:
             raise ConfigError(
-                f"threshold must lie in [2, {holders}] (neighbours plus the client), got {self.threshold}"
+                f"threshold must lie in [2, {self.holders}] (neighbours and the client), got {self.threshold}"
             )
+        self._check_security()
+        n_min = self.threshold if self.min_survivors is None else self.min_survivors
+        if not isinstance(n_min, int) or isinstance(n_min, bool) or not self.threshold <= n_min <= n:
+            raise ConfigError(
+                f"min_survivors must lie in [threshold={self.threshold}, {n}], got {self.min_survivors!r}"
+            )
+        if n_min < self.corrupt + 2:
+            # The server may learn the sum over the honest clients alive: at least n_min - c of
+            # them. With one, that sum is one client's input.
+            raise ConfigError(
+                f"min_survivors={n_min} with corrupt={self.corrupt} leaves a sum over a single honest "
+                f"client; need at least {self.corrupt + 2} survivors (more clients, or a larger threshold)"
+            )
+        object.__setattr__(self, "min_survivors", n_min)
         if self.malicious:
-            if len(self.verify_keys) != len(ids) or any(len(k) != 32 for k in self.verify_keys):
+            if len(self.verify_keys) != n or any(
+                not isinstance(k, bytes) or len(k) != 32 for k in self.verify_keys
+            ):
                 raise ConfigError("malicious mode needs one 32-byte Ed25519 verify key per client")
+            if len(set(self.verify_keys)) != n:
+                raise ConfigError("malicious mode needs a distinct verify key per client")
         elif self.verify_keys:
             raise ConfigError("verify_keys are only used in malicious mode")
+
+    def _check_security(self) -> None:
+        """Refuse a threshold and graph that `corrupt` clients and the server could beat."""
+        from .graph import SECURITY_BITS, security_failure
+
+        n, t, c = self.num_clients, self.threshold, self.corrupt
+        failure = security_failure(n, self.effective_degree, t, c, malicious=self.malicious)
+        if failure <= 2.0**-SECURITY_BITS:
+            return
+        mode = "malicious" if self.malicious else "semi-honest"
+        if self.is_complete and self.malicious:
+            need = f"2t > n + c = {n + c} (t > {(n + c) // 2})"
+        elif self.is_complete:
+            need = f"t > c = {c}"
+        else:
+            need = "a larger threshold or degree (graph.choose_parameters picks one)"
+        raise ConfigError(
+            f"{mode} mode with n={n}, c={c}, {self.graph.value} graph k={self.effective_degree}, t={t}: "
+            f"security failure bound {failure:.3g} exceeds 2^-{SECURITY_BITS:g}; need {need}"
+        )
 
     @property
     def num_vectors(self) -> int:
@@ -108,19 +166,45 @@ class SessionConfig:
     def num_clients(self) -> int:
         return len(self.client_ids)
 
+    @property
+    def is_complete(self) -> bool:
+        """True for the complete graph, including a Harary graph of degree n - 1."""
+        return self.graph is GraphKind.COMPLETE or self.degree >= self.num_clients - 1
+
+    @property
+    def effective_degree(self) -> int:
+        """Neighbours per client: n - 1 on the complete graph, else `degree`."""
+        return self.num_clients - 1 if self.is_complete else self.degree
+
+    @property
+    def holders(self) -> int:
+        """How many clients hold shares of one client's secrets (its neighbours and itself)."""
+        return self.effective_degree + 1
+
+    def quorum(self, roster_size: int) -> int:
+        """Consistency signatures a client needs before unmasking (malicious mode): more than
+        (roster + c) / 2, so that two quorums share more than c signers, hence an honest one."""
+        return (roster_size + self.corrupt) // 2 + 1
+
     def verify_key(self, client_id: int) -> bytes:
         """The Ed25519 public key of `client_id` (malicious mode)."""
         return self.verify_keys[self.client_ids.index(client_id)]
 
-    def neighbours(self) -> dict[int, frozenset[int]]:
-        """Each client's neighbours (never itself), from H3's graph builders."""
-        from .graph import complete_graph, harary_graph
+    def neighbours(self, session_id: bytes | None = None) -> dict[int, frozenset[int]]:
+        """Each client's neighbours (never itself).
 
-        if self.graph is GraphKind.COMPLETE:
-            graph = complete_graph(self.client_ids)
-        else:
-            graph = harary_graph(self.client_ids, self.degree, seed=self.graph_seed)
-        return {u: frozenset(graph[u]) - {u} for u in self.client_ids}
+        A Harary graph is drawn from `graph_seed(session_id)`: the session id hashes every
+        advertised key, so the graph is fixed only after round 0 and the server cannot choose it
+        (protocols/secagg.md §5.0). The complete graph needs no session id.
+
+        Raises:
+            ConfigError: a Harary graph without a 32-byte session id.
+        """
+        if self.is_complete:
+            return dict(_graph(self.client_ids, 0, b""))
+        if not isinstance(session_id, bytes) or len(session_id) != 32:
+            raise ConfigError("a Harary graph is drawn from the 32-byte session id")
+        return dict(_graph(self.client_ids, self.degree, graph_seed(session_id)))
 
     def digest(self) -> bytes:
         """SHA-256 over a canonical encoding of every field, folded into the session id."""
@@ -132,6 +216,21 @@ class SessionConfig:
         h.update(b"".join(struct.pack(">I", n) for n in self.vector_lengths))
         graph = self.graph.value.encode()
         h.update(struct.pack(">B", len(graph)) + graph + struct.pack(">I", self.degree))
-        h.update(struct.pack(">B", len(self.graph_seed)) + self.graph_seed)
+        h.update(struct.pack(">II", self.corrupt, self.min_survivors))
         h.update(b"".join(self.verify_keys))
         return h.digest()
+
+
+@functools.lru_cache(maxsize=16)
+def _graph(ids: tuple[int, ...], degree: int, seed: bytes) -> dict[int, frozenset[int]]:
+    """The graph every party of a session derives (cached: in one process, each simulated client
+    would otherwise rebuild the same graph). Degree 0: complete. Callers copy the dict."""
+    from .graph import complete_graph, harary_graph
+
+    graph = complete_graph(ids) if degree == 0 else harary_graph(ids, degree, seed=seed)
+    return {u: frozenset(graph[u]) - {u} for u in ids}
+
+
+def graph_seed(session_id: bytes) -> bytes:
+    """The Harary graph's seed: SHA-256("codream/v1/graph-seed" || session id)."""
+    return hashlib.sha256(_GRAPH_SEED_LABEL + session_id).digest()

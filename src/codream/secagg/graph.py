@@ -29,17 +29,24 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "GRAPH_INFO",
+    "SECURITY_BITS",
     "GraphParameters",
     "choose_parameters",
     "complete_graph",
+    "correctness_failure",
+    "exposure_failure",
     "harary_graph",
     "is_connected",
+    "security_failure",
     "seeded_permutation",
+    "split_failure",
 ]
 
 _log = logging.getLogger(__name__)
 
 GRAPH_INFO = b"codream/v1/neighbour-graph"
+#: The security target `SessionConfig` holds every session to: failure probability <= 2^-40.
+SECURITY_BITS = 40.0
 
 Graph = dict[int, frozenset[int]]
 
@@ -159,49 +166,110 @@ class GraphParameters:
 
     Attributes:
         k: neighbours per client (n - 1 means the complete graph).
-        threshold: t, shares out of a client's k neighbours needed to rebuild its secrets.
-        security_failure: union bound on the chance that some client has so many corrupt
-            neighbours that its input could be exposed, or that the honest survivors split.
-        correctness_failure: union bound on the chance that some client keeps fewer than t
-            surviving neighbours.
+        threshold: t, shares out of a client's k + 1 holders (its neighbours and itself) needed
+            to rebuild one of its secrets.
+        corrupt: c = ceil(corrupt_fraction * n), the corrupt clients the bound assumes; pass it
+            to `SessionConfig.corrupt`.
+        security_failure: `security_failure(n, k, t, c, malicious)`.
+        correctness_failure: `correctness_failure(n, k, t, dropout_rate)`.
     """
 
     k: int
     threshold: int
+    corrupt: int = 0
     security_failure: float = 0.0
     correctness_failure: float = 0.0
 
 
-def _security_bound(n: int, k: int, t: int, dropout: float, corrupt: float) -> float:
-    """Union bound on a security failure with degree k and threshold t (see `choose_parameters`)."""
-    # Security 1: the server with c corrupt neighbours of an honest u can collect t shares of both
-    # of u's secrets only if 2t <= k + c (honest neighbours each reveal at most one of the two).
-    # u's neighbours are a uniform k-subset of the n - 1 others, ceil(γn) of them corrupt.
-    corrupt_total = min(n - 1, math.ceil(corrupt * n))
-    corrupt_tail = n * float(hypergeom.sf(2 * t - k - 1, n - 1, corrupt_total, k))
-    # Security 2: on the ring, the clients that are honest and alive stay connected unless k/2
-    # consecutive positions are all removed (corrupt or dropped); union bound over n windows.
-    removed = min(1.0, dropout + corrupt)
-    split = 0.0 if k >= n - 1 else n * removed ** (k // 2)
-    return min(1.0, corrupt_tail + split)
+def exposure_failure(n: int, k: int, t: int, corrupt: int, *, malicious: bool) -> float:
+    """Union bound on some honest client's corrupt holders being enough to expose it.
+
+    Client u's secrets are shared among its k neighbours and itself (t of k + 1 rebuild one).
+    X, the number of corrupt clients among its neighbours, is hypergeometric: k draws from the
+    n - 1 others, `corrupt` of them corrupt (on the complete graph X = corrupt exactly).
+
+    - Semi-honest (the server follows the protocol, so every holder sees the same lists): honest
+      holders reveal only the secret the lists call for; the other is exposed iff X >= t.
+    - Malicious: the bound also holds against a server that shows different lists to different
+      holders (the threshold does not rely on the consistency check alone). Each of the
+      k + 1 - X honest holders, u's own share included, reveals at most one of u's two secrets and
+      the X corrupt ones reveal both, so both reach t only if 2t <= (k + 1 - X) + 2X, i.e.
+      X >= 2t - k - 1.
+
+    Returns:
+        min(1, n * P[X >= m]) with m = t (semi-honest) or 2t - k - 1 (malicious).
+    """
+    m = 2 * t - k - 1 if malicious else t
+    tail = float(hypergeom.sf(m - 1, n - 1, min(corrupt, n - 1), k))
+    return min(1.0, n * tail)
 
 
-def _correctness_bound(n: int, k: int, t: int, dropout: float) -> float:
-    """Union bound on some client keeping fewer than t of its k neighbours."""
+def split_failure(n: int, k: int, t: int, corrupt: int) -> float:
+    """Union bound on the honest clients whose inputs are summed splitting into separate groups.
+
+    On the Harary ring (even k, offsets 1..k/2) the honest clients listed alive stay connected
+    unless some run of at least k/2 consecutive positions holds none of them. Take the honest
+    alive client p just before such a run: its seed can be rebuilt (else its input is hidden
+    anyway) only from t holders that reveal seed shares, and those are p itself, at most k/2
+    neighbours on its other side, and the corrupt clients among the k/2 positions of the run
+    (honest clients there are listed dropped and reveal nothing of p). So the run's first k/2
+    positions hold at least t - 1 - k/2 corrupt clients, Y ~ Hyp(n - 1, corrupt, k/2). This holds
+    for any dropout pattern, including one the server chooses, as long as every holder acts on
+    one set of lists (semi-honest mode, or malicious mode's consistency check). Zero on the
+    complete graph, where every pair of survivors shares a mask.
+
+    Returns:
+        min(1, n * P[Y >= t - 1 - k/2]), or 0 for k >= n - 1.
+    """
+    if k >= n - 1:
+        return 0.0
+    half = k // 2
+    tail = float(hypergeom.sf(t - 2 - half, n - 1, min(corrupt, n - 1), half))
+    return min(1.0, n * tail)
+
+
+def security_failure(n: int, k: int, t: int, corrupt: int, *, malicious: bool) -> float:
+    """Union bound on the server (with `corrupt` clients) learning more than the honest survivors'
+    sum: `exposure_failure` + `split_failure`. Decreases as t grows."""
+    return min(1.0, exposure_failure(n, k, t, corrupt, malicious=malicious) + split_failure(n, k, t, corrupt))
+
+
+def correctness_failure(n: int, k: int, t: int, dropout: float) -> float:
+    """Chance that some secret cannot be rebuilt, when each client drops independently with
+    probability `dropout`: on the complete graph, fewer than t of the n survive; on a Harary graph,
+    a union bound on some client keeping fewer than t surviving neighbours (a dropped client's
+    secret must be rebuilt from them alone)."""
+    if k >= n - 1:
+        return float(binom.cdf(t - 1, n, 1.0 - dropout))
     return min(1.0, n * float(binom.cdf(t - 1, k, 1.0 - dropout)))
 
 
-def _smallest_secure_threshold(n: int, k: int, dropout: float, corrupt: float, target: float) -> int | None:
-    """The least t in (k/2, k] whose security bound meets `target` (the bound falls as t grows)."""
-    lo, hi = k // 2 + 1, k
-    if _security_bound(n, k, hi, dropout, corrupt) > target:
+def _smallest_secure_threshold(
+    n: int, k: int, corrupt: int, target: float, upto: int | None = None
+) -> int | None:
+    """The least t in [2, min(upto, k + 1)] whose (malicious-mode) security bound meets `target`;
+    the bound falls as t grows, so one look at the top of the range rules a degree out."""
+    lo, hi = 2, k + 1 if upto is None else min(upto, k + 1)
+    if hi < lo or security_failure(n, k, hi, corrupt, malicious=True) > target:
         return None
     while lo < hi:
         mid = (lo + hi) // 2
-        if _security_bound(n, k, mid, dropout, corrupt) <= target:
+        if security_failure(n, k, mid, corrupt, malicious=True) <= target:
             hi = mid
         else:
             lo = mid + 1
+    return lo
+
+
+def _largest_correct_threshold(n: int, k: int, dropout: float, target: float) -> int:
+    """The largest t whose `correctness_failure` meets `target` (it grows with t), or 1."""
+    lo, hi = 1, k + 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if correctness_failure(n, k, mid, dropout) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
     return lo
 
 
@@ -216,26 +284,29 @@ def choose_parameters(
 ) -> GraphParameters:
     """Smallest degree k, and the smallest threshold t for it, that meet both failure targets.
 
-    The rule, for n clients of which each drops independently with probability δ
-    (`dropout_rate`) and a fraction γ (`corrupt_fraction`) colludes with the server; a random
-    ring placement makes the neighbours of a client a uniform sample, whose corrupt count is
-    follows the hypergeometric law (k draws from n - 1 others, ceil(γn) of them corrupt):
+    n clients, each dropping independently with probability δ (`dropout_rate`); the adversary
+    controls the server and c = ceil(γn) clients (`corrupt_fraction` γ). The random ring placement
+    makes a client's neighbours a uniform sample of the others.
 
-    - security: n * P[Hyp(k) >= 2t - k] + n * (δ + γ)^(k/2) <= 2^-security_bits. The first
-      term bounds the chance that some client's corrupt neighbours plus the honest ones that
-      each reveal one secret reach t for both secrets; the second that k/2 consecutive ring
-      positions are all corrupt or dropped, the only way the honest survivors of a Harary ring
-      can split into groups whose partial sums would be exposed;
-    - correctness: n * P[Bin(k, 1 - δ) < t] <= 2^-correctness_bits, i.e. every client keeps t
-      surviving neighbours.
+    - security: `security_failure(n, k, t, c, malicious=True)` <= 2^-security_bits (see
+      `exposure_failure` and `split_failure`: the owner's own share is counted, and neither term
+      depends on δ, so they hold when the server picks who "dropped"). The malicious-mode rule
+      is the stronger one (it holds even against a server that splits the holders' views), so
+      one choice serves both modes;
+    - correctness: `correctness_failure(n, k, t, δ)` <= 2^-correctness_bits.
 
-    k runs over even values 2, 4, ... and finally n - 1 (complete graph, where the split term
-    vanishes); t is the smallest value above k/2 meeting the security target, which leaves the
-    most room for dropouts. As in Bell et al. (2020), k grows like log n for fixed δ and γ.
-    Security is a hard requirement. Correctness is not: when no degree meets it (few clients,
-    high dropout), the complete graph with the smallest secure t is returned, with its
-    `correctness_failure` (the chance a session aborts for lack of survivors), and a warning is
-    logged.
+    k runs over even values 2, 4, ... and finally n - 1 (complete graph); t is the smallest value
+    meeting the security target, which leaves the most room for dropouts. As in Bell et al.
+    (2020), k grows like log n for fixed δ and γ. Security is a hard requirement. Correctness is
+    not: when no degree meets it (few clients, high dropout), the complete graph with its smallest
+    secure t is returned, with its `correctness_failure` (the chance a session aborts for lack of
+    survivors), and a warning is logged. Either way the threshold is valid for the graph returned:
+    a fallback to the complete graph gets the complete graph's threshold.
+
+    The graph is drawn from the session id, which the adversary can influence by choosing which
+    advertisements make the roster (or, for a corrupt client, its keys); an adversary that tries
+    2^g rosters raises the failure probability to at most 2^g times the bound, so security_bits
+    should cover that budget too.
 
     Args:
         n: number of clients, >= 2.
@@ -260,24 +331,29 @@ def choose_parameters(
         raise ConfigError(f"corrupt_fraction must be in [0, 1), got {corrupt_fraction}")
     if security_bits <= 0 or correctness_bits <= 0:
         raise ConfigError("security_bits and correctness_bits must be positive")
+    corrupt = math.ceil(corrupt_fraction * n)
+    if corrupt >= n:
+        raise ConfigError(f"corrupt_fraction={corrupt_fraction} leaves no honest client among {n}")
     security_target = 2.0**-security_bits
     correctness_target = 2.0**-correctness_bits
     candidates = [n - 1] if complete else list(range(2, n - 1, 2)) + [n - 1]
     # The smallest secure t is also the best for correctness (whose bound grows with t), so each
-    # degree needs only that one threshold checked.
+    # degree needs only that one threshold.
     for k in candidates:
-        t = _smallest_secure_threshold(n, k, dropout_rate, corrupt_fraction, security_target)
+        # Correctness caps t, security floors it: a degree works iff the floor is under the cap.
+        cap = _largest_correct_threshold(n, k, dropout_rate, correctness_target)
+        t = _smallest_secure_threshold(n, k, corrupt, security_target, upto=cap)
         if t is None:
             continue
-        correctness = _correctness_bound(n, k, t, dropout_rate)
+        correctness = correctness_failure(n, k, t, dropout_rate)
         if correctness <= correctness_target:
             return GraphParameters(
-                k, t, _security_bound(n, k, t, dropout_rate, corrupt_fraction), correctness
+                k, t, corrupt, security_failure(n, k, t, corrupt, malicious=True), correctness
             )
     # Too few clients for the correctness target: the complete graph with the smallest secure
     # threshold is the most dropout-tolerant secure choice; sessions then abort more often.
     k = n - 1
-    t = _smallest_secure_threshold(n, k, dropout_rate, corrupt_fraction, security_target)
+    t = _smallest_secure_threshold(n, k, corrupt, security_target)
     if t is None:
         raise ConfigError(
             f"no threshold meets 2^-{security_bits} security for n={n}, corrupt_fraction={corrupt_fraction}, "
@@ -286,8 +362,9 @@ def choose_parameters(
     params = GraphParameters(
         k,
         t,
-        _security_bound(n, k, t, dropout_rate, corrupt_fraction),
-        _correctness_bound(n, k, t, dropout_rate),
+        corrupt,
+        security_failure(n, k, t, corrupt, malicious=True),
+        correctness_failure(n, k, t, dropout_rate),
     )
     _log.warning(
         "n=%d, dropout_rate=%g: no degree meets 2^-%g correctness; complete graph, t=%d, abort bound %.3g",

@@ -17,12 +17,18 @@ from ..crypto.agreement import X25519KeyPair
 from ..crypto.kdf import pairwise_mask_key, self_mask_key
 from ..crypto.prg import MaskAccumulator, mask_words
 from ..crypto.shamir import SHARE_BYTES, Share
-from ..exceptions import AbortReason, InvalidShare, ProtocolAbort
+from ..exceptions import AbortReason, ConfigError, InvalidShare, ProtocolAbort
 from .messages import AdvertiseKeys
 
 __all__ = [
     "SECRET_BYTES",
+    "KEY_SHARE",
+    "SEED_SHARE",
+    "context_digest",
+    "mask_salt",
     "pairwise_key",
+    "share_commitment",
+    "share_commitments",
     "self_mask_key_for",
     "advertisement_digest",
     "decode_share_bundle",
@@ -41,6 +47,8 @@ __all__ = [
 #: Both shared secrets (an X25519 private key and a self-mask seed) are 32 bytes.
 SECRET_BYTES = 32
 _BUNDLE_LABEL = b"codream/v1/share-bundle"
+#: The two kinds of share, as they are numbered in share commitments.
+SEED_SHARE, KEY_SHARE = 0, 1
 
 
 def advertisement_digest(advert: AdvertiseKeys) -> bytes:
@@ -70,6 +78,59 @@ def seed_commitment(owner: int, vector: int, seed: bytes) -> bytes:
     rebuilt from shares, which the advertised public key does for mask keys.
     """
     return hashlib.sha256(b"codream/v1/seed-commitment" + struct.pack(">II", owner, vector) + seed).digest()
+
+
+def context_digest(context: bytes) -> bytes:
+    """SHA-256("codream/v1/context" || context): the 32 bytes a client binds its vector j to.
+
+    The context is whatever the round broadcast this client computed vector j from (dreams,
+    targets, plan), as the caller encodes it; b"" when there is none.
+    """
+    if not isinstance(context, bytes | bytearray | memoryview):
+        raise ConfigError(f"a context must be bytes, got {type(context).__name__}")
+    return hashlib.sha256(b"codream/v1/context" + bytes(context)).digest()
+
+
+def mask_salt(session: bytes, context: bytes) -> bytes:
+    """The HKDF salt of the pairwise masks of one vector: SHA-256 over the session id and the
+    client's context digest.
+
+    Two neighbours given different broadcasts derive different pairwise masks, which then do not
+    cancel: a sum over clients that saw different inputs is uniformly masked noise to the server,
+    so it cannot isolate a client by sending it alone a different input.
+    """
+    return hashlib.sha256(b"codream/v1/mask-salt" + session + context).digest()
+
+
+def share_commitment(
+    session: bytes, *, owner: int, holder: int, vector: int, kind: int, share: Share
+) -> bytes:
+    """SHA-256 commitment to one share, sent by its owner in round 1 and relayed to its holder.
+
+    The holder checks the share it decrypted against it; the server checks a revealed share
+    against it. A share is a uniform field element (t >= 2), so its hash reveals nothing usable.
+    """
+    return hashlib.sha256(
+        b"codream/v1/share-commitment"
+        + session
+        + struct.pack(">IIIB", owner, holder, vector, kind)
+        + share.to_bytes()
+    ).digest()
+
+
+def share_commitments(
+    session: bytes, owner: int, holder: int, shares: Sequence[tuple[Share, Share]]
+) -> tuple[bytes, ...]:
+    """The 2J commitments of one holder's bundle, in order: seed share then key share, per vector."""
+    out = []
+    for j, (seed_share, key_share) in enumerate(shares):
+        out.append(
+            share_commitment(session, owner=owner, holder=holder, vector=j, kind=SEED_SHARE, share=seed_share)
+        )
+        out.append(
+            share_commitment(session, owner=owner, holder=holder, vector=j, kind=KEY_SHARE, share=key_share)
+        )
+    return tuple(out)
 
 
 def share_holders(owner: int, neighbours: frozenset[int], present: frozenset[int]) -> tuple[int, ...]:
@@ -175,10 +236,13 @@ def masked_words(
     session: bytes,
     vector: int,
     bits: int,
+    salt: bytes | None = None,
 ) -> np.ndarray:
     """y = x + PRG(b^j) + sum_v sign(u, v) PRG(k_uv^j) mod 2^bits, over the peers masked with.
 
-    The masks are summed by `prg.MaskAccumulator`, which never widens a mask to uint64.
+    The self mask is keyed with the session id, the pairwise masks with `salt` (the vector's
+    `mask_salt`; default the session id). The masks are summed by `prg.MaskAccumulator`, which
+    never widens a mask to uint64.
 
     Raises:
         ProtocolAbort: INVALID_PUBLIC_KEY for a malformed or low-order peer key.
@@ -187,6 +251,6 @@ def masked_words(
     acc.add_words(words)
     acc.add_mask(self_mask_key_for(seed, session=session, vector=vector))
     for peer in sorted(peers):
-        key = pairwise_key(mask_key, peers[peer], session=session, vector=vector)
+        key = pairwise_key(mask_key, peers[peer], session=session if salt is None else salt, vector=vector)
         acc.add_mask(key, sign=mask_sign(own_id, peer))
     return acc.result()

@@ -321,18 +321,48 @@ class KeysBroadcast(Message):
 # --------------------------------------------------------------------------- round 1
 
 
+def _check_digest_lists(value: object, what: str) -> None:
+    """(id, tuple of 32-byte digests) pairs."""
+
+    def digests(v: object, w: str) -> None:
+        _check_tuple(v, w)
+        for d in v:  # type: ignore[union-attr]
+            _check_bytes(d, w, DIGEST_BYTES)
+
+    _check_pairs(value, what, digests)
+
+
+def _write_digest_lists(w: _Writer, pairs: tuple[tuple[int, tuple[bytes, ...]], ...]) -> None:
+    w.u32(len(pairs))
+    for cid, digests in pairs:
+        w.u32(cid)
+        w.u32(len(digests))
+        w.raw(b"".join(digests))
+
+
+def _read_digest_lists(r: _Reader) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
+    out = []
+    for _ in range(r.count(8)):
+        cid = r.u32()
+        out.append((cid, tuple(r.raw(DIGEST_BYTES) for _ in range(r.count(DIGEST_BYTES)))))
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class ShareKeys(Message):
     """Client -> server, round 1: one AES-GCM ciphertext per neighbour holding, for every vector,
-    the neighbour's shares of the sender's s_sk^j and b^j."""
+    the neighbour's shares of the sender's b^j and s_sk^j; and for every holder (the neighbours
+    and the sender itself) the 2J commitments to its shares (`keys.share_commitments`)."""
 
     KIND: ClassVar[MessageKind] = MessageKind.SHARE_KEYS
     sender: int
     ciphertexts: tuple[tuple[int, bytes], ...]
+    commitments: tuple[tuple[int, tuple[bytes, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         _check_id(self.sender, "sender")
         _check_pairs(self.ciphertexts, "ciphertexts", _check_bytes)
+        _check_digest_lists(self.commitments, "commitments")
 
     def _encode(self, w: _Writer) -> None:
         w.u32(self.sender)
@@ -340,33 +370,40 @@ class ShareKeys(Message):
         for recipient, blob in self.ciphertexts:
             w.u32(recipient)
             w.blob(blob)
+        _write_digest_lists(w, self.commitments)
 
     @classmethod
     def _decode(cls, r: _Reader) -> ShareKeys:
         sender = r.u32()
-        return cls(sender, tuple((r.u32(), r.blob()) for _ in range(r.count(8))))
+        ciphertexts = tuple((r.u32(), r.blob()) for _ in range(r.count(8)))
+        return cls(sender, ciphertexts, _read_digest_lists(r))
 
 
 @dataclass(frozen=True, slots=True)
 class SharesDelivery(Message):
-    """Server -> client, end of round 1: the ciphertexts addressed to the recipient, by sender. The
-    senders are exactly the neighbours the recipient must mask with."""
+    """Server -> client, end of round 1: the ciphertexts addressed to the recipient, by sender, and
+    each sender's commitments to the recipient's shares. The senders are exactly the neighbours the
+    recipient must mask with."""
 
     KIND: ClassVar[MessageKind] = MessageKind.SHARES_DELIVERY
     ciphertexts: tuple[tuple[int, bytes], ...]
+    commitments: tuple[tuple[int, tuple[bytes, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         _check_pairs(self.ciphertexts, "ciphertexts", _check_bytes)
+        _check_digest_lists(self.commitments, "commitments")
 
     def _encode(self, w: _Writer) -> None:
         w.u32(len(self.ciphertexts))
         for sender, blob in self.ciphertexts:
             w.u32(sender)
             w.blob(blob)
+        _write_digest_lists(w, self.commitments)
 
     @classmethod
     def _decode(cls, r: _Reader) -> SharesDelivery:
-        return cls(tuple((r.u32(), r.blob()) for _ in range(r.count(8))))
+        ciphertexts = tuple((r.u32(), r.blob()) for _ in range(r.count(8)))
+        return cls(ciphertexts, _read_digest_lists(r))
 
 
 # --------------------------------------------------------------------------- round 2
@@ -374,17 +411,21 @@ class SharesDelivery(Message):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class MaskedInput(Message):
-    """Client -> server, round 2 of vector j: the masked words y^j, packed little-endian."""
+    """Client -> server, round 2 of vector j: the masked words y^j, packed little-endian, and the
+    digest of the context (the broadcast) the client computed them from (`keys.context_digest`),
+    which keys its pairwise masks of this vector."""
 
     KIND: ClassVar[MessageKind] = MessageKind.MASKED_INPUT
     sender: int
     vector: int
     bits: int
     words: np.ndarray = field(repr=False)
+    context: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         _check_id(self.sender, "sender")
         _check_u32(self.vector, "vector")
+        _check_bytes(self.context, "context", DIGEST_BYTES)
         if self.bits not in SUPPORTED_BITS:
             raise InvalidMessage(f"bits {self.bits} not supported")
         if not isinstance(self.words, np.ndarray) or self.words.dtype != np.uint64 or self.words.ndim != 1:
@@ -395,18 +436,19 @@ class MaskedInput(Message):
     def _encode(self, w: _Writer) -> None:
         w.u32(self.sender)
         w.u32(self.vector)
+        w.raw(self.context)
         w.u8(self.bits)
         w.u32(self.words.size)
         w.raw(words_to_bytes(self.words, self.bits))
 
     @classmethod
     def _decode(cls, r: _Reader) -> MaskedInput:
-        sender, vector, bits = r.u32(), r.u32(), r.u8()
+        sender, vector, context, bits = r.u32(), r.u32(), r.raw(DIGEST_BYTES), r.u8()
         if bits not in SUPPORTED_BITS:
             raise InvalidMessage(f"bits {bits} not supported")
         count = r.count(word_bytes(bits))
         words = words_from_bytes(r.raw(count * word_bytes(bits)), bits, count)
-        return cls(sender, vector, bits, words)
+        return cls(sender, vector, bits, words, context)
 
 
 # --------------------------------------------------------------------------- round 3
@@ -430,11 +472,14 @@ class UnmaskRequest(Message):
             for cid in ids:
                 _check_id(cid, f"{name} id")
 
-    def signed_bytes(self, session_id: bytes) -> bytes:
-        """What a client signs in the consistency check: the session, the vector and both lists."""
+    def signed_bytes(self, session_id: bytes, context: bytes) -> bytes:
+        """What a client signs in the consistency check: the session, the vector, both lists, and
+        the digest of the context it computed vector j from."""
+        _check_bytes(context, "context", DIGEST_BYTES)
         w = _Writer(self.KIND)
         w.raw(b"codream/v1/consistency" + session_id)
         self._encode(w)
+        w.raw(context)
         return w.done()
 
     def _encode(self, w: _Writer) -> None:

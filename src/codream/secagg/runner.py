@@ -108,7 +108,10 @@ class DropoutSchedule:
 
 @dataclass(slots=True)
 class SessionStats:
-    """What a session cost: bytes on the wire and seconds of computation, per party."""
+    """What a session cost: bytes on the wire and seconds of computation, per party.
+
+    Seconds are CPU time of this process (`time.process_time`) spent in each party's steps, so a
+    loaded machine does not inflate them with time spent waiting for a core."""
 
     bytes_sent: dict[int, int]
     bytes_received: dict[int, int]
@@ -171,7 +174,6 @@ class InProcessSession:
         self.dropouts = dropouts or DropoutSchedule()
         self._signers = dict(signers or {})
         self._randbytes = randbytes
-        self._graph = config.neighbours()
         self._server: ServerState = start_server(config)
         self._clients: dict[int, ClientState] = {}
         self._live: set[int] = set()
@@ -205,11 +207,11 @@ class InProcessSession:
         for cid in self.config.client_ids:
             if self.dropouts.drops_at(cid, Stage.ADVERTISE_KEYS):
                 continue
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             state, advert = start_client(
-                self.config, cid, signer=self._signers.get(cid), randbytes=self._randbytes, graph=self._graph
+                self.config, cid, signer=self._signers.get(cid), randbytes=self._randbytes
             )
-            self.stats.client_seconds[cid] += time.perf_counter() - t0
+            self.stats.client_seconds[cid] += time.process_time() - t0
             self._clients[cid] = state
             self._live.add(cid)
             self._send(cid, advert)
@@ -219,7 +221,12 @@ class InProcessSession:
         self._next_vector = 0
 
     def aggregate(
-        self, vector: int, inputs: Mapping[int, np.ndarray], *, dropouts: Mapping[int, Stage] | None = None
+        self,
+        vector: int,
+        inputs: Mapping[int, np.ndarray],
+        *,
+        dropouts: Mapping[int, Stage] | None = None,
+        context: bytes = b"",
     ) -> SessionSum:
         """Rounds 2 and 3 for vector `vector`: mask, collect, unmask.
 
@@ -228,6 +235,8 @@ class InProcessSession:
             inputs: each client's encoded words (uint64, < 2^bits). Live clients without an entry
                 crash before sending y^j; entries of clients already gone are ignored.
             dropouts: extra crashes for this vector only, by client.
+            context: what every client computed vector j from (the broadcast it received), bound
+                into the masks and the consistency signatures; the server expects the same.
 
         Returns:
             The sum modulo 2^bits over the clients whose y^j arrived, and who they are.
@@ -247,13 +256,16 @@ class InProcessSession:
         def crashes(cid: int, stage: Stage) -> bool:
             return self.dropouts.drops_at(cid, stage, vector) or extra.get(cid) is stage
 
+        if not isinstance(self._server, ServerMaskedInput):
+            raise ConfigError(f"the session is over ({self._server.name}); no vector {vector}")
+        self._server = self._server.expect_context(context)
         for cid in sorted(self._live):
             if crashes(cid, Stage.MASKED_INPUT) or cid not in inputs:
                 self._live.discard(cid)
                 continue
-            t0 = time.perf_counter()
-            state, message = self._clients[cid].submit(inputs[cid])
-            self.stats.client_seconds[cid] += time.perf_counter() - t0
+            t0 = time.process_time()
+            state, message = self._clients[cid].submit(inputs[cid], context)
+            self.stats.client_seconds[cid] += time.process_time() - t0
             self._clients[cid] = state
             if message is not None:
                 self._send(cid, message)
@@ -287,14 +299,14 @@ class InProcessSession:
         data = message.to_bytes()
         self.stats.bytes_sent[cid] += len(data)
         self.stats.messages_sent[cid] += 1
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         self._server = self._server.handle(decode_message(data))
-        self.stats.server_seconds += time.perf_counter() - t0
+        self.stats.server_seconds += time.process_time() - t0
 
     def _close(self) -> dict[int, Message]:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         self._server, outgoing = self._server.close()
-        self.stats.server_seconds += time.perf_counter() - t0
+        self.stats.server_seconds += time.process_time() - t0
         if isinstance(self._server, ServerAborted):
             for cid, message in outgoing.items():
                 if cid in self._live and not self._clients[cid].terminal:
@@ -306,9 +318,9 @@ class InProcessSession:
     def _receive(self, cid: int, message: Message) -> Message | None:
         data = message.to_bytes()
         self.stats.bytes_received[cid] += len(data)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         state, reply = self._clients[cid].handle(decode_message(data))
-        self.stats.client_seconds[cid] += time.perf_counter() - t0
+        self.stats.client_seconds[cid] += time.process_time() - t0
         self._clients[cid] = state
         if isinstance(state, Aborted):
             logger.warning("client %d aborted: %s (%s)", cid, state.reason.value, state.detail)

@@ -550,7 +550,8 @@ def session_fields(config) -> dict:
         "bits": config.bits,
         "graph": config.graph.value,
         "degree": config.degree,
-        "graph_seed": config.graph_seed.hex(),
+        "corrupt": config.corrupt,
+        "min_survivors": config.min_survivors,
     }
 
 
@@ -578,9 +579,6 @@ def session_from_fields(fields: object, limits: NodeLimits = NodeLimits()):
     client_ids = p.integers("client_ids", max_len=limits.max_clients, minimum=0, maximum=MAX_CLIENT_ID)
     # One planned vector per dream step and two more.
     vector_lengths = p.integers("vector_lengths", max_len=1 << 16, minimum=1, maximum=(1 << 32) - 1)
-    graph_seed = p.text("graph_seed")
-    if len(graph_seed) > 64:
-        raise InvalidMessage("session graph_seed is longer than 32 bytes")
     try:
         return SessionConfig(
             round_index=p.integer("round", minimum=0, maximum=(1 << 32) - 1),
@@ -590,7 +588,8 @@ def session_from_fields(fields: object, limits: NodeLimits = NodeLimits()):
             bits=p.integer("bits", minimum=0, maximum=64),
             graph=GraphKind(p.text("graph")),
             degree=p.integer("degree", minimum=0, maximum=len(client_ids)),
-            graph_seed=bytes.fromhex(graph_seed),
+            corrupt=p.integer("corrupt", minimum=0, maximum=len(client_ids)),
+            min_survivors=p.integer("min_survivors", minimum=0, maximum=len(client_ids)),
         )
     except (ConfigError, ValueError) as err:
         raise InvalidMessage(f"malformed session parameters: {err}") from None

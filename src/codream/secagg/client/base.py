@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -35,7 +35,6 @@ class ClientContext:
     Attributes:
         config: the public session parameters.
         client_id: this client.
-        graph: every client's neighbours (needed to know which share index a peer gives us).
         config_digest: `config.digest()`, computed once.
         signer: this client's Ed25519 key (malicious mode), else None.
         randbytes: source of secret randomness (`os.urandom`; deterministic only in tests).
@@ -43,14 +42,9 @@ class ClientContext:
 
     config: SessionConfig
     client_id: int
-    graph: Mapping[int, frozenset[int]]
     config_digest: bytes
     signer: Ed25519KeyPair | None = None
     randbytes: Callable[[int], bytes] = os.urandom
-
-    @property
-    def neighbours(self) -> frozenset[int]:
-        return self.graph[self.client_id]
 
     def abort(self, reason: AbortReason, detail: str) -> Transition:
         """Move to `Aborted` and tell the server why."""
@@ -81,17 +75,27 @@ class ClientSession:
         secrets: its own key material.
         session_id: hash of the config and of every advertisement (the HKDF salt).
         roster: every client that advertised keys.
-        peers: the neighbours whose shares it received, with their mask public keys per vector.
-            These are exactly the peers it masks with.
-        held: per owner (the peers and itself), per vector, its (b^j share, s_sk^j share) of that owner.
+        graph: every client's neighbours, drawn from the session id.
+        peers: the neighbours whose shares were relayed to it, with their mask public keys per
+            vector. These are exactly the peers it masks with.
+        held: per owner (itself and the peers whose bundle checked out), per vector, its
+            (b^j share, s_sk^j share) of that owner.
+        set_aside: peers whose bundle did not open or failed its checks, with the reason; it holds
+            nothing of them (so it never reveals anything of them) but still masks with them.
     """
 
     ctx: ClientContext
     secrets: ClientSecrets
     session_id: bytes
     roster: frozenset[int]
+    graph: Mapping[int, frozenset[int]]
     peers: Mapping[int, tuple[bytes, ...]]
     held: Mapping[int, tuple[tuple[Share, Share], ...]]
+    set_aside: Mapping[int, str] = field(default_factory=dict)
+
+    @property
+    def neighbours(self) -> frozenset[int]:
+        return self.graph[self.ctx.client_id]
 
 
 class ClientState:
@@ -129,8 +133,10 @@ class ClientState:
             return Aborted(self.client_id, message.reason, detail), None
         return self._guarded(self._handle, message)
 
-    def submit(self, words: np.ndarray) -> Transition:
-        """Provide this client's encoded input for the current vector (round 2 only).
+    def submit(self, words: np.ndarray, context: bytes = b"") -> Transition:
+        """Provide this client's encoded input for the current vector (round 2 only), and the
+        context it was computed from (e.g. SHA-256 of the dreams, targets and plan the server
+        sent this client; b"" when there is none).
 
         Raises:
             UnexpectedMessage: this state takes no input.

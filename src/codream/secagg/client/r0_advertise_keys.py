@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...crypto.aead import seal
-from ...crypto.agreement import X25519KeyPair
+from ...crypto.agreement import X25519KeyPair, check_public_key
 from ...crypto.kdf import share_encryption_key
 from ...crypto.shamir import split_secret
 from ...crypto.signing import Ed25519KeyPair, verify_signature
@@ -28,6 +28,7 @@ from ..keys import (
     seed_commitment,
     session_id,
     share_associated_data,
+    share_commitments,
     share_holders,
 )
 from ..messages import AdvertiseKeys, KeysBroadcast, ShareKeys
@@ -42,7 +43,6 @@ def start_client(
     *,
     signer: Ed25519KeyPair | None = None,
     randbytes: Callable[[int], bytes] = os.urandom,
-    graph: dict[int, frozenset[int]] | None = None,
 ) -> tuple[AdvertiseKeysState, AdvertiseKeys]:
     """Create a client for one session and its round-0 advertisement.
 
@@ -52,7 +52,6 @@ def start_client(
         signer: this client's Ed25519 key, required in malicious mode (its public key must be the
             one `config` lists for `client_id`).
         randbytes: secret randomness (keep the default outside tests).
-        graph: `config.neighbours()`, if the caller already computed it.
 
     Returns:
         The round-0 state and the message to send to the server.
@@ -70,7 +69,6 @@ def start_client(
     ctx = ClientContext(
         config=config,
         client_id=client_id,
-        graph=graph if graph is not None else config.neighbours(),
         config_digest=config.digest(),
         signer=signer,
         randbytes=randbytes,
@@ -116,14 +114,16 @@ class AdvertiseKeysState(ClientState):
         ctx, config, me = self.ctx, self.ctx.config, self.ctx.client_id
         roster = dict(self._check_roster(message))
         present = frozenset(roster)
-        adverts = self._check_advertisements(message, roster)
-        holders = share_holders(me, ctx.neighbours, present)
+        sid = session_id(ctx.config_digest, roster.items())
+        # The graph is drawn from the session id, i.e. from every advertised key: fixed only now.
+        graph = config.neighbours(sid)
+        adverts = self._check_advertisements(message, roster, graph[me])
+        holders = share_holders(me, graph[me], present)
         if len(holders) < config.threshold:
             raise ProtocolAbort(
                 AbortReason.TOO_FEW_PEERS,
                 f"only {len(holders) - 1} neighbours advertised keys; threshold {config.threshold}",
             )
-        sid = session_id(ctx.config_digest, roster.items())
         share_keys = {
             v: share_encryption_key(self.secrets.encryption.exchange(a.encryption_key), session_id=sid)
             for v, a in adverts.items()
@@ -144,8 +144,10 @@ class AdvertiseKeysState(ClientState):
         ]
         own: dict[int, tuple] = {}
         ciphertexts = []
+        commitments = []
         for i, holder in enumerate(holders):
             bundle = tuple((seed_shares[j][i], key_shares[j][i]) for j in range(config.num_vectors))
+            commitments.append((holder, share_commitments(sid, me, holder, bundle)))
             if holder == me:
                 own[me] = bundle
                 continue
@@ -157,11 +159,12 @@ class AdvertiseKeysState(ClientState):
             secrets=self.secrets,
             session_id=sid,
             roster=present,
+            graph=graph,
             adverts=adverts,
             share_keys=share_keys,
             own_shares=own[me],
         )
-        return state, ShareKeys(me, tuple(ciphertexts))
+        return state, ShareKeys(me, tuple(ciphertexts), tuple(commitments))
 
     def _check_roster(self, message: KeysBroadcast) -> list[tuple[int, bytes]]:
         config, me = self.ctx.config, self.ctx.client_id
@@ -176,18 +179,23 @@ class AdvertiseKeysState(ClientState):
         roster = dict(message.roster)
         if roster.get(me) != advertisement_digest(self.advert):
             raise ProtocolAbort(AbortReason.KEY_MISMATCH, "the roster lacks or alters this client's own keys")
-        if len(roster) < config.threshold:
+        if len(roster) < config.min_survivors:
             raise ProtocolAbort(
                 AbortReason.TOO_FEW_PEERS,
-                f"{len(roster)} clients advertised keys; threshold {config.threshold}",
+                f"{len(roster)} clients advertised keys; min_survivors {config.min_survivors}",
+            )
+        if config.malicious and config.quorum(len(roster)) > len(roster):
+            raise ProtocolAbort(
+                AbortReason.TOO_FEW_PEERS,
+                f"a roster of {len(roster)} cannot give {config.quorum(len(roster))} consistency signatures",
             )
         return sorted(roster.items())
 
     def _check_advertisements(
-        self, message: KeysBroadcast, roster: dict[int, bytes]
+        self, message: KeysBroadcast, roster: dict[int, bytes], neighbours: frozenset[int]
     ) -> dict[int, AdvertiseKeys]:
         ctx, config = self.ctx, self.ctx.config
-        expected = ctx.neighbours & frozenset(roster)
+        expected = neighbours & frozenset(roster)
         adverts: dict[int, AdvertiseKeys] = {}
         for a in message.advertisements:
             if a.sender in adverts:
@@ -218,6 +226,8 @@ class AdvertiseKeysState(ClientState):
         seen: set[bytes] = set()
         for a in (self.advert, *adverts.values()):
             for key in (a.encryption_key, *a.mask_keys):
+                # A server must have refused such a key at round 0; relaying it is its fault.
+                check_public_key(key)
                 if key in seen:
                     raise ProtocolAbort(AbortReason.DUPLICATE_KEY, f"client {a.sender} reuses a public key")
                 seen.add(key)

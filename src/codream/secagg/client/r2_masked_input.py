@@ -1,7 +1,10 @@
 """Round 2, client side: mask this client's input for vector j and send it.
 
 The input arrives through `submit` (the learning code computes vector j only after the sum of
-vector j-1 is known), not from the server; the server sends nothing in this round.
+vector j-1 is known), not from the server; the server sends nothing in this round. With it comes
+the context the caller computed it from (e.g. a hash of the dreams and targets it received): the
+pairwise masks are keyed with it and the consistency signature covers it, so a server that sends
+different clients different broadcasts gets either refusals or a sum that is still masked.
 
 Next states: UnmaskState (same vector), Aborted.
 """
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...exceptions import ConfigError
-from ..keys import masked_words
+from ..keys import context_digest, mask_salt, masked_words
 from ..messages import MaskedInput
 from .base import ClientContext, ClientSession, ClientState, Transition
 
@@ -34,11 +37,14 @@ class MaskedInputState(ClientState):
     def _context(self) -> ClientContext:
         return self.session.ctx
 
-    def submit(self, words: np.ndarray) -> Transition:
+    def submit(self, words: np.ndarray, context: bytes = b"") -> Transition:
         """Mask `words` (this client's encoded vector j) and move to the unmask round.
 
         Args:
             words: uint64 array of `config.vector_lengths[j]` ring elements, each < 2^bits.
+            context: what this client computed vector j from, as bytes (e.g. SHA-256 of the
+                dreams, targets and plan the server sent it); b"" when there is none. Every
+                client of a session must pass the same bytes for the same vector.
 
         Returns:
             The unmask state for this vector and the `MaskedInput` message.
@@ -57,9 +63,10 @@ class MaskedInputState(ClientState):
             )
         if config.bits < 64 and words.size and int(words.max()) >> config.bits:
             raise ConfigError(f"vector {j}: a word is outside [0, 2^{config.bits})")
-        return self._guarded(self._mask, words, UnmaskState)
+        digest = context_digest(context)
+        return self._guarded(self._mask, words, digest, UnmaskState)
 
-    def _mask(self, words: np.ndarray, next_state: type) -> Transition:
+    def _mask(self, words: np.ndarray, digest: bytes, next_state: type) -> Transition:
         s = self.session
         y = masked_words(
             words,
@@ -70,5 +77,7 @@ class MaskedInputState(ClientState):
             session=s.session_id,
             vector=self.vector,
             bits=s.ctx.config.bits,
+            salt=mask_salt(s.session_id, digest),
         )
-        return next_state(s, self.vector), MaskedInput(s.ctx.client_id, self.vector, s.ctx.config.bits, y)
+        message = MaskedInput(s.ctx.client_id, self.vector, s.ctx.config.bits, y, digest)
+        return next_state(s, self.vector, digest), message

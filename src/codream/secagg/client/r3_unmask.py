@@ -6,9 +6,12 @@ s_sk^j. Never both for one peer and one vector: the two lists must be disjoint, 
 on after one answer, so a second request for the same vector is an unexpected message. Either share
 alone is useless; both together would unmask that peer's y^j.
 
-In malicious-server mode the client first signs the lists it was given (`ConsistencySignature`) and
-reveals nothing until the server shows that at least t alive clients signed the very same lists
-(`ConsistencyProof`), which stops a server from calling a peer alive to some and dropped to others.
+In malicious-server mode the client first signs the lists it was given and its context
+(`ConsistencySignature`) and reveals nothing until the server shows a quorum of more than
+(roster + corrupt) / 2 alive clients that signed the very same lists and context
+(`ConsistencyProof`). Two quorums share more than `corrupt` signers, so at least one honest client,
+and an honest client signs one request per vector: at most one view of each vector can be shown a
+quorum, whatever the server and the corrupt clients do.
 
 Next states: MaskedInputState (next vector), Completed (after the last vector),
 ConsistencyCheckState (malicious mode), Aborted.
@@ -56,16 +59,22 @@ def check_unmask_request(session: ClientSession, vector: int, request: UnmaskReq
     if me not in alive:
         raise ProtocolAbort(AbortReason.INCONSISTENT_VIEW, "this client's own input is not listed as alive")
     mine = set(session.peers)
-    listed_neighbours = (alive | dropped) & session.ctx.neighbours
+    listed_neighbours = (alive | dropped) & session.neighbours
     if listed_neighbours != mine:
         raise ProtocolAbort(
             AbortReason.INCONSISTENT_VIEW,
             "the lists disagree with the neighbours this client exchanged shares with: "
             f"missing {sorted(mine - listed_neighbours)}, extra {sorted(listed_neighbours - mine)}",
         )
-    if len(alive) < config.threshold:
+    if len(alive) < config.min_survivors:
         raise ProtocolAbort(
-            AbortReason.TOO_FEW_PEERS, f"only {len(alive)} clients alive; threshold {config.threshold}"
+            AbortReason.TOO_FEW_PEERS,
+            f"only {len(alive)} clients alive; min_survivors {config.min_survivors}",
+        )
+    if config.malicious and len(alive) < config.quorum(len(session.roster)):
+        raise ProtocolAbort(
+            AbortReason.TOO_FEW_PEERS,
+            f"only {len(alive)} clients alive; consistency quorum {config.quorum(len(session.roster))}",
         )
 
 
@@ -75,6 +84,7 @@ def _respond(session: ClientSession, vector: int, request: UnmaskRequest) -> Tra
 
     me = session.ctx.client_id
     alive, dropped = set(request.alive), set(request.dropped)
+    # `held` has no entry for a peer whose bundle was set aside: nothing of it is revealed.
     seed_shares = tuple((w, session.held[w][vector][0]) for w in sorted(session.held) if w in alive)
     key_shares = tuple((w, session.held[w][vector][1]) for w in sorted(session.held) if w in dropped)
     response = UnmaskResponse(me, vector, seed_shares, key_shares)
@@ -89,6 +99,7 @@ class UnmaskState(ClientState):
 
     session: ClientSession
     vector: int
+    context: bytes
     accepts: ClassVar[tuple[type, ...]] = (UnmaskRequest,)
 
     @property
@@ -104,20 +115,22 @@ class UnmaskState(ClientState):
         if not s.ctx.config.malicious:
             return _respond(s, self.vector, message)
         assert s.ctx.signer is not None  # start_client guarantees a signer in malicious mode
-        signature = s.ctx.signer.sign(message.signed_bytes(s.session_id))
+        signature = s.ctx.signer.sign(message.signed_bytes(s.session_id, self.context))
         return (
-            ConsistencyCheckState(s, self.vector, message),
+            ConsistencyCheckState(s, self.vector, message, self.context),
             ConsistencySignature(s.ctx.client_id, self.vector, signature),
         )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ConsistencyCheckState(ClientState):
-    """Malicious mode: lists signed; waiting for proof that at least t alive clients saw the same."""
+    """Malicious mode: lists signed; waiting for proof that a quorum of alive clients saw the same
+    lists and the same context."""
 
     session: ClientSession
     vector: int
     request: UnmaskRequest
+    context: bytes
     accepts: ClassVar[tuple[type, ...]] = (ConsistencyProof,)
 
     @property
@@ -140,17 +153,20 @@ class ConsistencyCheckState(ClientState):
         outsiders = set(signers) - set(self.request.alive)
         if outsiders:
             raise ProtocolAbort(AbortReason.UNKNOWN_PEER, f"signers not listed alive: {sorted(outsiders)}")
-        if len(signers) < config.threshold:
+        quorum = config.quorum(len(s.roster))
+        if len(signers) < quorum:
             raise ProtocolAbort(
-                AbortReason.TOO_FEW_PEERS, f"only {len(signers)} signatures; threshold {config.threshold}"
+                AbortReason.TOO_FEW_PEERS,
+                f"only {len(signers)} signatures; the quorum for a roster of {len(s.roster)} "
+                f"with corrupt={config.corrupt} is {quorum}",
             )
-        signed = self.request.signed_bytes(s.session_id)
+        signed = self.request.signed_bytes(s.session_id, self.context)
         for cid, signature in message.signatures:
             try:
                 verify_signature(config.verify_key(cid), signature, signed)
             except ProtocolAbort:
                 raise ProtocolAbort(
                     AbortReason.INCONSISTENT_VIEW,
-                    f"client {cid}'s signature does not cover the lists this client was given",
+                    f"client {cid}'s signature does not cover the lists and context this client has",
                 ) from None
         return _respond(s, self.vector, self.request)

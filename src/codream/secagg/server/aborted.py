@@ -9,16 +9,18 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...exceptions import AbortReason
-from .base import ServerState, SessionSum
+from .base import Rejection, ServerState, SessionSum
 
 __all__ = ["ServerAborted"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ServerAborted(ServerState):
-    """Terminal: the session stopped for `reason`; `sums` holds the vectors finished before."""
+    """Terminal: the session stopped for `reason`; `sums` holds the vectors finished before and
+    `rejections` every client message refused along the way."""
 
     reason: AbortReason
     detail: str
     sums: tuple[SessionSum, ...] = ()
+    rejections: tuple[Rejection, ...] = ()
     terminal: ClassVar[bool] = True

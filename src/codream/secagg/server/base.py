@@ -4,9 +4,11 @@ round 1 and the per-vector result.
 The server collects messages of one round until its deadline (`close`), then decides. A client
 message that is not the kind the round expects raises `UnexpectedMessage` and changes nothing. A
 message of the right kind with bad content (unknown sender, a second message from one client, a
-wrong length, a bad signature) is *rejected*: that client is treated as dropped and the rejection
-is logged, because one misbehaving client must not stop the others. The server itself aborts, with a
-reason, only when fewer than t clients remain or when a rebuilt secret fails its check.
+wrong length, a bad key or signature, a share that misses its index or commitment) is *rejected*:
+that client is excluded (treated as dropped) with the reason logged and kept in `rejections`,
+because one misbehaving client must not stop the others. The server itself aborts, with a reason,
+only when too few clients (or valid shares) remain, or when a secret rebuilt from valid shares
+fails its check (its owner dealt shares off one polynomial).
 """
 
 from __future__ import annotations
@@ -52,11 +54,14 @@ class SessionSum:
         vector: j, the vector's position in the plan.
         words: uint64 array, the sum modulo 2^bits of the survivors' inputs.
         survivors: the clients whose input is in the sum, sorted.
+        excluded: clients whose unmask response was refused (and why); they are out from the
+            next vector on, their input (if alive) is still in this sum.
     """
 
     vector: int
     words: np.ndarray
     survivors: tuple[int, ...]
+    excluded: tuple[Rejection, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -67,17 +72,35 @@ class ServerSession:
         config: the public session parameters.
         session_id: hash of the config and of every advertisement.
         adverts: the advertisement of every client on the roster.
-        graph: every client's neighbours.
+        graph: every client's neighbours, drawn from the session id.
+        roster: every client whose advertisement made the session id.
         shared: the clients whose shares were relayed (U2); nobody masks with anyone else.
         peers: per client in `shared`, the neighbours in `shared` it masks with.
+        commitments: per owner in `shared`, per holder, the owner's 2J commitments to that
+            holder's shares (seed share then key share, per vector).
+        indices: per owner in `shared`, per holder, the share index that holder must reveal.
     """
 
     config: SessionConfig
     session_id: bytes
     adverts: Mapping[int, AdvertiseKeys]
     graph: Mapping[int, frozenset[int]]
+    roster: frozenset[int]
     shared: frozenset[int]
     peers: Mapping[int, frozenset[int]]
+    commitments: Mapping[int, Mapping[int, tuple[bytes, ...]]]
+    indices: Mapping[int, Mapping[int, int]]
+
+    @property
+    def quorum(self) -> int:
+        """Consistency signatures needed (malicious mode), for this session's roster."""
+        return self.config.quorum(len(self.roster))
+
+    @property
+    def min_alive(self) -> int:
+        """The fewest masked inputs a vector can go on with."""
+        need = self.config.min_survivors
+        return max(need, self.quorum) if self.config.malicious else need
 
 
 class ServerState:
@@ -133,11 +156,15 @@ def reject(rejections: tuple[Rejection, ...], client_id: int, reason: AbortReaso
 
 
 def abort(
-    reason: AbortReason, detail: str, notify: frozenset[int] | set[int], sums: tuple[SessionSum, ...] = ()
+    reason: AbortReason,
+    detail: str,
+    notify: frozenset[int] | set[int],
+    sums: tuple[SessionSum, ...] = (),
+    rejections: tuple[Rejection, ...] = (),
 ) -> Transition:
     """Move to `ServerAborted` and tell every client still taking part."""
     from .aborted import ServerAborted
 
     logger.warning("secagg server aborts: %s (%s)", reason.value, detail)
     message = AbortMessage(SERVER_ID, reason, detail[:1000])
-    return ServerAborted(reason, detail, sums), dict.fromkeys(sorted(notify), message)
+    return ServerAborted(reason, detail, sums, rejections), dict.fromkeys(sorted(notify), message)

@@ -8,14 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import ServerState, SessionSum
+from .base import Rejection, ServerState, SessionSum
 
 __all__ = ["ServerCompleted"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ServerCompleted(ServerState):
-    """Terminal: every planned vector was summed."""
+    """Terminal: every planned vector was summed; `rejections` lists every client message refused."""
 
     sums: tuple[SessionSum, ...]
+    rejections: tuple[Rejection, ...] = ()
     terminal: ClassVar[bool] = True

@@ -1,6 +1,11 @@
 """Round 0, server side: collect key advertisements, then send each client the roster and its
 neighbours' keys.
 
+Every advertised key is checked (well-formed, canonical, not of small order, never used twice) and
+a client whose advertisement fails is excluded with the reason, so one bad key cannot make its
+neighbours abort. The roster is every client whose advertisement was accepted; it fixes the
+session id, and the session id fixes the Harary graph, so the graph is known only at the deadline.
+
 Next states: ServerShareKeys, ServerAborted.
 """
 
@@ -10,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
+from ...crypto.agreement import check_public_key
 from ...crypto.signing import verify_signature
 from ...exceptions import AbortReason, ProtocolAbort
 from ..config import SessionConfig
@@ -22,7 +28,7 @@ __all__ = ["ServerAdvertiseKeys", "prune", "start_server"]
 
 def start_server(config: SessionConfig) -> ServerAdvertiseKeys:
     """The server's first state for a session described by `config`."""
-    return ServerAdvertiseKeys(config=config, config_digest=config.digest(), graph=config.neighbours())
+    return ServerAdvertiseKeys(config=config, config_digest=config.digest())
 
 
 def prune(members: frozenset[int], graph: Mapping[int, frozenset[int]], threshold: int) -> frozenset[int]:
@@ -42,7 +48,6 @@ class ServerAdvertiseKeys(ServerState):
 
     config: SessionConfig
     config_digest: bytes
-    graph: Mapping[int, frozenset[int]]
     adverts: Mapping[int, AdvertiseKeys] = field(default_factory=dict)
     excluded: frozenset[int] = frozenset()
     rejections: tuple[Rejection, ...] = ()
@@ -71,6 +76,11 @@ class ServerAdvertiseKeys(ServerState):
                 )
             except ProtocolAbort as exc:
                 return self._exclude(sender, exc.reason, "advertisement signature does not verify")
+        try:
+            for key in (message.encryption_key, *message.mask_keys):
+                check_public_key(key)
+        except ProtocolAbort as exc:
+            return self._exclude(sender, exc.reason, f"advertised a bad public key: {exc.detail}")
         keys = {message.encryption_key, *message.mask_keys}
         if len(keys) != 1 + message.num_vectors or any(
             keys & {a.encryption_key, *a.mask_keys} for a in self.adverts.values()
@@ -90,30 +100,43 @@ class ServerAdvertiseKeys(ServerState):
     def _close(self) -> Transition:
         from .r1_share_keys import ServerShareKeys
 
-        t = self.config.threshold
+        config = self.config
         advertised = frozenset(self.adverts)
-        present = prune(advertised, self.graph, t)
-        if len(present) < t:
+        if len(advertised) < config.min_survivors:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
-                f"{len(advertised)} clients advertised keys, {len(present)} usable; threshold {t}",
+                f"{len(advertised)} clients advertised keys; min_survivors {config.min_survivors}",
                 advertised,
+                rejections=self.rejections,
             )
-        roster = tuple(sorted((cid, advertisement_digest(self.adverts[cid])) for cid in present))
+        roster = tuple(sorted((cid, advertisement_digest(self.adverts[cid])) for cid in advertised))
         sid = session_id(self.config_digest, roster)
+        graph = config.neighbours(sid)
+        # Every advertiser is on the roster (it fixed the session id); those too few others could
+        # hold shares for are told to stop now and will be left out at round 1.
+        usable = prune(advertised, graph, config.threshold)
+        if len(usable) < config.min_survivors:
+            return abort(
+                AbortReason.TOO_FEW_PEERS,
+                f"{len(advertised)} clients advertised keys, {len(usable)} usable; "
+                f"min_survivors {config.min_survivors}",
+                advertised,
+                rejections=self.rejections,
+            )
         outgoing: dict[int, Message] = {}
-        for u in sorted(present):
-            neighbours = sorted(self.graph[u] & present)
+        for u in sorted(usable):
+            neighbours = sorted(graph[u] & advertised)
             outgoing[u] = KeysBroadcast(roster, tuple(self.adverts[v] for v in neighbours))
-        for u in sorted(advertised - present):
+        for u in sorted(advertised - usable):
             outgoing[u] = AbortMessage(
                 SERVER_ID, AbortReason.TOO_FEW_PEERS, "too few neighbours advertised keys"
             )
         state = ServerShareKeys(
-            config=self.config,
+            config=config,
             session_id=sid,
-            adverts={cid: self.adverts[cid] for cid in present},
-            graph=self.graph,
-            roster=present,
+            adverts=dict(self.adverts),
+            graph=graph,
+            roster=advertised,
+            rejections=self.rejections,
         )
         return state, outgoing

@@ -2,7 +2,9 @@
 
 A client that advertised keys but sends no shares is left out of the relay, so no one masks with
 it and nothing of it is ever needed to unmask. After that, any client fewer than t members would
-hold shares for is left out too, repeatedly, until the rest is stable.
+hold shares for is left out too, repeatedly, until the rest is stable. Each sender's commitments
+to its shares are kept (to check the shares revealed in round 3) and relayed with the ciphertexts
+(so each holder can check its shares against them first).
 
 Next states: ServerMaskedInput (vector 0), ServerAborted.
 """
@@ -15,6 +17,7 @@ from typing import ClassVar
 
 from ...exceptions import AbortReason
 from ..config import SessionConfig
+from ..keys import share_holders
 from ..messages import SERVER_ID, AbortMessage, AdvertiseKeys, Message, ShareKeys, SharesDelivery
 from .base import Rejection, ServerSession, ServerState, Transition, abort, reject
 from .r0_advertise_keys import prune
@@ -54,6 +57,14 @@ class ServerShareKeys(ServerState):
             return self._exclude(
                 sender, AbortReason.MALFORMED_MESSAGE, "ciphertexts not one per listed neighbour"
             )
+        holders = share_holders(sender, self.graph[sender], self.roster)
+        per_vector = 2 * self.config.num_vectors
+        if tuple(h for h, _ in message.commitments) != holders or any(
+            len(digests) != per_vector for _, digests in message.commitments
+        ):
+            return self._exclude(
+                sender, AbortReason.MALFORMED_MESSAGE, f"share commitments not {per_vector} per holder"
+            )
         return replace(self, received={**self.received, sender: message})
 
     def _exclude(self, sender: int, reason: AbortReason, detail: str) -> ServerShareKeys:
@@ -67,21 +78,26 @@ class ServerShareKeys(ServerState):
     def _close(self) -> Transition:
         from .r2_masked_input import ServerMaskedInput
 
-        t = self.config.threshold
+        config, t = self.config, self.config.threshold
         sent = frozenset(self.received)
         shared = prune(sent, self.graph, t)
-        if len(shared) < t:
+        if len(shared) < config.min_survivors:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
-                f"{len(sent)} clients shared keys, {len(shared)} usable; threshold {t}",
+                f"{len(sent)} clients shared keys, {len(shared)} usable; need {config.min_survivors}",
                 self.roster - self.excluded,
+                rejections=self.rejections,
             )
         inbox: dict[int, list[tuple[int, bytes]]] = {u: [] for u in shared}
+        commitments = {u: dict(self.received[u].commitments) for u in shared}
         for sender in sorted(shared):
             for recipient, blob in self.received[sender].ciphertexts:
                 if recipient in shared:
                     inbox[recipient].append((sender, blob))
-        outgoing: dict[int, Message] = {u: SharesDelivery(tuple(inbox[u])) for u in sorted(shared)}
+        outgoing: dict[int, Message] = {
+            u: SharesDelivery(tuple(inbox[u]), tuple((v, commitments[v][u]) for v, _ in inbox[u]))
+            for u in sorted(shared)
+        }
         for u in sorted(sent - shared):
             outgoing[u] = AbortMessage(SERVER_ID, AbortReason.TOO_FEW_PEERS, "too few neighbours shared keys")
         session = ServerSession(
@@ -89,7 +105,13 @@ class ServerShareKeys(ServerState):
             session_id=self.session_id,
             adverts=self.adverts,
             graph=self.graph,
+            roster=self.roster,
             shared=shared,
             peers={u: self.graph[u] & shared for u in shared},
+            commitments=commitments,
+            indices={
+                u: {h: i + 1 for i, h in enumerate(share_holders(u, self.graph[u], self.roster))}
+                for u in shared
+            },
         )
-        return ServerMaskedInput.first(session), outgoing
+        return ServerMaskedInput.first(session, self.rejections), outgoing

@@ -1,21 +1,27 @@
 """Round 2, server side: add up the masked inputs y^j as they arrive.
 
-The server never keeps one client's y^j, only the running sum modulo 2^bits. At the deadline the
-clients whose y^j arrived are alive for vector j; every other client that shared keys is dropped
-for vector j (whenever it dropped). Both lists go to the alive clients.
+The server never keeps one client's y^j, only the running sum modulo 2^bits, and each client's
+declared context digest (its pairwise masks are keyed with it). At the deadline the clients whose
+y^j arrived are alive for vector j; every other client that shared keys is dropped for vector j
+(whenever it dropped). Both lists go to the alive clients.
+
+A caller that knows the context every client should have used (it sent the broadcast) passes it
+to `expect_context`; a masked input computed from another context is then refused, so its
+uncancelled masks do not spoil the sum.
 
 Next states: ServerUnmask or ServerConsistencyCheck (malicious mode), ServerAborted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
 
 from ...exceptions import AbortReason
-from ..keys import word_mask
+from ..keys import context_digest, word_mask
 from ..messages import AbortMessage, MaskedInput, Message, UnmaskRequest
 from .base import Rejection, ServerSession, ServerState, SessionSum, Transition, abort, reject
 
@@ -30,6 +36,8 @@ class ServerMaskedInput(ServerState):
         active: clients still taking part (they answered every earlier unmask request).
         partial: sum of the y^j received so far, modulo 2^bits.
         arrived: whose y^j is in `partial`.
+        contexts: the context digest each arrived client declared.
+        expected: the context digest every client must have used, when the caller set one.
         sums: results of the earlier vectors.
     """
 
@@ -38,20 +46,41 @@ class ServerMaskedInput(ServerState):
     active: frozenset[int]
     partial: np.ndarray
     arrived: frozenset[int] = frozenset()
+    contexts: Mapping[int, bytes] = field(default_factory=dict)
+    expected: bytes | None = None
     sums: tuple[SessionSum, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     accepts: ClassVar[tuple[type, ...]] = (MaskedInput,)
 
     @classmethod
-    def first(cls, session: ServerSession) -> ServerMaskedInput:
-        return cls.next_vector(session, 0, session.shared, ())
+    def first(cls, session: ServerSession, rejections: tuple[Rejection, ...] = ()) -> ServerMaskedInput:
+        return cls.next_vector(session, 0, session.shared, (), rejections)
 
     @classmethod
     def next_vector(
-        cls, session: ServerSession, vector: int, active: frozenset[int], sums: tuple[SessionSum, ...]
+        cls,
+        session: ServerSession,
+        vector: int,
+        active: frozenset[int],
+        sums: tuple[SessionSum, ...],
+        rejections: tuple[Rejection, ...] = (),
     ) -> ServerMaskedInput:
         length = session.config.vector_lengths[vector]
-        return cls(session, vector, frozenset(active), np.zeros(length, dtype=np.uint64), sums=sums)
+        return cls(
+            session,
+            vector,
+            frozenset(active),
+            np.zeros(length, dtype=np.uint64),
+            sums=sums,
+            rejections=rejections,
+        )
+
+    def expect_context(self, context: bytes) -> ServerMaskedInput:
+        """The same state, refusing masked inputs computed from anything but `context` (the bytes
+        the clients pass to `submit`). Call before the first masked input of the vector."""
+        if self.arrived:
+            raise ValueError("set the expected context before any masked input arrives")
+        return replace(self, expected=context_digest(context))
 
     def _handle(self, message: Message) -> ServerState:
         sender = message.sender  # type: ignore[attr-defined]
@@ -73,8 +102,17 @@ class ServerMaskedInput(ServerState):
             return self._drop(sender, AbortReason.UNEXPECTED_VECTOR, f"sent vector {message.vector}")
         if message.bits != config.bits or message.words.shape != self.partial.shape:
             return self._drop(sender, AbortReason.MALFORMED_MESSAGE, "masked input of the wrong size")
+        if self.expected is not None and message.context != self.expected:
+            return self._drop(
+                sender, AbortReason.INCONSISTENT_VIEW, f"vector {self.vector} computed from another context"
+            )
         partial = (self.partial + message.words) & word_mask(config.bits)
-        return replace(self, partial=partial, arrived=self.arrived | {sender})
+        return replace(
+            self,
+            partial=partial,
+            arrived=self.arrived | {sender},
+            contexts={**self.contexts, sender: message.context},
+        )
 
     def _drop(self, sender: int, reason: AbortReason, detail: str) -> ServerMaskedInput:
         return replace(
@@ -84,23 +122,28 @@ class ServerMaskedInput(ServerState):
     def _close(self) -> Transition:
         from .r3_unmask import ServerConsistencyCheck, ServerUnmask
 
-        t = self.session.config.threshold
-        if len(self.arrived) < t:
+        need = self.session.min_alive
+        if len(self.arrived) < need:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
-                f"vector {self.vector}: {len(self.arrived)} masked inputs arrived; threshold {t}",
+                f"vector {self.vector}: {len(self.arrived)} masked inputs arrived; need {need}",
                 self.active,
                 self.sums,
+                self.rejections,
             )
         request = UnmaskRequest(
             self.vector, tuple(sorted(self.arrived)), tuple(sorted(self.session.shared - self.arrived))
         )
         outgoing: dict[int, Message] = dict.fromkeys(sorted(self.arrived), request)
-        if self.session.config.malicious:
-            return ServerConsistencyCheck(
-                self.session, self.vector, request, self.partial, sums=self.sums
-            ), outgoing
-        state = ServerUnmask(
-            self.session, self.vector, request, self.partial, allowed=self.arrived, sums=self.sums
+        common = dict(
+            session=self.session,
+            vector=self.vector,
+            request=request,
+            partial=self.partial,
+            contexts=dict(self.contexts),
+            sums=self.sums,
+            rejections=self.rejections,
         )
-        return state, outgoing
+        if self.session.config.malicious:
+            return ServerConsistencyCheck(**common), outgoing
+        return ServerUnmask(**common, allowed=self.arrived), outgoing

@@ -5,17 +5,22 @@ For vector j with alive set A and dropped set D:
     sum = sum_{u in A} y_u - sum_{u in A} PRG(b_u^j)
           - sum_{v in D} sum_{u in A masking with v} sign(u, v) PRG(k_uv^j)
 
-Each rebuilt b_u^j must match the commitment u advertised, and each rebuilt s_sk_v^j must re-derive
-the advertised s_pk_v^j; otherwise the server aborts (INVALID_SHARE / KEY_MISMATCH) rather than
+Every revealed share is checked against the index its holder must have and against the owner's
+round-1 commitment; a response with any share that fails is refused and its sender excluded, and
+the secrets are rebuilt from the valid shares of the others (t of them suffice, since the holders
+checked the same commitments in round 1). Each rebuilt b_u^j must match the commitment u
+advertised, and each rebuilt s_sk_v^j must re-derive the advertised s_pk_v^j; if not, the owner
+dealt shares off one polynomial and the server aborts (INVALID_SHARE / KEY_MISMATCH) rather than
 return a wrong sum.
 
-Next states: ServerMaskedInput (next vector), ServerAborted; in malicious mode
+Next states: ServerMaskedInput (next vector), ServerCompleted, ServerAborted; in malicious mode
 ServerConsistencyCheck comes first.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -27,11 +32,15 @@ from ...crypto.shamir import Share, reconstruct_secret
 from ...crypto.signing import verify_signature
 from ...exceptions import AbortReason, InvalidShare, ProtocolAbort
 from ..keys import (
+    KEY_SHARE,
     SECRET_BYTES,
+    SEED_SHARE,
+    mask_salt,
     mask_sign,
     pairwise_key,
     seed_commitment,
     self_mask_key_for,
+    share_commitment,
 )
 from ..messages import (
     AbortMessage,
@@ -52,17 +61,19 @@ from .base import (
 )
 from .completed import ServerCompleted
 
-__all__ = ["ServerConsistencyCheck", "ServerUnmask", "unmask"]
+__all__ = ["ServerConsistencyCheck", "ServerUnmask", "check_response", "unmask"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ServerConsistencyCheck(ServerState):
-    """Malicious mode: collecting signatures of the unmask request from the alive clients."""
+    """Malicious mode: collecting signatures of the unmask request (and of each signer's context)
+    from the alive clients; a quorum of them goes back to every signer."""
 
     session: ServerSession
     vector: int
     request: UnmaskRequest
     partial: np.ndarray
+    contexts: Mapping[int, bytes]
     signatures: dict[int, bytes] = field(default_factory=dict)
     sums: tuple[SessionSum, ...] = ()
     rejections: tuple[Rejection, ...] = ()
@@ -82,31 +93,40 @@ class ServerConsistencyCheck(ServerState):
             verify_signature(
                 self.session.config.verify_key(sender),
                 message.signature,
-                self.request.signed_bytes(self.session.session_id),
+                self.request.signed_bytes(self.session.session_id, self.contexts[sender]),
             )
         except ProtocolAbort as exc:
             return replace(self, rejections=reject(self.rejections, sender, exc.reason, exc.detail))
         return replace(self, signatures={**self.signatures, sender: message.signature})
 
     def _close(self) -> Transition:
-        t = self.session.config.threshold
-        if len(self.signatures) < t:
+        quorum = self.session.quorum
+        # Only signatures over one context can make a quorum that every signer accepts.
+        by_context: dict[bytes, dict[int, bytes]] = {}
+        for cid, sig in self.signatures.items():
+            by_context.setdefault(self.contexts[cid], {})[cid] = sig
+        best = max(by_context.values(), key=len, default={})
+        if len(best) < quorum:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
-                f"vector {self.vector}: {len(self.signatures)} consistency signatures; threshold {t}",
+                f"vector {self.vector}: {len(best)} consistency signatures over one context; quorum {quorum}",
                 frozenset(self.request.alive),
                 self.sums,
+                self.rejections,
             )
-        proof = ConsistencyProof(self.vector, tuple(sorted(self.signatures.items())))
+        proof = ConsistencyProof(self.vector, tuple(sorted(best.items())))
         state = ServerUnmask(
             self.session,
             self.vector,
             self.request,
             self.partial,
-            allowed=frozenset(self.signatures),
+            self.contexts,
+            allowed=frozenset(best),
             sums=self.sums,
+            rejections=self.rejections,
         )
-        return state, dict.fromkeys(sorted(self.signatures), proof)
+        outgoing: dict[int, Message] = dict.fromkeys(sorted(best), proof)
+        return state, outgoing
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -117,8 +137,10 @@ class ServerUnmask(ServerState):
     vector: int
     request: UnmaskRequest
     partial: np.ndarray
+    contexts: Mapping[int, bytes]
     allowed: frozenset[int]
     responses: dict[int, UnmaskResponse] = field(default_factory=dict)
+    excluded: tuple[Rejection, ...] = ()
     sums: tuple[SessionSum, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     accepts: ClassVar[tuple[type, ...]] = (UnmaskResponse,)
@@ -131,19 +153,10 @@ class ServerUnmask(ServerState):
             else:
                 reason, detail = AbortReason.UNKNOWN_PEER, "not asked, or answered twice"
             return replace(self, rejections=reject(self.rejections, sender, reason, detail))
-        alive, dropped = set(self.request.alive), set(self.request.dropped)
-        holds = self.session.peers[sender] | {sender}
-        seed_owners = [w for w, _ in message.seed_shares]
-        key_owners = [w for w, _ in message.key_shares]
-        problem = None
-        if message.vector != self.vector:
-            problem = (AbortReason.UNEXPECTED_VECTOR, f"answered vector {message.vector}")
-        elif len(set(seed_owners)) != len(seed_owners) or len(set(key_owners)) != len(key_owners):
-            problem = (AbortReason.REPEATED_PEER, "two shares for one owner")
-        elif not set(seed_owners) <= alive & holds or not set(key_owners) <= dropped & holds:
-            problem = (AbortReason.FORBIDDEN_REQUEST, "shares of owners it was not asked about")
+        problem = check_response(self.session, self.vector, self.request, message)
         if problem is not None:
-            return replace(self, rejections=reject(self.rejections, sender, *problem))
+            rejections = reject(self.rejections, sender, *problem)
+            return replace(self, rejections=rejections, excluded=(*self.excluded, rejections[-1]))
         return replace(self, responses={**self.responses, sender: message})
 
     def _close(self) -> Transition:
@@ -154,29 +167,68 @@ class ServerUnmask(ServerState):
         if len(responders) < t:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
-                f"vector {j}: {len(responders)} unmask responses; threshold {t}",
+                f"vector {j}: {len(responders)} valid unmask responses; threshold {t}",
                 self.allowed,
                 self.sums,
+                self.rejections,
             )
         try:
-            words = unmask(self.session, j, self.request, self.partial, self.responses.values())
+            words = unmask(
+                self.session, j, self.request, self.partial, self.responses.values(), self.contexts
+            )
         except ProtocolAbort as exc:
-            return abort(exc.reason, f"vector {j}: {exc.detail}", responders, self.sums)
-        sums = (*self.sums, SessionSum(j, words, tuple(self.request.alive)))
+            return abort(exc.reason, f"vector {j}: {exc.detail}", responders, self.sums, self.rejections)
+        sums = (*self.sums, SessionSum(j, words, tuple(self.request.alive), self.excluded))
         if j + 1 == config.num_vectors:
-            return ServerCompleted(sums), {}
-        return ServerMaskedInput.next_vector(self.session, j + 1, responders, sums), {}
+            return ServerCompleted(sums, self.rejections), {}
+        return ServerMaskedInput.next_vector(self.session, j + 1, responders, sums, self.rejections), {}
+
+
+def check_response(
+    session: ServerSession, vector: int, request: UnmaskRequest, response: UnmaskResponse
+) -> tuple[AbortReason, str] | None:
+    """Why `response` must be refused, or None: it must be for `vector`, name each owner once,
+    reveal only what `request` calls for of owners its sender holds, and every share must carry
+    the sender's index among the owner's holders and match the owner's round-1 commitment."""
+    sender = response.sender
+    if response.vector != vector:
+        return AbortReason.UNEXPECTED_VECTOR, f"answered vector {response.vector}"
+    seed_owners = [w for w, _ in response.seed_shares]
+    key_owners = [w for w, _ in response.key_shares]
+    if len(set(seed_owners)) != len(seed_owners) or len(set(key_owners)) != len(key_owners):
+        return AbortReason.REPEATED_PEER, "two shares for one owner"
+    holds = session.peers[sender] | {sender}
+    alive, dropped = set(request.alive), set(request.dropped)
+    if not set(seed_owners) <= alive & holds or not set(key_owners) <= dropped & holds:
+        return AbortReason.FORBIDDEN_REQUEST, "shares of owners it was not asked about"
+    for kind, pairs in ((SEED_SHARE, response.seed_shares), (KEY_SHARE, response.key_shares)):
+        for owner, share in pairs:
+            if share.index != session.indices[owner][sender]:
+                return AbortReason.INVALID_SHARE, f"share of client {owner} carries index {share.index}"
+            committed = session.commitments[owner][sender][2 * vector + kind]
+            expected = share_commitment(
+                session.session_id, owner=owner, holder=sender, vector=vector, kind=kind, share=share
+            )
+            if not hmac.compare_digest(expected, committed):
+                return AbortReason.INVALID_SHARE, f"share of client {owner} misses its commitment"
+    return None
 
 
 def unmask(
-    session: ServerSession, vector: int, request: UnmaskRequest, partial: np.ndarray, responses
+    session: ServerSession,
+    vector: int,
+    request: UnmaskRequest,
+    partial: np.ndarray,
+    responses: Iterable[UnmaskResponse],
+    contexts: Mapping[int, bytes],
 ) -> np.ndarray:
-    """Rebuild the secrets `request` calls for from `responses` and strip every mask off `partial`.
+    """Rebuild the secrets `request` calls for from `responses` (already checked by
+    `check_response`) and strip every mask off `partial`.
 
     Raises:
-        ProtocolAbort: TOO_FEW_PEERS (fewer than t shares of a needed secret), INVALID_SHARE (shares
-            inconsistent, or a rebuilt seed that misses its commitment), KEY_MISMATCH (a rebuilt mask
-            key that does not re-derive the advertised public key).
+        ProtocolAbort: TOO_FEW_PEERS (fewer than t valid shares of a needed secret), INVALID_SHARE
+            (a rebuilt seed that misses its commitment), KEY_MISMATCH (a rebuilt mask key that does
+            not re-derive the advertised public key): its owner dealt inconsistent shares.
     """
     config, sid = session.config, session.session_id
     t, bits = config.threshold, config.bits
@@ -195,7 +247,7 @@ def unmask(
         commitment = session.adverts[u].seed_commitments[vector]
         if not hmac.compare_digest(seed_commitment(u, vector, seed), commitment):
             raise ProtocolAbort(
-                AbortReason.INVALID_SHARE, f"rebuilt seed of client {u} misses its commitment"
+                AbortReason.INVALID_SHARE, f"client {u} dealt seed shares that miss its commitment"
             )
         total.add_mask(self_mask_key_for(seed, session=sid, vector=vector), sign=-1)
     for v in request.dropped:
@@ -206,21 +258,24 @@ def unmask(
         key = X25519KeyPair.from_private_bytes(secret)
         if not hmac.compare_digest(key.public_bytes(), session.adverts[v].mask_keys[vector]):
             raise ProtocolAbort(
-                AbortReason.KEY_MISMATCH, f"rebuilt mask key of client {v} is not the advertised one"
+                AbortReason.KEY_MISMATCH, f"client {v} dealt key shares that miss its advertised key"
             )
         for u in sorted(maskers):
-            # u added sign(u, v) * PRG(k_uv); take it out.
-            k_uv = pairwise_key(key, session.adverts[u].mask_keys[vector], session=sid, vector=vector)
+            # u added sign(u, v) * PRG(k_uv), keyed with u's context; take it out.
+            salt = mask_salt(sid, contexts[u])
+            k_uv = pairwise_key(key, session.adverts[u].mask_keys[vector], session=salt, vector=vector)
             total.add_mask(k_uv, sign=-mask_sign(u, v))
     return total.result()
 
 
 def _rebuild(shares: list[Share], threshold: int, what: str) -> bytes:
+    """The secret from the first `threshold` valid shares (each matched its commitment, so any t of
+    them rebuild the owner's secret if the owner dealt honestly; the caller checks the result)."""
     if len(shares) < threshold:
         raise ProtocolAbort(
-            AbortReason.TOO_FEW_PEERS, f"{len(shares)} shares of the {what}; threshold {threshold}"
+            AbortReason.TOO_FEW_PEERS, f"{len(shares)} valid shares of the {what}; threshold {threshold}"
         )
     try:
-        return reconstruct_secret(shares, threshold=threshold, length=SECRET_BYTES)
+        return reconstruct_secret(shares[:threshold], threshold=threshold, length=SECRET_BYTES)
     except InvalidShare as exc:
         raise ProtocolAbort(AbortReason.INVALID_SHARE, f"{what}: {exc}") from None
