@@ -225,7 +225,7 @@ class InProcessSession:
 
         Args:
             vector: j; vectors are aggregated in order 0, 1, ...
-            inputs: each client's encoded words (uint64, < 2^bits). Live clients without an entry
+            inputs: each client's encoded words (uint32 or uint64, < 2^bits). Live clients without an entry
                 crash before sending y^j; entries of clients already gone are ignored.
             dropouts: extra crashes for this vector only, by client.
 
@@ -276,8 +276,14 @@ class InProcessSession:
         length, bits = self.config.vector_lengths[vector], self.config.bits
         for cid in sorted(set(inputs) & self._live):
             words = inputs[cid]
-            if not isinstance(words, np.ndarray) or words.dtype != np.uint64 or words.shape != (length,):
-                raise ConfigError(f"client {cid}: vector {vector} must be uint64 words of shape ({length},)")
+            if (
+                not isinstance(words, np.ndarray)
+                or words.dtype not in (np.uint32, np.uint64)
+                or words.shape != (length,)
+            ):
+                raise ConfigError(
+                    f"client {cid}: vector {vector} must be uint32 or uint64 words of shape ({length},)"
+                )
             if bits < 64 and words.size and int(words.max()) >> bits:
                 raise ConfigError(f"client {cid}: vector {vector} holds a word outside [0, 2^{bits})")
 

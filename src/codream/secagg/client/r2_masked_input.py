@@ -38,7 +38,7 @@ class MaskedInputState(ClientState):
         """Mask `words` (this client's encoded vector j) and move to the unmask round.
 
         Args:
-            words: uint64 array of `config.vector_lengths[j]` ring elements, each < 2^bits.
+            words: uint32 or uint64 array of `config.vector_lengths[j]` ring elements, each < 2^bits.
 
         Returns:
             The unmask state for this vector and the `MaskedInput` message.
@@ -50,9 +50,9 @@ class MaskedInputState(ClientState):
 
         config, j = self.session.ctx.config, self.vector
         words = np.asarray(words)
-        if words.dtype != np.uint64 or words.shape != (config.vector_lengths[j],):
+        if words.dtype not in (np.uint32, np.uint64) or words.shape != (config.vector_lengths[j],):
             raise ConfigError(
-                f"vector {j}: expected uint64 words of shape ({config.vector_lengths[j]},), "
+                f"vector {j}: expected uint32 or uint64 words of shape ({config.vector_lengths[j]},), "
                 f"got {words.dtype} {words.shape}"
             )
         if config.bits < 64 and words.size and int(words.max()) >> config.bits:
