@@ -103,7 +103,7 @@ def test_a_flower_node_pins_its_worker_to_the_node_thread_count(two_threads_ever
         distill=DistillConfig(kd_steps=1, batch_size=4, warmup_steps=1, buffer_size=8),
     )
     node = CodreamNode({"partition-id": 0, "num-partitions": 2, "torch-threads": 1})
-    node.handle(Payload("setup", {"config": config_to_dict(config), "aggregation": "plain", "bits": 32}))
+    node.handle(Payload("setup", {"config": config_to_dict(config), "aggregation": "secure", "bits": 32}))
     assert torch.get_num_threads() == 1
     assert all(n == 1 for _, n in _pool_threads()), _pool_threads()
 
