@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/secagg_cost.py --quick --output benchmarks/results/secagg_cost.md
     .venv/bin/python benchmarks/secagg_cost.py --json          # full grid, rows as JSON
+    .venv/bin/python benchmarks/secagg_cost.py --scale --quick  # growth in n, up to 2000 clients
 
 The logic lives in `codream.bench.secagg` (also `codream bench secagg`).
 """

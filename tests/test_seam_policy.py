@@ -79,4 +79,4 @@ def test_a_plan_at_the_policy_is_admitted_and_releases_words():
     seam = ClientSeam(0, ClientPolicy(mode=Mode.SECURE))
     seam.admit(_plan())
     words = seam.prepare(np.full(16, 0.01))
-    assert words.dtype == np.uint64 and words.shape == (16 + 2,)
+    assert words.dtype == np.uint32 and words.shape == (16 + 2,)  # a 32-bit ring travels in 4-byte words

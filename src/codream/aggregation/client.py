@@ -175,10 +175,10 @@ class ClientSeam:
         """The next planned vector as it leaves this client (before masking).
 
         Returns:
-            plain: the clipped float64 vector followed by the count words; secure: the uint64 words
-            of the encoded vector followed by the count words; secure+dp: the encoded words plus this
-            client's noise share. Under DP the round is charged to the client's ledger here, before the
-            first release can leave.
+            plain: the clipped float64 vector followed by the count words; secure: the words of the
+            encoded vector (uint32 up to 32 bits, `secagg.encoding.word_dtype`) followed by the count
+            words; secure+dp: the encoded words plus this client's noise share. Under DP the round is
+            charged to the client's ledger here, before the first release can leave.
         Raises:
             ConfigError: out of plan, or a vector of the wrong shape or holding NaN or infinity.
         """
@@ -210,7 +210,7 @@ class ClientSeam:
         self.local_stats.saturated += encoded.saturated
         words = encoded.words
         if plan.mode is Mode.SECURE:
-            return np.concatenate([words, np.array([int(clipped), encoded.saturated], dtype=np.uint64)])
+            return np.concatenate([words, np.array([int(clipped), encoded.saturated], dtype=words.dtype)])
         assert self.noise is not None and self.ledger is not None
         if not self._charged:
             # The first release spends the round's whole composed event: charge it before anything
@@ -218,7 +218,7 @@ class ClientSeam:
             self.ledger.charge(plan.round_index, self.event(), session=self._attempt)
             self._charged = True
         share = self.noise.sample(spec=spec, scale=codec.scale, length=spec.length, n_min=plan.n_min)
-        mask = np.uint64((1 << codec.bits) - 1)
+        mask = words.dtype.type((1 << codec.bits) - 1)
         return (words + codec.to_words(np.asarray(share, dtype=np.int64))) & mask
 
     @property

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import pin_threads
 from ..exceptions import ConfigError
 from ..federation.config import DistillConfig, DreamConfig, FederationConfig, Method
 
@@ -404,7 +405,7 @@ def run_benchmark(
         with ProcessPoolExecutor(
             max_workers=jobs,
             mp_context=mp.get_context("spawn"),
-            initializer=torch.set_num_threads,
+            initializer=pin_threads,
             initargs=(threads,),
         ) as pool:
             for runs in pool.map(_run_job, jobs_list):
@@ -631,7 +632,7 @@ def federation_command(name: str, *, default_out: str | None = None, prog: str |
 
         out = results_path("federation.md", out=out, publish=publish)
         out.parent.mkdir(parents=True, exist_ok=True)
-        torch.set_num_threads(threads)
+        pin_threads(threads)
         results = run_benchmark(
             size=override_size(SIZES["full" if full else size], settings),
             dataset=dataset,

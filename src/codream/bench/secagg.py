@@ -706,7 +706,26 @@ def to_markdown(rows: Iterable[dict], *, command: str, machine: dict[str, str]) 
 
 
 @click.command("secagg")
-@click.option("--quick", is_flag=True, help="Small grid (n in {10, 50}, d in {1e4, 1e5}).")
+@click.option(
+    "--quick", is_flag=True, help="Small grid (n in {10, 50}, d in {1e4, 1e5}); with --scale, n <= 2000."
+)
+@click.option(
+    "--scale",
+    is_flag=True,
+    help="Growth in n instead: per-party CPU, bytes and fitted exponents up to n = 10,000 at d = 1e4, "
+    "and masking against the AES-256-CTR keystream (see codream.bench.secagg_scale).",
+)
+@click.option(
+    "--ns",
+    default=None,
+    help="With --scale: comma-separated numbers of clients of the fixed-k sweep (default 250..10000).",
+)
+@click.option(
+    "--max-point-seconds",
+    type=float,
+    default=None,
+    help="With --scale: skip a point predicted to take more CPU seconds than this (default 600).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
 @click.option(
     "--output", type=click.Path(dir_okay=False), default=None, help="Also write the Markdown report here."
@@ -727,6 +746,9 @@ def to_markdown(rows: Iterable[dict], *, command: str, machine: dict[str, str]) 
 )
 def cli(
     quick: bool,
+    scale: bool,
+    ns: str | None,
+    max_point_seconds: float | None,
     as_json: bool,
     output: str | None,
     repeats: int | None,
@@ -734,7 +756,12 @@ def cli(
     modes: tuple[str, ...],
 ) -> None:
     """Cost of secure aggregation: time and bytes by clients, vector size, dropout, graph and mode
-    (malicious against semi-honest at equal n, d and dropout)."""
+    (malicious against semi-honest at equal n, d and dropout); with --scale, the cross-device grid."""
+    if scale:
+        _scale_cli(quick, ns, max_point_seconds, as_json, output, repeats, no_flower)
+        return
+    if ns is not None or max_point_seconds is not None:
+        raise click.UsageError("--ns and --max-point-seconds go with --scale")
     settings = QUICK if quick else FULL
     overrides: dict[str, object] = {}
     if repeats is not None:
@@ -754,3 +781,41 @@ def cli(
         with open(output, "w", encoding="utf-8") as handle:
             handle.write(report)
     click.echo(json.dumps(rows, indent=1) if as_json else report)
+
+
+def _scale_cli(
+    quick: bool,
+    ns: str | None,
+    max_point_seconds: float | None,
+    as_json: bool,
+    output: str | None,
+    repeats: int | None,
+    no_flower: bool,
+) -> None:
+    from dataclasses import replace
+
+    from .secagg_scale import SCALE, SCALE_QUICK, run_scale, scale_to_markdown
+
+    settings = SCALE_QUICK if quick else SCALE
+    overrides: dict[str, object] = {}
+    if ns is not None:
+        try:
+            overrides["ns"] = tuple(int(n) for n in ns.split(","))
+        except ValueError:
+            raise click.BadParameter(f"--ns must be comma-separated integers, got {ns!r}") from None
+    if max_point_seconds is not None:
+        overrides["max_point_seconds"] = max_point_seconds
+    if repeats is not None:
+        overrides["repeats"] = repeats
+    if no_flower:
+        overrides["flower"] = False
+    settings = replace(settings, **overrides)
+    result = run_scale(settings, progress=lambda message: click.echo(message, err=True))
+    command = " ".join(shlex.quote(a) for a in sys.argv)
+    report = "# Secure aggregation cost at scale\n\n" + scale_to_markdown(
+        result, command=command, machine=hardware()
+    )
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(report)
+    click.echo(json.dumps(result, indent=1) if as_json else report)

@@ -60,7 +60,7 @@ import torch
 from ..aggregation import Aggregator, ProjectedReleases, ReleaseKind, create_aggregator
 from ..baselines import BaselineConfig, run_centralized, run_fedavg, run_local_only
 from ..data import Dataset, load_dataset, partition
-from ..devices import resolve_device
+from ..devices import pin_threads, resolve_device
 from ..exceptions import ConfigError
 from ..federation.config import DistillConfig, DreamConfig, FederationConfig
 from ..federation.simulation import Federation
@@ -1230,7 +1230,7 @@ def _worker(
 ) -> tuple[list[RunRecord], list[str]]:
     """Run one unit in a worker process (spawned, so CUDA initialises cleanly in each)."""
     if threads:
-        torch.set_num_threads(threads)
+        pin_threads(threads)
 
     def say(line: str) -> None:
         print(f"[{unit.label}] {line}", file=sys.stderr, flush=True)

@@ -24,7 +24,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "secagg": (
         "codream.bench.secagg",
         "cli",
-        "Cost of secure aggregation: time and bytes by clients, vector size, dropout.",
+        "Cost of secure aggregation: time and bytes by clients, vector size, dropout; --scale: growth in n.",
     ),
     "federation": (
         "codream.bench.federation",

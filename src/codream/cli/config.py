@@ -262,8 +262,8 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "threads",
         OptionalInt(),
         1,
-        "torch CPU threads ('none': torch's choice). Small models run fastest on one, many times faster "
-        "than oversubscribed on a shared machine.",
+        "CPU threads of torch, numpy's BLAS and OpenMP ('none': each library's choice). Small models run "
+        "fastest on one, many times faster than oversubscribed on a shared machine.",
     ),
     RunOption(
         "engine",

@@ -490,10 +490,9 @@ def execute_run(
     stream = sys.stderr if rc.json else sys.stdout
     echo = echo or (lambda line: click.echo(line, file=stream))
     device = resolve_device(rc.device)
-    if rc.threads is not None:
-        import torch
+    from ..devices import pin_threads
 
-        torch.set_num_threads(rc.threads)
+    pin_threads(rc.threads)
     fed_cfg = federation_config(rc, device=device)
     state = None
     if resume:

@@ -16,9 +16,8 @@ than the accountant assumed. The sensitivity is the L2 clip norm in encoded unit
 for stochastic rounding, and the share is raised until the integer mechanism's Gaussian equivalent
 reaches the target noise multiplier.
 
-Randomness: a numpy Generator (Philox) keyed with 256 bits from `os.urandom`, or an explicit seed for
-reproducible tests. DP noise must be unpredictable to the server, not a cryptographic key; masks never
-come from here.
+Randomness: `sampling.NoiseStream`, AES-256-CTR keyed with 256 bits from `os.urandom` (a key hashed
+from an explicit seed only in reproducible tests). Masks never come from here.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,10 +40,12 @@ from .analysis.integer import (
     skellam_share_variance,
     wraparound_probability,
 )
+from .sampling import NoiseStream, sample_skellam_table
 
 __all__ = [
     "DistributedNoise",
     "NoiseKind",
+    "NoiseStream",
     "ShareCalibration",
     "noise_generator",
     "sample_discrete_gaussian",
@@ -54,11 +54,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# numpy's Poisson sampler (PTRS) compares log-probabilities of size lam*log(lam) in doubles; above about
-# 1e12 the rounding error visibly distorts the law (variance off by 0.6% at 1e14, 4% at 1e15). Larger
-# means are drawn as an exact sum of Poissons of at most this mean: correct, but slower, so secure+dp
-# encodes with fewer bits (see `aggregator`) to keep shares far below it.
-_POISSON_CHUNK = 1e12
 _MAX_VARIANCE = float(2**60)
 
 
@@ -80,14 +75,13 @@ class NoiseKind(enum.Enum):
     DISCRETE_GAUSSIAN = "discrete_gaussian"
 
 
-def noise_generator(seed: int | None = None) -> np.random.Generator:
-    """A Philox generator keyed from `os.urandom(32)`, or from `seed` when one is given (tests only)."""
-    if seed is None:
-        key = int.from_bytes(os.urandom(32), "little")
-        return np.random.Generator(np.random.Philox(np.random.SeedSequence(key)))
-    if seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {seed}")
-    return np.random.Generator(np.random.Philox(np.random.SeedSequence(seed)))
+def noise_generator(seed: int | None = None) -> NoiseStream:
+    """The noise's randomness: AES-256-CTR keyed from `os.urandom(32)`, or from `seed` (tests only).
+
+    Raises:
+        ConfigError: a negative seed.
+    """
+    return NoiseStream(seed)
 
 
 def _check_variance(variance: float, size: int) -> None:
@@ -101,32 +95,28 @@ def _check_variance(variance: float, size: int) -> None:
         raise ConfigError(f"size must be >= 0, got {size}")
 
 
-def _poisson(rng: np.random.Generator, lam: float, size: int) -> np.ndarray:
-    # Poisson(lam) is the sum of independent Poisson(lam / k): exact, and keeps each call in range.
-    chunks = max(1, math.ceil(lam / _POISSON_CHUNK))
-    out = np.zeros(size, dtype=np.int64)
-    for _ in range(chunks):
-        out += rng.poisson(lam / chunks, size).astype(np.int64)
-    return out
-
-
-def sample_skellam(rng: np.random.Generator, *, variance: float, size: int) -> np.ndarray:
-    """`size` iid Sk(mu, mu) integers with variance 2 mu = `variance` (difference of two Poissons).
+def sample_skellam(rng: NoiseStream, *, variance: float, size: int) -> np.ndarray:
+    """`size` iid Sk(mu, mu) integers with variance 2 mu = `variance`: the law of Poisson(mu) -
+    Poisson(mu), drawn in one exact rejection step per coordinate (`sampling.sample_skellam_table`).
 
     Returns:
         int64 array of shape (size,).
     """
     _check_variance(variance, size)
-    mu = variance / 2.0
-    return _poisson(rng, mu, size) - _poisson(rng, mu, size)
+    return sample_skellam_table(rng, variance=variance, size=size)
 
 
-def sample_discrete_gaussian(rng: np.random.Generator, *, variance: float, size: int) -> np.ndarray:
+def _geometric(rng: NoiseStream, p: float, size: int) -> np.ndarray:
+    """Geometric on {0, 1, ...}: P(G >= j) = (1 - p)^j, by inversion of a uniform on (0, 1]."""
+    return np.floor(np.log(rng.open_uniforms(size)) / math.log1p(-p)).astype(np.int64)
+
+
+def sample_discrete_gaussian(rng: NoiseStream, *, variance: float, size: int) -> np.ndarray:
     """`size` iid discrete Gaussians N_Z(0, s^2), P(x) proportional to exp(-x^2 / (2 s^2)), s^2 = `variance`.
 
     Canonne, Kamath & Steinke 2020, Algorithm 3, vectorised: the discrete Laplace proposal with scale t
     is drawn as the difference of two geometric variables on {0, 1, ...} with success probability
-    1 - exp(-1/t), which has P(y) proportional to exp(-|y| / t).
+    1 - exp(-1/t), which has P(y) proportional to exp(-|y| / t); every uniform comes from `rng`.
 
     Returns:
         int64 array of shape (size,).
@@ -140,9 +130,9 @@ def sample_discrete_gaussian(rng: np.random.Generator, *, variance: float, size:
     while filled < size:
         want = size - filled
         batch = int(want * 1.6) + 16  # acceptance is above 1/e; one or two passes in practice
-        y = (rng.geometric(p, batch) - rng.geometric(p, batch)).astype(np.int64)
+        y = _geometric(rng, p, batch) - _geometric(rng, p, batch)
         gap = np.abs(y).astype(np.float64) - variance / t
-        accept = rng.random(batch) < np.exp(-(gap * gap) / (2.0 * variance))
+        accept = rng.uniforms(batch) < np.exp(-(gap * gap) / (2.0 * variance))
         kept = y[accept][:want]
         out[filled : filled + kept.size] = kept
         filled += kept.size
@@ -191,7 +181,7 @@ class DistributedNoise:
         min_survivors: n_min, the fewest survivors a round accepts; None means every participant.
         colluders: clients that may pool their own noise with the server; their shares are not counted.
         wrap_target: wrap-around probability the noise headroom is sized for, per vector.
-        seed: None for an `os.urandom`-keyed generator; an integer only for reproducible tests.
+        seed: None for noise keyed from `os.urandom`; an integer only for reproducible tests.
     Raises:
         ConfigError: for invalid parameters.
     """

@@ -7,7 +7,9 @@ Masking only works on integers modulo 2^bits, so every float coordinate is mappe
 2. multiply by ``scale``;
 3. round stochastically: floor(x) + 1 with probability frac(x), so E[q] = x and rounding adds no
    bias to the sum;
-4. store the signed integer in two's complement modulo 2^bits (uint64 words).
+4. store the signed integer in two's complement modulo 2^bits, as `word_dtype(bits)` words: 4 bytes
+   (uint32) up to 32 bits, whose wrap-around 2^32 is a multiple of 2^bits, else 8 (uint64). The
+   functions that read words take either width.
 
 The sum of up to ``num_summands`` encoded vectors, plus DP noise of at most ``noise_bound`` (float
 units), never leaves (-2^(bits-1), 2^(bits-1)): ``scale`` is chosen so that it fits, and this
@@ -30,6 +32,7 @@ __all__ = [
     "EncodedVector",
     "FixedPointCodec",
     "word_bytes",
+    "word_dtype",
     "words_from_bytes",
     "words_to_bytes",
 ]
@@ -47,7 +50,7 @@ class EncodedVector:
     """One client's vector as ring elements.
 
     Attributes:
-        words: uint64 array, each entry in [0, 2^bits).
+        words: `word_dtype(bits)` array (uint32 up to 32 bits, else uint64), each entry in [0, 2^bits).
         saturated: how many coordinates were clipped to [-clip_norm, clip_norm] before encoding.
     """
 
@@ -62,6 +65,25 @@ def _check_bits(bits: int) -> None:
 
 def _mask(bits: int) -> np.uint64:
     return np.uint64((1 << bits) - 1)
+
+
+def word_dtype(bits: int) -> np.dtype:
+    """The narrowest native word for Z_{2^bits}: uint32 up to 32 bits (half the memory of uint64),
+    else uint64. Either wraps modulo a multiple of 2^bits, so sums reduced to `bits` bits agree.
+
+    Raises:
+        ConfigError: `bits` is outside 8..64.
+    """
+    _check_bits(bits)
+    return np.dtype(np.uint32) if bits <= 32 else np.dtype(np.uint64)
+
+
+def _check_words(words: np.ndarray, what: str) -> np.ndarray:
+    """`words` as an array if it holds uint32 or uint64 ring elements, else a ConfigError."""
+    words = np.asarray(words)
+    if words.dtype not in (np.uint32, np.uint64):
+        raise ConfigError(f"{what} must be uint32 or uint64, got dtype {words.dtype}")
+    return words
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +173,8 @@ class FixedPointCodec:
         return EncodedVector(words=self.to_words(rounded.astype(np.int64)), saturated=out_of_range)
 
     def to_words(self, integers: np.ndarray) -> np.ndarray:
-        """Signed integers (e.g. encoded DP noise) as ring elements: two's complement mod 2^bits.
+        """Signed integers (e.g. encoded DP noise) as ring elements: two's complement mod 2^bits,
+        as `word_dtype(bits)` words.
 
         Raises:
             ConfigError: `integers` is not an integer array.
@@ -159,17 +182,16 @@ class FixedPointCodec:
         values = np.asarray(integers)
         if not np.issubdtype(values.dtype, np.integer):
             raise ConfigError(f"to_words takes integers, got dtype {values.dtype}")
-        return values.astype(np.int64).view(np.uint64) & _mask(self.bits)
+        words = values.astype(np.int64, copy=False).view(np.uint64) & _mask(self.bits)
+        return words.astype(word_dtype(self.bits), copy=False)
 
     def from_words(self, words: np.ndarray) -> np.ndarray:
         """Ring elements read as signed integers in [-2^(bits-1), 2^(bits-1)), int64.
 
         Raises:
-            ConfigError: `words` is not uint64 or an entry is >= 2^bits.
+            ConfigError: `words` is not uint32 or uint64, or an entry is >= 2^bits.
         """
-        words = np.asarray(words)
-        if words.dtype != np.uint64:
-            raise ConfigError(f"words must be uint64, got dtype {words.dtype}")
+        words = _check_words(words, "words")
         if self.bits < 64 and words.size and int(words.max()) >= self.modulus:
             raise ConfigError(f"a word is outside [0, 2^{self.bits})")
         if self.bits == 64:
@@ -181,14 +203,14 @@ class FixedPointCodec:
         """Decode the (wrapped) sum of encoded vectors back to floats.
 
         Args:
-            words: uint64 ring elements, the sum mod 2^bits of at most `num_summands` encodings
-                (plus noise within `noise_bound`).
+            words: uint32 or uint64 ring elements, the sum mod 2^bits of at most `num_summands`
+                encodings (plus noise within `noise_bound`).
 
         Returns:
             float64 array: the signed sum divided by `scale`.
 
         Raises:
-            ConfigError: `words` is not uint64 or holds an entry >= 2^bits.
+            ConfigError: `words` is not uint32 or uint64, or holds an entry >= 2^bits.
         """
         return self.from_words(words).astype(np.float64) / self.scale
 
@@ -225,17 +247,19 @@ def words_to_bytes(words: np.ndarray, bits: int) -> bytes:
     """Serialise ring elements: each word as `word_bytes(bits)` little-endian bytes, in order.
 
     Raises:
-        ConfigError: `words` is not a 1-D uint64 array, or an entry is >= 2^bits.
+        ConfigError: `words` is not a 1-D uint32 or uint64 array, or an entry is >= 2^bits.
     """
     width = word_bytes(bits)
     words = np.asarray(words)
-    if words.dtype != np.uint64 or words.ndim != 1:
-        raise ConfigError(f"words must be a 1-D uint64 array, got {words.dtype} of shape {words.shape}")
+    if words.dtype not in (np.uint32, np.uint64) or words.ndim != 1:
+        raise ConfigError(
+            f"words must be a 1-D uint32 or uint64 array, got {words.dtype} of shape {words.shape}"
+        )
     if bits < 64 and words.size and int(words.max()) >> bits:
         raise ConfigError(f"a word is outside [0, 2^{bits})")
     if width in _NATIVE:
-        return words.astype(_NATIVE[width]).tobytes()
-    return words.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :width].tobytes()
+        return words.astype(_NATIVE[width], copy=False).tobytes()
+    return words.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)[:, :width].tobytes()
 
 
 def words_from_bytes(data: bytes, bits: int, count: int) -> np.ndarray:

@@ -272,6 +272,7 @@ class CodreamNode:
         import torch
 
         from ...data import load_dataset, partition
+        from ...devices import pin_threads
         from ...models import build_model
         from ..client import ClientRole
         from ..simulation import default_trainer_factory
@@ -292,7 +293,7 @@ class CodreamNode:
                 )
         if "data-dir" in nc:
             config = dataclasses.replace(config, data_dir=str(nc["data-dir"]))
-        torch.set_num_threads(int(nc.get("torch-threads", 1)))  # type: ignore[arg-type]
+        pin_threads(int(nc.get("torch-threads", 1)))  # type: ignore[arg-type]
         asked = Mode.parse(str(req.get("aggregation", str)))
         if asked.rank < self.policy.mode.rank:
             raise PolicyRefusal(

@@ -41,7 +41,7 @@ class MaskedInputState(ClientState):
         """Mask `words` (this client's encoded vector j) and move to the unmask round.
 
         Args:
-            words: uint64 array of `config.vector_lengths[j]` ring elements, each < 2^bits.
+            words: uint32 or uint64 array of `config.vector_lengths[j]` ring elements, each < 2^bits.
             context: what this client computed vector j from, as bytes (e.g. SHA-256 of the
                 dreams, targets and plan the server sent it); b"" when there is none. Every
                 client of a session must pass the same bytes for the same vector.
@@ -56,9 +56,9 @@ class MaskedInputState(ClientState):
 
         config, j = self.session.ctx.config, self.vector
         words = np.asarray(words)
-        if words.dtype != np.uint64 or words.shape != (config.vector_lengths[j],):
+        if words.dtype not in (np.uint32, np.uint64) or words.shape != (config.vector_lengths[j],):
             raise ConfigError(
-                f"vector {j}: expected uint64 words of shape ({config.vector_lengths[j]},), "
+                f"vector {j}: expected uint32 or uint64 words of shape ({config.vector_lengths[j]},), "
                 f"got {words.dtype} {words.shape}"
             )
         if config.bits < 64 and words.size and int(words.max()) >> config.bits:
