@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from codream.aggregation import AggregateResult, AggregationRound, Aggregator, VectorSpec, create_aggregator
+from codream.aggregation import AggregationRound, Aggregator, VectorSpec, create_aggregator
 from codream.secagg.client import ClientState, start_client
 from codream.secagg.config import SessionConfig
 from codream.secagg.messages import Message, decode_message
@@ -134,6 +134,7 @@ class RecordingAggregator(Aggregator):
         self.plans: list[tuple[int, list[str]]] = []
         self.participants: list[tuple[int, ...]] = []
         self.sums: list[tuple[int, str, tuple[int, ...], int]] = []
+        self.contexts: list[bytes] = []
 
     def open_round(self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]):
         self.plans.append((round_index, [s.name for s in specs]))
@@ -145,10 +146,11 @@ class RecordingAggregator(Aggregator):
             def __init__(self) -> None:
                 super().__init__(round_index=round_index, participants=participants, specs=specs)
 
-            def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
+            def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray], *, context: bytes = b""):
                 lengths = {v.shape for v in vectors.values()}
                 outer.sums.append((round_index, spec.name, tuple(sorted(vectors)), *[s[0] for s in lengths]))
-                return inner.sum(spec, vectors)
+                outer.contexts.append(context)
+                return inner.sum(spec, vectors, context=context)
 
             def close(self):
                 return inner.close()

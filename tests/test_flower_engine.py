@@ -228,3 +228,46 @@ def test_the_engine_reports_its_exchanges_per_round(tmp_path, aggregation, per_v
     (round0,) = results["rounds"]
     assert round0["exchanges"] == fixed + per_vector * vectors
     assert round0["seconds_per_exchange"] > 0
+
+
+class DifferentDreams(Loopback):
+    """A server that sends one node other dreams than the rest at one dream step."""
+
+    def __init__(self, num_nodes: int, *, node: int, vector: int, **kwargs) -> None:
+        super().__init__(num_nodes, **kwargs)
+        self.target = (node, vector)
+
+    def exchange(self, requests, *, timeout):
+        node, vector = self.target
+        body = requests.get(100 + node)
+        if body is not None:
+            request = decode(body)
+            if request.kind == "release" and request.fields.get("vector") == vector and "x" in request.arrays:
+                arrays = dict(request.arrays)
+                arrays["x"] = arrays["x"] + np.float32(0.5)
+                requests = {**requests, 100 + node: encode(Payload(request.kind, request.fields, arrays))}
+        return super().exchange(requests, timeout=timeout)
+
+
+def test_a_node_sent_other_dreams_is_left_out_of_the_sum_it_was_not_computed_for(tmp_path):
+    """Each node binds its masked release to what it received; the server's sum covers only the nodes
+    that computed from the dreams it means, and stays exact for them."""
+    config = tiny_config(rounds=1)
+    run_config = {
+        "codream-config": json.dumps(config_to_dict(config)),
+        "aggregation": "secure",
+        "out-dir": str(tmp_path),
+    }
+    server = CodreamServer(run_config)
+    transport = DifferentDreams(config.num_clients, node=2, vector=2, aggregation="secure")
+    channel, ready = connect_clients(
+        transport,
+        num_nodes=config.num_clients,
+        setup=server.setup_payload(),
+        wait_timeout=1,
+        setup_timeout=1,
+        step_timeout=1,
+    )
+    results = server.run(channel, ready)
+    (round0,) = results["rounds"]
+    assert 2 not in round0["survivors"] and len(round0["survivors"]) == 3

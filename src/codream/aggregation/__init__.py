@@ -16,7 +16,17 @@ the learning layer never imports the protocol.
 
 from .client import COUNT_WORDS, ClientSeam, LocalStats, wire_lengths
 from .local import AggregationRound, Aggregator, LocalAggregator, create_aggregator
-from .plan import AggregateResult, DPStats, Mode, ReleaseKind, RoundPlan, RoundReport, SecureStats, VectorSpec
+from .plan import (
+    AggregateResult,
+    DPStats,
+    Mode,
+    ReleaseKind,
+    RoundPlan,
+    RoundReport,
+    SecureStats,
+    VectorSpec,
+    release_context,
+)
 from .policy import ClientPolicy, DPPolicy, required_threshold
 from .projected import ProjectedReleases
 from .server import DEFAULT_DP_BITS, ServerSeam
@@ -43,5 +53,6 @@ __all__ = [
     "VectorSpec",
     "create_aggregator",
     "required_threshold",
+    "release_context",
     "wire_lengths",
 ]

@@ -71,12 +71,16 @@ class AggregationRound(ABC):
                 raise ConfigError(f"client {cid}: vector {spec.name!r} holds NaN or infinity")
 
     @abstractmethod
-    def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
+    def sum(
+        self, spec: VectorSpec, vectors: Mapping[int, np.ndarray], *, context: bytes = b""
+    ) -> AggregateResult:
         """Sum one planned vector over the participants that are still alive.
 
         Args:
             spec: the next planned spec (`next_spec`).
             vectors: each alive participant's float vector of shape ``(spec.length,)``.
+            context: what the participants computed it from (`release_context`); secure sessions
+                sign it (malicious mode) and key their masks with it.
         Raises:
             ConfigError: for a spec out of plan order, unknown clients or malformed vectors.
             ProtocolAbort: when too few clients survive to finish securely.
@@ -329,7 +333,9 @@ class _LocalRound(AggregationRound):
         """Largest per-coordinate error of a decoded sum of `num_summands` against the float sum."""
         return self._owner.server.quantisation_bound(self.plan, vector, num_summands)
 
-    def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
+    def sum(
+        self, spec: VectorSpec, vectors: Mapping[int, np.ndarray], *, context: bytes = b""
+    ) -> AggregateResult:
         self._check_contributions(spec, vectors)
         if self._aborted is not None:
             raise ProtocolAbort(
@@ -351,7 +357,7 @@ class _LocalRound(AggregationRound):
                     self._plain_bytes[c] += 8 * spec.length
                 survivors: tuple[int, ...] = tuple(live)
             else:
-                result = self._session.aggregate(j, words)
+                result = self._session.aggregate(j, words, context=context)
                 total, survivors = result.words, tuple(result.survivors)
             out = self._owner.server.decode(self.plan, j, total, survivors)
         except ProtocolAbort as exc:

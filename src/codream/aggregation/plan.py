@@ -8,6 +8,7 @@ half decodes sums in the same order. `AggregateResult` and `RoundReport` are wha
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ __all__ = [
     "RoundReport",
     "SecureStats",
     "VectorSpec",
+    "release_context",
 ]
 
 
@@ -226,3 +228,23 @@ class RoundReport:
     secure: SecureStats | None = None
     dp: DPStats | None = None
     projection_signal_fraction: float | None = None
+
+
+def release_context(round_index: int, spec: VectorSpec, *arrays: np.ndarray | None) -> bytes:
+    """What a client computed a release from, as bytes every honest client of the round agrees on.
+
+    The round, the release and the broadcast it read (the dreams and their targets): the secure
+    aggregation client signs it in malicious mode and keys its pairwise masks with it, so a server
+    that sends clients different broadcasts gets refusals or a sum that does not unmask, never a
+    sum over inputs computed from different dreams.
+    """
+    h = hashlib.sha256(b"codream/v1/release-context")
+    h.update(f"{round_index}/{spec.kind.value}/{spec.step}/{spec.length}/{spec.clip_norm!r}".encode())
+    for a in arrays:
+        if a is None:
+            h.update(b"\x00")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"\x01{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.digest()

@@ -109,18 +109,20 @@ class _ProjectedRound(AggregationRound):
         self._released = released
         self._kept: list[float] = []
 
-    def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
+    def sum(
+        self, spec: VectorSpec, vectors: Mapping[int, np.ndarray], *, context: bytes = b""
+    ) -> AggregateResult:
         self._check_contributions(spec, vectors)
         released = self._released[self._next]
         self._next += 1
         if not self._owner.projects(spec):
-            return self._inner.sum(released, vectors)
+            return self._inner.sum(released, vectors, context=context)
         projected = {}
         for cid, v in vectors.items():
             projected[cid], kept = self._owner.release(v)
             if kept is not None:
                 self._kept.append(kept)
-        res = self._inner.sum(released, projected)
+        res = self._inner.sum(released, projected, context=context)
         return dataclasses.replace(res, total=self._owner.projection.lift(res.total))
 
     def close(self) -> RoundReport:

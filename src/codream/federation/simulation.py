@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..aggregation import Aggregator, RoundReport, create_aggregator
+from ..aggregation import Aggregator, RoundReport, create_aggregator, release_context
 from ..distill import SGDTrainer, TrainerFactory
 from ..exceptions import ConfigError
 from .client import ClientRole
@@ -245,7 +245,10 @@ class Federation:
         x = server.begin_round(r)
         targets = None
         if cfg.method is Method.CONDITIONAL:
-            res = agg.sum(next(plan), {c.client_id: c.class_weights() for c in cohort})
+            spec = next(plan)
+            res = agg.sum(
+                spec, {c.client_id: c.class_weights() for c in cohort}, context=release_context(r, spec)
+            )
             targets = server.receive_class_weights(res)
         student = server.student.model if server.student is not None else None
         for client in cohort:
@@ -259,11 +262,15 @@ class Federation:
             if s == 0:
                 loss_start = step_loss
             loss_end = step_loss
-            x = server.apply_dream_step(agg.sum(next(plan), vectors))
+            spec = next(plan)
+            context = release_context(r, spec, x.numpy(), None if targets is None else targets.numpy())
+            x = server.apply_dream_step(agg.sum(spec, vectors, context=context))
             say("dream", s + 1, cfg.dream.global_steps)
         dream_seconds = time.perf_counter() - t_dream
 
-        res = agg.sum(next(plan), {c.client_id: c.soft_labels(x) for c in cohort})
+        spec = next(plan)
+        context = release_context(r, spec, x.numpy(), None if targets is None else targets.numpy())
+        res = agg.sum(spec, {c.client_id: c.soft_labels(x) for c in cohort}, context=context)
         _, target_logits = server.receive_soft_labels(res)
         report = agg.close()
         server.bank_round()

@@ -49,6 +49,7 @@ from ...aggregation import (
     RoundPlan,
     ServerSeam,
     VectorSpec,
+    release_context,
 )
 from ...exceptions import AbortReason, ConfigError, InvalidMessage, PolicyRefusal, ProtocolAbort
 from ..config import DistillConfig, DreamConfig, FederationConfig, Method
@@ -251,6 +252,7 @@ class CodreamNode:
         self.seam: ClientSeam | None = None
         self._session = None  # this round's secure-aggregation client state
         self._specs: list[VectorSpec] = []
+        self._targets: np.ndarray | None = None  # the round's dream targets, as received
         self._round = -1
 
     # -- dispatch
@@ -400,9 +402,8 @@ class CodreamNode:
                 return Payload("secagg", arrays={"msg": _blob(reply)})
         x = torch.from_numpy(req.array("x", "float32").copy()) if "x" in req.arrays else None
         if req.fields.get("begin"):
-            targets = (
-                torch.from_numpy(req.array("targets", "int64").copy()) if "targets" in req.arrays else None
-            )
+            self._targets = req.array("targets", "int64").copy() if "targets" in req.arrays else None
+            targets = None if self._targets is None else torch.from_numpy(self._targets)
             role.begin_round(self._round, targets=targets)
         fields: dict[str, object] = {}
         if spec.kind is ReleaseKind.CLASS_WEIGHTS:
@@ -423,7 +424,13 @@ class CodreamNode:
             return Payload("vector", fields, {"v": seam.prepare(vector)})
         if isinstance(self._session, Aborted) or self._session is None:
             raise ProtocolAbort(AbortReason.UNEXPECTED_VECTOR, "no live session to release into")
-        self._session, message = self._session.submit(seam.prepare(vector))
+        # What this node computed the release from: signed (malicious mode) and keying the masks, so a
+        # server that sent nodes different dreams or targets cannot unmask a sum over them.
+        if spec.kind is ReleaseKind.CLASS_WEIGHTS:
+            context = release_context(self._round, spec)
+        else:
+            context = release_context(self._round, spec, None if x is None else x.numpy(), self._targets)
+        self._session, message = self._session.submit(seam.prepare(vector), context)
         return Payload("secagg", fields, {} if message is None else {"msg": _blob(message.to_bytes())})
 
     def _acquire(self, req: Payload) -> Payload:
@@ -558,9 +565,10 @@ class CodreamServer:
         j = 0
         targets = None
         if cfg.method is Method.CONDITIONAL:
-            res = self._trace(r, j, release.release(j, {}, {}))
+            res = self._trace(r, j, release.release(j, {}, {}, context=release_context(r, specs[j])))
             targets = server.receive_class_weights(res)
             j += 1
+        sent_targets = None if targets is None else targets.numpy().astype(np.int64)
         losses = []
         t_dream = time.perf_counter()
         for s in range(cfg.dream.global_steps):
@@ -568,14 +576,16 @@ class CodreamServer:
             arrays = {"x": x.numpy()}
             if s == 0:
                 fields["begin"] = True
-                if targets is not None:
-                    arrays["targets"] = targets.numpy().astype(np.int64)
-            res = self._trace(r, j, release.release(j, fields, arrays))
+                if sent_targets is not None:
+                    arrays["targets"] = sent_targets
+            context = release_context(r, specs[j], arrays["x"], sent_targets)
+            res = self._trace(r, j, release.release(j, fields, arrays, context=context))
             losses.append(release.last_losses)
             x = server.apply_dream_step(res)
             j += 1
         dream_seconds = time.perf_counter() - t_dream
-        res = self._trace(r, j, release.release(j, {}, {"x": x.numpy()}))
+        context = release_context(r, specs[j], x.numpy(), sent_targets)
+        res = self._trace(r, j, release.release(j, {}, {"x": x.numpy()}, context=context))
         _, target_logits = server.receive_soft_labels(res)
         report = release.close()
         self.progress(r, -1, "acquire")
@@ -649,7 +659,7 @@ class _PlainRelease:
         self.participants = list(participants)
         self.clipped = 0
 
-    def release(self, j: int, fields: dict, arrays: dict) -> AggregateResult:
+    def release(self, j: int, fields: dict, arrays: dict, *, context: bytes = b"") -> AggregateResult:
         spec = self.plan.specs[j]
         self.owner.progress(self.r, j, "release")
         # The round's plan travels with every release: plain rounds need no session set-up step.
@@ -732,9 +742,14 @@ class _SecureRelease:
             raise ProtocolAbort(self.state.reason, self.state.detail)
         return outgoing
 
-    def release(self, j: int, fields: dict, arrays: dict) -> AggregateResult:
+    def release(self, j: int, fields: dict, arrays: dict, *, context: bytes = b"") -> AggregateResult:
         self.owner.progress(self.r, j, "release")
         base = Payload("release", {"round": self.r, "vector": j, **fields}, arrays)
+        from ...secagg.server import ServerMaskedInput
+
+        if isinstance(self.state, ServerMaskedInput):
+            # An honest server drops masked inputs computed from anything but what it sent.
+            self.state = self.state.expect_context(context)
         if self.pending:
             answers = self._send(self.pending, kind="release", fields=base.fields, arrays=base.arrays)
             self.pending = {}

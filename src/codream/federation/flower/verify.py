@@ -60,7 +60,9 @@ class _ReplayRound(AggregationRound):
         self._trace = trace
         self._checks = checks
 
-    def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray]) -> AggregateResult:
+    def sum(
+        self, spec: VectorSpec, vectors: Mapping[int, np.ndarray], *, context: bytes = b""
+    ) -> AggregateResult:
         self._check_contributions(spec, vectors)
         key = f"r{self.round_index}_v{self._next}"
         try:
