@@ -198,12 +198,3 @@ def test_the_flower_engine_refuses_a_bank_by_name():
         CodreamServer(run_config)
     every = bank_config(bank_size=0, clients_per_round=None)
     CodreamServer({**run_config, "codream-config": json.dumps(config_to_dict(every))})
-
-
-def test_the_flower_engine_refuses_per_round_cohorts_by_name():
-    pytest.importorskip("flwr", reason="the Flower engine needs flwr")
-    from codream.federation.flower.engine import refuse_unsupported
-
-    with pytest.raises(ConfigError, match="clients_per_round = 2"):
-        refuse_unsupported(bank_config(bank_size=0, clients_per_round=2))
-    refuse_unsupported(bank_config(bank_size=0, clients_per_round=None))

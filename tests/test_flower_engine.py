@@ -271,3 +271,36 @@ def test_a_node_sent_other_dreams_is_left_out_of_the_sum_it_was_not_computed_for
     results = server.run(channel, ready)
     (round0,) = results["rounds"]
     assert 2 not in round0["survivors"] and len(round0["survivors"]) == 3
+
+
+def test_secure_dp_with_cohorts_charges_each_node_for_exactly_its_rounds_and_keeps_losses_home(tmp_path):
+    """Each node draws its own noise and keeps its own ledger from its node config; the server sizes
+    the encoding from the public multiplier and releases no loss computed on private data."""
+    from codream.federation.simulation import cohort_indices
+    from codream.privacy.client_ledger import load_client_ledgers
+
+    config = tiny_config(rounds=3, clients_per_round=3)
+    own = {"noise-multiplier": 2.0, "delta": 1e-5, "ledger-dir": str(tmp_path / "client_ledgers")}
+    transport = Loopback(config.num_clients)
+    transport.nodes = {
+        100 + cid: CodreamNode({"partition-id": cid, "num-partitions": 4, "aggregation": "secure+dp", **own})
+        for cid in range(4)
+    }
+    server = CodreamServer(
+        {
+            "codream-config": json.dumps(config_to_dict(config)),
+            "aggregation": "secure+dp",
+            "noise-multiplier": 2.0,
+            "out-dir": str(tmp_path),
+        }
+    )
+    channel, ready = connect_clients(
+        transport, num_nodes=4, setup=server.setup_payload(), wait_timeout=1, setup_timeout=1, step_timeout=1
+    )
+    results = server.run(channel, ready)
+    cohorts = [cohort_indices(4, 3, config.seed, r) for r in range(3)]
+    assert [r["participants"] for r in results["rounds"]] == cohorts
+    assert all(r["ce_loss"] is None and r["warmup_loss"] is None for r in results["rounds"])
+    ledgers = {led.client_id: led for led in load_client_ledgers(tmp_path)}
+    for cid in range(4):
+        assert ledgers[cid].rounds == tuple(r for r, cohort in enumerate(cohorts) if cid in cohort)

@@ -690,27 +690,26 @@ def _execute_flower(
 ) -> RunOutcome:
     """The same run on a local Flower deployment (one SuperNode process per client).
 
-    The Flower engine runs all rounds in one go (no per-round checkpoint) and carries plain and
-    secure aggregation; its per-round metrics become the same metrics.jsonl records.
+    The Flower engine runs all rounds in one go (no per-round checkpoint); its per-round metrics
+    become the same metrics.jsonl records. Under secure+dp every SuperNode gets the run's DP
+    parameters in its own node config, draws its own noise and keeps its own ledger in
+    RUN_DIR/client_ledgers/, from which the run's epsilon is read.
     """
-    if rc.aggregation == "secure+dp":
-        raise ConfigError(
-            "--engine flower carries plain and secure aggregation; use --engine simulation for secure+dp"
-        )
+    if privacy.example:
+        raise ConfigError("--privacy-unit example is carried by --engine simulation only")
     if rc.dropout > 0:
         raise ConfigError("--dropout is simulated by --engine simulation; on Flower, clients drop for real")
     # What the Flower engine does not carry is refused before the run directory exists (so --out stays
     # free for the corrected command), never silently dropped.
     unsupported = {
         "--graph harary": rc.graph != "complete",
-        f"--clients-per-round {rc.clients_per_round}": rc.clients_per_round not in (None, rc.clients),
         f"--bank-size {rc.bank_size}": rc.bank_size > 0,
     }
     refused = [flag for flag, given in unsupported.items() if given]
     if refused:
         raise ConfigError(
             f"{', '.join(refused)}: carried by --engine simulation only (the Flower engine masks over the "
-            "complete graph, runs every client in every round and keeps no dream bank); drop "
+            "complete graph and keeps no dream bank); drop "
             f"{'it' if len(refused) == 1 else 'them'} or use --engine simulation"
         )
     try:
@@ -728,17 +727,34 @@ def _execute_flower(
     rc = rc.replace(out=str(out))
     rd.write_config(_config_toml(rc), federation=to_jsonable(fed_cfg))
     echo(f"starting a Flower deployment with {rc.clients} SuperNodes (logs in {rd.path / 'flower' / 'logs'})")
+    dp = None
+    if privacy.enabled:
+        dp = {
+            "noise_multiplier": privacy.noise_multiplier,
+            "delta": rc.delta,
+            "target_epsilon": privacy.target_epsilon,
+        }
     results = run_flower(
         fed_cfg,
         aggregation=rc.aggregation,
         out_dir=rd.path / "flower",
         rounds=rc.rounds,
         threshold=rc.threshold,
+        dp=dp,
+        ledger_dir=rd.path / "client_ledgers",
     )
+    epsilons: dict[int, float] = {}
+    if privacy.enabled:
+        epsilons = _flower_run_ledger(rd, privacy, rc.delta)
     records = []
     for i, raw in enumerate(results.get("rounds", [])):
+        eps = epsilons.get(i)
         record = round_record(
-            raw, round_number=i + 1, epsilon=None, delta=None, seconds=float(raw.get("seconds", 0.0))
+            raw,
+            round_number=i + 1,
+            epsilon=eps,
+            delta=rc.delta if eps is not None else None,
+            seconds=float(raw.get("seconds", 0.0)),
         )
         rd.append_metrics(record)
         records.append(record)
@@ -752,6 +768,37 @@ def _execute_flower(
             dreams = (torch.from_numpy(data["x"]), torch.from_numpy(data["soft_labels"]))
     deployment = to_jsonable(results.get("deployment", {}))
     return _finish(rc, rd, records, privacy, device=device, dreams=dreams, extra={"deployment": deployment})
+
+
+def _flower_run_ledger(rd: RunDir, privacy: PrivacyPlan, delta: float) -> dict[int, float]:
+    """The run's ledger of a Flower secure+dp run, from the ledgers the nodes kept themselves.
+
+    Returns each round's largest client epsilon, and makes it the run's ledger (privacy_ledger.json).
+    """
+    from ..privacy.client_ledger import load_client_ledgers
+    from ..privacy.ledger import Granularity, PrivacyLedger
+
+    ledgers = load_client_ledgers(rd.path)
+    run_ledger = PrivacyLedger(
+        delta=delta,
+        target_epsilon=privacy.target_epsilon,
+        granularity=Granularity.CLIENT,
+        path=rd.ledger_path,
+    )
+    rounds = sorted({c.round_index for led in ledgers for c in led.charges})
+    out: dict[int, float] = {}
+    for r in rounds:
+        after = {
+            led.client_id: max((c.epsilon for c in led.charges if c.round_index <= r), default=0.0)
+            for led in ledgers
+        }
+        charged = sum(1 for led in ledgers for c in led.charges if c.round_index == r)
+        run_ledger.record_client_epsilons(
+            round_index=r, client_epsilons=after, details={"charged_clients": float(charged)}
+        )
+        out[r] = max(after.values())
+    privacy.ledger = run_ledger
+    return out
 
 
 def report_line(record: Mapping[str, Any], total: int) -> str:

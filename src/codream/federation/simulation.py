@@ -112,6 +112,18 @@ def _generator(*seed_parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def cohort_indices(num_clients: int, per_round: int | None, seed: int, round_index: int) -> list[int]:
+    """Round `round_index`'s cohort, sorted: every client, or `per_round` of them drawn by the run seed.
+
+    Both engines draw it the same way. The cohort is public (the server runs the protocol with it), so
+    a seeded draw costs nothing: client-level DP is accounted without amplification by sampling.
+    """
+    if per_round is None or per_round >= num_clients:
+        return list(range(num_clients))
+    order = torch.randperm(num_clients, generator=_generator(seed, 5, round_index))
+    return sorted(order[:per_round].tolist())
+
+
 class Federation:
     """CoDream with all parties in one process.
 
@@ -202,11 +214,10 @@ class Federation:
 
     def cohort(self, round_index: int) -> list[ClientRole]:
         """The clients taking part in round `round_index`: all, or a seeded sample without replacement."""
-        k = self.config.clients_per_round
-        if k is None or k == len(self.clients):
-            return list(self.clients)
-        order = torch.randperm(len(self.clients), generator=_generator(self.config.seed, 5, round_index))
-        return [self.clients[i] for i in sorted(order[:k].tolist())]
+        chosen = cohort_indices(
+            len(self.clients), self.config.clients_per_round, self.config.seed, round_index
+        )
+        return [self.clients[i] for i in chosen]
 
     def evaluate(self) -> list[float]:
         """Every client's accuracy on the test set."""

@@ -44,6 +44,7 @@ from ...aggregation import (
     AggregateResult,
     ClientPolicy,
     ClientSeam,
+    DPPolicy,
     Mode,
     ReleaseKind,
     RoundPlan,
@@ -66,7 +67,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AGGREGATIONS = (Mode.PLAIN.value, Mode.SECURE.value)
+AGGREGATIONS = tuple(m.value for m in Mode)
 
 
 # ------------------------------------------------------------------------------------ configuration
@@ -103,10 +104,7 @@ def config_from_dict(d: Mapping[str, object]) -> FederationConfig:
 
 
 def refuse_unsupported(config: FederationConfig) -> None:
-    """Refuse what this engine does not carry yet: a server dream bank and per-round cohorts.
-
-    Every node takes part in every round here, so a `clients_per_round` would be ignored; saying so
-    beats running a different federation than the one asked for.
+    """Refuse what this engine does not carry yet: a server dream bank.
 
     Raises:
         ConfigError: naming the option, before any process starts.
@@ -115,11 +113,6 @@ def refuse_unsupported(config: FederationConfig) -> None:
         raise ConfigError(
             f"the Flower engine does not keep a dream bank yet; set distill.bank_size = 0 "
             f"(got {config.distill.bank_size})"
-        )
-    if config.clients_per_round is not None and config.clients_per_round < config.num_clients:
-        raise ConfigError(
-            f"the Flower engine runs every node in every round; it cannot sample cohorts of "
-            f"clients_per_round = {config.clients_per_round} (use the simulation engine)"
         )
 
 
@@ -158,8 +151,19 @@ def node_policy(node_config: Mapping[str, object]) -> ClientPolicy:
     }
     graphs = {g.strip() for g in str(nc.get("graphs", "complete,harary")).split(",") if g.strip()}
     try:
+        dp = None
+        if "noise-multiplier" in nc:
+            # The node's own DP: its noise share and its own budget, whatever the server asks.
+            dp = DPPolicy(
+                noise_multiplier=float(nc["noise-multiplier"]),  # type: ignore[arg-type]
+                delta=float(nc.get("delta", 1e-5)),  # type: ignore[arg-type]
+                target_epsilon=float(nc["target-epsilon"]) if "target-epsilon" in nc else None,  # type: ignore[arg-type]
+                noise=str(nc.get("noise", "skellam")),
+                colluders=int(nc.get("colluders", 0)),  # type: ignore[arg-type]
+            )
         return ClientPolicy(
             mode=Mode.parse(str(nc.get("aggregation", Mode.SECURE.value))),
+            dp=dp,
             malicious=str(nc.get("malicious", "false")).lower() in ("1", "true", "yes"),
             min_clients=opt_int("min-clients") or 2,
             min_threshold=opt_int("min-threshold"),
@@ -303,7 +307,15 @@ class CodreamNode:
                 f"under {self.policy.mode.value!r} or stronger only"
             )
         # Stochastic-rounding coins are not secrets; seeding them keeps a run reproducible.
-        self.seam = ClientSeam(self.client_id, self.policy, rounding_seed=config.seed)
+        ledger_path = None
+        if self.policy.dp is not None and "ledger-dir" in nc:
+            from ...privacy.client_ledger import client_ledger_path
+
+            # `ledger-dir` is the folder of the ledger files (a run directory's client_ledgers/).
+            ledger_path = Path(str(nc["ledger-dir"])) / client_ledger_path(".", self.client_id).name
+        self.seam = ClientSeam(
+            self.client_id, self.policy, rounding_seed=config.seed, ledger_path=ledger_path
+        )
         dataset = load_dataset(
             config.dataset, config.data_dir, limit_test=config.limit_test, seed=config.seed
         )
@@ -330,17 +342,16 @@ class CodreamNode:
         )
         self.config = config
         warmup_loss = self.role.warm_up()
-        return Payload(
-            "ready",
-            {
-                "client_id": cid,
-                "model": name,
-                "samples": len(y_k),
-                "input_shape": list(dataset.input_shape),
-                "num_classes": dataset.num_classes,
-                "warmup_loss": warmup_loss,
-            },
-        )
+        fields: dict[str, object] = {
+            "client_id": cid,
+            "model": name,
+            "samples": len(y_k),
+            "input_shape": list(dataset.input_shape),
+            "num_classes": dataset.num_classes,
+        }
+        if self.policy.dp is None:  # a loss on private data is not released under DP
+            fields["warmup_loss"] = warmup_loss
+        return Payload("ready", fields)
 
     # -- a round's session
     def _admit(self, req: Payload) -> RoundPlan:
@@ -442,9 +453,12 @@ class CodreamNode:
         y = torch.from_numpy(req.array("y", "float32").copy())
         role.acquire(x, y)
         stats = role.distill()
-        acc = role.evaluate(self.x_test, self.y_test)
+        acc = role.evaluate(self.x_test, self.y_test)  # on the public test set
         self._session = None
-        return Payload("learned", {"accuracy": acc, "kd_loss": stats.kd_loss, "ce_loss": stats.ce_loss})
+        fields = {"accuracy": acc, "kd_loss": stats.kd_loss}  # KD loss: on released dreams
+        if self.policy.dp is None:  # a loss on private data is not released under DP
+            fields["ce_loss"] = stats.ce_loss
+        return Payload("learned", fields)
 
 
 def _blob(data: bytes) -> np.ndarray:
@@ -456,13 +470,17 @@ def _setup_facts(p: Payload) -> tuple[tuple[int, ...], int, float]:
     return (
         p.integers("input_shape", max_len=8, minimum=1, maximum=1 << 16),
         p.integer("num_classes", minimum=1, maximum=1 << 20),
-        p.number("warmup_loss"),
+        p.number("warmup_loss", default=None),
     )
 
 
 def _learned(p: Payload) -> tuple[float, float, float]:
     """A node's 'learned' answer: (accuracy, KD loss, CE loss); InvalidMessage if not."""
-    return p.number("accuracy", minimum=0.0, maximum=1.0), p.number("kd_loss"), p.number("ce_loss")
+    return (
+        p.number("accuracy", minimum=0.0, maximum=1.0),
+        p.number("kd_loss"),
+        p.number("ce_loss", default=None),
+    )
 
 
 # ---------------------------------------------------------------------------------------- the server
@@ -490,15 +508,23 @@ class CodreamServer:
         refuse_unsupported(self.config)
         self.rounds = int(rc.get("rounds", self.config.rounds))  # type: ignore[arg-type]
         self.threshold = int(rc.get("threshold", 0)) or None  # type: ignore[arg-type]
-        self.bits = int(rc.get("bits", 32))  # type: ignore[arg-type]
+        self.bits = int(rc["bits"]) if int(rc.get("bits", 0) or 0) else None  # type: ignore[arg-type]
+        # secure+dp: the public noise multiplier the encoding's headroom is sized for; each node
+        # draws its own noise from its own node config.
+        noise_multiplier = float(rc["noise-multiplier"]) if "noise-multiplier" in rc else None  # type: ignore[arg-type]
         self.min_survivors = int(rc.get("min-survivors", 0)) or None  # type: ignore[arg-type]
         self.out_dir = Path(str(rc.get("out-dir", ".")))
         self.record_trace = bool(rc.get("record-trace", False))
         self.trace: dict[str, np.ndarray] = {}
         self._last_bound = 0.0  # quantisation bound of the last sum (0 for plain sums)
         self.seam = ServerSeam(
-            self.aggregation, threshold=self.threshold, bits=self.bits, min_survivors=self.min_survivors
+            self.aggregation,
+            threshold=self.threshold,
+            bits=self.bits,
+            min_survivors=self.min_survivors,
+            noise_multiplier=noise_multiplier,
         )
+        self.bits = self.seam.bits
 
     def setup_payload(self) -> Payload:
         return Payload(
@@ -521,11 +547,12 @@ class CodreamServer:
             raise ConfigError(f"clients disagree on the data: input shapes {shapes}, classes {classes}")
         input_shape, num_classes = shapes.pop(), classes.pop()
         server = ServerRole(cfg, input_shape, num_classes, _generator(cfg.seed, 4))
-        warmup = float(np.mean([loss for _, _, loss in facts.values()]))
+        losses = [loss for _, _, loss in facts.values() if loss is not None]
+        warmup = float(np.mean(losses)) if losses else None
         rounds = []
         for r in range(self.rounds):
             metrics = self._round(r, server, channel)
-            metrics["warmup_loss"] = warmup if r == 0 else 0.0
+            metrics["warmup_loss"] = (warmup if r == 0 else 0.0) if warmup is not None else None
             rounds.append(metrics)
             log.info(
                 "round %d: mean acc %.4f, survivors %s, %.1f s",
@@ -556,7 +583,7 @@ class CodreamServer:
         t0 = time.perf_counter()
         exchanges0, exchange_seconds0 = channel.exchanges, channel.exchange_seconds
         specs = server.specs()
-        participants = channel.alive
+        participants = self.cohort(r, channel.alive)
         sent0, received0 = dict(channel.bytes_sent), dict(channel.bytes_received)
         x = server.begin_round(r)
         release = (_SecureRelease if self.seam.mode.secure else _PlainRelease)(
@@ -599,6 +626,7 @@ class CodreamServer:
         )
         learned = channel.read(answers, _learned, what="'learned' answer")
         accs = {c: acc for c, (acc, _, _) in sorted(learned.items())}
+        ces = [ce for *_, ce in learned.values() if ce is not None]  # none under DP
         probs = server.label_probabilities()
         acc_values = list(accs.values())
 
@@ -612,7 +640,9 @@ class CodreamServer:
             "mean_accuracy": float(np.mean(acc_values)) if acc_values else float("nan"),
             "std_accuracy": float(np.std(acc_values)) if acc_values else float("nan"),
             "kd_loss": float(np.mean([kd for _, kd, _ in learned.values()])) if learned else None,
-            "ce_loss": float(np.mean([ce for _, _, ce in learned.values()])) if learned else None,
+            "ce_loss": float(np.mean(ces))
+            if (ces := [ce for *_, ce in learned.values() if ce is not None])
+            else None,
             "dream_loss_start": mean_loss(0),
             "dream_loss_end": mean_loss(-1),
             "class_coverage": int(probs.argmax(dim=1).unique().numel()),
@@ -632,6 +662,17 @@ class CodreamServer:
             "seconds_per_exchange": (channel.exchange_seconds - exchange_seconds0)
             / max(1, channel.exchanges - exchanges0),
         }
+
+    def cohort(self, r: int, alive: list[int]) -> list[int]:
+        """Round r's participants: the simulation's seeded cohort (every client without one), alive.
+
+        The server knows every cohort (it runs the protocol with it), so nothing is amplified by it.
+        """
+        from ..simulation import cohort_indices
+
+        k = self.config.clients_per_round
+        chosen = cohort_indices(self.config.num_clients, k, self.config.seed, r)
+        return [c for c in chosen if c in alive]
 
     def progress(self, r: int, j: int, stage: str) -> None:
         """Append where the run stands to progress.jsonl (the local harness times its faults by it)."""

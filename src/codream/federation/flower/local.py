@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def run_flower(
     kill_node_at: KillAt | None = None,
     rounds: int | None = None,
     threshold: int | None = None,
-    bits: int = 32,
+    bits: int | None = None,
+    dp: Mapping[str, float] | None = None,
+    ledger_dir: str | Path | None = None,
     step_timeout: float = 30.0,
     setup_timeout: float = 180.0,
     timeout: float = 1800.0,
@@ -63,14 +66,19 @@ def run_flower(
 
     Args:
         config: the federation (its `num_clients` SuperNodes are started unless `num_supernodes`).
-        aggregation: "plain" or "secure" ("secure+dp" is not carried by this engine yet).
+        aggregation: "plain", "secure" or "secure+dp".
         num_supernodes: how many SuperNodes to start (default and minimum: `config.num_clients`).
         out_dir: results (flower-results.json, dreams.npz, progress.jsonl), logs/ (one log per
             process, written as it runs) and the deployment's app/ and flwr-home/ go here.
         kill_node_at: kill one SuperNode mid-run (fault injection), see `KillAt`.
         rounds: number of rounds (default `config.rounds`).
         threshold: Shamir threshold (default: the secure aggregator's).
-        bits: ring width of the secure sum.
+        bits: ring width of the secure sum (default 32, 24 under DP).
+        dp: secure+dp only: ``noise_multiplier`` (the round's z_eff), ``delta`` and optionally
+            ``target_epsilon``, given to every SuperNode's own node config (each node draws its own
+            noise and keeps its own ledger in out_dir/client_ledgers/) and the multiplier to the
+            server, which sizes the encoding with it.
+        ledger_dir: where the nodes keep their ledgers (default out_dir/client_ledgers).
         step_timeout: seconds each protocol step waits for a client before dropping it.
         setup_timeout: seconds a client may take to load its data and warm up.
         timeout: bound on the whole run, in seconds.
@@ -109,7 +117,7 @@ def run_flower(
         "aggregation": aggregation,
         "rounds": config.rounds if rounds is None else rounds,
         "threshold": threshold or 0,
-        "bits": bits,
+        "bits": bits or 0,
         "step-timeout": float(step_timeout),
         "setup-timeout": float(setup_timeout),
         "wait-timeout": 60.0,
@@ -119,10 +127,19 @@ def run_flower(
         "record-trace": record_trace,
     }
     # Each node's own policy: it releases under the run's mode or stronger, whatever the server asks.
-    node_configs = [
+    node_configs: list[dict[str, object]] = [
         {"partition-id": i, "num-partitions": config.num_clients, "aggregation": aggregation}
         for i in range(n)
     ]
+    if aggregation == "secure+dp":
+        if not dp or "noise_multiplier" not in dp:
+            raise ConfigError("secure+dp on Flower needs dp={'noise_multiplier': ..., 'delta': ...}")
+        run_config["noise-multiplier"] = float(dp["noise_multiplier"])
+        own = {"noise-multiplier": float(dp["noise_multiplier"]), "delta": float(dp.get("delta", 1e-5))}
+        if dp.get("target_epsilon") is not None:
+            own["target-epsilon"] = float(dp["target_epsilon"])
+        for nc in node_configs:
+            nc.update(own, **{"ledger-dir": str(ledger_dir or out / "client_ledgers")})
     t0 = time.monotonic()
     with FlowerDeployment(
         n,
