@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..aggregation import AggregateResult, VectorSpec
-from ..distill import DreamBuffer, frozen_batchnorm, kd_loss, soft_labels_to_target_logits
+from ..distill import DreamBuffer, kd_loss, soft_labels_to_target_logits
 from ..dreams import DataSpaceOptimizer, entropy_gradient, init_dreams, prior_gradient
 from ..exceptions import ConfigError
-from .config import FederationConfig, Method, SoftLabelKind
+from .config import FederationConfig, LabelWeighting, Method, SoftLabelKind
 
 __all__ = ["DreamBank", "ServerRole", "StudentTrainer"]
 
@@ -32,7 +32,13 @@ _EPS = 1e-8
 
 
 class StudentTrainer:
-    """The server's optional model: learns only from dreams and their aggregated labels (no data)."""
+    """The server's optional model: learns only from dreams and their aggregated labels (no data).
+
+    Released dreams and labels are all it reads, so it is post-processing and costs no privacy; it is
+    the federation's one global model. Its BatchNorm running statistics follow the dreams: they are its
+    only data (and match the clients' statistics by construction of the BatchNorm dream term), and
+    left at their initial values they would normalise test inputs with mean 0 and variance 1.
+    """
 
     def __init__(self, model: nn.Module, config: FederationConfig, generator: torch.Generator) -> None:
         dc = config.distill
@@ -45,15 +51,15 @@ class StudentTrainer:
         )
 
     def distill(self) -> float:
-        """`kd_steps` KD steps on the buffer; returns the mean loss."""
+        """`student_kd_steps` (default `kd_steps`) KD steps on the buffer; returns the mean loss."""
         dc = self.config.distill
+        steps = dc.kd_steps if dc.student_kd_steps is None else dc.student_kd_steps
         losses = []
         self.model.train()
-        for _ in range(dc.kd_steps if len(self.buffer) else 0):
+        for _ in range(steps if len(self.buffer) else 0):
             xb, yb = self.buffer.sample(dc.batch_size, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
-            with frozen_batchnorm(self.model):
-                loss = kd_loss(self.model(xb), yb, dc.temperature)
+            loss = kd_loss(self.model(xb), yb, dc.temperature)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
             self.optimizer.step()
@@ -267,14 +273,21 @@ class ServerRole:
             raise ConfigError("no client contributed soft labels")
         b, k = self.config.dream.batch_size, self.num_classes
         y = torch.as_tensor(result.total / result.count, dtype=torch.float32).reshape(b, k)
-        if self.conditional:
+        dc = self.config.distill
+        if self.conditional and dc.label_weighting is LabelWeighting.CLASS:
+            assert self.class_weight_mean is not None
+            w = torch.as_tensor(self.class_weight_mean, dtype=torch.float32)  # (K,)
+            # Column c over the mean weight for class c: the class-weighted ensemble. A class no
+            # survivor holds (at half the minimum weight) gets probability 0, not noise over a tiny number.
+            y = torch.where(w >= self._weight_floor, y / w.clamp_min(self._weight_floor)[None, :], 0.0)
+        elif self.conditional:
             y = y / self._per_dream_weight()[:, None]
-        kind = self.config.distill.soft_labels
+        kind = dc.soft_labels
         if kind is SoftLabelKind.PROBABILITIES:
             y = y.clamp_min(0)
             y = y / y.sum(dim=1, keepdim=True).clamp_min(_EPS)
         self.soft_labels = y
-        self.target_logits = soft_labels_to_target_logits(y, kind)
+        self.target_logits = soft_labels_to_target_logits(y, kind, dc.label_temperature)
         return y, self.target_logits
 
     def label_probabilities(self) -> Tensor:
