@@ -18,6 +18,7 @@ __all__ = [
     "DistillConfig",
     "DreamConfig",
     "DreamOptimizer",
+    "DreamSource",
     "FederationConfig",
     "KDBatchNorm",
     "LabelWeighting",
@@ -48,6 +49,19 @@ class DreamOptimizer(enum.Enum):
 
     ADAM = "adam"
     SGD = "sgd"
+
+
+class DreamSource(enum.Enum):
+    """What the server optimises with the summed client gradients.
+
+    PIXELS: a fresh dream batch every round, optimised directly in data space (the paper).
+    GENERATOR: a conditional generator G(z, y) kept across rounds; every global step the clients
+        return their input gradient on x = G(z, y), the server backpropagates the sum through G and
+        draws fresh latents z, so dreams improve from round to round instead of restarting from noise.
+    """
+
+    PIXELS = "pixels"
+    GENERATOR = "generator"
 
 
 class Contribution(enum.Enum):
@@ -164,6 +178,9 @@ class DreamConfig:
             VectorSpec clip_norm (the DP sensitivity).
         min_class_weight: a client's weight for a class it holds below this fraction of its largest
             class is treated as zero (conditional method): a handful of samples is not knowledge.
+        source: "pixels" (paper) or "generator", see `DreamSource`.
+        generator_lr: Adam learning rate of the generator's weights (with `betas`).
+        latent_dim, generator_width: size of the generator's latent and of its last hidden map.
     """
 
     batch_size: int = 64
@@ -185,9 +202,17 @@ class DreamConfig:
     contribution: Contribution | str = Contribution.NORMALIZE
     clip_norm: float = 1.0
     min_class_weight: float = 0.02
+    source: DreamSource | str = DreamSource.PIXELS
+    generator_lr: float = 1e-3
+    latent_dim: int = 64
+    generator_width: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", _enum(DreamOptimizer, self.optimizer, "dream.optimizer"))
+        object.__setattr__(self, "source", _enum(DreamSource, self.source, "dream.source"))
+        _positive("dream.generator_lr", self.generator_lr)
+        _positive_int("dream.latent_dim", self.latent_dim)
+        _positive_int("dream.generator_width", self.generator_width)
         object.__setattr__(self, "contribution", _enum(Contribution, self.contribution, "dream.contribution"))
         _positive_int("dream.batch_size", self.batch_size)
         _positive_int("dream.global_steps", self.global_steps)
