@@ -164,8 +164,18 @@ def test_class_weighted_soft_labels_from_the_sums_are_the_ensemble_of_the_client
     assert torch.allclose(got, want, atol=1e-4)
 
 
-JOINT = dict(label_weighting="class", joint=True, ce_ratio=0.5, local_loss="restricted", kd_batchnorm="mixed",
-             label_temperature=2.0, temperature=2.0, student="cnn", student_kd_steps=4)  # fmt: skip
+JOINT = dict(
+    label_weighting="class",
+    joint=True,
+    ce_ratio=0.5,
+    local_loss="restricted",
+    kd_batchnorm="mixed",
+    label_temperature=2.0,
+    temperature=2.0,
+    student="cnn",
+    student_kd_steps=4,
+    augment="shift",
+)
 
 
 def test_the_new_learning_options_give_the_same_numbers_for_the_same_seed(digits):
@@ -238,3 +248,21 @@ def test_class_weighted_labels_need_the_conditional_method_and_probabilities():
     with pytest.raises(ConfigError, match="label_weighting"):
         FederationConfig(method="paper", distill=DistillConfig(label_weighting="class"))
     assert KDBatchNorm("mixed") is KDBatchNorm.MIXED
+
+
+def test_dream_augmentation_translates_each_dream_reproducibly_and_none_leaves_them_alone():
+    from codream.distill import augment_dreams
+    from codream.federation.config import DreamAugment
+
+    x = torch.randn(6, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    assert augment_dreams(x, DreamAugment.NONE, 2, torch.Generator()) is x
+    a = augment_dreams(x, DreamAugment.SHIFT, 1, torch.Generator().manual_seed(3))
+    b = augment_dreams(x, DreamAugment.SHIFT, 1, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape
+    padded = F.pad(x, (1, 1, 1, 1))
+    for i in range(6):  # every output is its own dream, shifted by at most one pixel
+        crops = [padded[i, :, dy : dy + 5, dx : dx + 5] for dy in range(3) for dx in range(3)]
+        assert any(torch.equal(a[i], c) for c in crops)
+    flipped = augment_dreams(x, DreamAugment.SHIFT_FLIP, 0, torch.Generator().manual_seed(1))
+    assert all(torch.equal(f, d) or torch.equal(f, d.flip(2)) for f, d in zip(flipped, x, strict=True))
+    assert not torch.equal(flipped, x)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .exceptions import ConfigError
-from .federation.config import DistillConfig, KDBatchNorm, LocalLoss, SoftLabelKind
+from .federation.config import DistillConfig, DreamAugment, KDBatchNorm, LocalLoss, SoftLabelKind
 
 __all__ = [
     "DreamBuffer",
@@ -32,6 +32,7 @@ __all__ = [
     "LocalTrainer",
     "SGDTrainer",
     "TrainerFactory",
+    "augment_dreams",
     "class_weighted_ensemble",
     "frozen_batchnorm",
     "kd_loss",
@@ -149,6 +150,32 @@ def class_weighted_ensemble(models: list[nn.Module], class_weights: Tensor, x: T
     total = class_weights.sum(dim=0).to(num)  # (K,)
     p = torch.where(total > 0, num / total.clamp_min(_PROB_FLOOR), 0.0)
     return p / p.sum(dim=1, keepdim=True).clamp_min(_PROB_FLOOR)
+
+
+def augment_dreams(x: Tensor, mode: DreamAugment, shift: int, generator: torch.Generator) -> Tensor:
+    """Randomly translate (and mirror) each dream of a KD minibatch x (B, C, H, W); a new tensor.
+
+    Every dream gets its own offset in [-shift, shift]^2, drawn from `generator` (reproducible), with
+    zero padding; SHIFT_FLIP also mirrors each dream left-right with probability 1/2. More distinct
+    inputs per released dream, at no privacy cost: the label travels with the dream.
+    """
+    if mode is DreamAugment.NONE or x.shape[0] == 0:
+        return x
+    b, _, h, w = x.shape
+    out = x
+    if shift > 0:
+        padded = F.pad(x, (shift, shift, shift, shift))  # (B, C, H + 2s, W + 2s)
+        dy = torch.randint(0, 2 * shift + 1, (b,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * shift + 1, (b,), generator=generator).to(x.device)
+        rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # (B, H)
+        cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # (B, W)
+        batch = torch.arange(b, device=x.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+        out = out.permute(0, 3, 1, 2).contiguous()
+    if mode is DreamAugment.SHIFT_FLIP:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out
 
 
 @contextmanager

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..distill import DreamBuffer, JointTrainer, LocalTrainer, predict_soft_labels
+from ..distill import DreamBuffer, JointTrainer, LocalTrainer, augment_dreams, predict_soft_labels
 from ..dreams import DreamLossTerms, client_dream_gradient
 from ..exceptions import ConfigError
 from .config import (
@@ -230,6 +230,7 @@ class ClientRole:
         t0 = time.perf_counter()
         for _ in range(dc.kd_steps if len(self.buffer) else 0):
             xb, yb = self.buffer.sample(dc.batch_size, self.generator)
+            xb = augment_dreams(xb, dc.augment, dc.augment_shift, self.generator)
             owed += dc.ce_ratio
             if dc.joint and owed >= 1.0:
                 kd_l, ce_l = self.trainer.joint_step(xb, yb, dc.temperature)  # type: ignore[attr-defined]

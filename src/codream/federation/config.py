@@ -20,6 +20,7 @@ __all__ = [
     "DreamOptimizer",
     "DreamSource",
     "FederationConfig",
+    "DreamAugment",
     "KDBatchNorm",
     "LabelWeighting",
     "LocalLoss",
@@ -110,6 +111,19 @@ class LocalLoss(enum.Enum):
     PLAIN = "plain"
     RESTRICTED = "restricted"
     ADJUSTED = "adjusted"
+
+
+class DreamAugment(enum.Enum):
+    """Label-preserving transforms of each KD minibatch of dreams (the dream keeps its soft label).
+
+    NONE: dreams as released. SHIFT: each dream translated by up to `augment_shift` pixels (zero
+    padding, which is the data mean in normalised space). SHIFT_FLIP: also mirrored left-right with
+    probability 1/2 (for data where that preserves the class, such as Fashion-MNIST; not digits).
+    """
+
+    NONE = "none"
+    SHIFT = "shift"
+    SHIFT_FLIP = "shift_flip"
 
 
 class KDBatchNorm(enum.Enum):
@@ -272,6 +286,8 @@ class DistillConfig:
         restrict_alpha: FedRS scale of absent classes' logits, in [0, 1].
         logit_adjust_tau: logit-adjustment strength tau > 0.
         kd_batchnorm: "dreams" or "mixed", see `KDBatchNorm`.
+        augment: "none", "shift" or "shift_flip", see `DreamAugment` (clients and student).
+        augment_shift: the largest translation in pixels.
     """
 
     temperature: float = 1.0
@@ -298,6 +314,8 @@ class DistillConfig:
     restrict_alpha: float = 0.0
     logit_adjust_tau: float = 1.0
     kd_batchnorm: KDBatchNorm | str = KDBatchNorm.DREAMS
+    augment: DreamAugment | str = DreamAugment.NONE
+    augment_shift: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "soft_labels", _enum(SoftLabelKind, self.soft_labels, "distill.soft_labels"))
@@ -308,6 +326,8 @@ class DistillConfig:
         object.__setattr__(
             self, "kd_batchnorm", _enum(KDBatchNorm, self.kd_batchnorm, "distill.kd_batchnorm")
         )
+        object.__setattr__(self, "augment", _enum(DreamAugment, self.augment, "distill.augment"))
+        _positive_int("distill.augment_shift", self.augment_shift, minimum=0)
         if not isinstance(self.joint, bool):
             raise ConfigError(f"distill.joint must be true or false, got {self.joint!r}")
         if self.student_kd_steps is not None:

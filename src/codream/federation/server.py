@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..aggregation import AggregateResult, VectorSpec
-from ..distill import DreamBuffer, kd_loss, soft_labels_to_target_logits
+from ..distill import DreamBuffer, augment_dreams, kd_loss, soft_labels_to_target_logits
 from ..dreams import DataSpaceOptimizer, entropy_gradient, init_dreams, prior_gradient
 from ..exceptions import ConfigError
 from ..models import DreamGenerator
@@ -59,6 +59,7 @@ class StudentTrainer:
         self.model.train()
         for _ in range(steps if len(self.buffer) else 0):
             xb, yb = self.buffer.sample(dc.batch_size, self.generator)
+            xb = augment_dreams(xb, dc.augment, dc.augment_shift, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss = kd_loss(self.model(xb), yb, dc.temperature)
             loss.backward()
