@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
@@ -23,16 +24,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .exceptions import ConfigError
-from .federation.config import SoftLabelKind
+from .federation.config import DistillConfig, DreamAugment, KDBatchNorm, LocalLoss, SoftLabelKind
 
 __all__ = [
     "DreamBuffer",
+    "JointTrainer",
     "LocalTrainer",
     "SGDTrainer",
     "TrainerFactory",
+    "augment_dreams",
+    "class_weighted_ensemble",
     "frozen_batchnorm",
     "kd_loss",
+    "local_cross_entropy",
     "predict_soft_labels",
+    "real_half_batchnorm",
+    "sgd_trainer_factory",
     "soft_labels_to_target_logits",
 ]
 
@@ -70,13 +77,105 @@ def kd_loss(student_logits: Tensor, target_logits: Tensor, temperature: float) -
     return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temperature**2
 
 
-def soft_labels_to_target_logits(y: Tensor, kind: SoftLabelKind) -> Tensor:
-    """Aggregated soft labels (B, K) -> target logits for `kd_loss` (log p for probabilities)."""
+def soft_labels_to_target_logits(y: Tensor, kind: SoftLabelKind, label_temperature: float = 1.0) -> Tensor:
+    """Aggregated soft labels (B, K) -> target logits for `kd_loss`.
+
+    Probabilities p released at temperature tau become tau * log p: at KD temperature T = tau the
+    target is p itself, and the student matches it with its own logits divided by tau.
+    """
     if kind is SoftLabelKind.PROBABILITIES:
         p = y.clamp_min(0)
         p = p / p.sum(dim=1, keepdim=True).clamp_min(_PROB_FLOOR)
-        return p.clamp_min(_PROB_FLOOR).log()
+        return label_temperature * p.clamp_min(_PROB_FLOOR).log()
     return y
+
+
+def local_cross_entropy(
+    logits: Tensor,
+    y: Tensor,
+    class_counts: Tensor,
+    mode: LocalLoss,
+    *,
+    restrict_alpha: float = 0.0,
+    logit_adjust_tau: float = 1.0,
+) -> Tensor:
+    """Cross-entropy on a client's own minibatch that leaves the classes it lacks to KD.
+
+    Under label skew a plain softmax pushes every absent class down on every local step and so
+    erases what distillation taught about them. RESTRICTED (FedRS) scales the absent classes' logits
+    by alpha inside the loss, so at alpha 0 they get exactly no gradient; ADJUSTED adds
+    tau * log prior(c) (logit adjustment), which removes absent classes (prior 0) from the softmax and
+    also stops the client's frequent classes from dominating the rare ones it holds.
+
+    Args:
+        logits: (B, K) model outputs.
+        y: (B,) labels, all of classes the client holds.
+        class_counts: (K,) the client's label counts.
+        mode: see `LocalLoss`.
+        restrict_alpha, logit_adjust_tau: the mode's strength.
+    Returns:
+        The mean loss over the batch.
+    """
+    if mode is LocalLoss.PLAIN:
+        return F.cross_entropy(logits, y)
+    present = (class_counts > 0).to(logits.device)  # (K,)
+    if mode is LocalLoss.RESTRICTED:
+        scale = torch.where(present, 1.0, float(restrict_alpha)).to(logits.dtype)  # (K,)
+        return F.cross_entropy(logits * scale, y)
+    prior = class_counts.to(logits.device, logits.dtype) / class_counts.sum().clamp_min(1)
+    offset = torch.where(present, logit_adjust_tau * prior.clamp_min(_PROB_FLOOR).log(), -math.inf)
+    return F.cross_entropy(logits + offset, y)
+
+
+@torch.no_grad()
+def class_weighted_ensemble(models: list[nn.Module], class_weights: Tensor, x: Tensor) -> Tensor:
+    """The class-weighted ensemble of teachers: p(c) = sum_k w_k(c) p_k(c) / sum_k w_k(c), rows renormalised.
+
+    What the server forms from the sums with `label_weighting = "class"`; here computed directly from
+    the models, as a measuring device (for example on a test set).
+
+    Args:
+        models: the K_t teachers, evaluated in eval mode.
+        class_weights: (K_t, K) each teacher's weight per class (`ClientRole.class_weights`).
+        x: (N, C, H, W) inputs.
+    Returns:
+        (N, K) probabilities; classes no teacher holds get probability 0.
+    """
+    num = None
+    for model, w in zip(models, class_weights, strict=True):
+        p = predict_soft_labels(model, x, SoftLabelKind.PROBABILITIES)  # (N, K)
+        term = p * w.to(p)[None, :]
+        num = term if num is None else num + term
+    assert num is not None
+    total = class_weights.sum(dim=0).to(num)  # (K,)
+    p = torch.where(total > 0, num / total.clamp_min(_PROB_FLOOR), 0.0)
+    return p / p.sum(dim=1, keepdim=True).clamp_min(_PROB_FLOOR)
+
+
+def augment_dreams(x: Tensor, mode: DreamAugment, shift: int, generator: torch.Generator) -> Tensor:
+    """Randomly translate (and mirror) each dream of a KD minibatch x (B, C, H, W); a new tensor.
+
+    Every dream gets its own offset in [-shift, shift]^2, drawn from `generator` (reproducible), with
+    zero padding; SHIFT_FLIP also mirrors each dream left-right with probability 1/2. More distinct
+    inputs per released dream, at no privacy cost: the label travels with the dream.
+    """
+    if mode is DreamAugment.NONE or x.shape[0] == 0:
+        return x
+    b, _, h, w = x.shape
+    out = x
+    if shift > 0:
+        padded = F.pad(x, (shift, shift, shift, shift))  # (B, C, H + 2s, W + 2s)
+        dy = torch.randint(0, 2 * shift + 1, (b,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * shift + 1, (b,), generator=generator).to(x.device)
+        rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # (B, H)
+        cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # (B, W)
+        batch = torch.arange(b, device=x.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+        out = out.permute(0, 3, 1, 2).contiguous()
+    if mode is DreamAugment.SHIFT_FLIP:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out
 
 
 @contextmanager
@@ -99,9 +198,52 @@ def frozen_batchnorm(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
+@contextmanager
+def real_half_batchnorm(model: nn.Module, n_real: int) -> Iterator[None]:
+    """Normalise a batch of [real; dreams] with its joint statistics; update running ones from the real part.
+
+    The first `n_real` rows of every BatchNorm input are the client's own data: its running
+    statistics (what it normalises test data with and what the dream term matches) follow them with
+    the layer's momentum, exactly as in a cross-entropy step, while the dreams behind them never move
+    them. Normalising dreams together with real data keeps KD on the activation scale real data sees.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+
+    def update(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if not module.training or module.running_mean is None:
+            return
+        real = inputs[0][:n_real].detach()  # (n_real, C, ...)
+        dims = [0, *range(2, real.dim())]
+        n = real.numel() // real.shape[1]
+        mean = real.mean(dim=dims)
+        var = real.var(dim=dims, unbiased=n > 1)
+        m = module._codream_momentum  # type: ignore[attr-defined]
+        module.running_mean.mul_(1 - m).add_(m * mean)
+        module.running_var.mul_(1 - m).add_(m * var)
+
+    handles = []
+    try:
+        for module, momentum in zip(bns, momenta, strict=True):
+            module._codream_momentum = 0.1 if momentum is None else momentum  # type: ignore[attr-defined]
+            module.momentum = 0.0  # the layer's own update is a no-op; the hook does the real part's
+            handles.append(module.register_forward_pre_hook(update))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for module, momentum in zip(bns, momenta, strict=True):
+            module.momentum = momentum
+            if hasattr(module, "_codream_momentum"):
+                del module._codream_momentum
+
+
 @torch.no_grad()
-def predict_soft_labels(model: nn.Module, x: Tensor, kind: SoftLabelKind) -> Tensor:
-    """The model's soft labels on dreams x (B, C, H, W): probabilities or logits, (B, K), eval mode."""
+def predict_soft_labels(model: nn.Module, x: Tensor, kind: SoftLabelKind, temperature: float = 1.0) -> Tensor:
+    """The model's soft labels on dreams x (B, C, H, W): probabilities (at `temperature`) or logits, (B, K).
+
+    Evaluated in eval mode; the model's mode is restored.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -109,7 +251,7 @@ def predict_soft_labels(model: nn.Module, x: Tensor, kind: SoftLabelKind) -> Ten
     finally:
         model.train(was_training)
     if kind is SoftLabelKind.PROBABILITIES:
-        return F.softmax(logits, dim=1)
+        return F.softmax(logits / temperature, dim=1)
     return logits
 
 
@@ -188,6 +330,15 @@ class LocalTrainer(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+@runtime_checkable
+class JointTrainer(LocalTrainer, Protocol):
+    """A trainer that can take KD and cross-entropy in one optimiser step (`distill.joint`)."""
+
+    def joint_step(self, x: Tensor, y_soft: Tensor, temperature: float) -> tuple[float, float]:
+        """One step on KD(x, y_soft) + ce_weight * CE(local minibatch); returns (KD loss, CE loss)."""
+        ...
+
+
 TrainerFactory = Callable[[nn.Module, Tensor, Tensor, torch.Generator], LocalTrainer]
 
 
@@ -206,6 +357,10 @@ class SGDTrainer:
         batch_size: cross-entropy minibatch size.
         max_grad_norm: clip each step's gradient to this L2 norm (None: no clipping); a guard against
             the occasional wild KD batch early on, when dreams are still far from real data.
+        local_loss, restrict_alpha, logit_adjust_tau: the local cross-entropy (`local_cross_entropy`).
+        kd_batchnorm: how BatchNorm normalises KD batches (`KDBatchNorm`); MIXED draws a local
+            minibatch for every KD step to normalise the dreams with.
+        ce_weight: weight of the CE term in `joint_step`.
     """
 
     def __init__(
@@ -220,6 +375,11 @@ class SGDTrainer:
         weight_decay: float = 5e-4,
         batch_size: int = 64,
         max_grad_norm: float | None = 10.0,
+        local_loss: LocalLoss | str = LocalLoss.PLAIN,
+        restrict_alpha: float = 0.0,
+        logit_adjust_tau: float = 1.0,
+        kd_batchnorm: KDBatchNorm | str = KDBatchNorm.DREAMS,
+        ce_weight: float = 1.0,
     ) -> None:
         if x_train.shape[0] != y_train.shape[0] or x_train.shape[0] == 0:
             raise ConfigError(
@@ -230,6 +390,12 @@ class SGDTrainer:
         self.generator = generator
         self.batch_size = batch_size
         self.max_grad_norm = max_grad_norm
+        self.local_loss = LocalLoss(local_loss)
+        self.restrict_alpha = float(restrict_alpha)
+        self.logit_adjust_tau = float(logit_adjust_tau)
+        self.kd_batchnorm = KDBatchNorm(kd_batchnorm)
+        self.ce_weight = float(ce_weight)
+        self._counts: Tensor | None = None  # (K,) label counts, once K is known from the model
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
         )
@@ -250,11 +416,35 @@ class SGDTrainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         self.optimizer.step()
 
+    def _ce(self, logits: Tensor, y: Tensor) -> Tensor:
+        if self._counts is None:
+            self._counts = torch.bincount(self.y_train.long(), minlength=logits.shape[1]).to(logits.device)
+        return local_cross_entropy(
+            logits,
+            y,
+            self._counts,
+            self.local_loss,
+            restrict_alpha=self.restrict_alpha,
+            logit_adjust_tau=self.logit_adjust_tau,
+        )
+
+    def _kd_forward(self, x: Tensor, xr: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Logits on dreams x and, when given, on real inputs xr; BatchNorm as `kd_batchnorm` says."""
+        if self.kd_batchnorm is KDBatchNorm.MIXED:
+            if xr is None:
+                xr, _ = self._next_batch()
+            with real_half_batchnorm(self.model, xr.shape[0]):
+                out = self.model(torch.cat([xr, x]))  # (n_real + B, K)
+            return out[xr.shape[0] :], out[: xr.shape[0]]
+        with frozen_batchnorm(self.model):
+            dream_logits = self.model(x)
+        return dream_logits, None if xr is None else self.model(xr)
+
     def ce_step(self) -> float:
         x, y = self._next_batch()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y)
+        loss = self._ce(self.model(x), y)
         loss.backward()
         self._step()
         return float(loss.detach())
@@ -262,11 +452,24 @@ class SGDTrainer:
     def kd_step(self, x: Tensor, y_soft: Tensor, temperature: float) -> float:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with frozen_batchnorm(self.model):
-            loss = kd_loss(self.model(x), y_soft, temperature)
+        dream_logits, _ = self._kd_forward(x, None)
+        loss = kd_loss(dream_logits, y_soft, temperature)
         loss.backward()
         self._step()
         return float(loss.detach())
+
+    def joint_step(self, x: Tensor, y_soft: Tensor, temperature: float) -> tuple[float, float]:
+        """One optimiser step on KD(x, y_soft) + ce_weight * CE on the next local minibatch."""
+        xr, yr = self._next_batch()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        dream_logits, real_logits = self._kd_forward(x, xr)
+        assert real_logits is not None
+        kd = kd_loss(dream_logits, y_soft, temperature)
+        ce = self._ce(real_logits, yr)
+        (kd + self.ce_weight * ce).backward()
+        self._step()
+        return float(kd.detach()), float(ce.detach())
 
     def state_dict(self) -> dict:
         return {
@@ -283,3 +486,26 @@ class SGDTrainer:
         self.generator.set_state(state["generator"])
         self._perm = state["perm"].clone()
         self._pos = int(state["pos"])
+
+
+def sgd_trainer_factory(config: DistillConfig) -> TrainerFactory:
+    """The plain SGD trainer with a distillation configuration's learning settings."""
+
+    def factory(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> SGDTrainer:
+        return SGDTrainer(
+            model,
+            x,
+            y,
+            generator,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            batch_size=config.ce_batch_size,
+            local_loss=config.local_loss,
+            restrict_alpha=config.restrict_alpha,
+            logit_adjust_tau=config.logit_adjust_tau,
+            kd_batchnorm=config.kd_batchnorm,
+            ce_weight=config.ce_weight,
+        )
+
+    return factory

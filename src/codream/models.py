@@ -26,7 +26,7 @@ from torch import nn
 
 from .exceptions import ConfigError
 
-__all__ = ["NORMS", "build_model", "count_parameters", "model_names"]
+__all__ = ["NORMS", "DreamGenerator", "build_model", "count_parameters", "model_names"]
 
 NORMS = ("batch", "group", "none")
 
@@ -219,6 +219,52 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return builder(shape, num_classes, norm)
+
+
+class DreamGenerator(nn.Module):
+    """G(z, y): a conditional generator of dreams (DCGAN-style, as in DFAD / DENSE), held by the server.
+
+    The latent z (B, latent_dim) is multiplied by a learned embedding of the target class y (B,), mapped
+    to a (2w, H/4, W/4) map and upsampled twice through conv -> BatchNorm -> LeakyReLU to (C, H, W).
+    The output passes a BatchNorm without affine parameters, so a batch of dreams has zero mean and unit
+    variance per channel: the scale of normalised input data, whatever the weights.
+
+    Args:
+        input_shape: (C, H, W) of a dream; H and W must be multiples of 4.
+        num_classes: K.
+        latent_dim: size of z.
+        width: w, channels of the last hidden map.
+    """
+
+    def __init__(
+        self, input_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 64, width: int = 32
+    ) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        if h % 4 or w % 4:
+            raise ConfigError(f"the dream generator needs H and W divisible by 4, got {h}x{w}")
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        self._init = (h // 4, w // 4)
+        self.embed = nn.Embedding(num_classes, latent_dim)
+        self.project = nn.Linear(latent_dim, 2 * width * (h // 4) * (w // 4))
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(2 * width),
+            nn.Upsample(scale_factor=2),  # (B, 2w, H/2, W/2)
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),  # (B, 2w, H, W)
+            nn.Conv2d(2 * width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, c, 3, padding=1),
+            nn.BatchNorm2d(c, affine=False),
+        )
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, latent), (B,) -> (B, C, H, W)
+        h = self.project(z * self.embed(y))
+        return self.body(h.reshape(z.shape[0], -1, *self._init))
 
 
 def count_parameters(model: nn.Module) -> int:

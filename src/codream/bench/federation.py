@@ -3,8 +3,12 @@
 For every partition (Dirichlet alpha, or IID) and seed, the data set is split once and every method
 runs on that same split:
 
-- `codream`: the default (class-conditional) method;
-- `codream-paper`: the plain method of the paper;
+- `codream`: the default (class-conditional) method with the size's learning settings; its rows add the
+  class-weighted *teacher ensemble* of the clients' own models, p(c) = sum_k w_k(c) p_k(c) / sum_k w_k(c)
+  (what the federation knows; computable from sums) and the *server student*, a model trained only on
+  the released dreams and labels (post-processing: the federation's one global model);
+- `codream-paper`: the plain method of the paper (entropy + BatchNorm dreams, plain local CE alternating
+  with KD), at the size's dream and KD budget;
 - `local`: each client trains alone (codream.baselines);
 - `fedavg`: one shared architecture for all clients (codream.baselines);
 - `centralized`: each architecture trained on the union of the clients' data (codream.baselines).
@@ -123,6 +127,11 @@ class MethodRun:
     class_coverage: tuple[int, ...] = ()
     label_confidence: tuple[float, ...] = ()
     history: tuple[tuple[float, ...], ...] = ()
+    ensemble_accuracy: float | None = None
+    student_accuracy: float | None = None
+    student_best: float | None = None
+    dream_step_seconds: float | None = None
+    kd_step_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,15 +197,43 @@ def _alpha_label(alpha: float | None) -> str:
     return "IID" if alpha is None or math.isinf(alpha) else f"Dir({alpha:g})"
 
 
+# The learning options the paper method runs without (its plain acquisition), whatever the size sets.
+_PAPER_LEARNING = dict(
+    label_temperature=1.0,
+    label_weighting="target",
+    joint=False,
+    local_loss="plain",
+    kd_batchnorm="dreams",
+)
+
+
+def ensemble_accuracy(fed, x, y) -> float:
+    """Accuracy of the class-weighted ensemble of a federation's client models on (x, y)."""
+    from ..distill import class_weighted_ensemble
+
+    weights = torch.as_tensor(np.stack([c.class_weights() for c in fed.clients]), dtype=torch.float32)
+    p = class_weighted_ensemble([c.model for c in fed.clients], weights, x.to(fed.config.device))
+    return float((p.argmax(dim=1).cpu() == y.cpu()).float().mean())
+
+
 def _run_codream(method: str, cfg: FederationConfig, dataset, device: str) -> MethodRun:
     from ..federation.simulation import Federation
 
-    variant = Method.PAPER if method == "codream-paper" else Method.CONDITIONAL
-    fed = Federation(replace(cfg, method=variant, device=device), dataset=dataset)
+    if method == "codream-paper":
+        cfg = replace(cfg, method=Method.PAPER, distill=replace(cfg.distill, student=None, **_PAPER_LEARNING))
+    else:
+        cfg = replace(cfg, method=Method.CONDITIONAL)
+    fed = Federation(replace(cfg, device=device), dataset=dataset)
     t0 = time.perf_counter()
-    metrics = fed.run()
+    metrics, kd_seconds, kd_steps = [], 0.0, 0
+    for _ in range(cfg.rounds):
+        metrics.append(fed.run_round())
+        kd_seconds += sum(c.last_distill.seconds for c in fed.clients if c.last_distill is not None)
+        kd_steps += sum(c.last_distill.kd_steps for c in fed.clients if c.last_distill is not None)
     seconds = time.perf_counter() - t0
     last = metrics[-1]
+    students = [m.student_accuracy for m in metrics if m.student_accuracy is not None]
+    dream_seconds = sum(m.dream_seconds for m in metrics)
     return MethodRun(
         method=method,
         alpha=cfg.alpha,
@@ -210,6 +247,13 @@ def _run_codream(method: str, cfg: FederationConfig, dataset, device: str) -> Me
         class_coverage=tuple(m.class_coverage for m in metrics),
         label_confidence=tuple(round(m.label_confidence, 4) for m in metrics),
         history=tuple(tuple(m.accuracies) for m in metrics),
+        ensemble_accuracy=ensemble_accuracy(fed, fed.x_test, fed.y_test),
+        student_accuracy=students[-1] if students else None,
+        student_best=max(students) if students else None,
+        # One global dream step (every client's gradient and the server's update) and one client's KD
+        # step (with its share of interleaved CE steps), averaged over the run.
+        dream_step_seconds=dream_seconds / max(cfg.rounds * cfg.dream.global_steps, 1),
+        kd_step_seconds=kd_seconds / kd_steps if kd_steps else None,
     )
 
 
@@ -421,22 +465,33 @@ def _plain(d: dict) -> dict:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """One (partition, method) cell of the results table."""
+    """One (partition, method) row of the results table.
+
+    `method` is a method name, or "<method>: teacher ensemble" / "<method>: server student" for the
+    extra rows of a CoDream run (one accuracy per seed; their std is over seeds).
+    """
 
     alpha: float | None
     method: str
     mean: float
     std: float
     seed_means: tuple[float, ...]
-    best_mean: float
-    seconds_per_round: float
-    dream_steps_per_second: float | None
-    coverage: float | None
-    confidence: float | None
+    best_mean: float | None
+    seconds_per_round: float | None
+    dream_steps_per_second: float | None = None
+    coverage: float | None = None
+    confidence: float | None = None
+    dream_step_seconds: float | None = None
+    kd_step_seconds: float | None = None
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def summarise(results: BenchmarkResults) -> list[Summary]:
-    """Mean ± std over all (client, seed) pairs for every partition and method."""
+    """Mean ± std over all (client, seed) pairs for every partition and method, plus the extra rows."""
     out = []
     for alpha in results.alphas:
         for method in dict.fromkeys(r.method for r in results.runs):
@@ -445,7 +500,6 @@ def summarise(results: BenchmarkResults) -> list[Summary]:
                 continue
             accs = np.array([a for r in runs for a in r.final_accuracy])
             best = np.array([a for r in runs for a in r.best_over_rounds])
-            dsps = [r.dream_steps_per_second for r in runs if r.dream_steps_per_second is not None]
             cov = [c for r in runs for c in r.class_coverage]
             conf = [c for r in runs for c in r.label_confidence]
             out.append(
@@ -457,11 +511,51 @@ def summarise(results: BenchmarkResults) -> list[Summary]:
                     seed_means=tuple(float(np.mean(r.final_accuracy)) for r in runs),
                     best_mean=float(best.mean()),
                     seconds_per_round=float(np.mean([r.seconds_per_round for r in runs])),
-                    dream_steps_per_second=float(np.mean(dsps)) if dsps else None,
+                    dream_steps_per_second=_mean_or_none([r.dream_steps_per_second for r in runs]),
                     coverage=float(np.mean(cov)) if cov else None,
                     confidence=float(np.mean(conf)) if conf else None,
+                    dream_step_seconds=_mean_or_none([r.dream_step_seconds for r in runs]),
+                    kd_step_seconds=_mean_or_none([r.kd_step_seconds for r in runs]),
                 )
             )
+            for label, attr, best_attr in (
+                ("teacher ensemble", "ensemble_accuracy", None),
+                ("server student", "student_accuracy", "student_best"),
+            ):
+                vals = [getattr(r, attr) for r in runs if getattr(r, attr) is not None]
+                if not vals:
+                    continue
+                bests = [getattr(r, best_attr) for r in runs] if best_attr else []
+                out.append(
+                    Summary(
+                        alpha=alpha,
+                        method=f"{method}: {label}",
+                        mean=float(np.mean(vals)),
+                        std=float(np.std(vals)),
+                        seed_means=tuple(float(v) for v in vals),
+                        best_mean=_mean_or_none(bests),
+                        seconds_per_round=None,
+                    )
+                )
+    return out
+
+
+def per_architecture(results: BenchmarkResults, alpha: float | None) -> dict[str, dict[str, float]]:
+    """Final accuracy per architecture (mean over seeds and the clients of that architecture), by method.
+
+    Only methods whose clients keep their own architectures (not FedAvg's one shared model).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for method in dict.fromkeys(r.method for r in results.runs):
+        runs = [r for r in results.runs if r.method == method and r.alpha == alpha]
+        if not runs or any(tuple(r.models) != tuple(results.models) for r in runs):
+            continue
+        out[method] = {
+            arch: float(
+                np.mean([r.final_accuracy[i] for r in runs for i, m in enumerate(r.models) if m == arch])
+            )
+            for arch in dict.fromkeys(results.models)
+        }
     return out
 
 
@@ -489,31 +583,38 @@ def write_markdown(results: BenchmarkResults, path: str | Path | None, command: 
         command,
         "```",
         "",
-        "Accuracy: final-round test accuracy in %, mean ± std over all (client, seed) pairs; "
+        "Accuracy: **final-round** test accuracy in %, mean ± std over all (client, seed) pairs; "
         "per-seed means in brackets. *Best over rounds* is each client's maximum test accuracy over "
-        "rounds (selected on the test set, as the CoDream reference code reports it; optimistic). "
-        "Coverage: distinct argmax classes of the aggregated soft labels of a round's dreams (of 10); "
-        "confidence: their mean max probability.",
+        "rounds (selected on the test set, as the CoDream reference code reports it; optimistic, "
+        "reported apart). *Teacher ensemble*: the class-weighted ensemble of the clients' own final "
+        "models, p(c) ∝ Σ_k w_k(c) p_k(c) / Σ_k w_k(c), one accuracy per seed (std over seeds): what the "
+        "federation knows. *Server student*: a model trained by the server only on the released dreams "
+        "and labels. Coverage: distinct argmax classes of the aggregated soft labels of a round's dreams "
+        "(of 10); confidence: their mean max probability. Dream step: one global step (every client's "
+        "gradient and the server's update); KD step: one client's KD step with its share of CE steps.",
         "",
     ]
+
+    def opt(v: float | None, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
     for alpha in results.alphas:
         lines += [
             f"## {_alpha_label(alpha)}",
             "",
-            "| method | final acc. (%) | per seed | best over rounds (%) | s / round | dream steps / s "
-            "| coverage | confidence |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method | final acc. (%) | per seed | best over rounds (%) | s / round | dream step (s) "
+            "| KD step (s) | coverage | confidence |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for s in rows:
             if s.alpha != alpha:
                 continue
             lines.append(
                 f"| {s.method} | {_pct(s.mean)} ± {_pct(s.std)} | "
-                f"[{', '.join(_pct(m) for m in s.seed_means)}] | {_pct(s.best_mean)} | "
-                f"{s.seconds_per_round:.1f} | "
-                f"{'' if s.dream_steps_per_second is None else f'{s.dream_steps_per_second:.2f}'} | "
-                f"{'' if s.coverage is None else f'{s.coverage:.1f}'} | "
-                f"{'' if s.confidence is None else f'{s.confidence:.2f}'} |"
+                f"[{', '.join(_pct(m) for m in s.seed_means)}] | "
+                f"{'' if s.best_mean is None else _pct(s.best_mean)} | "
+                f"{opt(s.seconds_per_round, '.1f')} | {opt(s.dream_step_seconds, '.3f')} | "
+                f"{opt(s.kd_step_seconds, '.4f')} | {opt(s.coverage, '.1f')} | {opt(s.confidence, '.2f')} |"
             )
         by = {s.method: s for s in rows if s.alpha == alpha}
         if "codream" in by and "local" in by:
@@ -533,6 +634,22 @@ def write_markdown(results: BenchmarkResults, path: str | Path | None, command: 
                 )
                 + "."
             )
+        if "codream: server student" in by and "codream: teacher ensemble" in by:
+            ratio = by["codream: server student"].mean / max(by["codream: teacher ensemble"].mean, 1e-12)
+            lines.append("")
+            lines.append(f"Server student / teacher ensemble: {100 * ratio:.0f} %.")
+        arch = per_architecture(results, alpha)
+        if arch:
+            names = list(dict.fromkeys(results.models))
+            lines += [
+                "",
+                "Final accuracy per architecture (%, mean over seeds):",
+                "",
+                "| method | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names),
+            ]
+            for method, accs in arch.items():
+                lines.append(f"| {method} | " + " | ".join(_pct(accs[n]) for n in names) + " |")
         lines.append("")
     lines += [
         "## Settings",

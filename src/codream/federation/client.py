@@ -16,16 +16,25 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..distill import DreamBuffer, LocalTrainer, predict_soft_labels
+from ..distill import DreamBuffer, JointTrainer, LocalTrainer, augment_dreams, predict_soft_labels
 from ..dreams import DreamLossTerms, client_dream_gradient
 from ..exceptions import ConfigError
-from .config import Contribution, FederationConfig, Method, SoftLabelKind
+from .config import (
+    Contribution,
+    FederationConfig,
+    KDBatchNorm,
+    LabelWeighting,
+    LocalLoss,
+    Method,
+    SoftLabelKind,
+)
 
 __all__ = ["ClientRole", "DistillStats"]
 
@@ -38,12 +47,13 @@ _INSIDE = 1.0 - 1e-6
 
 @dataclass(frozen=True, slots=True)
 class DistillStats:
-    """Mean losses of one round of local learning."""
+    """Mean losses, step counts and wall time of one round of local learning."""
 
     kd_loss: float
     ce_loss: float
     kd_steps: int
     ce_steps: int
+    seconds: float = 0.0
 
 
 class ClientRole:
@@ -67,6 +77,21 @@ class ClientRole:
         config: FederationConfig,
         generator: torch.Generator,
     ) -> None:
+        dc = config.distill
+        if dc.joint and not isinstance(trainer, JointTrainer):
+            raise ConfigError(
+                f"distill.joint needs a trainer with joint_step; {type(trainer).__name__} has none"
+            )
+        # A trainer that does not say it applies the configured local loss or KD BatchNorm handling
+        # would silently train with another one.
+        if getattr(trainer, "local_loss", LocalLoss.PLAIN) is not dc.local_loss:
+            raise ConfigError(
+                f"{type(trainer).__name__} does not apply distill.local_loss={dc.local_loss.value}"
+            )
+        if getattr(trainer, "kd_batchnorm", KDBatchNorm.DREAMS) is not dc.kd_batchnorm:
+            raise ConfigError(
+                f"{type(trainer).__name__} does not apply distill.kd_batchnorm={dc.kd_batchnorm.value}"
+            )
         self.client_id = client_id
         self.trainer = trainer
         self.num_classes = num_classes
@@ -81,6 +106,7 @@ class ClientRole:
         self._dream_weights: Tensor | None = None
         self._use_adversarial = False
         self.last_terms: DreamLossTerms | None = None
+        self.last_distill: DistillStats | None = None  # the latest round's, for timing
 
     @property
     def model(self) -> nn.Module:
@@ -159,13 +185,19 @@ class ClientRole:
     def soft_labels(self, x: Tensor) -> np.ndarray:
         """This client's soft labels on the final dreams x, flattened (B*K,).
 
-        Probabilities (rows in the simplex, so the vector's norm is at most sqrt(B)) or logits. In the
-        conditional method each row is multiplied by this client's weight for the dream's target class.
+        Probabilities at `distill.label_temperature` (rows in the simplex, so the vector's norm is at
+        most sqrt(B)) or logits. In the conditional method each row is multiplied by this client's weight
+        for the dream's target class, or (`label_weighting = "class"`) each column by its weight for
+        that class; weights are in [0, 1], so the bound holds either way.
         """
-        y = predict_soft_labels(self.model, x.to(self.device), self.config.distill.soft_labels)
+        dc = self.config.distill
+        y = predict_soft_labels(self.model, x.to(self.device), dc.soft_labels, dc.label_temperature)
         y = y.to(torch.float64).cpu()  # (B, K)
         if self._dream_weights is not None:
-            y = y * self._dream_weights.to(torch.float64)[:, None]
+            if dc.label_weighting is LabelWeighting.CLASS:
+                y = y * torch.as_tensor(self.class_weights(), dtype=torch.float64)[None, :]
+            else:
+                y = y * self._dream_weights.to(torch.float64)[:, None]
         if self.config.distill.soft_labels is SoftLabelKind.PROBABILITIES:
             y = y * _INSIDE
         return y.reshape(-1).numpy()
@@ -187,23 +219,37 @@ class ClientRole:
         self.buffer.add(x.to(self.device), y_target.to(self.device))
 
     def distill(self) -> DistillStats:
-        """`kd_steps` KD steps on buffer minibatches, interleaved with `ce_ratio` CE steps per KD step."""
+        """`kd_steps` KD steps on buffer minibatches, interleaved with `ce_ratio` CE steps per KD step.
+
+        With `distill.joint` a KD step that is owed a CE step takes both in one loss
+        (`JointTrainer.joint_step`); any further CE steps owed (ce_ratio > 1) follow on their own.
+        """
         dc = self.config.distill
         kd, ce = [], []
         owed = 0.0
+        t0 = time.perf_counter()
         for _ in range(dc.kd_steps if len(self.buffer) else 0):
             xb, yb = self.buffer.sample(dc.batch_size, self.generator)
-            kd.append(self.trainer.kd_step(xb, yb, dc.temperature))
+            xb = augment_dreams(xb, dc.augment, dc.augment_shift, self.generator)
             owed += dc.ce_ratio
+            if dc.joint and owed >= 1.0:
+                kd_l, ce_l = self.trainer.joint_step(xb, yb, dc.temperature)  # type: ignore[attr-defined]
+                kd.append(kd_l)
+                ce.append(ce_l)
+                owed -= 1.0
+            else:
+                kd.append(self.trainer.kd_step(xb, yb, dc.temperature))
             while owed >= 1.0:
                 ce.append(self.trainer.ce_step())
                 owed -= 1.0
-        return DistillStats(
+        self.last_distill = DistillStats(
             kd_loss=float(np.mean(kd)) if kd else 0.0,
             ce_loss=float(np.mean(ce)) if ce else 0.0,
             kd_steps=len(kd),
             ce_steps=len(ce),
+            seconds=time.perf_counter() - t0,
         )
+        return self.last_distill
 
     def evaluate(self, x_test: Tensor, y_test: Tensor) -> float:
         """Accuracy of this client's model on (x_test, y_test)."""

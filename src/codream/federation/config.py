@@ -18,7 +18,12 @@ __all__ = [
     "DistillConfig",
     "DreamConfig",
     "DreamOptimizer",
+    "DreamSource",
     "FederationConfig",
+    "DreamAugment",
+    "KDBatchNorm",
+    "LabelWeighting",
+    "LocalLoss",
     "Method",
     "SoftLabelKind",
 ]
@@ -47,6 +52,19 @@ class DreamOptimizer(enum.Enum):
     SGD = "sgd"
 
 
+class DreamSource(enum.Enum):
+    """What the server optimises with the summed client gradients.
+
+    PIXELS: a fresh dream batch every round, optimised directly in data space (the paper).
+    GENERATOR: a conditional generator G(z, y) kept across rounds; every global step the clients
+        return their input gradient on x = G(z, y), the server backpropagates the sum through G and
+        draws fresh latents z, so dreams improve from round to round instead of restarting from noise.
+    """
+
+    PIXELS = "pixels"
+    GENERATOR = "generator"
+
+
 class Contribution(enum.Enum):
     """How a client bounds its dream gradient before release.
 
@@ -64,6 +82,60 @@ class SoftLabelKind(enum.Enum):
 
     PROBABILITIES = "probabilities"
     LOGITS = "logits"
+
+
+class LabelWeighting(enum.Enum):
+    """How the conditional method weighs a client's soft label on a dream.
+
+    TARGET: the whole row by the client's weight for the dream's target class.
+    CLASS: each class column c by the client's weight for class c, so the server forms the
+        class-weighted ensemble p(c) = sum_k w_k(c) p_k(c) / sum_k w_k(c) (rows then renormalised): a
+        client speaks only about the classes it holds, whatever the dream's target. Still sum-only.
+    """
+
+    TARGET = "target"
+    CLASS = "class"
+
+
+class LocalLoss(enum.Enum):
+    """The cross-entropy a client trains on its own (label-skewed) data.
+
+    PLAIN: softmax over all K classes: pushes down every class the client lacks, overwriting what KD
+        taught about them.
+    RESTRICTED: FedRS (Li and Zhan 2021): the logits of classes absent from the client's data are
+        scaled by `restrict_alpha` inside the loss (0: their logits get no gradient at all).
+    ADJUSTED: logit adjustment for label skew (Menon et al. 2021; cf. FedLC): logits plus
+        `logit_adjust_tau` * log prior_k(c); absent classes (prior 0) drop out of the softmax.
+    """
+
+    PLAIN = "plain"
+    RESTRICTED = "restricted"
+    ADJUSTED = "adjusted"
+
+
+class DreamAugment(enum.Enum):
+    """Label-preserving transforms of each KD minibatch of dreams (the dream keeps its soft label).
+
+    NONE: dreams as released. SHIFT: each dream translated by up to `augment_shift` pixels (zero
+    padding, which is the data mean in normalised space). SHIFT_FLIP: also mirrored left-right with
+    probability 1/2 (for data where that preserves the class, such as Fashion-MNIST; not digits).
+    """
+
+    NONE = "none"
+    SHIFT = "shift"
+    SHIFT_FLIP = "shift_flip"
+
+
+class KDBatchNorm(enum.Enum):
+    """Which statistics BatchNorm layers normalise a KD batch of dreams with.
+
+    DREAMS: the dream batch's own statistics; running statistics untouched.
+    MIXED: the statistics of the dream batch concatenated with a batch of the client's own data; the
+        running statistics follow the real half only (dreams never move them).
+    """
+
+    DREAMS = "dreams"
+    MIXED = "mixed"
 
 
 def _enum(cls, value, name: str):
@@ -120,6 +192,9 @@ class DreamConfig:
             VectorSpec clip_norm (the DP sensitivity).
         min_class_weight: a client's weight for a class it holds below this fraction of its largest
             class is treated as zero (conditional method): a handful of samples is not knowledge.
+        source: "pixels" (paper) or "generator", see `DreamSource`.
+        generator_lr: Adam learning rate of the generator's weights (with `betas`).
+        latent_dim, generator_width: size of the generator's latent and of its last hidden map.
     """
 
     batch_size: int = 64
@@ -141,9 +216,17 @@ class DreamConfig:
     contribution: Contribution | str = Contribution.NORMALIZE
     clip_norm: float = 1.0
     min_class_weight: float = 0.02
+    source: DreamSource | str = DreamSource.PIXELS
+    generator_lr: float = 1e-3
+    latent_dim: int = 64
+    generator_width: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", _enum(DreamOptimizer, self.optimizer, "dream.optimizer"))
+        object.__setattr__(self, "source", _enum(DreamSource, self.source, "dream.source"))
+        _positive("dream.generator_lr", self.generator_lr)
+        _positive_int("dream.latent_dim", self.latent_dim)
+        _positive_int("dream.generator_width", self.generator_width)
         object.__setattr__(self, "contribution", _enum(Contribution, self.contribution, "dream.contribution"))
         _positive_int("dream.batch_size", self.batch_size)
         _positive_int("dream.global_steps", self.global_steps)
@@ -190,6 +273,21 @@ class DistillConfig:
             (probabilities are bounded by sqrt(B) and need no setting).
         student: architecture of the server's optional student model (None: no student).
         student_lr: learning rate of the student.
+        student_kd_steps: the student's KD steps per round (None: `kd_steps`).
+        label_temperature: clients release softmax(logits / tau) (probabilities only); the server's
+            KD target logits are tau * log(mean), so KD at `temperature` = tau matches the tempered
+            ensemble on both sides (Hinton et al.). 1: the paper's probabilities.
+        label_weighting: "target" or "class", see `LabelWeighting` (conditional method only).
+        joint: KD and cross-entropy in one loss: a KD step that is owed a CE step (`ce_ratio`) adds
+            `ce_weight` x CE on a local minibatch to the KD loss and takes one optimiser step on the
+            sum, instead of two alternating steps. Same CE minibatches per round either way.
+        ce_weight: weight of the CE term in a joint step.
+        local_loss: "plain", "restricted" or "adjusted", see `LocalLoss` (warm-up included).
+        restrict_alpha: FedRS scale of absent classes' logits, in [0, 1].
+        logit_adjust_tau: logit-adjustment strength tau > 0.
+        kd_batchnorm: "dreams" or "mixed", see `KDBatchNorm`.
+        augment: "none", "shift" or "shift_flip", see `DreamAugment` (clients and student).
+        augment_shift: the largest translation in pixels.
     """
 
     temperature: float = 1.0
@@ -207,9 +305,43 @@ class DistillConfig:
     logit_clip_norm: float = 1000.0
     student: str | None = None
     student_lr: float = 0.05
+    student_kd_steps: int | None = None
+    label_temperature: float = 1.0
+    label_weighting: LabelWeighting | str = LabelWeighting.TARGET
+    joint: bool = False
+    ce_weight: float = 1.0
+    local_loss: LocalLoss | str = LocalLoss.PLAIN
+    restrict_alpha: float = 0.0
+    logit_adjust_tau: float = 1.0
+    kd_batchnorm: KDBatchNorm | str = KDBatchNorm.DREAMS
+    augment: DreamAugment | str = DreamAugment.NONE
+    augment_shift: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "soft_labels", _enum(SoftLabelKind, self.soft_labels, "distill.soft_labels"))
+        object.__setattr__(
+            self, "label_weighting", _enum(LabelWeighting, self.label_weighting, "distill.label_weighting")
+        )
+        object.__setattr__(self, "local_loss", _enum(LocalLoss, self.local_loss, "distill.local_loss"))
+        object.__setattr__(
+            self, "kd_batchnorm", _enum(KDBatchNorm, self.kd_batchnorm, "distill.kd_batchnorm")
+        )
+        object.__setattr__(self, "augment", _enum(DreamAugment, self.augment, "distill.augment"))
+        _positive_int("distill.augment_shift", self.augment_shift, minimum=0)
+        if not isinstance(self.joint, bool):
+            raise ConfigError(f"distill.joint must be true or false, got {self.joint!r}")
+        if self.student_kd_steps is not None:
+            _positive_int("distill.student_kd_steps", self.student_kd_steps, minimum=0)
+        for name in ("label_temperature", "logit_adjust_tau"):
+            _positive(f"distill.{name}", getattr(self, name))
+        _non_negative("distill.ce_weight", self.ce_weight)
+        if not (isinstance(self.restrict_alpha, int | float) and 0 <= self.restrict_alpha <= 1):
+            raise ConfigError(f"distill.restrict_alpha must be in [0, 1], got {self.restrict_alpha!r}")
+        if self.label_temperature != 1 and self.soft_labels is not SoftLabelKind.PROBABILITIES:
+            raise ConfigError(
+                "distill.label_temperature tempers released probabilities; "
+                "with logits use distill.temperature"
+            )
         _positive("distill.temperature", self.temperature)
         _positive_int("distill.kd_steps", self.kd_steps, minimum=0)
         _positive_int("distill.batch_size", self.batch_size)
@@ -316,6 +448,14 @@ class FederationConfig:
             raise ConfigError(
                 f"distill.bank_size={self.distill.bank_size} is smaller than one round's dreams "
                 f"(dream.batch_size={self.dream.batch_size}); use 0 (no bank) or at least the batch"
+            )
+        if self.distill.label_weighting is LabelWeighting.CLASS and (
+            self.method is not Method.CONDITIONAL
+            or self.distill.soft_labels is not SoftLabelKind.PROBABILITIES
+        ):
+            raise ConfigError(
+                "distill.label_weighting='class' needs the conditional method (its class weights) and "
+                "probability soft labels"
             )
         needs_student = self.dream.w_adv > 0 or self.dream.adaptive_lambda > 0
         if needs_student and self.distill.student is None:

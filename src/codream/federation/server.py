@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..aggregation import AggregateResult, VectorSpec
-from ..distill import DreamBuffer, frozen_batchnorm, kd_loss, soft_labels_to_target_logits
+from ..distill import DreamBuffer, augment_dreams, kd_loss, soft_labels_to_target_logits
 from ..dreams import DataSpaceOptimizer, entropy_gradient, init_dreams, prior_gradient
 from ..exceptions import ConfigError
-from .config import FederationConfig, Method, SoftLabelKind
+from ..models import DreamGenerator
+from .config import DreamSource, FederationConfig, LabelWeighting, Method, SoftLabelKind
 
 __all__ = ["DreamBank", "ServerRole", "StudentTrainer"]
 
@@ -32,7 +33,13 @@ _EPS = 1e-8
 
 
 class StudentTrainer:
-    """The server's optional model: learns only from dreams and their aggregated labels (no data)."""
+    """The server's optional model: learns only from dreams and their aggregated labels (no data).
+
+    Released dreams and labels are all it reads, so it is post-processing and costs no privacy; it is
+    the federation's one global model. Its BatchNorm running statistics follow the dreams: they are its
+    only data (and match the clients' statistics by construction of the BatchNorm dream term), and
+    left at their initial values they would normalise test inputs with mean 0 and variance 1.
+    """
 
     def __init__(self, model: nn.Module, config: FederationConfig, generator: torch.Generator) -> None:
         dc = config.distill
@@ -45,15 +52,16 @@ class StudentTrainer:
         )
 
     def distill(self) -> float:
-        """`kd_steps` KD steps on the buffer; returns the mean loss."""
+        """`student_kd_steps` (default `kd_steps`) KD steps on the buffer; returns the mean loss."""
         dc = self.config.distill
+        steps = dc.kd_steps if dc.student_kd_steps is None else dc.student_kd_steps
         losses = []
         self.model.train()
-        for _ in range(dc.kd_steps if len(self.buffer) else 0):
+        for _ in range(steps if len(self.buffer) else 0):
             xb, yb = self.buffer.sample(dc.batch_size, self.generator)
+            xb = augment_dreams(xb, dc.augment, dc.augment_shift, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
-            with frozen_batchnorm(self.model):
-                loss = kd_loss(self.model(xb), yb, dc.temperature)
+            loss = kd_loss(self.model(xb), yb, dc.temperature)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
             self.optimizer.step()
@@ -174,6 +182,22 @@ class ServerRole:
         self.dream_steps = 0
         self._weight_floor = _EPS
         self.bank = DreamBank(config.distill.bank_size) if config.distill.bank_size > 0 else None
+        dc = config.dream
+        self.dream_generator: DreamGenerator | None = None
+        self._g_opt: torch.optim.Optimizer | None = None
+        self._z: Tensor | None = None  # (B, latent_dim) latents of the current dreams
+        self._x_graph: Tensor | None = None  # G(z, y) with its graph, for the next backward
+        self._gen_classes: Tensor | None = None  # (B,) the classes y of the current dreams
+        if dc.source is DreamSource.GENERATOR:
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.dream_generator = DreamGenerator(
+                    self.input_shape, num_classes, latent_dim=dc.latent_dim, width=dc.generator_width
+                )
+            self._g_opt = torch.optim.Adam(
+                self.dream_generator.parameters(), lr=dc.generator_lr, betas=dc.betas
+            )
 
     @property
     def conditional(self) -> bool:
@@ -193,24 +217,43 @@ class ServerRole:
         return specs
 
     def begin_round(self, round_index: int) -> Tensor:
-        """Draw a fresh dream batch x ~ N(0, I), (B, C, H, W), and a fresh data-space optimiser."""
+        """Fresh dreams (B, C, H, W) for the round: x ~ N(0, I) with a fresh data-space optimiser, or
+        G(z, y) for fresh latents (classes drawn at random until `receive_class_weights` assigns them)."""
         dc = self.config.dream
         self.round_index = round_index
-        x = init_dreams(dc.batch_size, self.input_shape, generator=self.generator, std=dc.init_std)
-        self._opt = DataSpaceOptimizer(x, dc)
-        self.x = self._opt.x.detach().clone()
         self.targets = None
         self.class_weight_mean = None
         self.soft_labels = None
         self.target_logits = None
+        if self.dream_generator is not None:
+            self._generate(torch.randint(self.num_classes, (dc.batch_size,), generator=self.generator))
+            assert self.x is not None
+            return self.x
+        x = init_dreams(dc.batch_size, self.input_shape, generator=self.generator, std=dc.init_std)
+        self._opt = DataSpaceOptimizer(x, dc)
+        self.x = self._opt.x.detach().clone()
         return self.x
+
+    def _generate(self, classes: Tensor) -> None:
+        """x = G(z, classes) for fresh latents z (B, latent_dim), keeping the graph for the next step."""
+        assert self.dream_generator is not None
+        b = classes.shape[0]
+        self._gen_classes = classes.long()
+        self._z = torch.randn((b, self.config.dream.latent_dim), generator=self.generator)
+        self.dream_generator.train()
+        self._x_graph = self.dream_generator(self._z, self._gen_classes)  # (B, C, H, W)
+        self.x = self._x_graph.detach().clone()
 
     def new_dreams(self, round_index: int) -> Tensor:
         """Alias of `begin_round`: fresh dreams (B, C, H, W) for round `round_index`."""
         return self.begin_round(round_index)
 
     def receive_class_weights(self, result: AggregateResult) -> Tensor:
-        """Assign each dream a target class, balanced over the classes some client holds; (B,)."""
+        """Assign each dream a target class, balanced over the classes some client holds; (B,).
+
+        With a dream generator the round's dreams are redrawn for these classes, in place in the
+        tensor `begin_round` returned.
+        """
         if result.count == 0:
             raise ConfigError("no client contributed class weights")
         mean = result.total / result.count  # (K,)
@@ -226,6 +269,14 @@ class ServerRole:
         # or one more dreams, and which classes get the extra one changes from round to round.
         order = torch.as_tensor(eligible)[torch.randperm(eligible.size, generator=self.generator)]
         self.targets = order[torch.arange(b) % eligible.size].long()
+        if self.dream_generator is not None:
+            # The round's first dreams, now of their target classes, written into the tensor
+            # `begin_round` returned: an engine holding that tensor sends the right dreams.
+            first = self.x
+            self._generate(self.targets)
+            if first is not None and first.shape == self.x.shape:
+                first.copy_(self.x)
+                self.x = first
         return self.targets
 
     def _per_dream_weight(self) -> Tensor:
@@ -235,13 +286,16 @@ class ServerRole:
         return w.clamp_min(self._weight_floor)
 
     def apply_dream_step(self, result: AggregateResult) -> Tensor:
-        """One data-space step from the summed client directions; returns the new dreams (B, C, H, W).
+        """One step from the summed client directions; returns the new dreams (B, C, H, W).
 
         The direction is the mean over contributors (a per-dream weighted mean in the conditional
         method), plus the gradient of the server's priors, minus lambda * grad_x H(student(x)) in the
-        adaptive variant.
+        adaptive variant. Pixels: one data-space optimiser step on x. Generator: the direction is
+        backpropagated through x = G(z, y) (its gradient on G's weights is the sum of the clients'
+        input gradients pulled back through G, divided by the count), one Adam step on G, and fresh
+        latents give the next dreams.
         """
-        if self._opt is None or self.x is None:
+        if (self._opt is None and self.dream_generator is None) or self.x is None:
             raise ConfigError("apply_dream_step before begin_round")
         if self.conditional and self.targets is None:
             raise ConfigError("the conditional method needs class weights before the first dream step")
@@ -257,9 +311,25 @@ class ServerRole:
         if dc.adaptive_lambda > 0 and self.student is not None:
             dev = next(self.student.model.parameters()).device
             direction = direction - dc.adaptive_lambda * entropy_gradient(self.student.model, x.to(dev)).cpu()
-        self.x = self._opt.step(direction)
+        if self.dream_generator is not None:
+            self._generator_step(direction)
+        else:
+            assert self._opt is not None
+            self.x = self._opt.step(direction)
         self.dream_steps += 1
         return self.x
+
+    def _generator_step(self, direction: Tensor) -> None:
+        """Backpropagate `direction` (B, C, H, W) through the current G(z, y), step G, draw fresh dreams."""
+        if self._x_graph is None or self._gen_classes is None:
+            raise ConfigError("a generator step needs the dreams of begin_round (not a restored checkpoint)")
+        assert self.dream_generator is not None and self._g_opt is not None
+        if not torch.isfinite(direction).all():
+            raise ConfigError("the aggregated dream direction holds NaN or infinity")
+        self._g_opt.zero_grad(set_to_none=True)
+        self._x_graph.backward(direction.to(self._x_graph.dtype))
+        self._g_opt.step()
+        self._generate(self._gen_classes)
 
     def receive_soft_labels(self, result: AggregateResult) -> tuple[Tensor, Tensor]:
         """Turn the summed soft labels into the round's labels (B, K) and KD target logits (B, K)."""
@@ -267,14 +337,21 @@ class ServerRole:
             raise ConfigError("no client contributed soft labels")
         b, k = self.config.dream.batch_size, self.num_classes
         y = torch.as_tensor(result.total / result.count, dtype=torch.float32).reshape(b, k)
-        if self.conditional:
+        dc = self.config.distill
+        if self.conditional and dc.label_weighting is LabelWeighting.CLASS:
+            assert self.class_weight_mean is not None
+            w = torch.as_tensor(self.class_weight_mean, dtype=torch.float32)  # (K,)
+            # Column c over the mean weight for class c: the class-weighted ensemble. A class no
+            # survivor holds (at half the minimum weight) gets probability 0, not noise over a tiny number.
+            y = torch.where(w >= self._weight_floor, y / w.clamp_min(self._weight_floor)[None, :], 0.0)
+        elif self.conditional:
             y = y / self._per_dream_weight()[:, None]
-        kind = self.config.distill.soft_labels
+        kind = dc.soft_labels
         if kind is SoftLabelKind.PROBABILITIES:
             y = y.clamp_min(0)
             y = y / y.sum(dim=1, keepdim=True).clamp_min(_EPS)
         self.soft_labels = y
-        self.target_logits = soft_labels_to_target_logits(y, kind)
+        self.target_logits = soft_labels_to_target_logits(y, kind, dc.label_temperature)
         return y, self.target_logits
 
     def label_probabilities(self) -> Tensor:
@@ -316,6 +393,12 @@ class ServerRole:
             "weight_floor": self._weight_floor,
             "soft_labels": self.soft_labels,
             "target_logits": self.target_logits,
+            "dream_generator": None
+            if self.dream_generator is None
+            else {
+                "model": {k: v.clone() for k, v in self.dream_generator.state_dict().items()},
+                "optimizer": copy.deepcopy(self._g_opt.state_dict()),
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -323,6 +406,10 @@ class ServerRole:
             raise ConfigError("checkpoint and configuration disagree on whether the server has a student")
         if (state.get("bank") is None) != (self.bank is None):
             raise ConfigError("checkpoint and configuration disagree on whether the server has a dream bank")
+        if (state.get("dream_generator") is None) != (self.dream_generator is None):
+            raise ConfigError(
+                "checkpoint and configuration disagree on whether the server has a dream generator"
+            )
         self.generator.set_state(state["generator"])
         self.round_index = int(state["round_index"])
         self.dream_steps = int(state["dream_steps"])
@@ -334,3 +421,8 @@ class ServerRole:
         self.class_weight_mean, self._weight_floor = state["class_weight_mean"], float(state["weight_floor"])
         self.soft_labels, self.target_logits = state["soft_labels"], state["target_logits"]
         self._opt = None
+        if self.dream_generator is not None:
+            assert self._g_opt is not None
+            self.dream_generator.load_state_dict(state["dream_generator"]["model"])
+            self._g_opt.load_state_dict(copy.deepcopy(state["dream_generator"]["optimizer"]))
+            self._x_graph = None

@@ -12,14 +12,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..aggregation import Aggregator, RoundReport, create_aggregator, release_context
-from ..distill import SGDTrainer, TrainerFactory
+from ..distill import TrainerFactory, sgd_trainer_factory
 from ..exceptions import ConfigError
 from .client import ClientRole
 from .config import FederationConfig, Method
@@ -100,10 +99,7 @@ class RoundMetrics:
 
 def default_trainer_factory(config: FederationConfig) -> TrainerFactory:
     """The plain SGD trainer with the configuration's learning settings."""
-    dc = config.distill
-    return partial(
-        SGDTrainer, lr=dc.lr, momentum=dc.momentum, weight_decay=dc.weight_decay, batch_size=dc.ce_batch_size
-    )
+    return sgd_trainer_factory(config.distill)
 
 
 def _generator(*seed_parts: int) -> torch.Generator:
