@@ -90,3 +90,48 @@ def test_a_deployment_stops_every_process_when_its_body_fails(tmp_path):
         raise RuntimeError("boom")
     assert deployment.leftover_processes() == []
     assert not deployment.node_alive(0) and not deployment.node_alive(1)
+
+
+def test_secure_dp_with_cohorts_survives_a_killed_node_and_charges_each_client_its_own_rounds(tmp_path):
+    """A real deployment under secure+dp with cohorts of 4 out of 5: node 4 dies in round 0 after its
+    first release; the run finishes with the survivors, and each node's own ledger holds exactly the
+    rounds it released in, unamplified. (Four participants with one assumed corrupt keep n_min = 3, so
+    one death is survivable.)"""
+    from dataclasses import replace
+
+    from codream.federation.simulation import cohort_indices
+    from codream.privacy.calibration import epsilon_for
+    from codream.privacy.client_ledger import load_client_ledgers
+
+    config = replace(CONFIG, num_clients=5, clients_per_round=4)
+    cohorts = [cohort_indices(5, 4, config.seed, r) for r in range(2)]
+    assert cohorts == [[0, 1, 2, 4], [0, 1, 2, 3]]
+    results = run_flower(
+        config,
+        aggregation="secure+dp",
+        dp={"noise_multiplier": 2.0, "delta": 1e-5},
+        out_dir=tmp_path,
+        kill_node_at=KillAt(node=4, round=0, vector=1),
+        step_timeout=30.0,
+        setup_timeout=120.0,
+        timeout=420.0,
+    )
+    assert results["status"] == "completed"
+    r0, r1 = results["rounds"]
+    assert r0["participants"] == [0, 1, 2, 4] and r0["survivors"] == [0, 1, 2]
+    assert r1["participants"] == [0, 1, 2, 3] and r1["survivors"] == [0, 1, 2, 3]
+    assert all(r["ce_loss"] is None for r in results["rounds"])
+    ledgers = {led.client_id: led for led in load_client_ledgers(tmp_path)}
+    assert {cid: led.rounds for cid, led in ledgers.items()} == {
+        0: (0, 1),
+        1: (0, 1),
+        2: (0, 1),
+        3: (1,),
+        4: (0,),  # charged before its first masked release left it, then killed
+    }
+    for led in ledgers.values():
+        expected = epsilon_for(
+            noise_multiplier=2.0, sample_rate=1.0, steps=led.participations, delta=1e-5, mechanism="integer"
+        )
+        assert led.spent == pytest.approx(expected, rel=1e-9)
+    assert _processes_with_token(results["deployment"]["token"]) == []

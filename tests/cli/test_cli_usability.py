@@ -269,10 +269,13 @@ def test_the_privacy_report_of_a_run_directory_it_cannot_write_to_is_one_line(tm
     ("args", "refused"),
     [
         (["--aggregation", "secure", "--graph", "harary"], "--graph harary"),
-        (["--clients-per-round", "2"], "--clients-per-round 2"),
-        (["--clients-per-round", "2", "--bank-size", "16"], "--clients-per-round 2, --bank-size 16"),
+        (["--clients-per-round", "2", "--bank-size", "16"], "--bank-size 16"),
+        (
+            ["--aggregation", "secure", "--graph", "harary", "--bank-size", "16"],
+            "--graph harary, --bank-size 16",
+        ),
     ],
-    ids=["harary graph", "cohorts", "cohorts and bank"],
+    ids=["harary graph", "bank (cohorts are carried)", "harary graph and bank"],
 )
 def test_flower_refuses_what_it_does_not_carry_before_the_run_directory_exists(
     tmp_path, monkeypatch, args, refused
