@@ -206,7 +206,9 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "aggregation",
         click.Choice(AGGREGATIONS),
         "plain",
-        "How client vectors are summed: plain, secure (secure aggregation) or secure+dp (plus DP noise).",
+        "How client vectors are summed: plain, secure (secure aggregation against an honest-but-curious "
+        "server: one that deviates from the protocol can unmask a client, see protocols/secagg.md) or "
+        "secure+dp (plus each client's own DP noise).",
     ),
     RunOption(
         "privacy_unit",
