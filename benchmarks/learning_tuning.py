@@ -33,6 +33,40 @@ from codream.federation import Federation, FederationConfig
 MODELS = ("resnet8", "cnn", "vgg", "mlp")
 
 
+def real_image_student(fed: Federation, data, seed: int) -> float:
+    """Validation accuracy of the student's architecture trained like the student, on real images.
+
+    As many training images as the student's buffer holds dreams, drawn at random from the whole
+    training split, with the final class-weighted teacher ensemble's probabilities as KD targets; the
+    same optimiser, steps, minibatch size and temperature as the student. The gap to the student is
+    what the dreams lose against real inputs.
+    """
+    from codream.distill import class_weighted_ensemble, kd_loss
+    from codream.evaluation import accuracy
+    from codream.models import build_model
+
+    dc = fed.config.distill
+    n = len(fed.server.student.buffer)
+    g = torch.Generator().manual_seed(seed)
+    x = data.x_train[torch.randperm(len(data.y_train), generator=g)[:n]]
+    weights = torch.as_tensor(np.stack([c.class_weights() for c in fed.clients]), dtype=torch.float32)
+    target = class_weighted_ensemble([c.model for c in fed.clients], weights, x).clamp_min(1e-12).log()
+    model = build_model(dc.student, data.input_shape, data.num_classes, seed=seed * 1009 + 997)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=dc.student_lr, momentum=dc.momentum, weight_decay=dc.weight_decay
+    )
+    steps = fed.config.rounds * (dc.kd_steps if dc.student_kd_steps is None else dc.student_kd_steps)
+    temperature = dc.temperature if dc.student_temperature is None else dc.student_temperature
+    model.train()
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=g)[: dc.batch_size]
+        opt.zero_grad(set_to_none=True)
+        kd_loss(model(x[idx]), target[idx], temperature).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+    return float(accuracy(model, fed.x_test, fed.y_test))
+
+
 @click.command()
 @click.option("--name", required=True, help="A label for the run.")
 @click.option("--size", type=click.Choice(sorted(SIZES)), default="cpu", show_default=True)
@@ -44,8 +78,14 @@ MODELS = ("resnet8", "cnn", "vgg", "mlp")
 @click.option("--method", default="conditional", show_default=True)
 @click.option("--set", "settings", multiple=True, help="As in benchmarks/federation.py.")
 @click.option("--baselines", is_flag=True, help="Also run local-only and FedAvg (cnn).")
+@click.option(
+    "--real-student",
+    is_flag=True,
+    help="Also train the student's architecture, as the student is trained, on as many real training "
+    "images as the student saw dreams, labelled by the final teacher ensemble: is it the dreams?",
+)
 @click.option("--records", default=None, help="Append the JSON line to this file.")
-def main(name, size, dataset, alpha, seed, rounds, val, method, settings, baselines, records) -> None:
+def main(name, size, dataset, alpha, seed, rounds, val, method, settings, baselines, real_student, records):
     torch.set_num_threads(1)
     sz = override_size(SIZES[size], settings)
     if rounds is not None:
@@ -101,6 +141,8 @@ def main(name, size, dataset, alpha, seed, rounds, val, method, settings, baseli
         for b in ("local", "fedavg"):
             run = _run_baseline(b, cfg, data, parts, "cnn", "cpu")
             line[b] = round(float(np.mean(run.final_accuracy)), 4)
+    if real_student and fed.server.student is not None:
+        line["real_student"] = round(real_image_student(fed, data, seed), 4)
     text = json.dumps(line)
     if records:
         with open(records, "a") as f:

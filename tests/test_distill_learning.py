@@ -236,6 +236,7 @@ def test_a_trainer_that_cannot_apply_the_configured_learning_options_is_refused(
         (dict(label_temperature=0.0), "label_temperature"),
         (dict(label_temperature=2.0, soft_labels="logits"), "label_temperature"),
         (dict(student_kd_steps=-1), "student_kd_steps"),
+        (dict(student_temperature=0.0), "student_temperature"),
         (dict(joint="yes"), "joint"),
     ],
 )

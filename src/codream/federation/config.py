@@ -274,6 +274,8 @@ class DistillConfig:
         student: architecture of the server's optional student model (None: no student).
         student_lr: learning rate of the student.
         student_kd_steps: the student's KD steps per round (None: `kd_steps`).
+        student_temperature: the student's KD temperature (None: `temperature`); it learns only from
+            dreams, and a flatter target carries more of the ensemble's ranking of the other classes.
         label_temperature: clients release softmax(logits / tau) (probabilities only); the server's
             KD target logits are tau * log(mean), so KD at `temperature` = tau matches the tempered
             ensemble on both sides (Hinton et al.). 1: the paper's probabilities.
@@ -306,6 +308,7 @@ class DistillConfig:
     student: str | None = None
     student_lr: float = 0.05
     student_kd_steps: int | None = None
+    student_temperature: float | None = None
     label_temperature: float = 1.0
     label_weighting: LabelWeighting | str = LabelWeighting.TARGET
     joint: bool = False
@@ -332,6 +335,8 @@ class DistillConfig:
             raise ConfigError(f"distill.joint must be true or false, got {self.joint!r}")
         if self.student_kd_steps is not None:
             _positive_int("distill.student_kd_steps", self.student_kd_steps, minimum=0)
+        if self.student_temperature is not None:
+            _positive("distill.student_temperature", self.student_temperature)
         for name in ("label_temperature", "logit_adjust_tau"):
             _positive(f"distill.{name}", getattr(self, name))
         _non_negative("distill.ce_weight", self.ce_weight)

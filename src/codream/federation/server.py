@@ -55,13 +55,14 @@ class StudentTrainer:
         """`student_kd_steps` (default `kd_steps`) KD steps on the buffer; returns the mean loss."""
         dc = self.config.distill
         steps = dc.kd_steps if dc.student_kd_steps is None else dc.student_kd_steps
+        temperature = dc.temperature if dc.student_temperature is None else dc.student_temperature
         losses = []
         self.model.train()
         for _ in range(steps if len(self.buffer) else 0):
             xb, yb = self.buffer.sample(dc.batch_size, self.generator)
             xb = augment_dreams(xb, dc.augment, dc.augment_shift, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = kd_loss(self.model(xb), yb, dc.temperature)
+            loss = kd_loss(self.model(xb), yb, temperature)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
             self.optimizer.step()
