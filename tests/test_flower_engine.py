@@ -90,15 +90,18 @@ class Loopback:
         return out
 
 
-def run_loopback(config, tmp_path, *, aggregation="secure", crash=None):
+def run_loopback(config, tmp_path, *, aggregation="secure", crash=None, transport=None, **run_options):
+    """Run `config` through a `CodreamServer` over `transport` (default: a `Loopback` of its nodes)."""
     run_config = {
         "codream-config": json.dumps(config_to_dict(config)),
         "aggregation": aggregation,
         "out-dir": str(tmp_path),
         "record-trace": True,
+        **run_options,
     }
     server = CodreamServer(run_config)
-    transport = Loopback(config.num_clients, crash, aggregation=aggregation)
+    if transport is None:
+        transport = Loopback(config.num_clients, crash, aggregation=aggregation)
     channel, ready = connect_clients(
         transport,
         num_nodes=config.num_clients,
@@ -253,22 +256,8 @@ def test_a_node_sent_other_dreams_is_left_out_of_the_sum_it_was_not_computed_for
     """Each node binds its masked release to what it received; the server's sum covers only the nodes
     that computed from the dreams it means, and stays exact for them."""
     config = tiny_config(rounds=1)
-    run_config = {
-        "codream-config": json.dumps(config_to_dict(config)),
-        "aggregation": "secure",
-        "out-dir": str(tmp_path),
-    }
-    server = CodreamServer(run_config)
     transport = DifferentDreams(config.num_clients, node=2, vector=2, aggregation="secure")
-    channel, ready = connect_clients(
-        transport,
-        num_nodes=config.num_clients,
-        setup=server.setup_payload(),
-        wait_timeout=1,
-        setup_timeout=1,
-        step_timeout=1,
-    )
-    results = server.run(channel, ready)
+    results, _ = run_loopback(config, tmp_path, transport=transport)
     (round0,) = results["rounds"]
     assert 2 not in round0["survivors"] and len(round0["survivors"]) == 3
 
@@ -286,18 +275,9 @@ def test_secure_dp_with_cohorts_charges_each_node_for_exactly_its_rounds_and_kee
         100 + cid: CodreamNode({"partition-id": cid, "num-partitions": 4, "aggregation": "secure+dp", **own})
         for cid in range(4)
     }
-    server = CodreamServer(
-        {
-            "codream-config": json.dumps(config_to_dict(config)),
-            "aggregation": "secure+dp",
-            "noise-multiplier": 2.0,
-            "out-dir": str(tmp_path),
-        }
+    results, _ = run_loopback(
+        config, tmp_path, aggregation="secure+dp", transport=transport, **{"noise-multiplier": 2.0}
     )
-    channel, ready = connect_clients(
-        transport, num_nodes=4, setup=server.setup_payload(), wait_timeout=1, setup_timeout=1, step_timeout=1
-    )
-    results = server.run(channel, ready)
     cohorts = [cohort_indices(4, 3, config.seed, r) for r in range(3)]
     assert [r["participants"] for r in results["rounds"]] == cohorts
     assert all(r["ce_loss"] is None and r["warmup_loss"] is None for r in results["rounds"])
