@@ -153,7 +153,7 @@ def one_run(run: dict, data: Dataset, local: LocalOnlyCache, **setting) -> dict:
         "local": float(local_acc.mean()),
         "gain": float(diff.mean()),
         "gain_std": float(diff.std()),
-        "clients_seen": len(fed._warmed),
+        "clients_seen": len(fed.transport.warmed),
         "buffer_last_cohort": float(np.mean([len(fed.clients[c].buffer) for c in cohort])),
         "label_confidence": float(np.mean([m.label_confidence for m in history])),
         "seconds": seconds,

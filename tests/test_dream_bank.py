@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pytest
 import torch
@@ -187,14 +186,3 @@ def test_a_bank_larger_than_the_clients_buffer_is_refused():
 def test_a_bank_smaller_than_one_rounds_dreams_is_refused():
     with pytest.raises(ConfigError, match="bank_size=4 is smaller than one round's dreams"):
         bank_config(bank_size=4)
-
-
-def test_the_flower_engine_refuses_a_bank_by_name():
-    pytest.importorskip("flwr", reason="the Flower engine needs flwr")
-    from codream.federation.flower.engine import CodreamServer, config_to_dict
-
-    run_config = {"codream-config": json.dumps(config_to_dict(bank_config())), "aggregation": "plain"}
-    with pytest.raises(ConfigError, match="distill.bank_size"):
-        CodreamServer(run_config)
-    every = bank_config(bank_size=0, clients_per_round=None)
-    CodreamServer({**run_config, "codream-config": json.dumps(config_to_dict(every))})

@@ -57,7 +57,7 @@ def test_a_client_warms_up_only_when_first_sampled(digits):
     fed = Federation(population_config(), dataset=digits)
     fed.run_round()
     first = set(fed.cohort(0))
-    assert fed._warmed == {c.client_id for c in first}
+    assert fed.transport.warmed == {c.client_id for c in first}
 
 
 def test_without_clients_per_round_everyone_takes_part_every_round(digits):

@@ -14,103 +14,16 @@ import pytest
 pytest.importorskip("flwr", reason="the Flower engine needs flwr (pip install codream[flower])")
 
 from codream.exceptions import ConfigError, InvalidMessage  # noqa: E402
-from codream.federation.config import DistillConfig, DreamConfig, FederationConfig  # noqa: E402
 from codream.federation.flower.app import render_pyproject  # noqa: E402
 from codream.federation.flower.channel import ClientChannel  # noqa: E402
 from codream.federation.flower.engine import (  # noqa: E402
     CodreamNode,
-    CodreamServer,
     config_from_dict,
     config_to_dict,
 )
 from codream.federation.flower.harness import format_node_config  # noqa: E402
-from codream.federation.flower.serverapp import connect_clients  # noqa: E402
-from codream.federation.flower.verify import replay_in_process  # noqa: E402
 from codream.federation.flower.wire import Payload, decode, encode  # noqa: E402
-from codream.federation.flower.worker import error_payload  # noqa: E402
-
-
-def tiny_config(**overrides) -> FederationConfig:
-    base = dict(
-        dataset="digits",
-        num_clients=4,
-        alpha=None,
-        samples_per_client=60,
-        limit_test=100,
-        models=("mlp",),
-        rounds=2,
-        seed=5,
-        method="conditional",
-        dream=DreamConfig(batch_size=8, global_steps=2),
-        distill=DistillConfig(kd_steps=3, batch_size=8, warmup_steps=10, buffer_size=32),
-    )
-    base.update(overrides)
-    return FederationConfig(**base)
-
-
-class Loopback:
-    """A `Transport` that hands each request straight to an in-process `CodreamNode`.
-
-    `crash` = (node, kind, round, vector): that node stops answering from that request on, as a
-    killed SuperNode does.
-    """
-
-    def __init__(
-        self, num_nodes: int, crash: tuple[int, str, int, int] | None = None, *, aggregation: str = "secure"
-    ) -> None:
-        self.nodes = {
-            100 + i: CodreamNode({"partition-id": i, "num-partitions": num_nodes, "aggregation": aggregation})
-            for i in range(num_nodes)
-        }
-        self.crash = crash
-        self.crashed: set[int] = set()
-
-    def node_ids(self) -> list[int]:
-        return sorted(self.nodes)
-
-    def exchange(self, requests, *, timeout):
-        out = {}
-        for node, body in requests.items():
-            request = decode(body)
-            if self.crash is not None and node == 100 + self.crash[0]:
-                _, kind, r, j = self.crash
-                if (
-                    request.kind == kind
-                    and request.fields.get("round") == r
-                    and request.fields.get("vector") == j
-                ):
-                    self.crashed.add(node)
-            if node in self.crashed:
-                continue
-            try:
-                reply = self.nodes[node].handle(request)
-            except Exception as err:  # noqa: BLE001 - as the worker does
-                reply = error_payload(err)
-            out[node] = encode(reply)
-        return out
-
-
-def run_loopback(config, tmp_path, *, aggregation="secure", crash=None, transport=None, **run_options):
-    """Run `config` through a `CodreamServer` over `transport` (default: a `Loopback` of its nodes)."""
-    run_config = {
-        "codream-config": json.dumps(config_to_dict(config)),
-        "aggregation": aggregation,
-        "out-dir": str(tmp_path),
-        "record-trace": True,
-        **run_options,
-    }
-    server = CodreamServer(run_config)
-    if transport is None:
-        transport = Loopback(config.num_clients, crash, aggregation=aggregation)
-    channel, ready = connect_clients(
-        transport,
-        num_nodes=config.num_clients,
-        setup=server.setup_payload(),
-        wait_timeout=1,
-        setup_timeout=1,
-        step_timeout=1,
-    )
-    return server.run(channel, ready), channel
+from flower_loopback import Loopback, run_loopback, tiny_config  # noqa: E402
 
 
 def test_engine_messages_survive_encoding_and_malformed_ones_are_refused():
@@ -162,50 +75,6 @@ def test_a_client_that_stops_answering_is_dropped_for_the_rest_of_the_run():
     assert set(channel.broadcast(Payload("ping"))) == {0}
 
 
-def test_secure_rounds_over_the_engine_match_the_in_process_engine_within_the_quantisation_bound(tmp_path):
-    config = tiny_config()
-    results, channel = run_loopback(config, tmp_path)
-    assert [m["survivors"] for m in results["rounds"]] == [[0, 1, 2, 3]] * 2
-    report = replay_in_process(config, tmp_path / "trace.npz", rounds=2)
-    # class weights, 2 dream steps and soft labels in each of 2 rounds
-    assert len(report.checks) == 8
-    assert not report.violations
-    assert all(c.bound > 0 for c in report.checks)
-    for r, metrics in enumerate(results["rounds"]):
-        flower = [metrics["accuracies"][str(c)] for c in range(4)]
-        assert flower == pytest.approx(list(report.accuracies[r]), abs=1e-9)
-    dreams = np.load(tmp_path / "dreams.npz")
-    np.testing.assert_allclose(dreams["x"], report.dreams, atol=1e-5)
-    np.testing.assert_allclose(dreams["soft_labels"], report.soft_labels, atol=1e-5)
-    # The replay does notice clients that are not the ones the run had.
-    assert replay_in_process(tiny_config(seed=6), tmp_path / "trace.npz", rounds=1).violations
-
-
-def test_a_client_crashing_mid_round_leaves_the_secure_sum_over_the_survivors(tmp_path):
-    config = tiny_config(method="paper")
-    results, channel = run_loopback(config, tmp_path, crash=(3, "release", 0, 1))
-    r0, r1 = results["rounds"]
-    assert r0["participants"] == [0, 1, 2, 3] and r0["survivors"] == [0, 1, 2]
-    assert r1["participants"] == [0, 1, 2] and sorted(r1["accuracies"]) == ["0", "1", "2"]
-    assert set(channel.dropped) == {3}
-    trace = np.load(tmp_path / "trace.npz")
-    assert list(trace["r0_v0_contributors"]) == [0, 1, 2, 3]
-    assert list(trace["r0_v1_contributors"]) == [0, 1, 2]
-    report = replay_in_process(config, trace, rounds=2)
-    assert len(report.checks) == 6 and not report.violations
-    for r, metrics in enumerate(results["rounds"]):
-        for c, acc in metrics["accuracies"].items():
-            assert acc == pytest.approx(report.accuracies[r][int(c)], abs=1e-9)
-
-
-def test_plain_rounds_over_the_engine_equal_the_in_process_plain_engine(tmp_path):
-    config = tiny_config(rounds=1)
-    results, _ = run_loopback(config, tmp_path, aggregation="plain")
-    report = replay_in_process(config, tmp_path / "trace.npz", rounds=1)
-    assert all(c.bound == 0 and c.error < 1e-9 for c in report.checks)
-    assert [results["rounds"][0]["accuracies"][str(c)] for c in range(4)] == list(report.accuracies[0])
-
-
 def test_a_node_refuses_requests_before_set_up_and_with_a_foreign_partition_count():
     node = CodreamNode({"partition-id": 0, "num-partitions": 3})
     with pytest.raises(InvalidMessage):
@@ -222,8 +91,8 @@ def test_a_node_refuses_requests_before_set_up_and_with_a_foreign_partition_coun
 def test_the_engine_reports_its_exchanges_per_round(tmp_path, aggregation, per_vector, fixed):
     """A deployed round costs about its exchanges times the transport's latency: count them exactly.
 
-    Plain: one release per vector, then the acquire. Secure: advertise keys, share keys, then per
-    vector the masked input and the unmask request, then the acquire.
+    Plain: one release per vector, then the lessons. Secure: advertise keys, share keys, then per
+    vector the masked input and the unmask request, then the lessons.
     """
     config = tiny_config(rounds=1)
     results, _ = run_loopback(config, tmp_path, aggregation=aggregation)
@@ -270,11 +139,7 @@ def test_secure_dp_with_cohorts_charges_each_node_for_exactly_its_rounds_and_kee
 
     config = tiny_config(rounds=3, clients_per_round=3)
     own = {"noise-multiplier": 2.0, "delta": 1e-5, "ledger-dir": str(tmp_path / "client_ledgers")}
-    transport = Loopback(config.num_clients)
-    transport.nodes = {
-        100 + cid: CodreamNode({"partition-id": cid, "num-partitions": 4, "aggregation": "secure+dp", **own})
-        for cid in range(4)
-    }
+    transport = Loopback(config.num_clients, aggregation="secure+dp", node_config=own)
     results, _ = run_loopback(
         config, tmp_path, aggregation="secure+dp", transport=transport, **{"noise-multiplier": 2.0}
     )
@@ -284,3 +149,32 @@ def test_secure_dp_with_cohorts_charges_each_node_for_exactly_its_rounds_and_kee
     ledgers = {led.client_id: led for led in load_client_ledgers(tmp_path)}
     for cid in range(4):
         assert ledgers[cid].rounds == tuple(r for r, cohort in enumerate(cohorts) if cid in cohort)
+
+
+def test_malicious_nodes_refuse_a_session_whose_verify_keys_are_not_the_ones_they_hold(tmp_path):
+    """The server does not choose whom a node trusts: it lists its own key in place of client 2's
+    (a Sybil), and every node refuses before advertising anything."""
+    import json as _json
+
+    from codream.exceptions import ProtocolAbort
+    from codream.federation.flower.keys import provision_keys
+
+    config = tiny_config(rounds=1)
+    verify, signing = provision_keys(tmp_path / "keys", range(4))
+    own = {"malicious": "true", "verify-keys": str(verify)}
+    transport = Loopback(4, node_config=lambda i: {**own, "signing-key": str(signing[i])})
+    forged = _json.loads(verify.read_text())
+    forged["2"] = "11" * 32
+    forged_path = tmp_path / "forged.json"
+    forged_path.write_text(_json.dumps(forged))
+    with pytest.raises(ProtocolAbort):
+        run_loopback(
+            config, tmp_path, transport=transport, malicious=True, **{"verify-keys": str(forged_path)}
+        )
+    for node in transport.nodes.values():
+        assert node._session is None  # nothing advertised, nothing released
+
+
+def test_a_node_that_demands_malicious_mode_needs_its_key_files():
+    with pytest.raises(ConfigError, match="signing-key and verify-keys"):
+        CodreamNode({"partition-id": 0, "malicious": "true"})

@@ -227,7 +227,7 @@ def test_clear_fields_beside_a_masked_release_are_never_read(tmp_path):
 
     results, channel = run(tiny_config(), tmp_path, tamper, aggregation="secure")
     assert results["rounds"][0]["survivors"] == [0, 1, 2, 3] and not channel.dropped
-    assert results["rounds"][0]["clipped"] <= 4 * len(results["rounds"][0]["survivors"])
+    assert results["rounds"][0]["aggregation"]["clipped"] <= 4 * len(results["rounds"][0]["survivors"])
 
 
 def test_a_secure_round_goes_on_without_a_client_that_sends_undecodable_bytes(tmp_path):
@@ -248,14 +248,14 @@ def test_a_plain_round_drops_a_misshapen_vector_and_a_mistyped_accuracy(tmp_path
             v = np.array(reply.arrays["v"])
             v[0] = np.nan
             return encode(Payload(reply.kind, reply.fields, {"v": v}))
-        if client == 3 and request.kind == "acquire":
+        if client == 3 and request.kind == "learn":
             return with_fields(reply, accuracy="high")
         return encode(reply)
 
     results, channel = run(tiny_config(), tmp_path, tamper, aggregation="plain")
     assert sorted(channel.dropped) == [1, 2, 3]
     assert "shape" in channel.dropped[2] and "NaN" in channel.dropped[1] and "accuracy" in channel.dropped[3]
-    assert results["rounds"][0]["survivors"] == [0, 3] and list(results["rounds"][0]["accuracies"]) == ["0"]
+    assert results["rounds"][0]["survivors"] == [0, 3] and results["rounds"][0]["evaluated"] == [0]
 
 
 # ------------------------------------------------------------------------------ client id binding

@@ -17,6 +17,12 @@ from typing import Any
 __all__ = ["format_round_line", "summarise", "summary_markdown"]
 
 
+def _total(records, key: str) -> int | None:
+    """The sum of `key` over the rounds; None when any round did not release it."""
+    values = [r.get(key) for r in records]
+    return None if any(v is None for v in values) else sum(int(v) for v in values)
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     vals = [float(v) for v in values]
     if not vals:
@@ -99,8 +105,9 @@ def summarise(
         bytes_sent_per_client_per_round=statistics.fmean(per_client_bytes) if per_client_bytes else None,
         min_survivors=min(int(r.get("survivors", 0)) for r in records),
         participants=int(last.get("participants", 0)),
-        clipped=sum(int(r.get("clipped", 0)) for r in records),
-        overflowed=sum(int(r.get("overflowed", 0)) for r in records),
+        # None: not released (under DP the counts stay on the clients).
+        clipped=_total(records, "clipped"),
+        overflowed=_total(records, "overflowed"),
         epsilon=last.get("epsilon"),
         delta=last.get("delta"),
     )
@@ -138,9 +145,14 @@ def summary_markdown(
             f"- sent per client per round: {_human_bytes(summary['bytes_sent_per_client_per_round'])}"
         )
     lines.append(f"- fewest survivors in a round: {summary['min_survivors']} of {summary['participants']}")
-    lines.append(
-        f"- clipped contributions: {summary['clipped']}; saturated coordinates: {summary['overflowed']}"
-    )
+    if summary.get("clipped") is None:
+        lines.append(
+            "- clipped contributions and saturated coordinates: not released (they stay on the clients)"
+        )
+    else:
+        lines.append(
+            f"- clipped contributions: {summary['clipped']}; saturated coordinates: {summary['overflowed']}"
+        )
     if summary.get("epsilon") is not None:
         lines.append(f"- privacy spent: epsilon = {summary['epsilon']:.3f} at delta = {summary['delta']:g}")
     lines.append("")

@@ -9,11 +9,19 @@ import torch
 
 @dataclass
 class FakeMetrics:
-    accuracy: list[float]
-    report: dict = field(default_factory=dict)
+    """The fields of `RoundMetrics.to_dict()` the CLI reads."""
+
+    accuracies: list[float]
+    aggregation: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "report": self.report}
+        agg = self.aggregation
+        return {
+            "accuracies": self.accuracies,
+            "participants": agg["participants"],
+            "survivors": agg["survivors"],
+            "aggregation": {**agg, "clipped": 0, "overflowed": 0},
+        }
 
 
 class FakeFederation:

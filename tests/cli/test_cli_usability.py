@@ -177,7 +177,8 @@ def test_ctrl_c_on_flower_suggests_a_fresh_run_directory_that_is_accepted(tmp_pa
 
     def finished(config, **kwargs):
         ids = list(range(config.num_clients))
-        return {"rounds": [{"accuracy": [0.5] * len(ids), "participants": ids, "survivors": ids}]}
+        rnd = {"accuracies": [0.5] * len(ids), "participants": ids, "survivors": ids}
+        return {"rounds": [{**rnd, "aggregation": {"clipped": 0, "overflowed": 0}}]}
 
     monkeypatch.setattr(local, "run_flower", interrupted)
     out = tmp_path / "flower"
@@ -268,14 +269,10 @@ def test_the_privacy_report_of_a_run_directory_it_cannot_write_to_is_one_line(tm
 @pytest.mark.parametrize(
     ("args", "refused"),
     [
-        (["--aggregation", "secure", "--graph", "harary"], "--graph harary"),
-        (["--clients-per-round", "2", "--bank-size", "16"], "--bank-size 16"),
-        (
-            ["--aggregation", "secure", "--graph", "harary", "--bank-size", "16"],
-            "--graph harary, --bank-size 16",
-        ),
+        (["--aggregation", "secure", "--dropout", "0.2"], "--dropout 0.2"),
+        (["--aggregation", "secure+dp", "--dropout", "0.1"], "--dropout 0.1"),
     ],
-    ids=["harary graph", "bank (cohorts are carried)", "harary graph and bank"],
+    ids=["secure", "secure+dp"],
 )
 def test_flower_refuses_what_it_does_not_carry_before_the_run_directory_exists(
     tmp_path, monkeypatch, args, refused

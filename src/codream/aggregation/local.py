@@ -23,7 +23,7 @@ from ..privacy.analysis.composition import effective_noise_multiplier
 from ..privacy.client_ledger import ClientLedger, client_ledger_path, read_client_ledger_json
 from ..privacy.ledger import Granularity, PrivacyLedger
 from ..secagg.config import GraphKind
-from ..secagg.runner import DropoutSchedule, InProcessSession, SessionStats, provision_signers
+from ..secagg.runner import DropoutSchedule, InProcessSession, SessionStats, Stage, provision_signers
 from .client import ClientSeam
 from .plan import AggregateResult, DPStats, Mode, RoundPlan, RoundReport, SecureStats, VectorSpec
 from .policy import ClientPolicy, DPPolicy
@@ -116,6 +116,8 @@ class LocalAggregator(Aggregator):
         run_dir: where each client's own ledger file lives (`client_ledgers/`); see `attach`.
         dropout: each participant crashes with this probability, at a stage and vector drawn from a
             schedule seeded by (`seed`, round index); also what Harary parameters are chosen for.
+        schedules: explicit crashes by round index (simulation only), in place of the drawn ones for
+            the rounds listed; e.g. to replay a deployment in which a node was killed.
         seed: seed of the dropout schedule (simulation only; keys never depend on it).
         rounding_seed: seed of the clients' stochastic-rounding coins, for reproducible runs; None
             draws them from the OS every round.
@@ -149,6 +151,7 @@ class LocalAggregator(Aggregator):
         malicious: bool = False,
         min_survivors: int | None = None,
         corrupt_fraction: float = 0.1,
+        schedules: Mapping[int, DropoutSchedule] | None = None,
     ) -> None:
         self.mode = Mode.parse(mode)
         self.name = self.mode.value
@@ -187,6 +190,7 @@ class LocalAggregator(Aggregator):
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must lie in [0, 1), got {dropout}")
         self.dropout = dropout
+        self.schedules = dict(schedules or {})
         self.seed = seed
         self.malicious = malicious
         self.rounding_seed = rounding_seed
@@ -310,7 +314,7 @@ class _LocalRound(AggregationRound):
         self._seams = seams
         self._session: InProcessSession | None = None
         if plan.mode.secure:
-            schedule = DropoutSchedule.random(
+            schedule = owner.schedules.get(self.round_index) or DropoutSchedule.random(
                 plan.participants,
                 rate=owner.dropout,
                 num_vectors=len(plan.specs),
@@ -318,6 +322,9 @@ class _LocalRound(AggregationRound):
                 malicious=owner.malicious,
             )
             self._session = InProcessSession(plan.session, dropouts=schedule, signers=signers)  # type: ignore[arg-type]
+        # Plain rounds crash only where an explicit schedule says: from the vector a client never sends.
+        self._plain_schedule = owner.schedules.get(self.round_index) if not plan.mode.secure else None
+        self._plain_crashed: set[int] = set()
         self._started = False
         self._clipped = 0
         self._overflowed = 0
@@ -347,9 +354,14 @@ class _LocalRound(AggregationRound):
                 self._started = True
                 self._session.setup()
             # Clients that crashed earlier in the session release nothing more.
-            live = (
-                sorted(vectors) if self._session is None else sorted(set(vectors) & set(self._session.live))
-            )
+            if self._session is None:
+                if self._plain_schedule is not None:
+                    self._plain_crashed |= {
+                        c for c in vectors if self._plain_schedule.drops_at(c, Stage.MASKED_INPUT, j)
+                    }
+                live = sorted(set(vectors) - self._plain_crashed)
+            else:
+                live = sorted(set(vectors) & set(self._session.live))
             words = {cid: self._seams[cid].prepare(vectors[cid]) for cid in live}
             if self._session is None:
                 total = np.sum([words[c] for c in live], axis=0) if live else np.zeros(spec.length + 2)

@@ -344,64 +344,38 @@ def make_federation(fed_cfg: Any, aggregator: Any, trainer_factory: Any = None) 
 # --- per-round records ---------------------------------------------------------------------------------
 
 
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    for name in names:
-        if isinstance(obj, Mapping) and name in obj:
-            return obj[name]
-        if not isinstance(obj, Mapping) and hasattr(obj, name):
-            return getattr(obj, name)
-    return default
-
-
 def round_record(
     metrics: Any, *, round_number: int, epsilon: float | None, delta: float | None, seconds: float
 ) -> dict[str, Any]:
-    """The line of metrics.jsonl for one round: a fixed schema on top of the engine's own metrics.
+    """The line of metrics.jsonl for one round: a fixed schema on top of the round's `RoundMetrics`.
 
-    Keys: round (1-based), accuracy (per client), accuracy_mean, accuracy_std, participants,
-    survivors, bytes_sent_per_client (mean over clients), clipped, overflowed, seconds, epsilon,
-    delta, and ``federation`` with everything the engine reported.
+    Both engines run the same round script, so `metrics` is a `RoundMetrics` or its `to_dict()`.
+    Keys: round (1-based), accuracy (per evaluated client), accuracy_mean, accuracy_std,
+    participants, survivors, bytes_sent_per_client (mean over clients), clipped, overflowed (None
+    under DP: not released), seconds, epsilon, delta, and ``federation`` with the whole metrics.
     """
     raw = metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics)
-    acc_raw = _get(raw, "accuracy", "accuracies", default=[])
-    if isinstance(acc_raw, Mapping):  # {client id: accuracy}, as the Flower engine reports it
-        acc_raw = [acc_raw[k] for k in sorted(acc_raw, key=int)]
-    acc = [float(a) for a in acc_raw]
-    mean = statistics.fmean(acc) if acc else math.nan
-    std = statistics.pstdev(acc) if len(acc) > 1 else 0.0
-    report = _get(raw, "report", "aggregation", "round_report", default={}) or {}
-    participants = _get(report, "participants", default=None)
-    survivors = _get(report, "survivors", default=None)
-    if survivors is None:
-        survivors = _get(raw, "survivors", default=participants)
-    if participants is None:
-        participants = _get(raw, "participants", default=list(range(len(acc))))
-    n_part = len(participants) if isinstance(participants, list | tuple) else int(participants)
-    n_surv = len(survivors) if isinstance(survivors, list | tuple) else int(survivors)
-    per_client = _get(report, "bytes_sent_per_client", default=None) or _get(raw, "bytes_sent_per_client")
-    if isinstance(per_client, Mapping):
-        per_client_mean = statistics.fmean(float(v) for v in per_client.values()) if per_client else None
-    elif isinstance(per_client, list | tuple):
-        per_client_mean = statistics.fmean(float(v) for v in per_client) if per_client else None
-    else:
-        per_client_mean = None if per_client is None else float(per_client)
+    acc = [float(a) for a in raw["accuracies"]]
+    report = raw["aggregation"]
+    per_client = report.get("bytes_sent_per_client") or {}
     record: dict[str, Any] = {
         "round": round_number,
         "accuracy": acc,
-        "accuracy_mean": mean,
-        "accuracy_std": std,
-        "participants": n_part,
-        "survivors": n_surv,
-        "bytes_sent_per_client": per_client_mean,
-        "clipped": int(_get(report, "clipped", default=0) or 0),
-        "overflowed": int(_get(report, "overflowed", default=0) or 0),
+        "accuracy_mean": statistics.fmean(acc) if acc else math.nan,
+        "accuracy_std": statistics.pstdev(acc) if len(acc) > 1 else 0.0,
+        "participants": len(raw["participants"]),
+        "survivors": len(raw["survivors"]),
+        "bytes_sent_per_client": (
+            statistics.fmean(float(v) for v in per_client.values()) if per_client else None
+        ),
+        "clipped": report.get("clipped"),
+        "overflowed": report.get("overflowed"),
         "seconds": float(seconds),
         "epsilon": epsilon,
         "delta": delta,
     }
-    warm = _get(raw, "warmup_accuracy", default=None)
-    if warm is not None:
-        record["warmup_accuracy"] = [float(a) for a in warm]
+    if raw.get("warmup_accuracy") is not None:
+        record["warmup_accuracy"] = [float(a) for a in raw["warmup_accuracy"]]
     record["federation"] = to_jsonable(raw)
     return record
 
@@ -695,22 +669,13 @@ def _execute_flower(
     parameters in its own node config, draws its own noise and keeps its own ledger in
     RUN_DIR/client_ledgers/, from which the run's epsilon is read.
     """
-    if privacy.example:
-        raise ConfigError("--privacy-unit example is carried by --engine simulation only")
-    if rc.dropout > 0:
-        raise ConfigError("--dropout is simulated by --engine simulation; on Flower, clients drop for real")
     # What the Flower engine does not carry is refused before the run directory exists (so --out stays
-    # free for the corrected command), never silently dropped.
-    unsupported = {
-        "--graph harary": rc.graph != "complete",
-        f"--bank-size {rc.bank_size}": rc.bank_size > 0,
-    }
-    refused = [flag for flag, given in unsupported.items() if given]
-    if refused:
+    # free for the corrected command), never silently dropped. (Example-level DP is refused with the
+    # configuration.) Simulated crashes: on Flower, clients drop for real.
+    if rc.dropout > 0:
         raise ConfigError(
-            f"{', '.join(refused)}: carried by --engine simulation only (the Flower engine masks over the "
-            "complete graph and keeps no dream bank); drop "
-            f"{'it' if len(refused) == 1 else 'them'} or use --engine simulation"
+            f"--dropout {rc.dropout:g}: carried by --engine simulation only (on Flower, clients drop for "
+            "real); drop it or use --engine simulation"
         )
     try:
         from ..federation.flower.local import run_flower
@@ -740,6 +705,7 @@ def _execute_flower(
         out_dir=rd.path / "flower",
         rounds=rc.rounds,
         threshold=rc.threshold,
+        graph=rc.graph,
         dp=dp,
         ledger_dir=rd.path / "client_ledgers",
     )

@@ -1,123 +1,137 @@
 """The in-process engine: every client and the server in one process, talking through the seam.
 
 `Federation` builds the clients (data partition, one model per client, a trainer each) and the server,
-and runs rounds. Each round opens one aggregation round with the full plan of vectors, then asks for
-every sum in plan order; nothing a client computes reaches the server any other way.
+and runs rounds with the one round script (`codream.federation.round.RoundLoop`) over the in-process
+transport `InProcessClients`: each release is every cohort client's `client_release`, summed through
+the in-process seam; nothing a client computes reaches the server any other way.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ..aggregation import Aggregator, RoundReport, create_aggregator, release_context
-from ..distill import TrainerFactory, sgd_trainer_factory
+from ..aggregation import Aggregator, ReleaseKind, RoundReport, create_aggregator
+from ..distill import TrainerFactory
 from ..exceptions import ConfigError
 from .client import ClientRole
-from .config import FederationConfig, Method
-from .server import ServerRole, StudentTrainer
+from .config import FederationConfig
+from .parties import build_client, build_server, default_trainer_factory, load_federation_data
+from .round import (
+    Broadcast,
+    Learned,
+    Lesson,
+    Release,
+    RoundClients,
+    RoundLoop,
+    RoundMetrics,
+    client_release,
+    cohort_indices,
+)
+from .seeding import stream
 
-__all__ = ["Federation", "RoundMetrics"]
+__all__ = ["Federation", "InProcessClients", "RoundMetrics", "cohort_indices", "default_trainer_factory"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class RoundMetrics:
-    """What one round did and cost.
-
-    Attributes:
-        round: 0-based round index.
-        accuracies: the test accuracy of each client of the round's cohort after the round, in
-            `participants` order (final, not selected).
-        mean_accuracy, std_accuracy: over clients.
-        best_accuracies: each client's best test accuracy over rounds so far (the paper's figure;
-            selected on the test set, so optimistic).
-        best_mean_accuracy: the best per-round mean accuracy so far (likewise optimistic).
-        student_accuracy: the server's student, if it has one.
-        class_coverage: distinct argmax classes of the aggregated soft labels of this round's dreams.
-        label_confidence: mean max probability of the aggregated soft labels.
-        dream_loss_start, dream_loss_end: mean over clients of their dream loss at the first and last
-            global step.
-        kd_loss, ce_loss: mean over clients of the round's KD and interleaved CE losses.
-        warmup_loss: mean warm-up CE loss (round 0 only, else 0).
-        survivors: clients whose contributions reached the last sum of the round.
-        bytes_sent_per_client: as reported by the aggregator.
-        seconds: wall time of the round; dream_seconds of its dream optimisation.
-        dream_steps_per_second: global dream steps (all clients) per second.
-        aggregation: the aggregator's report.
-        participants: the round's cohort (every client unless `clients_per_round` is set).
-    """
-
-    round: int
-    accuracies: tuple[float, ...]
-    mean_accuracy: float
-    std_accuracy: float
-    best_accuracies: tuple[float, ...]
-    best_mean_accuracy: float
-    student_accuracy: float | None
-    class_coverage: int
-    label_confidence: float
-    dream_loss_start: float
-    dream_loss_end: float
-    kd_loss: float
-    ce_loss: float
-    warmup_loss: float
-    survivors: tuple[int, ...]
-    bytes_sent_per_client: dict[int, int]
-    seconds: float
-    dream_seconds: float
-    dream_steps_per_second: float
-    aggregation: RoundReport = field(repr=False)
-    participants: tuple[int, ...] = ()
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (tuples become lists, client ids become strings)."""
-        d = asdict(self)
-        d["accuracies"] = list(self.accuracies)
-        d["best_accuracies"] = list(self.best_accuracies)
-        d["survivors"] = list(self.survivors)
-        d["participants"] = list(self.participants)
-        d["bytes_sent_per_client"] = {str(k): int(v) for k, v in self.bytes_sent_per_client.items()}
-        agg = d["aggregation"]
-        agg["participants"] = list(self.aggregation.participants)
-        agg["survivors"] = list(self.aggregation.survivors)
-        agg["bytes_sent_per_client"] = {
-            str(k): int(v) for k, v in self.aggregation.bytes_sent_per_client.items()
-        }
-        return d
-
-
-def default_trainer_factory(config: FederationConfig) -> TrainerFactory:
-    """The plain SGD trainer with the configuration's learning settings."""
-    return sgd_trainer_factory(config.distill)
-
-
 def _generator(*seed_parts: int) -> torch.Generator:
-    """A torch generator seeded from a tuple of ints (independent streams per purpose and client)."""
-    seed = int(np.random.SeedSequence(list(seed_parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
+    """The learning loop's seeded stream (`codream.federation.seeding.stream`)."""
+    return stream(*seed_parts)
 
 
-def cohort_indices(num_clients: int, per_round: int | None, seed: int, round_index: int) -> list[int]:
-    """Round `round_index`'s cohort, sorted: every client, or `per_round` of them drawn by the run seed.
+class InProcessClients(RoundClients):
+    """The in-process transport: every client's `ClientRole` called directly, summed by an `Aggregator`.
 
-    Both engines draw it the same way. The cohort is public (the server runs the protocol with it), so
-    a seeded draw costs nothing: client-level DP is accounted without amplification by sampling.
+    A release asks every cohort client, including those the aggregator's dropout schedule crashes
+    (the seam leaves out what a crashed client would have sent). Every cohort client learns from
+    the released dreams. The metrics it reports are what a server could know: dream losses only
+    beside plain releases, as the Flower nodes send them.
     """
-    if per_round is None or per_round >= num_clients:
-        return list(range(num_clients))
-    order = torch.randperm(num_clients, generator=_generator(seed, 5, round_index))
-    return sorted(order[:per_round].tolist())
+
+    def __init__(
+        self,
+        clients: Sequence[ClientRole],
+        aggregator: Aggregator,
+        x_test: Tensor,
+        y_test: Tensor,
+        *,
+        student=None,
+    ) -> None:
+        self.clients = {c.client_id: c for c in clients}
+        self.aggregator = aggregator
+        self.x_test, self.y_test = x_test, y_test
+        self.student = student  # the server's student model, for the adversarial dream term
+        self.warmed: set[int] = set()
+        #: Dream losses travel beside plain releases only: secure clients send nothing in the clear.
+        self.losses_released = getattr(aggregator, "name", "") not in ("secure", "secure+dp")
+        #: Clients gone for good (a killed process, simulated), by the round they left in: they do not
+        #: learn in that round and are not sampled again. Their crash inside the round is the
+        #: aggregator's to simulate (`LocalAggregator(schedules=...)`).
+        self.gone: dict[int, int] = {}
+        self._round = None
+        self._round_index = -1
+        self._cohort: list[int] = []
+
+    def depart(self, client_id: int, round_index: int) -> None:
+        """Client `client_id` leaves the federation in round `round_index` (see `gone`)."""
+        self.gone[client_id] = round_index
+
+    def available(self, round_index: int, cohort: Sequence[int]) -> list[int]:
+        return [c for c in cohort if self.gone.get(c, round_index) >= round_index]
+
+    def warm_up(self, cohort: Sequence[int]) -> list[float]:
+        losses = []
+        for cid in cohort:
+            if cid not in self.warmed:
+                losses.append(self.clients[cid].warm_up())
+                self.warmed.add(cid)
+        return losses
+
+    def open(self, round_index: int, cohort: Sequence[int], specs) -> None:
+        self._round_index = round_index
+        self._cohort = list(cohort)
+        self._round = self.aggregator.open_round(
+            round_index=round_index, participants=self._cohort, specs=specs
+        )
+
+    def release(self, b: Broadcast) -> Release:
+        assert self._round is not None, "release before open"
+        vectors = {cid: client_release(self.clients[cid], b, student=self.student) for cid in self._cohort}
+        result = self._round.sum(b.spec, vectors, context=b.context())
+        losses: tuple[float, ...] = ()
+        if b.spec.kind is ReleaseKind.DREAM_GRADIENT and self.losses_released:
+            # Of the clients whose release was summed; only plain clients send a loss beside it.
+            terms = [self.clients[c].last_terms for c in result.contributors]
+            losses = tuple(float(t.total) for t in terms if t is not None)
+        return Release(result, losses)
+
+    def close(self) -> RoundReport:
+        assert self._round is not None, "close before open"
+        report = self._round.close()
+        self._round = None
+        return report
+
+    def learn(self, lessons: Mapping[int, Sequence[Lesson]], progress: Progress) -> dict[int, Learned]:
+        lessons = {c: items for c, items in lessons.items() if self.gone.get(c, 1 << 62) > self._round_index}
+        stats = {}
+        for i, (cid, items) in enumerate(lessons.items()):
+            client = self.clients[cid]
+            for xb, yb in items:
+                client.acquire(xb, yb)
+            stats[cid] = client.distill()
+            progress("distill", i + 1, len(lessons))
+        out = {}
+        for i, cid in enumerate(lessons):
+            acc = self.clients[cid].evaluate(self.x_test, self.y_test)
+            out[cid] = Learned(acc, stats[cid].kd_loss, stats[cid].ce_loss)
+            progress("evaluate", i + 1, len(lessons))
+        return out
 
 
 class Federation:
@@ -140,62 +154,34 @@ class Federation:
         *,
         dataset=None,
     ) -> None:
-        from ..data import load_dataset, partition
-        from ..models import build_model
-
         self.config = config
         self.aggregator = aggregator if aggregator is not None else create_aggregator("plain")
-        factory = trainer_factory if trainer_factory is not None else default_trainer_factory(config)
-        if dataset is None:
-            dataset = load_dataset(
-                config.dataset, config.data_dir, limit_test=config.limit_test, seed=config.seed
-            )
-        self.dataset = dataset
-        self.x_test, self.y_test = dataset.x_test, dataset.y_test
-        if config.limit_test is not None and config.limit_test < len(self.y_test):
-            self.x_test, self.y_test = self.x_test[: config.limit_test], self.y_test[: config.limit_test]
-        self.parts = partition(
-            dataset.y_train,
-            config.num_clients,
-            alpha=config.alpha,
-            samples_per_client=config.samples_per_client,
-            seed=config.seed,
+        data = load_federation_data(config, dataset)
+        self.dataset = data.dataset
+        self.x_test, self.y_test = data.x_test, data.y_test
+        self.parts = data.parts
+        self.clients: list[ClientRole] = [
+            build_client(config, data, cid, trainer_factory) for cid in range(config.num_clients)
+        ]
+        self.server = build_server(config, data.input_shape, data.num_classes)
+        student = self.server.student.model if self.server.student is not None else None
+        self.transport = InProcessClients(
+            self.clients, self.aggregator, self.x_test, self.y_test, student=student
         )
-        self.clients: list[ClientRole] = []
-        for cid, (name, idx) in enumerate(zip(config.client_models(), self.parts, strict=True)):
-            idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-            x_k, y_k = dataset.x_train[idx_t].to(config.device), dataset.y_train[idx_t].to(config.device)
-            model = build_model(
-                name,
-                dataset.input_shape,
-                dataset.num_classes,
-                norm=config.norm,
-                seed=config.seed * 1009 + cid,
-            ).to(config.device)
-            trainer = factory(model, x_k, y_k, _generator(config.seed, 1, cid))
-            self.clients.append(
-                ClientRole(
-                    cid, trainer, y_k.cpu(), dataset.num_classes, config, _generator(config.seed, 2, cid)
-                )
-            )
-        student = None
-        if config.distill.student is not None:
-            s_model = build_model(
-                config.distill.student,
-                dataset.input_shape,
-                dataset.num_classes,
-                norm=config.norm,
-                seed=config.seed * 1009 + 997,
-            ).to(config.device)
-            student = StudentTrainer(s_model, config, _generator(config.seed, 3))
-        self.server = ServerRole(
-            config, dataset.input_shape, dataset.num_classes, _generator(config.seed, 4), student=student
-        )
-        self.round = 0
-        self._warmed: set[int] = set()
-        self._best: list[float] = [0.0] * config.num_clients
-        self._best_mean = 0.0
-        self.history: list[RoundMetrics] = []
+        self.loop = RoundLoop(config, self.server, self.transport, evaluate_student=self._evaluate)
+
+    def _evaluate(self, model) -> float:
+        from ..evaluation import accuracy
+
+        return float(accuracy(model, self.x_test, self.y_test))
+
+    @property
+    def round(self) -> int:
+        return self.loop.round
+
+    @property
+    def history(self) -> list[RoundMetrics]:
+        return self.loop.history
 
     @property
     def client_ids(self) -> list[int]:
@@ -210,141 +196,15 @@ class Federation:
 
     def cohort(self, round_index: int) -> list[ClientRole]:
         """The clients taking part in round `round_index`: all, or a seeded sample without replacement."""
-        chosen = cohort_indices(
-            len(self.clients), self.config.clients_per_round, self.config.seed, round_index
-        )
-        return [self.clients[i] for i in chosen]
+        return [self.clients[i] for i in self.loop.cohort(round_index)]
 
     def evaluate(self) -> list[float]:
         """Every client's accuracy on the test set."""
         return [c.evaluate(self.x_test, self.y_test) for c in self.clients]
 
     def run_round(self, progress: Progress | None = None) -> RoundMetrics:
-        """Run one CoDream round: dreams, soft labels, distillation, evaluation.
-
-        Args:
-            progress: called as progress(stage, done, total) with stage in {"warmup", "dream",
-                "distill", "evaluate"}.
-        Returns:
-            The round's metrics (also appended to `history`).
-        """
-        cfg = self.config
-        r = self.round
-        say = progress or (lambda stage, done, total: None)
-        t0 = time.perf_counter()
-        warmup_loss = 0.0
-        cohort = self.cohort(r)
-        cold = [c for c in cohort if c.client_id not in self._warmed]
-        if cold:
-            losses = []
-            for i, client in enumerate(cold):
-                losses.append(client.warm_up())
-                self._warmed.add(client.client_id)
-                say("warmup", i + 1, len(cold))
-            warmup_loss = float(np.mean(losses))
-
-        server = self.server
-        specs = server.specs()
-        plan = iter(specs)
-        agg = self.aggregator.open_round(
-            round_index=r, participants=[c.client_id for c in cohort], specs=specs
-        )
-        x = server.begin_round(r)
-        targets = None
-        if cfg.method is Method.CONDITIONAL:
-            spec = next(plan)
-            res = agg.sum(
-                spec, {c.client_id: c.class_weights() for c in cohort}, context=release_context(r, spec)
-            )
-            targets = server.receive_class_weights(res)
-        student = server.student.model if server.student is not None else None
-        for client in cohort:
-            client.begin_round(r, targets=targets, student=student)
-
-        t_dream = time.perf_counter()
-        loss_start = loss_end = 0.0
-        for s in range(cfg.dream.global_steps):
-            vectors = {c.client_id: c.dream_gradient(x, s) for c in cohort}
-            step_loss = float(np.mean([c.last_terms.total for c in cohort]))
-            if s == 0:
-                loss_start = step_loss
-            loss_end = step_loss
-            spec = next(plan)
-            context = release_context(r, spec, x.numpy(), None if targets is None else targets.numpy())
-            x = server.apply_dream_step(agg.sum(spec, vectors, context=context))
-            say("dream", s + 1, cfg.dream.global_steps)
-        dream_seconds = time.perf_counter() - t_dream
-
-        spec = next(plan)
-        context = release_context(r, spec, x.numpy(), None if targets is None else targets.numpy())
-        res = agg.sum(spec, {c.client_id: c.soft_labels(x) for c in cohort}, context=context)
-        _, target_logits = server.receive_soft_labels(res)
-        report = agg.close()
-        server.bank_round()
-
-        kd, ce = [], []
-        for i, client in enumerate(cohort):
-            if server.bank is None:
-                client.acquire(x, target_logits)
-            else:
-                # This round's dreams and every earlier banked round the client has not had yet.
-                for xb, yb in server.bank.take(client.client_id):
-                    client.acquire(xb, yb)
-            stats = client.distill()
-            kd.append(stats.kd_loss)
-            ce.append(stats.ce_loss)
-            say("distill", i + 1, len(cohort))
-        server.distill_student()
-
-        accs = []
-        for i, client in enumerate(cohort):
-            accs.append(client.evaluate(self.x_test, self.y_test))
-            say("evaluate", i + 1, len(cohort))
-        student_acc = None
-        if server.student is not None:
-            from ..evaluation import accuracy
-
-            student_acc = float(accuracy(server.student.model, self.x_test, self.y_test))
-        for client, a in zip(cohort, accs, strict=True):
-            self._best[client.client_id] = max(self._best[client.client_id], a)
-        mean_acc = float(np.mean(accs))
-        self._best_mean = max(self._best_mean, mean_acc)
-        probs = server.label_probabilities()
-        metrics = RoundMetrics(
-            round=r,
-            accuracies=tuple(accs),
-            mean_accuracy=mean_acc,
-            std_accuracy=float(np.std(accs)),
-            best_accuracies=tuple(self._best),
-            best_mean_accuracy=self._best_mean,
-            student_accuracy=student_acc,
-            class_coverage=int(probs.argmax(dim=1).unique().numel()),
-            label_confidence=float(probs.max(dim=1).values.mean()),
-            dream_loss_start=loss_start,
-            dream_loss_end=loss_end,
-            kd_loss=float(np.mean(kd)),
-            ce_loss=float(np.mean(ce)),
-            warmup_loss=warmup_loss,
-            survivors=tuple(res.contributors),
-            bytes_sent_per_client=dict(report.bytes_sent_per_client),
-            seconds=time.perf_counter() - t0,
-            dream_seconds=dream_seconds,
-            dream_steps_per_second=cfg.dream.global_steps / dream_seconds if dream_seconds > 0 else math.inf,
-            aggregation=report,
-            participants=tuple(c.client_id for c in cohort),
-        )
-        self.history.append(metrics)
-        self.round += 1
-        log.info(
-            "round %d: mean acc %.4f +- %.4f, coverage %d, confidence %.3f, %.1fs",
-            r + 1,  # counted from 1, as codream run's lines and reports count rounds
-            mean_acc,
-            metrics.std_accuracy,
-            metrics.class_coverage,
-            metrics.label_confidence,
-            metrics.seconds,
-        )
-        return metrics
+        """Run one CoDream round (`RoundLoop.run_round`); its metrics are appended to `history`."""
+        return self.loop.run_round(progress)
 
     def run(self, rounds: int | None = None, progress: Progress | None = None) -> list[RoundMetrics]:
         """Run `rounds` rounds (default `config.rounds`); returns their metrics."""
@@ -353,11 +213,12 @@ class Federation:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this federation stands (between rounds)."""
+        loop = self.loop.state_dict()
         return {
-            "round": self.round,
-            "warmed": sorted(self._warmed),
-            "best": list(self._best),
-            "best_mean": self._best_mean,
+            "round": loop["round"],
+            "warmed": sorted(self.transport.warmed),
+            "best": loop["best"],
+            "best_mean": loop["best_mean"],
             "clients": [c.state_dict() for c in self.clients],
             "server": self.server.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -376,8 +237,6 @@ class Federation:
         for client, cs in zip(self.clients, state["clients"], strict=True):
             client.load_state_dict(cs)
         self.server.load_state_dict(state["server"])
-        self.round = int(state["round"])
-        self._warmed = {int(cid) for cid in state["warmed"]}
-        self._best = [float(b) for b in state["best"]]
-        self._best_mean = float(state["best_mean"])
+        self.loop.load_state_dict(state)
+        self.transport.warmed = {int(cid) for cid in state["warmed"]}
         torch.set_rng_state(state["torch_rng"])

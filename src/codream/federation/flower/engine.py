@@ -1,31 +1,31 @@
-"""CoDream over Flower: the same `ServerRole` and `ClientRole`, the same secure-aggregation states.
+"""CoDream over Flower: the one round script over the Flower transport, the same seam halves.
 
-The in-process engine (`codream.federation.simulation.Federation`) computes every client's release and
-hands them to the aggregation seam. Here each client lives in its own process (its node's worker) and
-the server only ever receives what a client would put on the network:
+The ServerApp's `CodreamServer` runs `codream.federation.round.RoundLoop`, the round the in-process
+engine runs, over `FlowerClients`, a transport that sends each broadcast to the clients' nodes. Each
+client lives in its own process (its node's worker, `CodreamNode`), built by the same
+`codream.federation.parties.build_client` from the same configuration, and computes its release with
+the same `client_release`. The server only ever receives what a client would put on the network:
 
 - ``plain``: the float vector itself (as in the in-process plain seam);
-- ``secure``: the node's own `ClientSeam` (the seam's client half, the same code the in-process engine
-  runs) admits the round's plan against the node's own policy, clips and encodes its vector, and its
+- ``secure`` and ``secure+dp``: the node's own `ClientSeam` (the seam's client half) admits the round's
+  plan against the node's own policy, clips, encodes and (secure+dp) adds its own noise share, and its
   secure-aggregation client state masks it; the server's `ServerSeam` and state machine
   (`codream.secagg.server`) unmask and decode only the sum over the survivors.
 
 A node's policy comes from its own node config (``aggregation``: the least mode it releases under,
 default ``secure``; ``min-clients``, ``min-threshold``, ``min-survivors``, ``graphs``, ``max-clients``,
-``max-vectors``, ``max-vector-length``), never from the server: a plan below it is refused and the
-node releases nothing. Clip and saturation counts ride inside the masked vector, never beside it.
+``max-vectors``, ``max-vector-length``; DP parameters and ``ledger-dir``), never from the server: a
+plan below it is refused and the node releases nothing. Clip and saturation counts ride inside the
+masked vector, never beside it.
 
 One federation round is one secure-aggregation session with the round's whole plan of vectors
-(`ServerRole.specs`). Messages per secure round: session start (advertise keys), key broadcast (share
-keys), then per vector a release (masked input) and an unmask request; then one message to acquire,
-distil and evaluate: 3 + 2J for J vectors. A plain round takes J + 1. Each is one Flower message
-per client, answered within the step timeout; a client that does not answer is dropped, and the
-session goes on while at least the threshold remain.
+(`ServerRole.specs`). Exchanges per secure round: session start (advertise keys), key broadcast
+(share keys), then per vector a release (masked input) and an unmask request, then one to learn
+(acquire the lessons, distil, evaluate): 3 + 2J for J vectors. A plain round takes J + 1. Each is one
+Flower message per client, answered within the step timeout; a client that does not answer is
+dropped, and the session goes on while at least the threshold remain.
 
-Clients are built exactly as the in-process engine builds them (same partition, model seeds and
-generator streams), so with the same seed and plain aggregation both engines compute the same
-numbers, and with secure aggregation every sum differs from the plain one by at most the codec's
-quantisation bound.
+With the same seed, both engines compute the same numbers (`tests/test_transport_equivalence.py`).
 """
 
 from __future__ import annotations
@@ -50,10 +50,9 @@ from ...aggregation import (
     RoundPlan,
     ServerSeam,
     VectorSpec,
-    release_context,
 )
 from ...exceptions import AbortReason, ConfigError, InvalidMessage, PolicyRefusal, ProtocolAbort
-from ..config import DistillConfig, DreamConfig, FederationConfig, Method
+from ..config import DistillConfig, DreamConfig, FederationConfig
 from .channel import ClientChannel
 from .wire import NodeLimits, Payload, session_fields, session_from_fields
 
@@ -104,23 +103,19 @@ def config_from_dict(d: Mapping[str, object]) -> FederationConfig:
 
 
 def refuse_unsupported(config: FederationConfig) -> None:
-    """Refuse what this engine does not carry yet: a server dream bank.
+    """Refuse what this engine does not carry: the student inside the clients' dream loss.
+
+    The adversarial dream term (`dream.w_adv` with a student) runs the server's student on every
+    client; the Flower engine does not ship the student's weights to the nodes.
 
     Raises:
         ConfigError: naming the option, before any process starts.
     """
-    if config.distill.bank_size > 0:
+    if config.distill.student is not None and config.dream.w_adv > 0:
         raise ConfigError(
-            f"the Flower engine does not keep a dream bank yet; set distill.bank_size = 0 "
-            f"(got {config.distill.bank_size})"
+            "the Flower engine does not send the server's student to the nodes; set dream.w_adv = 0 "
+            f"(got {config.dream.w_adv}) or use the simulation engine"
         )
-
-
-def _generator(*parts: int):
-    # The in-process engine's seeding, so that both engines build identical clients and server.
-    from ..simulation import _generator as simulation_generator
-
-    return simulation_generator(*parts)
 
 
 def _node_int(nc: Mapping[str, object], key: str) -> int:
@@ -232,6 +227,76 @@ def _plan_from_fields(f: Mapping[str, object], limits: NodeLimits) -> RoundPlan:
 
 
 # ------------------------------------------------------------------------------------------ the node
+@dataclasses.dataclass(frozen=True)
+class ExampleDP:
+    """A node's own example-level DP, from its node config: every local step on private data is DP-SGD.
+
+    Node config keys: ``privacy-unit = "example"``, ``dp-sgd-noise-multiplier`` (required),
+    ``dp-sgd-clip`` (per-example clip norm, default 1.0), ``delta`` (default 1e-5) and
+    ``target-epsilon`` (optional: the node refuses a warm-up or a round that would take it past it).
+    The sampling coins and the noise come from the OS.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    target_epsilon: float | None
+    batch_size: int
+    lr: float
+    momentum: float
+
+    @classmethod
+    def from_node_config(cls, nc: Mapping[str, object], config: FederationConfig) -> ExampleDP | None:
+        if str(nc.get("privacy-unit", "client")) != "example":
+            return None
+        if "dp-sgd-noise-multiplier" not in nc:
+            raise ConfigError("privacy-unit = example needs dp-sgd-noise-multiplier in the node config")
+        try:
+            return cls(
+                noise_multiplier=float(nc["dp-sgd-noise-multiplier"]),  # type: ignore[arg-type]
+                max_grad_norm=float(nc.get("dp-sgd-clip", 1.0)),  # type: ignore[arg-type]
+                delta=float(nc.get("delta", 1e-5)),  # type: ignore[arg-type]
+                target_epsilon=float(nc["target-epsilon"]) if "target-epsilon" in nc else None,  # type: ignore[arg-type]
+                batch_size=config.distill.ce_batch_size,
+                lr=config.distill.lr,
+                momentum=config.distill.momentum,
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"invalid example-level DP in the node config: {err}") from None
+
+    def trainer_factory(self):
+        from ...privacy.example_level import DPSGDTrainer
+
+        def factory(model, x, y, generator):
+            return DPSGDTrainer(
+                model,
+                x,
+                y,
+                generator,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.max_grad_norm,
+                batch_size=min(self.batch_size, int(x.shape[0])),
+                lr=self.lr,
+                momentum=self.momentum,
+                delta=self.delta,
+            )
+
+        return factory
+
+    def check(self, trainer, steps: int, client_id: int) -> None:
+        """Refuse `steps` more DP-SGD steps that would take this node past its own target."""
+        from ...exceptions import PrivacyBudgetExceeded
+
+        if self.target_epsilon is None:
+            return
+        after = trainer.epsilon_after(steps, delta=self.delta)
+        if after > self.target_epsilon:
+            raise PrivacyBudgetExceeded(
+                f"client {client_id}: {steps} more DP-SGD steps would reach epsilon {after:.3f}, past "
+                f"its target {self.target_epsilon:g} at delta {self.delta:g}"
+            )
+
+
 class CodreamNode:
     """One client, in its node's worker: answers the server's requests with its `ClientRole`.
 
@@ -256,8 +321,26 @@ class CodreamNode:
         self.seam: ClientSeam | None = None
         self._session = None  # this round's secure-aggregation client state
         self._specs: list[VectorSpec] = []
-        self._targets: np.ndarray | None = None  # the round's dream targets, as received
+        self._targets = None  # the round's dream targets (B,), as received with its first release
         self._round = -1
+        # Malicious mode: this node's signing key and the roster's verify keys, from its own files.
+        self.signer = None
+        self.verify_keys: dict[int, bytes] = {}
+        if self.policy.malicious:
+            from .keys import load_signing_key, load_verify_keys
+
+            missing = [k for k in ("signing-key", "verify-keys") if k not in self.node_config]
+            if missing:
+                raise ConfigError(
+                    f"a node that demands malicious-server mode needs {' and '.join(missing)} in its node "
+                    "config (files provisioned out of band, never by the server)"
+                )
+            self.signer = load_signing_key(str(self.node_config["signing-key"]))
+            self.verify_keys = load_verify_keys(str(self.node_config["verify-keys"]))
+            if self.verify_keys.get(self.client_id) != self.signer.public_bytes():
+                raise ConfigError(
+                    f"the verify keys file lists another key for client {self.client_id} than its signing key"
+                )
 
     # -- dispatch
     def handle(self, request: Payload) -> Payload:
@@ -266,7 +349,7 @@ class CodreamNode:
             "session": self._start_session,
             "release": self._release,
             "secagg": self._secagg,
-            "acquire": self._acquire,
+            "learn": self._learn,
         }.get(request.kind)
         if handler is None:
             raise InvalidMessage(f"unexpected request {request.kind!r}")
@@ -275,13 +358,8 @@ class CodreamNode:
         return handler(request)
 
     def _setup(self, req: Payload) -> Payload:
-        import torch
-
-        from ...data import load_dataset, partition
         from ...devices import pin_threads
-        from ...models import build_model
-        from ..client import ClientRole
-        from ..simulation import default_trainer_factory
+        from ..parties import build_client, load_federation_data
 
         config = config_from_dict(req.get("config", dict))
         nc = self.node_config
@@ -306,50 +384,38 @@ class CodreamNode:
                 f"client {self.client_id}: the server asks for {asked.value!r}; this node releases "
                 f"under {self.policy.mode.value!r} or stronger only"
             )
-        # Stochastic-rounding coins are not secrets; seeding them keeps a run reproducible.
         ledger_path = None
         if self.policy.dp is not None and "ledger-dir" in nc:
             from ...privacy.client_ledger import client_ledger_path
 
             # `ledger-dir` is the folder of the ledger files (a run directory's client_ledgers/).
             ledger_path = Path(str(nc["ledger-dir"])) / client_ledger_path(".", self.client_id).name
+        # Stochastic-rounding coins are not secrets; seeding them keeps a secure run reproducible.
+        # Under DP they come from the OS, like the noise they are analysed with.
         self.seam = ClientSeam(
-            self.client_id, self.policy, rounding_seed=config.seed, ledger_path=ledger_path
+            self.client_id,
+            self.policy,
+            rounding_seed=config.seed if self.policy.dp is None else None,
+            ledger_path=ledger_path,
         )
-        dataset = load_dataset(
-            config.dataset, config.data_dir, limit_test=config.limit_test, seed=config.seed
-        )
-        parts = partition(
-            dataset.y_train,
-            config.num_clients,
-            alpha=config.alpha,
-            samples_per_client=config.samples_per_client,
-            seed=config.seed,
-        )
-        cid = self.client_id
-        idx = torch.as_tensor(np.asarray(parts[cid]), dtype=torch.long)
-        x_k, y_k = dataset.x_train[idx], dataset.y_train[idx]
-        self.x_test, self.y_test = dataset.x_test, dataset.y_test
-        if config.limit_test is not None and config.limit_test < len(self.y_test):
-            self.x_test, self.y_test = self.x_test[: config.limit_test], self.y_test[: config.limit_test]
-        name = config.client_models()[cid]
-        model = build_model(
-            name, dataset.input_shape, dataset.num_classes, norm=config.norm, seed=config.seed * 1009 + cid
-        ).to(config.device)
-        trainer = default_trainer_factory(config)(model, x_k, y_k, _generator(config.seed, 1, cid))
-        self.role = ClientRole(
-            cid, trainer, y_k, dataset.num_classes, config, _generator(config.seed, 2, cid)
-        )
+        data = load_federation_data(config)
+        self.x_test, self.y_test = data.x_test, data.y_test
+        self.example_dp = ExampleDP.from_node_config(nc, config)
+        factory = None if self.example_dp is None else self.example_dp.trainer_factory()
+        self.role = build_client(config, data, self.client_id, factory)
         self.config = config
+        # Warmed up now, once: the round script asks for it when the client is first sampled.
+        if self.example_dp is not None:
+            self.example_dp.check(self.role.trainer, config.distill.warmup_steps, self.client_id)
         warmup_loss = self.role.warm_up()
         fields: dict[str, object] = {
-            "client_id": cid,
-            "model": name,
-            "samples": len(y_k),
-            "input_shape": list(dataset.input_shape),
-            "num_classes": dataset.num_classes,
+            "client_id": self.client_id,
+            "model": config.client_models()[self.client_id],
+            "samples": int(self.role.class_counts.sum()),
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
         }
-        if self.policy.dp is None:  # a loss on private data is not released under DP
+        if self.policy.dp is None and self.example_dp is None:  # no loss on private data under DP
             fields["warmup_loss"] = warmup_loss
         return Payload("ready", fields)
 
@@ -369,7 +435,17 @@ class CodreamNode:
         plan = self._admit(req)
         if not plan.mode.secure:
             return Payload("ok")
-        self._session, advert = start_client(plan.session, self.client_id)  # type: ignore[arg-type]
+        session = plan.session
+        assert session is not None
+        if session.malicious:
+            # The server must not choose whom this node trusts: every key it lists is the one on file.
+            for cid in session.client_ids:
+                if self.verify_keys.get(cid) != session.verify_key(cid):
+                    raise PolicyRefusal(
+                        f"client {self.client_id}: the session's verify key of client {cid} is not the "
+                        "one in this node's verify keys file"
+                    )
+        self._session, advert = start_client(session, self.client_id, signer=self.signer)
         return Payload("secagg", arrays={"msg": _blob(advert.to_bytes())})
 
     def _deliver(self, blob: bytes) -> bytes | None:
@@ -396,6 +472,7 @@ class CodreamNode:
         import torch
 
         from ...secagg.client import Aborted
+        from ..round import Broadcast, client_release
 
         role, seam = self.role, self.seam
         assert role is not None and seam is not None
@@ -411,52 +488,49 @@ class CodreamNode:
             reply = self._deliver(req.blob("msg"))
             if reply is not None:
                 return Payload("secagg", arrays={"msg": _blob(reply)})
+        begin = bool(req.fields.get("begin"))
+        if begin:
+            self._targets = (
+                torch.from_numpy(req.array("targets", "int64").copy()) if "targets" in req.arrays else None
+            )
         x = torch.from_numpy(req.array("x", "float32").copy()) if "x" in req.arrays else None
-        if req.fields.get("begin"):
-            self._targets = req.array("targets", "int64").copy() if "targets" in req.arrays else None
-            targets = None if self._targets is None else torch.from_numpy(self._targets)
-            role.begin_round(self._round, targets=targets)
+        b = Broadcast(
+            self._round, spec, x, None if spec.kind is ReleaseKind.CLASS_WEIGHTS else self._targets, begin
+        )
+        vector = client_release(role, b)
         fields: dict[str, object] = {}
-        if spec.kind is ReleaseKind.CLASS_WEIGHTS:
-            vector = role.class_weights()
-        elif spec.kind is ReleaseKind.DREAM_GRADIENT:
-            if x is None:
-                raise InvalidMessage("a dream release needs the dreams")
-            vector = role.dream_gradient(x, spec.step)
-            if seam.plan.mode is Mode.PLAIN and role.last_terms is not None:
-                fields["loss"] = float(role.last_terms.total)
-        elif spec.kind is ReleaseKind.SOFT_LABELS:
-            if x is None:
-                raise InvalidMessage("a soft-label release needs the dreams")
-            vector = role.soft_labels(x)
-        else:
-            raise InvalidMessage(f"unknown release {spec.name!r}")
         if seam.plan.mode is Mode.PLAIN:
+            if spec.kind is ReleaseKind.DREAM_GRADIENT and role.last_terms is not None:
+                fields["loss"] = float(role.last_terms.total)
             return Payload("vector", fields, {"v": seam.prepare(vector)})
         if isinstance(self._session, Aborted) or self._session is None:
             raise ProtocolAbort(AbortReason.UNEXPECTED_VECTOR, "no live session to release into")
         # What this node computed the release from: signed (malicious mode) and keying the masks, so a
         # server that sent nodes different dreams or targets cannot unmask a sum over them.
-        if spec.kind is ReleaseKind.CLASS_WEIGHTS:
-            context = release_context(self._round, spec)
-        else:
-            context = release_context(self._round, spec, None if x is None else x.numpy(), self._targets)
-        self._session, message = self._session.submit(seam.prepare(vector), context)
+        self._session, message = self._session.submit(seam.prepare(vector), b.context())
         return Payload("secagg", fields, {} if message is None else {"msg": _blob(message.to_bytes())})
 
-    def _acquire(self, req: Payload) -> Payload:
+    def _learn(self, req: Payload) -> Payload:
+        """Acquire the lessons (dreams and target logits, split by `sizes`), distil, evaluate."""
         import torch
 
         role = self.role
         assert role is not None
         x = torch.from_numpy(req.array("x", "float32").copy())
         y = torch.from_numpy(req.array("y", "float32").copy())
-        role.acquire(x, y)
+        sizes = [int(n) for n in req.array("sizes", "int64")]
+        if x.shape[0] != y.shape[0] or sum(sizes) != x.shape[0] or any(n <= 0 for n in sizes):
+            raise InvalidMessage(f"lessons of sizes {sizes} do not split {x.shape[0]} dreams")
+        if self.example_dp is not None:  # refused, releasing nothing, past this node's own budget
+            assert self.config is not None
+            self.example_dp.check(role.trainer, self.config.distill.ce_steps_per_round, self.client_id)
+        for xb, yb in zip(torch.split(x, sizes), torch.split(y, sizes), strict=True):
+            role.acquire(xb, yb)
         stats = role.distill()
         acc = role.evaluate(self.x_test, self.y_test)  # on the public test set
         self._session = None
         fields = {"accuracy": acc, "kd_loss": stats.kd_loss}  # KD loss: on released dreams
-        if self.policy.dp is None:  # a loss on private data is not released under DP
+        if self.policy.dp is None and self.example_dp is None:  # no loss on private data under DP
             fields["ce_loss"] = stats.ce_loss
         return Payload("learned", fields)
 
@@ -465,7 +539,7 @@ def _blob(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
-def _setup_facts(p: Payload) -> tuple[tuple[int, ...], int, float]:
+def _setup_facts(p: Payload) -> tuple[tuple[int, ...], int, float | None]:
     """A node's set-up answer: (input shape, number of classes, warm-up loss); InvalidMessage if not."""
     return (
         p.integers("input_shape", max_len=8, minimum=1, maximum=1 << 16),
@@ -474,9 +548,11 @@ def _setup_facts(p: Payload) -> tuple[tuple[int, ...], int, float]:
     )
 
 
-def _learned(p: Payload) -> tuple[float, float, float]:
-    """A node's 'learned' answer: (accuracy, KD loss, CE loss); InvalidMessage if not."""
-    return (
+def _learned(p: Payload):
+    """A node's 'learned' answer as a `Learned`; InvalidMessage if it does not read."""
+    from ..round import Learned
+
+    return Learned(
         p.number("accuracy", minimum=0.0, maximum=1.0),
         p.number("kd_loss"),
         p.number("ce_loss", default=None),
@@ -485,25 +561,26 @@ def _learned(p: Payload) -> tuple[float, float, float]:
 
 # ---------------------------------------------------------------------------------------- the server
 class CodreamServer:
-    """The ServerApp's engine: rounds of CoDream over the client channel.
+    """The ServerApp's engine: the one round script (`RoundLoop`) over the Flower transport.
 
-    Run config keys: ``codream-config`` (JSON of `config_to_dict`), ``aggregation`` ("plain" or
-    "secure"), ``rounds``, ``threshold`` (0: the secure aggregator's default), ``bits``,
-    ``min-survivors`` (0: the threshold), ``out-dir``, ``record-trace`` (write every sum to
-    trace.npz, for checking the engine against the in-process one).
+    Run config keys: ``codream-config`` (JSON of `config_to_dict`), ``aggregation`` ("plain",
+    "secure" or "secure+dp"), ``rounds``, ``threshold`` (0: the secure aggregator's default), ``bits``,
+    ``min-survivors`` (0: the threshold), ``graph`` ("complete" or "harary"), ``malicious`` and
+    ``verify-keys`` (malicious-server mode and the roster's public keys file), ``noise-multiplier``
+    (secure+dp: the public multiplier the encoding's headroom is sized for), ``data-dir`` (where the
+    server reads the public test split for its student), ``out-dir``, ``record-trace`` (write every
+    sum to trace.npz).
     """
 
     def __init__(self, run_config: Mapping[str, object]) -> None:
         rc = dict(run_config)
         self.config = config_from_dict(json.loads(str(rc["codream-config"])))
+        if "data-dir" in rc:
+            self.config = dataclasses.replace(self.config, data_dir=str(rc["data-dir"]))
         self.aggregation = str(rc.get("aggregation", "secure"))
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(
                 f"the Flower engine supports aggregation {list(AGGREGATIONS)}, got {self.aggregation!r}"
-            )
-        if self.config.distill.student is not None:
-            raise ConfigError(
-                "the Flower engine does not carry a server student yet; set distill.student = None"
             )
         refuse_unsupported(self.config)
         self.rounds = int(rc.get("rounds", self.config.rounds))  # type: ignore[arg-type]
@@ -513,16 +590,27 @@ class CodreamServer:
         # draws its own noise from its own node config.
         noise_multiplier = float(rc["noise-multiplier"]) if "noise-multiplier" in rc else None  # type: ignore[arg-type]
         self.min_survivors = int(rc.get("min-survivors", 0)) or None  # type: ignore[arg-type]
+        self.graph = str(rc.get("graph", "complete"))
+        # Malicious-server mode: the roster's verify keys, from the public file the nodes hold too.
+        self.malicious = str(rc.get("malicious", "false")).lower() in ("1", "true", "yes")
+        self.verify_keys: dict[int, bytes] = {}
+        if self.malicious:
+            from .keys import load_verify_keys
+
+            if "verify-keys" not in rc:
+                raise ConfigError("malicious-server mode needs the verify-keys file in the run config")
+            self.verify_keys = load_verify_keys(str(rc["verify-keys"]))
         self.out_dir = Path(str(rc.get("out-dir", ".")))
         self.record_trace = bool(rc.get("record-trace", False))
         self.trace: dict[str, np.ndarray] = {}
-        self._last_bound = 0.0  # quantisation bound of the last sum (0 for plain sums)
         self.seam = ServerSeam(
             self.aggregation,
             threshold=self.threshold,
             bits=self.bits,
             min_survivors=self.min_survivors,
             noise_multiplier=noise_multiplier,
+            graph=self.graph,
+            malicious=self.malicious,
         )
         self.bits = self.seam.bits
 
@@ -532,8 +620,23 @@ class CodreamServer:
             {"config": config_to_dict(self.config), "aggregation": self.aggregation, "bits": self.bits},
         )
 
+    def _student_evaluator(self):
+        """The student's test accuracy on the public test split, which the server loads itself."""
+        if self.config.distill.student is None:
+            return None
+        from ...evaluation import accuracy
+        from ..parties import load_federation_data
+
+        data = load_federation_data(self.config)
+
+        def evaluate(model) -> float:
+            return float(accuracy(model, data.x_test, data.y_test))
+
+        return evaluate
+
     def run(self, channel: ClientChannel, ready: Mapping[int, Payload]) -> dict:
-        from ..server import ServerRole
+        from ..parties import build_server
+        from ..round import RoundLoop
 
         cfg = self.config
         facts = channel.read(ready, _setup_facts, what="set-up answer")
@@ -546,20 +649,21 @@ class CodreamServer:
         if len(shapes) != 1 or len(classes) != 1:
             raise ConfigError(f"clients disagree on the data: input shapes {shapes}, classes {classes}")
         input_shape, num_classes = shapes.pop(), classes.pop()
-        server = ServerRole(cfg, input_shape, num_classes, _generator(cfg.seed, 4))
-        losses = [loss for _, _, loss in facts.values() if loss is not None]
-        warmup = float(np.mean(losses)) if losses else None
+        server = build_server(cfg, input_shape, num_classes)
+        warmups = {c: loss for c, (_, _, loss) in facts.items()}
+        clients = FlowerClients(self, channel, warmups)
+        loop = RoundLoop(cfg, server, clients, evaluate_student=self._student_evaluator())
         rounds = []
         for r in range(self.rounds):
-            metrics = self._round(r, server, channel)
-            metrics["warmup_loss"] = (warmup if r == 0 else 0.0) if warmup is not None else None
-            rounds.append(metrics)
+            metrics = loop.run_round()
+            rounds.append(metrics.to_dict())
             log.info(
-                "round %d: mean acc %.4f, survivors %s, %.1f s",
-                r,
-                metrics["mean_accuracy"],
-                metrics["survivors"],
-                metrics["seconds"],
+                "round %d: mean acc %.4f, survivors %s, %d exchanges, %.1f s",
+                r + 1,
+                metrics.mean_accuracy,
+                list(metrics.survivors),
+                metrics.exchanges or 0,
+                metrics.seconds,
             )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if server.x is not None and server.soft_labels is not None:
@@ -575,137 +679,190 @@ class CodreamServer:
             "rounds": rounds,
         }
 
-    # -- one round
-    def _round(self, r: int, server, channel: ClientChannel) -> dict:
-        import torch
-
-        cfg = self.config
-        t0 = time.perf_counter()
-        exchanges0, exchange_seconds0 = channel.exchanges, channel.exchange_seconds
-        specs = server.specs()
-        participants = self.cohort(r, channel.alive)
-        sent0, received0 = dict(channel.bytes_sent), dict(channel.bytes_received)
-        x = server.begin_round(r)
-        release = (_SecureRelease if self.seam.mode.secure else _PlainRelease)(
-            self, channel, r, participants, specs
-        )
-        j = 0
-        targets = None
-        if cfg.method is Method.CONDITIONAL:
-            res = self._trace(r, j, release.release(j, {}, {}, context=release_context(r, specs[j])))
-            targets = server.receive_class_weights(res)
-            j += 1
-        sent_targets = None if targets is None else targets.numpy().astype(np.int64)
-        losses = []
-        t_dream = time.perf_counter()
-        for s in range(cfg.dream.global_steps):
-            fields: dict[str, object] = {}
-            arrays = {"x": x.numpy()}
-            if s == 0:
-                fields["begin"] = True
-                if sent_targets is not None:
-                    arrays["targets"] = sent_targets
-            context = release_context(r, specs[j], arrays["x"], sent_targets)
-            res = self._trace(r, j, release.release(j, fields, arrays, context=context))
-            losses.append(release.last_losses)
-            x = server.apply_dream_step(res)
-            j += 1
-        dream_seconds = time.perf_counter() - t_dream
-        context = release_context(r, specs[j], x.numpy(), sent_targets)
-        res = self._trace(r, j, release.release(j, {}, {"x": x.numpy()}, context=context))
-        _, target_logits = server.receive_soft_labels(res)
-        report = release.close()
-        self.progress(r, -1, "acquire")
-        answers = channel.exchange(
-            {
-                c: Payload(
-                    "acquire", {"round": r}, {"x": x.numpy(), "y": target_logits.to(torch.float32).numpy()}
-                )
-                for c in res.contributors
-            }
-        )
-        learned = channel.read(answers, _learned, what="'learned' answer")
-        accs = {c: acc for c, (acc, _, _) in sorted(learned.items())}
-        ces = [ce for *_, ce in learned.values() if ce is not None]  # none under DP
-        probs = server.label_probabilities()
-        acc_values = list(accs.values())
-
-        def mean_loss(i: int) -> float | None:
-            vals = losses[i] if losses and losses[i] else None
-            return float(np.mean(vals)) if vals else None
-
-        return {
-            "round": r,
-            "accuracies": {str(c): a for c, a in accs.items()},
-            "mean_accuracy": float(np.mean(acc_values)) if acc_values else float("nan"),
-            "std_accuracy": float(np.std(acc_values)) if acc_values else float("nan"),
-            "kd_loss": float(np.mean([kd for _, kd, _ in learned.values()])) if learned else None,
-            "ce_loss": float(np.mean(ces))
-            if (ces := [ce for *_, ce in learned.values() if ce is not None])
-            else None,
-            "dream_loss_start": mean_loss(0),
-            "dream_loss_end": mean_loss(-1),
-            "class_coverage": int(probs.argmax(dim=1).unique().numel()),
-            "label_confidence": float(probs.max(dim=1).values.mean()),
-            "participants": list(participants),
-            "survivors": list(res.contributors),
-            "clipped": report["clipped"],
-            "overflowed": report["overflowed"],
-            "threshold": report.get("threshold"),
-            "bytes_sent_per_client": {str(c): channel.bytes_sent[c] - sent0[c] for c in participants},
-            "bytes_received_per_client": {
-                str(c): channel.bytes_received[c] - received0[c] for c in participants
-            },
-            "seconds": time.perf_counter() - t0,
-            "dream_seconds": dream_seconds,
-            "exchanges": channel.exchanges - exchanges0,
-            "seconds_per_exchange": (channel.exchange_seconds - exchange_seconds0)
-            / max(1, channel.exchanges - exchanges0),
-        }
-
-    def cohort(self, r: int, alive: list[int]) -> list[int]:
-        """Round r's participants: the simulation's seeded cohort (every client without one), alive.
-
-        The server knows every cohort (it runs the protocol with it), so nothing is amplified by it.
-        """
-        from ..simulation import cohort_indices
-
-        k = self.config.clients_per_round
-        chosen = cohort_indices(self.config.num_clients, k, self.config.seed, r)
-        return [c for c in chosen if c in alive]
-
     def progress(self, r: int, j: int, stage: str) -> None:
         """Append where the run stands to progress.jsonl (the local harness times its faults by it)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "progress.jsonl", "a") as f:
             f.write(json.dumps({"round": r, "vector": j, "stage": stage, "time": time.time()}) + "\n")
 
-    def _trace(self, r: int, j: int, res: AggregateResult) -> AggregateResult:
+    def trace_sum(self, r: int, j: int, res: AggregateResult, bound: float) -> None:
         if self.record_trace:
             self.trace[f"r{r}_v{j}_total"] = np.asarray(res.total, dtype=np.float64)
             self.trace[f"r{r}_v{j}_contributors"] = np.asarray(res.contributors, dtype=np.int64)
-            self.trace[f"r{r}_v{j}_bound"] = np.asarray(self._last_bound, dtype=np.float64)
-        return res
+            self.trace[f"r{r}_v{j}_bound"] = np.asarray(bound, dtype=np.float64)
 
 
-class _PlainRelease:
-    """Clients send their vectors in the clear; the server half sums and decodes them."""
+class FlowerClients:
+    """The Flower transport of the round script: broadcasts go to the nodes, sums come from the seam.
 
-    def __init__(self, owner: CodreamServer, channel: ClientChannel, r: int, participants, specs) -> None:
+    Plain rounds carry the plan with every release (one exchange per release). Secure rounds open a
+    session (advertise keys, then the key broadcast, whose share deliveries ride with the first
+    release) and take two exchanges per release: the masked inputs, then the unmasking.
+    """
+
+    def __init__(self, owner: CodreamServer, channel: ClientChannel, warmups: Mapping[int, float | None]):
         self.owner = owner
         self.channel = channel
-        self.r = r
-        self.plan = owner.seam.plan(round_index=r, participants=participants, specs=specs)
-        self.last_losses: list[float] = []
-        self.participants = list(participants)
-        self.clipped = 0
+        self.seam = owner.seam
+        self._warmups = dict(warmups)
+        self._warm_reported: set[int] = set()
+        self.plan: RoundPlan | None = None
+        self.state = None  # the secure-aggregation server state
+        self.pending: dict = {}
+        self.members: list[int] = []
+        self._reset_counters()
 
-    def release(self, j: int, fields: dict, arrays: dict, *, context: bytes = b"") -> AggregateResult:
+    def _reset_counters(self) -> None:
+        self.clipped = 0
+        self.overflowed = 0
+        self.vectors = 0
+        self.survivors: tuple[int, ...] = ()
+        self.server_seconds = 0.0
+        self._sent0 = dict(self.channel.bytes_sent)
+
+    # -- the transport's interface
+    def available(self, round_index, cohort):
+        return [c for c in cohort if c in self.channel.alive]
+
+    def transport_stats(self) -> dict[str, float]:
+        return {"exchanges": self.channel.exchanges, "exchange_seconds": self.channel.exchange_seconds}
+
+    def warm_up(self, cohort):
+        cold = [c for c in cohort if c not in self._warm_reported]
+        self._warm_reported.update(cold)
+        if any(loss is None for loss in self._warmups.values()):
+            return None  # withheld (DP): the nodes do not release a loss on private data
+        return [float(self._warmups[c]) for c in cold]  # type: ignore[arg-type]
+
+    def open(self, round_index: int, cohort, specs) -> None:
+        from ...secagg.server import start_server
+
+        self._reset_counters()
+        self.round_index = round_index
+        session = None
+        if self.seam.mode.secure:
+            from ...aggregation.client import wire_lengths
+
+            session = self.seam.session_config(
+                round_index=round_index,
+                participants=cohort,
+                lengths=wire_lengths(self.seam.mode, tuple(specs)),
+            )
+            if self.owner.malicious:
+                missing = [c for c in session.client_ids if c not in self.owner.verify_keys]
+                if missing:
+                    raise ConfigError(f"no verify keys for clients {missing} in the verify-keys file")
+                keys = tuple(self.owner.verify_keys[c] for c in session.client_ids)
+                session = dataclasses.replace(session, malicious=True, verify_keys=keys)
+        self.plan = self.seam.plan(round_index=round_index, participants=cohort, specs=specs, session=session)
+        self.participants = list(self.plan.participants)
+        self.members = list(self.participants)
+        if not self.plan.mode.secure:
+            return
+        self.owner.progress(round_index, -1, "session")
+        self.state = start_server(self.plan.session)
+        # Round 0: every client admits the plan, starts its session state and advertises its keys.
+        answers = self.channel.broadcast(
+            Payload("session", _plan_fields(self.plan)), clients=self.participants
+        )
+        self._feed(answers)
+        outgoing = self._close_stage()
+        # Round 1: the key broadcast; clients answer with their encrypted shares.
+        self._feed(self._send(outgoing))
+        self.pending = self._close_stage()  # the share deliveries travel with the first release
+        self.members = sorted(self.pending)
+
+    def release(self, b):
+        from ..round import Release
+
+        assert self.plan is not None, "release before open"
+        j = self.vectors
+        self.owner.progress(self.round_index, j, "release")
+        fields: dict[str, object] = {"round": self.round_index, "vector": j}
+        arrays: dict[str, np.ndarray] = {}
+        if b.x is not None:
+            arrays["x"] = b.x.detach().cpu().numpy().astype(np.float32, copy=False)
+        if b.begin:
+            fields["begin"] = True
+            if b.targets is not None:
+                arrays["targets"] = b.targets.cpu().numpy().astype(np.int64)
+        if self.plan.mode.secure:
+            res, losses = self._secure_release(j, fields, arrays, b.context())
+        else:
+            res, losses = self._plain_release(j, fields, arrays)
+        self.vectors += 1
+        self.survivors = res.contributors
+        if res.clipped:
+            self.clipped += res.clipped
+        if res.overflowed:
+            self.overflowed += res.overflowed
+            log.warning(
+                "vector %r: %d coordinates saturated in fixed-point encoding", b.spec.name, res.overflowed
+            )
+        bound = self.seam.quantisation_bound(self.plan, j, len(res.contributors))
+        self.owner.trace_sum(self.round_index, j, res, bound)
+        return Release(res, tuple(losses))
+
+    def close(self):
+        from ...aggregation import RoundReport, SecureStats
+
+        plan = self.plan
+        assert plan is not None, "close before open"
+        dp_mode = plan.mode is Mode.SECURE_DP
+        sent = {c: self.channel.bytes_sent[c] - self._sent0.get(c, 0) for c in self.participants}
+        secure = None
+        if plan.mode.secure:
+            session = plan.session
+            assert session is not None
+            secure = SecureStats(
+                threshold=int(session.threshold),
+                degree=int(getattr(session, "degree", 0) or len(self.participants) - 1),
+                n_min=plan.n_min,
+                aborted=False,
+                server_seconds=self.server_seconds,
+                client_seconds_mean=math.nan,  # on the nodes: not the server's to see
+                client_seconds_max=math.nan,
+                bytes_received_per_client_mean=float(np.mean(list(sent.values()))) if sent else 0.0,
+            )
+        report = RoundReport(
+            participants=tuple(self.participants),
+            survivors=tuple(self.survivors),
+            vectors=self.vectors,
+            clipped=None if dp_mode else self.clipped,
+            overflowed=None if dp_mode else self.overflowed,
+            bytes_sent_per_client=sent,
+            bytes_received_by_server=int(sum(sent.values())),
+            secure=secure,
+        )
+        self.plan, self.state, self.pending = None, None, {}
+        return report
+
+    def learn(self, lessons, progress):
+        import torch
+
+        self.owner.progress(self.round_index, -1, "learn")
+        requests = {}
+        for c, items in lessons.items():
+            if not items:
+                continue
+            x = torch.cat([xb for xb, _ in items]).to(torch.float32)
+            y = torch.cat([yb for _, yb in items]).to(torch.float32)
+            sizes = np.asarray([int(xb.shape[0]) for xb, _ in items], dtype=np.int64)
+            requests[c] = Payload(
+                "learn", {"round": self.round_index}, {"x": x.numpy(), "y": y.numpy(), "sizes": sizes}
+            )
+        answers = self.channel.exchange(requests)
+        learned = self.channel.read(answers, _learned, what="'learned' answer")
+        progress("evaluate", len(learned), len(lessons))
+        return dict(sorted(learned.items()))
+
+    # -- plain releases
+    def _plain_release(self, j: int, fields: dict, arrays: dict):
+        assert self.plan is not None
         spec = self.plan.specs[j]
-        self.owner.progress(self.r, j, "release")
         # The round's plan travels with every release: plain rounds need no session set-up step.
-        plan = {**_plan_fields(self.plan), "vector": j, **fields}
-        answers = self.channel.broadcast(Payload("release", plan, arrays), clients=self.participants)
+        payload = Payload("release", {**_plan_fields(self.plan), **fields}, arrays)
+        answers = self.channel.broadcast(payload, clients=self.participants)
         read = self.channel.read(
             answers,
             lambda a: (
@@ -715,42 +872,11 @@ class _PlainRelease:
             what=f"release of {spec.name!r}",
         )
         vectors = {c: v for c, (v, _) in read.items()}
-        self.last_losses = [loss for _, loss in read.values() if loss is not None]
+        losses = [loss for _, loss in read.values() if loss is not None]
         total = np.sum(list(vectors.values()), axis=0) if vectors else np.zeros(spec.length + 2)
-        res = self.owner.seam.decode(self.plan, j, total, tuple(vectors))
-        self.clipped += res.clipped or 0
-        return res
+        return self.seam.decode(self.plan, j, total, tuple(vectors)), losses
 
-    def close(self) -> dict:
-        return {"clipped": self.clipped, "overflowed": 0}
-
-
-class _SecureRelease:
-    """Each client masks its encoded vector; the secure-aggregation server state unmasks the sum."""
-
-    def __init__(self, owner: CodreamServer, channel: ClientChannel, r: int, participants, specs) -> None:
-        from ...secagg.server import start_server
-
-        self.owner = owner
-        self.channel = channel
-        self.r = r
-        owner.progress(r, -1, "session")
-        self.plan = owner.seam.plan(round_index=r, participants=participants, specs=specs)
-        self.session = self.plan.session
-        self.n_min = self.plan.n_min
-        self.state = start_server(self.session)
-        self.last_losses: list[float] = []
-        self.clipped = 0
-        self.overflowed = 0
-        # Round 0: every client admits the plan, starts its session state and advertises its keys.
-        answers = channel.broadcast(Payload("session", _plan_fields(self.plan)), clients=participants)
-        self._feed(answers)
-        outgoing = self._close()
-        # Round 1: the key broadcast; clients answer with their encrypted shares.
-        self._feed(self._send(outgoing))
-        self.pending = self._close()  # the share deliveries travel with the first release
-        self.members = sorted(self.pending)
-
+    # -- secure releases
     def _send(self, outgoing: Mapping[int, object], kind: str = "secagg", fields=None, arrays=None):
         requests = {
             c: Payload(kind, dict(fields or {}), {**(arrays or {}), "msg": _blob(m.to_bytes())})
@@ -763,6 +889,7 @@ class _SecureRelease:
         from ...exceptions import UnexpectedMessage
         from ...secagg.messages import decode_message
 
+        t0 = time.process_time()
         for c, a in sorted(answers.items()):
             if "msg" not in a.arrays:
                 continue
@@ -773,35 +900,37 @@ class _SecureRelease:
                 self.state = self.state.handle(message)
             except (InvalidMessage, UnexpectedMessage) as err:
                 self.channel.drop(c, f"bad secure-aggregation message: {err}")
+        self.server_seconds += time.process_time() - t0
 
-    def _close(self) -> dict:
+    def _close_stage(self) -> dict:
         from ...secagg.server import ServerAborted
 
+        t0 = time.process_time()
         self.state, outgoing = self.state.close()
+        self.server_seconds += time.process_time() - t0
         if isinstance(self.state, ServerAborted):
             self._send(outgoing, kind="secagg")
             raise ProtocolAbort(self.state.reason, self.state.detail)
         return outgoing
 
-    def release(self, j: int, fields: dict, arrays: dict, *, context: bytes = b"") -> AggregateResult:
-        self.owner.progress(self.r, j, "release")
-        base = Payload("release", {"round": self.r, "vector": j, **fields}, arrays)
+    def _secure_release(self, j: int, fields: dict, arrays: dict, context: bytes):
         from ...secagg.server import ServerMaskedInput
 
+        assert self.plan is not None
         if isinstance(self.state, ServerMaskedInput):
             # An honest server drops masked inputs computed from anything but what it sent.
             self.state = self.state.expect_context(context)
         if self.pending:
-            answers = self._send(self.pending, kind="release", fields=base.fields, arrays=base.arrays)
+            answers = self._send(self.pending, kind="release", fields=fields, arrays=arrays)
             self.pending = {}
         else:
-            answers = self.channel.broadcast(base, clients=self.members)
+            answers = self.channel.broadcast(Payload("release", fields, arrays), clients=self.members)
         self._feed(answers)
-        outgoing = self._close()
+        outgoing = self._close_stage()
         # Unmasking (and, in malicious mode, the consistency check before it): answer until done.
         while outgoing:
             self._feed(self._send(outgoing))
-            outgoing = self._close()
+            outgoing = self._close_stage()
         total = self.state.sums[-1]
         if total.vector != j:
             raise ProtocolAbort(
@@ -809,17 +938,4 @@ class _SecureRelease:
             )
         survivors = tuple(total.survivors)
         self.members = [c for c in survivors if c in self.channel.alive]
-        res = self.owner.seam.decode(self.plan, j, total.words, survivors)
-        if res.overflowed:
-            log.warning(
-                "vector %r: %d coordinates saturated in fixed-point encoding",
-                self.plan.specs[j].name,
-                res.overflowed,
-            )
-        self.clipped += res.clipped or 0
-        self.overflowed += res.overflowed or 0
-        self.owner._last_bound = self.owner.seam.quantisation_bound(self.plan, j, len(survivors))
-        return res
-
-    def close(self) -> dict:
-        return {"clipped": self.clipped, "overflowed": self.overflowed, "threshold": self.session.threshold}
+        return self.seam.decode(self.plan, j, total.words, survivors), []

@@ -35,7 +35,7 @@ class KillAt:
         node: the SuperNode (= client id) to kill.
         round: federation round, 0-based.
         vector: index in the round's plan of releases (-1 for the session's key exchange).
-        stage: "session", "release" or "acquire".
+        stage: "session", "release" or "learn".
     """
 
     node: int
@@ -54,6 +54,8 @@ def run_flower(
     rounds: int | None = None,
     threshold: int | None = None,
     bits: int | None = None,
+    graph: str = "complete",
+    malicious: bool = False,
     dp: Mapping[str, float] | None = None,
     ledger_dir: str | Path | None = None,
     step_timeout: float = 30.0,
@@ -74,6 +76,10 @@ def run_flower(
         rounds: number of rounds (default `config.rounds`).
         threshold: Shamir threshold (default: the secure aggregator's).
         bits: ring width of the secure sum (default 32, 24 under DP).
+        graph: the masking graph, "complete" or "harary" (each node's own policy may refuse one).
+        malicious: malicious-server mode: fresh signing keys are provisioned into out_dir/keys/ (each
+            node's own key file and the public verify-keys file, named in the node configs), and every
+            node demands the mode.
         dp: secure+dp only: ``noise_multiplier`` (the round's z_eff), ``delta`` and optionally
             ``target_epsilon``, given to every SuperNode's own node config (each node draws its own
             noise and keeps its own ledger in out_dir/client_ledgers/) and the multiplier to the
@@ -90,7 +96,7 @@ def run_flower(
         "deployment" (ports, node ids, seconds to start, the killed node if any).
 
     Raises:
-        ConfigError: an unsupported aggregation or option (a dream bank), or too few SuperNodes.
+        ConfigError: an unsupported aggregation or option, or too few SuperNodes.
         DeploymentError: a process failed to start, the run failed or ran past `timeout`.
     """
     if aggregation not in AGGREGATIONS:
@@ -118,6 +124,7 @@ def run_flower(
         "rounds": config.rounds if rounds is None else rounds,
         "threshold": threshold or 0,
         "bits": bits or 0,
+        "graph": graph,
         "step-timeout": float(step_timeout),
         "setup-timeout": float(setup_timeout),
         "wait-timeout": 60.0,
@@ -131,6 +138,16 @@ def run_flower(
         {"partition-id": i, "num-partitions": config.num_clients, "aggregation": aggregation}
         for i in range(n)
     ]
+    if malicious:
+        if aggregation == "plain":
+            raise ConfigError("malicious-server mode needs secure aggregation, not plain")
+        from .keys import provision_keys
+
+        verify, signing = provision_keys(out / "keys", range(n))
+        run_config["malicious"] = True
+        run_config["verify-keys"] = str(verify)
+        for i, nc in enumerate(node_configs):
+            nc.update({"malicious": "true", "signing-key": str(signing[i]), "verify-keys": str(verify)})
     if aggregation == "secure+dp":
         if not dp or "noise_multiplier" not in dp:
             raise ConfigError("secure+dp on Flower needs dp={'noise_multiplier': ..., 'delta': ...}")
@@ -181,7 +198,7 @@ def run_flower(
     return results
 
 
-_STAGES = {"session": 0, "release": 1, "acquire": 2}
+_STAGES = {"session": 0, "release": 1, "learn": 2}
 
 
 def _wait_for_progress(path: Path, at: KillAt, proc, deadline: float) -> None:

@@ -552,6 +552,8 @@ def session_fields(config) -> dict:
         "degree": config.degree,
         "corrupt": config.corrupt,
         "min_survivors": config.min_survivors,
+        "malicious": bool(config.malicious),
+        "verify_keys": [k.hex() for k in config.verify_keys or ()],
     }
 
 
@@ -579,8 +581,24 @@ def session_from_fields(fields: object, limits: NodeLimits = NodeLimits()):
     client_ids = p.integers("client_ids", max_len=limits.max_clients, minimum=0, maximum=MAX_CLIENT_ID)
     # One planned vector per dream step and two more.
     vector_lengths = p.integers("vector_lengths", max_len=1 << 16, minimum=1, maximum=(1 << 32) - 1)
+    malicious = fields.get("malicious", False)
+    if not isinstance(malicious, bool):
+        raise InvalidMessage(f"'malicious' must be true or false, got {_type_name(malicious)}")
+    raw_keys = fields.get("verify_keys", [])
+    if not isinstance(raw_keys, list) or len(raw_keys) > len(client_ids):
+        raise InvalidMessage("'verify_keys' must be a list of at most one key per client")
+    verify_keys = []
+    for key in raw_keys:
+        if not isinstance(key, str) or len(key) != 64:
+            raise InvalidMessage("a verify key must be 64 hex digits")
+        try:
+            verify_keys.append(bytes.fromhex(key))
+        except ValueError:
+            raise InvalidMessage("a verify key must be 64 hex digits") from None
     try:
         return SessionConfig(
+            malicious=malicious,
+            verify_keys=tuple(verify_keys),
             round_index=p.integer("round", minimum=0, maximum=(1 << 32) - 1),
             client_ids=client_ids,
             threshold=p.integer("threshold", minimum=0, maximum=len(client_ids)),

@@ -1,0 +1,163 @@
+"""The one round script over both transports: the in-process engine and the Flower engine agree.
+
+Each case runs the same federation twice, once in process (`Federation` over `InProcessClients`) and
+once over the Flower engine's transport (`CodreamServer` and one `CodreamNode` per client, joined by
+an in-process loopback), for every aggregation mode and graph, with no dropout and with a client
+that dies before its third release of the first round (and is gone afterwards). Plain and secure
+runs at a fixed seed give identical sums, dreams and accuracies; secure+dp runs give the same
+per-client accounting, and their sums differ by exactly the noise the plan calls for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="the Flower engine needs flwr (pip install codream[flower])")
+
+from codream.aggregation import create_aggregator  # noqa: E402
+from codream.exceptions import ConfigError  # noqa: E402
+from codream.federation.flower.keys import provision_keys  # noqa: E402
+from codream.federation.simulation import Federation  # noqa: E402
+from flower_loopback import Loopback, in_process_twin, run_loopback, tiny_config  # noqa: E402
+
+Z = 1.5  # secure+dp: the clients' noise multiplier per round
+CRASH = (4, 0, 2)  # client 4 never sends release 2 of round 0 (the second dream step)
+
+
+def twins(tmp_path, aggregation: str, graph: str, crash, *, malicious: bool = False, **overrides):
+    """(Flower results, Flower trace, Flower transport, in-process federation, its tracer)."""
+    # Ten clients: the fewest for which the Harary graph is not the complete one.
+    config = tiny_config(num_clients=10 if graph == "harary" else 6, **overrides)
+    dp = aggregation == "secure+dp"
+    common = {"noise-multiplier": Z, "delta": 1e-5} if dp else {}
+    run_options = {"graph": graph, **({"noise-multiplier": Z} if dp else {})}
+    signing = {}
+    if malicious:  # keys provisioned out of band, as a deployment's are
+        verify, signing = provision_keys(tmp_path / "keys", range(config.num_clients))
+        common = {**common, "malicious": "true", "verify-keys": str(verify)}
+        run_options.update({"malicious": True, "verify-keys": str(verify)})
+    transport = Loopback(
+        config.num_clients,
+        None if crash is None else (crash[0], "release", crash[1], crash[2]),
+        aggregation=aggregation,
+        node_config=lambda i: {**common, **({"signing-key": str(signing[i])} if malicious else {})},
+    )
+    results, _ = run_loopback(config, tmp_path, aggregation=aggregation, transport=transport, **run_options)
+    trace = np.load(tmp_path / "trace.npz")
+
+    fed, tracer = in_process_twin(
+        config, aggregation, graph=graph, crash=crash, noise_multiplier=Z if dp else None, malicious=malicious
+    )
+    return results, trace, transport, fed, tracer
+
+
+MODES = ("secure", "secure/malicious", "secure+dp")
+CASES = [("plain", "complete")] + [(m, g) for m in MODES for g in ("complete", "harary")]
+
+
+@pytest.mark.parametrize("crash", [None, CRASH], ids=["no-dropout", "a-dropout"])
+@pytest.mark.parametrize(("aggregation", "graph"), CASES, ids=[f"{m}-{g}" for m, g in CASES])
+def test_both_transports_run_the_same_round(tmp_path, aggregation, graph, crash):
+    aggregation, _, variant = aggregation.partition("/")
+    dp = aggregation == "secure+dp"
+    results, trace, transport, fed, tracer = twins(
+        tmp_path,
+        aggregation,
+        graph,
+        crash,
+        malicious=variant == "malicious",
+        **({"method": "paper"} if dp else {}),
+    )
+    flower = results["rounds"]
+    assert len(flower) == len(fed.history) == 2
+    n = fed.config.num_clients
+    if graph == "harary":  # a real Harary graph: each client masks with fewer than all others
+        assert all(rep.secure.degree < n - 1 for rep in tracer.reports)
+    for r, (f, m) in enumerate(zip(flower, fed.history, strict=True)):
+        # The same cohort, the same survivors, the same clients learning.
+        assert f["participants"] == list(m.participants)
+        assert f["survivors"] == list(m.survivors)
+        assert f["evaluated"] == list(m.evaluated)
+        if crash is not None:
+            assert crash[0] not in f["survivors"] and crash[0] not in m.evaluated
+            assert crash[0] in m.participants if r == crash[1] else crash[0] not in m.participants
+        for j in range(len(fed.server.specs())):
+            total, contributors = tracer.sums[(r, j)]
+            assert list(trace[f"r{r}_v{j}_contributors"]) == list(contributors)
+            if not dp:  # the very same sum, bit for bit
+                np.testing.assert_array_equal(trace[f"r{r}_v{j}_total"], total)
+        if not dp:
+            assert f["accuracies"] == list(m.accuracies)
+            assert f["dream_loss_end"] == m.dream_loss_end
+    if not dp:
+        dreams = np.load(tmp_path / "dreams.npz")
+        np.testing.assert_array_equal(dreams["x"], fed.server.x.numpy())
+        np.testing.assert_array_equal(dreams["soft_labels"], fed.server.soft_labels.numpy())
+        return
+
+    # secure+dp: every client is charged the same rounds at the same epsilon by both engines ...
+    in_process = fed.aggregator.inner.client_epsilons()
+    deployed = {cid: float(transport.node(cid).seam.epsilon or 0.0) for cid in range(n)}
+    assert deployed == pytest.approx(in_process, rel=1e-12)
+    assert min(deployed.values()) > 0
+    # ... and the first dream step (both engines start from the same dreams and models) differs by
+    # two independent draws of the planned noise: std sqrt(2) * sigma over the survivors.
+    stats = tracer.reports[0].dp
+    name = fed.server.specs()[0].name
+    total, contributors = tracer.sums[(0, 0)]
+    sigma = stats.noise_std[name] * np.sqrt(len(contributors) / stats.n_min)
+    diff = trace["r0_v0_total"] - total
+    assert 0.85 < np.std(diff) / (np.sqrt(2) * sigma) < 1.15
+
+
+@pytest.mark.parametrize("aggregation", ["plain", "secure"])
+def test_the_dream_bank_cohorts_and_the_server_student_ride_on_both_transports(tmp_path, aggregation):
+    """What only the server holds (the bank of released dreams, its student) is the round script's, so
+    the deployed engine carries it too, with the very same numbers."""
+    from codream.federation.config import DistillConfig, DreamConfig
+
+    config = tiny_config(
+        num_clients=5,
+        clients_per_round=3,
+        rounds=3,
+        dream=DreamConfig(batch_size=8, global_steps=2),
+        distill=DistillConfig(
+            kd_steps=3, batch_size=8, warmup_steps=5, buffer_size=48, bank_size=16, student="mlp"
+        ),
+    )
+    results, _ = run_loopback(config, tmp_path, aggregation=aggregation)
+    fed, _ = in_process_twin(config, aggregation)
+    assert fed.server.bank is not None and fed.server.bank.dropped > 0  # the bank was full
+    for f, m in zip(results["rounds"], fed.history, strict=True):
+        assert f["participants"] == list(m.participants)
+        assert f["accuracies"] == list(m.accuracies)
+        assert f["student_accuracy"] is not None and f["student_accuracy"] == m.student_accuracy
+
+
+def test_example_level_dp_runs_on_both_transports_with_the_same_accounting(tmp_path):
+    """Each node trains with DP-SGD from its own node config (noise and coins from the OS) and is
+    charged exactly as the same client in process; it releases no loss on private data."""
+    from codream.federation.flower.engine import ExampleDP
+
+    config = tiny_config(norm="group", method="paper")
+    own = {"privacy-unit": "example", "dp-sgd-noise-multiplier": 1.2, "delta": 1e-5}
+    transport = Loopback(config.num_clients, aggregation="secure", node_config=own)
+    results, _ = run_loopback(config, tmp_path, transport=transport)
+    factory = ExampleDP.from_node_config(own, config).trainer_factory()
+    fed = Federation(config, aggregator=create_aggregator("secure"), trainer_factory=factory)
+    fed.run()
+    for f, m in zip(results["rounds"], fed.history, strict=True):
+        assert f["evaluated"] == list(m.evaluated) and f["ce_loss"] is None and f["warmup_loss"] is None
+    for cid in range(config.num_clients):
+        deployed, in_process = transport.node(cid).role.trainer, fed.clients[cid].trainer
+        assert deployed.epsilon() == pytest.approx(in_process.epsilon(), rel=1e-9) and deployed.epsilon() > 0
+
+
+def test_a_node_refuses_dp_sgd_steps_past_its_own_target(tmp_path):
+    config = tiny_config(norm="group", method="paper", rounds=1)
+    own = {"privacy-unit": "example", "dp-sgd-noise-multiplier": 0.5, "target-epsilon": 0.01}
+    transport = Loopback(config.num_clients, aggregation="secure", node_config=own)
+    with pytest.raises(ConfigError, match="did not set up"):
+        run_loopback(config, tmp_path, transport=transport)
+    assert all(node.role.trainer.epsilon() == 0 for node in transport.nodes.values())
