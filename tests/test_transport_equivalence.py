@@ -161,3 +161,39 @@ def test_a_node_refuses_dp_sgd_steps_past_its_own_target(tmp_path):
     with pytest.raises(ConfigError, match="did not set up"):
         run_loopback(config, tmp_path, transport=transport)
     assert all(node.role.trainer.epsilon() == 0 for node in transport.nodes.values())
+
+
+@pytest.mark.parametrize("aggregation", ["plain", "secure"])
+def test_a_resumed_flower_run_equals_the_unbroken_one(tmp_path, aggregation):
+    """The server keeps its state after every round and every node its own (its state-dir): a run
+    stopped after two rounds and resumed for the third ends where the unbroken run ends."""
+    config = tiny_config(rounds=3, clients_per_round=3)
+
+    def nodes(state_dir):
+        return Loopback(
+            config.num_clients, aggregation=aggregation, node_config={"state-dir": str(state_dir)}
+        )
+
+    unbroken, _ = run_loopback(
+        config, tmp_path / "a", aggregation=aggregation, transport=nodes(tmp_path / "sa")
+    )
+    first, _ = run_loopback(
+        config, tmp_path / "b", aggregation=aggregation, transport=nodes(tmp_path / "sb"), rounds=2
+    )
+    rest, _ = run_loopback(
+        config, tmp_path / "b", aggregation=aggregation, transport=nodes(tmp_path / "sb"), resume=True
+    )
+    assert [r["round"] for r in first["rounds"]] == [0, 1] and [r["round"] for r in rest["rounds"]] == [2]
+    for key in ("participants", "survivors", "accuracies", "best_accuracies"):
+        assert rest["rounds"][0][key] == unbroken["rounds"][2][key]
+    a, b = np.load(tmp_path / "a" / "dreams.npz"), np.load(tmp_path / "b" / "dreams.npz")
+    np.testing.assert_array_equal(a["x"], b["x"])
+    with pytest.raises(ConfigError, match="undo"):
+        run_loopback(
+            config,
+            tmp_path / "b",
+            aggregation=aggregation,
+            transport=nodes(tmp_path / "sb"),
+            resume=True,
+            rounds=2,
+        )

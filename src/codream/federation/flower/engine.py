@@ -404,20 +404,67 @@ class CodreamNode:
         factory = None if self.example_dp is None else self.example_dp.trainer_factory()
         self.role = build_client(config, data, self.client_id, factory)
         self.config = config
+        self.state_path = (
+            Path(str(nc["state-dir"])) / f"client-{self.client_id}.pt" if "state-dir" in nc else None
+        )
+        resume_round = req.fields.get("resume_round")
+        if resume_round is not None and self._restore(int(resume_round)):  # type: ignore[arg-type]
+            return Payload("ready", self._facts(data))
         # Warmed up now, once: the round script asks for it when the client is first sampled.
         if self.example_dp is not None:
             self.example_dp.check(self.role.trainer, config.distill.warmup_steps, self.client_id)
         warmup_loss = self.role.warm_up()
-        fields: dict[str, object] = {
+        fields = self._facts(data)
+        if self.policy.dp is None and self.example_dp is None:  # no loss on private data under DP
+            fields["warmup_loss"] = warmup_loss
+        return Payload("ready", fields)
+
+    def _facts(self, data) -> dict[str, object]:
+        assert self.config is not None and self.role is not None
+        return {
             "client_id": self.client_id,
-            "model": config.client_models()[self.client_id],
+            "model": self.config.client_models()[self.client_id],
             "samples": int(self.role.class_counts.sum()),
             "input_shape": list(data.input_shape),
             "num_classes": data.num_classes,
         }
-        if self.policy.dp is None and self.example_dp is None:  # no loss on private data under DP
-            fields["warmup_loss"] = warmup_loss
-        return Payload("ready", fields)
+
+    # -- resuming
+    def _restore(self, resume_round: int) -> bool:
+        """Load this node's own state to continue at round `resume_round`; False if it has none yet.
+
+        A client never sampled before has no state: it starts fresh (its warm-up is seeded). State from
+        round `resume_round` or later cannot belong to a run resumed there and is refused.
+        """
+        import torch
+
+        assert self.role is not None
+        if self.state_path is None:
+            raise ConfigError("a resumed run needs state-dir in every node's config")
+        if not self.state_path.exists():
+            return False
+        state = torch.load(self.state_path, weights_only=False)
+        if int(state["round"]) >= resume_round:
+            raise ConfigError(
+                f"client {self.client_id}: its state is from round {int(state['round']) + 1}, the run "
+                f"resumes at round {resume_round + 1}"
+            )
+        self.role.load_state_dict(state["role"])
+        torch.set_rng_state(state["torch_rng"])
+        return True
+
+    def _save_state(self) -> None:
+        """Write this node's state after a round it learned in (atomically), for a resumed run."""
+        import torch
+
+        if self.state_path is None or self.role is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(
+            {"round": self._round, "role": self.role.state_dict(), "torch_rng": torch.get_rng_state()}, tmp
+        )
+        tmp.replace(self.state_path)
 
     # -- a round's session
     def _admit(self, req: Payload) -> RoundPlan:
@@ -529,6 +576,7 @@ class CodreamNode:
         stats = role.distill()
         acc = role.evaluate(self.x_test, self.y_test)  # on the public test set
         self._session = None
+        self._save_state()
         fields = {"accuracy": acc, "kd_loss": stats.kd_loss}  # KD loss: on released dreams
         if self.policy.dp is None and self.example_dp is None:  # no loss on private data under DP
             fields["ce_loss"] = stats.ce_loss
@@ -568,8 +616,9 @@ class CodreamServer:
     ``min-survivors`` (0: the threshold), ``graph`` ("complete" or "harary"), ``malicious`` and
     ``verify-keys`` (malicious-server mode and the roster's public keys file), ``noise-multiplier``
     (secure+dp: the public multiplier the encoding's headroom is sized for), ``data-dir`` (where the
-    server reads the public test split for its student), ``out-dir``, ``record-trace`` (write every
-    sum to trace.npz).
+    server reads the public test split for its student), ``out-dir`` (results and the server's state
+    after every round), ``resume`` (continue from that state; every node continues from its own, in
+    its ``state-dir``), ``record-trace`` (write every sum to trace.npz).
     """
 
     def __init__(self, run_config: Mapping[str, object]) -> None:
@@ -603,6 +652,24 @@ class CodreamServer:
         self.out_dir = Path(str(rc.get("out-dir", ".")))
         self.record_trace = bool(rc.get("record-trace", False))
         self.trace: dict[str, np.ndarray] = {}
+        # After every round the server writes its state here; `resume` continues from it.
+        self.state_path = self.out_dir / "server_state.pt"
+        self.resumed: dict | None = None
+        if str(rc.get("resume", "false")).lower() in ("1", "true", "yes"):
+            import torch
+
+            if not self.state_path.exists():
+                raise ConfigError(f"nothing to resume: {self.state_path} does not exist")
+            self.resumed = torch.load(self.state_path, weights_only=False)
+            if self.resumed["config"] != config_to_dict(self.config):
+                raise ConfigError(
+                    "the resumed run's codream configuration differs from the one it started with"
+                )
+            if int(self.resumed["loop"]["round"]) > self.rounds:
+                raise ConfigError(
+                    f"the run finished {self.resumed['loop']['round']} rounds; rounds = {self.rounds} "
+                    "would undo some"
+                )
         self.seam = ServerSeam(
             self.aggregation,
             threshold=self.threshold,
@@ -615,10 +682,27 @@ class CodreamServer:
         self.bits = self.seam.bits
 
     def setup_payload(self) -> Payload:
-        return Payload(
-            "setup",
-            {"config": config_to_dict(self.config), "aggregation": self.aggregation, "bits": self.bits},
-        )
+        fields: dict[str, object] = {
+            "config": config_to_dict(self.config),
+            "aggregation": self.aggregation,
+            "bits": self.bits,
+        }
+        if self.resumed is not None:  # each node continues from its own state
+            fields["resume_round"] = int(self.resumed["loop"]["round"])
+        return Payload("setup", fields)
+
+    def _save(self, loop, server) -> None:
+        import torch
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        state = {
+            "config": config_to_dict(self.config),
+            "loop": loop.state_dict(),
+            "server": server.state_dict(),
+        }
+        torch.save(state, tmp)
+        tmp.replace(self.state_path)
 
     def _student_evaluator(self):
         """The student's test accuracy on the public test split, which the server loads itself."""
@@ -653,9 +737,14 @@ class CodreamServer:
         warmups = {c: loss for c, (_, _, loss) in facts.items()}
         clients = FlowerClients(self, channel, warmups)
         loop = RoundLoop(cfg, server, clients, evaluate_student=self._student_evaluator())
+        if self.resumed is not None:
+            server.load_state_dict(self.resumed["server"])
+            loop.load_state_dict(self.resumed["loop"])
+            clients.warm_up(range(cfg.num_clients))  # their warm-ups were reported when they ran
         rounds = []
-        for r in range(self.rounds):
+        for r in range(loop.round, self.rounds):
             metrics = loop.run_round()
+            self._save(loop, server)
             rounds.append(metrics.to_dict())
             log.info(
                 "round %d: mean acc %.4f, survivors %s, %d exchanges, %.1f s",

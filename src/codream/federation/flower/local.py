@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ def run_flower(
     bits: int | None = None,
     graph: str = "complete",
     malicious: bool = False,
+    resume: bool = False,
     dp: Mapping[str, float] | None = None,
     ledger_dir: str | Path | None = None,
     step_timeout: float = 30.0,
@@ -80,6 +82,9 @@ def run_flower(
         malicious: malicious-server mode: fresh signing keys are provisioned into out_dir/keys/ (each
             node's own key file and the public verify-keys file, named in the node configs), and every
             node demands the mode.
+        resume: continue the run in `out_dir` from the server's state after its last finished round
+            and every node's own state (out_dir/node_state/); without it, a fresh run (earlier state in
+            `out_dir` is removed).
         dp: secure+dp only: ``noise_multiplier`` (the round's z_eff), ``delta`` and optionally
             ``target_epsilon``, given to every SuperNode's own node config (each node draws its own
             noise and keeps its own ledger in out_dir/client_ledgers/) and the multiplier to the
@@ -111,6 +116,11 @@ def run_flower(
     out.mkdir(parents=True, exist_ok=True)
     for stale in (RESULTS_FILE, "progress.jsonl", "dreams.npz", "trace.npz"):
         (out / stale).unlink(missing_ok=True)
+    node_state = out / "node_state"
+    if not resume:  # a fresh run: no node may continue from an earlier run's state
+        (out / "server_state.pt").unlink(missing_ok=True)
+        if node_state.exists():
+            shutil.rmtree(node_state)
     # The deployment's own folder is `out`: every process logs straight into out/logs, where a
     # user is told to look, while the run goes on as well as after it.
     workdir = out
@@ -132,10 +142,16 @@ def run_flower(
         "finish-timeout": 0.5,
         "out-dir": str(out),
         "record-trace": record_trace,
+        "resume": resume,
     }
     # Each node's own policy: it releases under the run's mode or stronger, whatever the server asks.
     node_configs: list[dict[str, object]] = [
-        {"partition-id": i, "num-partitions": config.num_clients, "aggregation": aggregation}
+        {
+            "partition-id": i,
+            "num-partitions": config.num_clients,
+            "aggregation": aggregation,
+            "state-dir": str(node_state),
+        }
         for i in range(n)
     ]
     if malicious:
