@@ -120,6 +120,7 @@ class Tracing(Aggregator):
     def __init__(self, inner: Aggregator) -> None:
         self.inner = inner
         self.name = inner.name
+        self.mode = inner.mode
         self.sums: dict[tuple[int, int], tuple[np.ndarray, tuple[int, ...]]] = {}
         self.reports = []
 

@@ -95,6 +95,8 @@ class Aggregator(ABC):
     """Factory of rounds; one instance per federation, configured once."""
 
     name: str = ""
+    #: How releases leave the clients (the in-process engine reports per-client losses only in plain).
+    mode: Mode = Mode.PLAIN
 
     @abstractmethod
     def open_round(

@@ -56,6 +56,7 @@ class ProjectedReleases(Aggregator):
         if c < 1:
             raise ConfigError(f"input_shape must be positive, got {tuple(input_shape)}")
         self.inner = inner
+        self.mode = inner.mode
         self.projection = projection.for_image(h, w)
         self.shape = (c, h, w)
         self.renormalize = bool(renormalize)

@@ -69,7 +69,7 @@ class InProcessClients(RoundClients):
         self.student = student  # the server's student model, for the adversarial dream term
         self.warmed: set[int] = set()
         #: Dream losses travel beside plain releases only: secure clients send nothing in the clear.
-        self.losses_released = getattr(aggregator, "name", "") not in ("secure", "secure+dp")
+        self.losses_released = not aggregator.mode.secure
         #: Clients gone for good (a killed process, simulated), by the round they left in: they do not
         #: learn in that round and are not sampled again. Their crash inside the round is the
         #: aggregator's to simulate (`LocalAggregator(schedules=...)`).
