@@ -22,9 +22,10 @@ def test_a_tiny_grid_yields_one_row_per_point_with_positive_costs():
     ]
     for semi, malicious in zip(rows[::2], rows[1::2], strict=True):
         # The same session in both modes: same k, t and c; a malicious client also sends the
-        # signature of its advertisement (64 bytes) and one consistency signature (74 bytes).
+        # signatures of its advertisement and of its share commitments (64 bytes each) and one
+        # consistency signature (74 bytes).
         assert (semi["k"], semi["threshold"], semi["corrupt"]) == (malicious["k"], malicious["threshold"], 1)
-        assert malicious["client_bytes_sent"] - semi["client_bytes_sent"] == 64 + 74
+        assert malicious["client_bytes_sent"] - semi["client_bytes_sent"] == 64 + 64 + 74
     ratios = mode_ratios(rows)
     assert len(ratios) == 2 and all(q["client_bytes_sent_ratio"] > 1 for q in ratios)
     for row in rows:

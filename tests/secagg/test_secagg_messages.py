@@ -22,10 +22,13 @@ from codream.secagg.messages import (
     AdvertiseKeys,
     ConsistencyProof,
     ConsistencySignature,
+    DealerEvidence,
+    ExclusionRequest,
     KeysBroadcast,
     MaskedInput,
     Message,
     MessageKind,
+    PairwiseKeys,
     ShareKeys,
     SharesDelivery,
     UnmaskRequest,
@@ -54,6 +57,7 @@ EXAMPLES: dict[str, Message] = {
         4, ((1, os.urandom(100)), (2, b"")), ((1, (os.urandom(32), os.urandom(32))), (4, ()))
     ),
     "share-keys-no-commitments": ShareKeys(4, ((1, os.urandom(100)),)),
+    "share-keys-signed": ShareKeys(4, ((1, os.urandom(100)),), ((4, (os.urandom(32),) * 2),), os.urandom(64)),
     "shares-delivery": SharesDelivery(((1, os.urandom(90)),), ((1, (os.urandom(32),) * 4),)),
     "masked-input-13": MaskedInput(2, 1, 13, np.array([0, 1, 8191], dtype=np.uint64), os.urandom(32)),
     "masked-input-64": MaskedInput(2, 0, 64, np.array([2**64 - 1, 0], dtype=np.uint64), bytes(32)),
@@ -61,6 +65,21 @@ EXAMPLES: dict[str, Message] = {
     "consistency-signature": ConsistencySignature(2, 0, os.urandom(64)),
     "consistency-proof": ConsistencyProof(0, ((1, os.urandom(64)), (2, os.urandom(64)))),
     "unmask-response": UnmaskResponse(2, 0, ((0, Share(1, 5)), (2, Share(3, 2**520))), ((1, Share(2, 7)),)),
+    "exclusion-request": ExclusionRequest(
+        1,
+        (3,),
+        (
+            DealerEvidence(
+                2,
+                (os.urandom(32), os.urandom(32)),
+                os.urandom(64),
+                ((0, os.urandom(32)), (2, os.urandom(32))),
+                ((0, Share(1, 9)), (2, Share(2, 2**519))),
+            ),
+        ),
+    ),
+    "exclusion-request-dropped-only": ExclusionRequest(0, (1, 4)),
+    "pairwise-keys": PairwiseKeys(2, 1, ((3, os.urandom(32)), (5, os.urandom(32)))),
     "abort-client": AbortMessage(7, AbortReason.OVERLAPPING_SETS, "lists overlap"),
     "abort-server": AbortMessage(SERVER_ID, AbortReason.TOO_FEW_PEERS),
 }
@@ -239,7 +258,7 @@ def test_message_sizes_are_the_ones_the_spec_states(malicious):
     broadcasts = h.close()
     assert len(broadcasts[0].to_bytes()) == 10 + 36 * n + (n - 1) * (47 + 64 * J + sig)
     shares = h.deliver(broadcasts)
-    assert len(shares[0].to_bytes()) == 14 + (n - 1) * (48 + 140 * J) + n * (8 + 64 * J)
+    assert len(shares[0].to_bytes()) == 15 + (n - 1) * (48 + 140 * J) + n * (8 + 64 * J) + sig
     h.send(shares)
     deliveries = h.close()
     assert len(deliveries[0].to_bytes()) == 10 + (n - 1) * (56 + 204 * J)

@@ -21,8 +21,10 @@ from codream.secagg.messages import (
     AdvertiseKeys,
     ConsistencyProof,
     ConsistencySignature,
+    ExclusionRequest,
     KeysBroadcast,
     MaskedInput,
+    PairwiseKeys,
     ShareKeys,
     SharesDelivery,
     UnmaskRequest,
@@ -72,15 +74,32 @@ def recorded():
     servers["ServerUnmask"] = h.server
     messages[ConsistencyProof] = proofs[0]
     responses = h.deliver(proofs)
+    clients["UnmaskedState"] = h.clients[0]
     messages[UnmaskResponse] = responses[0]
     h.send(responses)
+    unmask = h.server
     h.close()
+    # Round 3b only runs against a bad dealer; its state and messages are built from real parts.
+    servers["ServerExclusion"] = s.ServerExclusion(
+        unmask.session,
+        0,
+        unmask.request,
+        unmask.partial,
+        unmask.contexts,
+        {1: frozenset({0})},
+        (1, 2, 3),
+        frozenset({1, 2, 3}),
+        (),
+    )
+    messages[ExclusionRequest] = ExclusionRequest(0, ())
+    messages[PairwiseKeys] = PairwiseKeys(1, 0, ((0, bytes(32)),))
     masked = h.submit({cid: random_words(rng, 3, 32) for cid in config.client_ids})
     h.send(masked)
     h.send(h.deliver(h.close()))
     h.send(h.deliver(h.close()))
     h.close()
-    clients["Completed"] = h.clients[0]
+    clients["UnmaskedLastState"] = h.clients[0]
+    clients["Completed"] = c.Completed(0)
     servers["ServerCompleted"] = h.server
     clients["Aborted"] = c.Aborted(0, AbortReason.TIMEOUT)
     servers["ServerAborted"] = s.ServerAborted(AbortReason.TOO_FEW_PEERS, "test")
@@ -97,6 +116,8 @@ CLIENT_ACCEPTS = {
     "MaskedInputState": {AbortMessage},
     "UnmaskState": {UnmaskRequest, AbortMessage},
     "ConsistencyCheckState": {ConsistencyProof, AbortMessage},
+    "UnmaskedState": {ExclusionRequest, AbortMessage},
+    "UnmaskedLastState": {ExclusionRequest, AbortMessage},
     "Completed": set(),
     "Aborted": set(),
 }
@@ -107,6 +128,7 @@ SERVER_ACCEPTS = {
     "ServerMaskedInput": {MaskedInput, AbortMessage},
     "ServerConsistencyCheck": {ConsistencySignature, AbortMessage},
     "ServerUnmask": {UnmaskResponse, AbortMessage},
+    "ServerExclusion": {PairwiseKeys, AbortMessage},
     "ServerCompleted": set(),
     "ServerAborted": set(),
 }
@@ -121,6 +143,8 @@ KINDS = [
     ConsistencySignature,
     ConsistencyProof,
     UnmaskResponse,
+    ExclusionRequest,
+    PairwiseKeys,
     AbortMessage,
 ]
 
@@ -164,11 +188,11 @@ def test_server_state_accepts_exactly_its_table_row(recorded, state_name, kind):
 
 
 @pytest.mark.parametrize("state_name", list(CLIENT_ACCEPTS))
-def test_only_the_masked_input_state_takes_an_input(recorded, state_name):
+def test_only_the_masked_input_states_take_an_input(recorded, state_name):
     clients, _, _ = recorded
     state = clients[state_name]
     words = np.zeros(3, dtype=np.uint64)
-    if state_name == "MaskedInputState":
+    if state_name in ("MaskedInputState", "UnmaskedState"):  # the second: the next vector's input
         after, message = state.submit(words)
         assert isinstance(after, c.UnmaskState) and isinstance(message, MaskedInput)
     else:
@@ -191,6 +215,8 @@ def test_an_abort_from_the_server_stops_a_client_with_the_servers_reason(recorde
         "MaskedInputState",
         "UnmaskState",
         "ConsistencyCheckState",
+        "UnmaskedState",
+        "UnmaskedLastState",
     ):
         after, reply = clients[name].handle(messages[AbortMessage])
         assert isinstance(after, c.Aborted) and after.reason is AbortReason.TIMEOUT and reply is None

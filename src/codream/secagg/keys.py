@@ -27,8 +27,11 @@ __all__ = [
     "context_digest",
     "mask_salt",
     "pairwise_key",
+    "seed_share_root",
+    "seed_share_roots",
     "share_commitment",
     "share_commitments",
+    "share_commitments_signed_bytes",
     "self_mask_key_for",
     "advertisement_digest",
     "decode_share_bundle",
@@ -131,6 +134,37 @@ def share_commitments(
             share_commitment(session, owner=owner, holder=holder, vector=j, kind=KEY_SHARE, share=key_share)
         )
     return tuple(out)
+
+
+def seed_share_root(
+    session: bytes, owner: int, vector: int, commitments: Sequence[tuple[int, bytes]]
+) -> bytes:
+    """SHA-256 over the commitments to every holder's seed share of `owner`'s b^j, in holder order.
+
+    The owner signs these roots (malicious mode), so a set of revealed seed shares, each matching
+    its commitment, is evidence that anyone can check of what the owner dealt (round 3b).
+    """
+    h = hashlib.sha256(
+        b"codream/v1/seed-share-root" + session + struct.pack(">III", owner, vector, len(commitments))
+    )
+    for holder, commitment in commitments:
+        h.update(struct.pack(">I", holder) + commitment)
+    return h.digest()
+
+
+def seed_share_roots(
+    session: bytes, owner: int, commitments: Sequence[tuple[int, Sequence[bytes]]], num_vectors: int
+) -> tuple[bytes, ...]:
+    """The J roots of `owner`'s seed-share commitments, from its round-1 (holder, 2J digests) lists."""
+    return tuple(
+        seed_share_root(session, owner, j, [(h, d[2 * j + SEED_SHARE]) for h, d in commitments])
+        for j in range(num_vectors)
+    )
+
+
+def share_commitments_signed_bytes(session: bytes, owner: int, roots: Sequence[bytes]) -> bytes:
+    """What an owner signs in round 1 (malicious mode): the session, itself and its J seed-share roots."""
+    return b"codream/v1/share-commitments" + session + struct.pack(">II", owner, len(roots)) + b"".join(roots)
 
 
 def share_holders(owner: int, neighbours: frozenset[int], present: frozenset[int]) -> tuple[int, ...]:

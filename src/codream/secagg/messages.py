@@ -32,10 +32,13 @@ __all__ = [
     "AdvertiseKeys",
     "ConsistencyProof",
     "ConsistencySignature",
+    "DealerEvidence",
+    "ExclusionRequest",
     "KeysBroadcast",
     "MaskedInput",
     "Message",
     "MessageKind",
+    "PairwiseKeys",
     "ShareKeys",
     "SharesDelivery",
     "UnmaskRequest",
@@ -66,6 +69,8 @@ class MessageKind(enum.IntEnum):
     CONSISTENCY_PROOF = 8
     UNMASK_RESPONSE = 9
     ABORT = 10
+    EXCLUSION_REQUEST = 11
+    PAIRWISE_KEYS = 12
 
 
 # --------------------------------------------------------------------------- byte helpers
@@ -186,6 +191,12 @@ def _check_share(value: object, what: str) -> None:
         raise InvalidMessage(f"{what} must be a Share, got {type(value).__name__}")
 
 
+def _check_signature(value: object) -> None:
+    _check_bytes(value, "signature")
+    if len(value) not in (0, SIGNATURE_BYTES):  # type: ignore[arg-type]
+        raise InvalidMessage(f"signature must be empty or {SIGNATURE_BYTES} bytes")
+
+
 def _decode_share(data: bytes) -> Share:
     try:
         return Share.from_bytes(data)
@@ -251,9 +262,7 @@ class AdvertiseKeys(Message):
             _check_bytes(k, "mask key", PUBLIC_KEY_BYTES)
         for c in self.seed_commitments:
             _check_bytes(c, "seed commitment", DIGEST_BYTES)
-        _check_bytes(self.signature, "signature")
-        if len(self.signature) not in (0, SIGNATURE_BYTES):
-            raise InvalidMessage(f"signature must be empty or {SIGNATURE_BYTES} bytes")
+        _check_signature(self.signature)
 
     @property
     def num_vectors(self) -> int:
@@ -358,11 +367,13 @@ class ShareKeys(Message):
     sender: int
     ciphertexts: tuple[tuple[int, bytes], ...]
     commitments: tuple[tuple[int, tuple[bytes, ...]], ...] = ()
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         _check_id(self.sender, "sender")
         _check_pairs(self.ciphertexts, "ciphertexts", _check_bytes)
         _check_digest_lists(self.commitments, "commitments")
+        _check_signature(self.signature)
 
     def _encode(self, w: _Writer) -> None:
         w.u32(self.sender)
@@ -371,12 +382,15 @@ class ShareKeys(Message):
             w.u32(recipient)
             w.blob(blob)
         _write_digest_lists(w, self.commitments)
+        w.u8(len(self.signature))
+        w.raw(self.signature)
 
     @classmethod
     def _decode(cls, r: _Reader) -> ShareKeys:
         sender = r.u32()
         ciphertexts = tuple((r.u32(), r.blob()) for _ in range(r.count(8)))
-        return cls(sender, ciphertexts, _read_digest_lists(r))
+        commitments = _read_digest_lists(r)
+        return cls(sender, ciphertexts, commitments, r.raw(r.u8()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,6 +590,120 @@ class UnmaskResponse(Message):
         return cls(sender, vector, seed, key)
 
 
+# --------------------------------------------------------------------------- round 3b (malicious mode)
+
+
+@dataclass(frozen=True, slots=True)
+class DealerEvidence:
+    """What shows that an alive client dealt seed shares that do not rebuild its committed b^j:
+    its signed seed-share roots (round 1), the commitments to every holder's seed share of vector j,
+    and the revealed seed shares, by holder. Not a message; part of `ExclusionRequest`."""
+
+    owner: int
+    roots: tuple[bytes, ...]
+    signature: bytes
+    commitments: tuple[tuple[int, bytes], ...]
+    shares: tuple[tuple[int, Share], ...]
+
+    def __post_init__(self) -> None:
+        _check_id(self.owner, "owner")
+        _check_tuple(self.roots, "roots")
+        for root in self.roots:
+            _check_bytes(root, "root", DIGEST_BYTES)
+        _check_signature(self.signature)
+        _check_pairs(self.commitments, "commitments", lambda v, w: _check_bytes(v, w, DIGEST_BYTES))
+        _check_pairs(self.shares, "shares", _check_share)
+
+    def encode(self, w: _Writer) -> None:
+        w.u32(self.owner)
+        w.u32(len(self.roots))
+        w.raw(b"".join(self.roots))
+        w.u8(len(self.signature))
+        w.raw(self.signature)
+        w.u32(len(self.commitments))
+        for holder, commitment in self.commitments:
+            w.u32(holder)
+            w.raw(commitment)
+        w.u32(len(self.shares))
+        for holder, share in self.shares:
+            w.u32(holder)
+            w.blob(share.to_bytes())
+
+    @classmethod
+    def decode(cls, r: _Reader) -> DealerEvidence:
+        owner = r.u32()
+        roots = tuple(r.raw(DIGEST_BYTES) for _ in range(r.count(DIGEST_BYTES)))
+        signature = r.raw(r.u8())
+        commitments = tuple((r.u32(), r.raw(DIGEST_BYTES)) for _ in range(r.count(4 + DIGEST_BYTES)))
+        shares = tuple((r.u32(), _decode_share(r.blob())) for _ in range(r.count(8)))
+        return cls(owner, roots, signature, commitments, shares)
+
+
+@dataclass(frozen=True, slots=True)
+class ExclusionRequest(Message):
+    """Server -> client, malicious mode, after round 3 of vector j: the peers of the recipient whose
+    secret of vector j did not rebuild from valid shares. For each, the recipient is asked for its
+    pairwise mask key with that peer: `dropped` peers (their mask key did not rebuild) need no
+    evidence, since their seed is never revealed for vector j; `evidence` covers alive peers (their
+    seed did not rebuild), whose masked input the server leaves out of the sum."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.EXCLUSION_REQUEST
+    vector: int
+    dropped: tuple[int, ...]
+    evidence: tuple[DealerEvidence, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_u32(self.vector, "vector")
+        _check_tuple(self.dropped, "dropped")
+        for cid in self.dropped:
+            _check_id(cid, "dropped id")
+        _check_tuple(self.evidence, "evidence")
+        for e in self.evidence:
+            if not isinstance(e, DealerEvidence):
+                raise InvalidMessage("evidence must hold DealerEvidence items")
+
+    def _encode(self, w: _Writer) -> None:
+        w.u32(self.vector)
+        w.ids(self.dropped)
+        w.u32(len(self.evidence))
+        for e in self.evidence:
+            e.encode(w)
+
+    @classmethod
+    def _decode(cls, r: _Reader) -> ExclusionRequest:
+        vector, dropped = r.u32(), r.ids()
+        return cls(vector, dropped, tuple(DealerEvidence.decode(r) for _ in range(r.count(4))))
+
+
+@dataclass(frozen=True, slots=True)
+class PairwiseKeys(Message):
+    """Client -> server, malicious mode, answering `ExclusionRequest`: per excluded peer, the AES key
+    k_uv^j of the pairwise mask this client added for it in vector j (the peer knows it too)."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.PAIRWISE_KEYS
+    sender: int
+    vector: int
+    keys: tuple[tuple[int, bytes], ...] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_id(self.sender, "sender")
+        _check_u32(self.vector, "vector")
+        _check_pairs(self.keys, "keys", lambda v, w: _check_bytes(v, w, PUBLIC_KEY_BYTES))
+
+    def _encode(self, w: _Writer) -> None:
+        w.u32(self.sender)
+        w.u32(self.vector)
+        w.u32(len(self.keys))
+        for owner, key in self.keys:
+            w.u32(owner)
+            w.raw(key)
+
+    @classmethod
+    def _decode(cls, r: _Reader) -> PairwiseKeys:
+        sender, vector = r.u32(), r.u32()
+        return cls(sender, vector, tuple((r.u32(), r.raw(PUBLIC_KEY_BYTES)) for _ in range(r.count(36))))
+
+
 # --------------------------------------------------------------------------- abort
 
 
@@ -624,12 +752,29 @@ _BY_KIND: dict[int, type[Message]] = {
         ConsistencyProof,
         UnmaskResponse,
         AbortMessage,
+        ExclusionRequest,
+        PairwiseKeys,
     )
 }
 
 #: Messages each side sends; the other side's states accept only these.
-CLIENT_TO_SERVER = (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskResponse, AbortMessage)
-SERVER_TO_CLIENT = (KeysBroadcast, SharesDelivery, UnmaskRequest, ConsistencyProof, AbortMessage)
+CLIENT_TO_SERVER = (
+    AdvertiseKeys,
+    ShareKeys,
+    MaskedInput,
+    ConsistencySignature,
+    UnmaskResponse,
+    PairwiseKeys,
+    AbortMessage,
+)
+SERVER_TO_CLIENT = (
+    KeysBroadcast,
+    SharesDelivery,
+    UnmaskRequest,
+    ConsistencyProof,
+    ExclusionRequest,
+    AbortMessage,
+)
 
 
 def decode_message(data: bytes) -> Message:

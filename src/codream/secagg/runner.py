@@ -278,7 +278,10 @@ class InProcessSession:
             self._deliver(outgoing, Stage.CONSISTENCY_CHECK, vector, crashes)
             outgoing = self._close()
         self._deliver(outgoing, Stage.UNMASK, vector, crashes)
-        self._close()
+        outgoing = self._close()
+        while outgoing:  # malicious mode: pairwise keys with a client excluded for bad shares
+            self._deliver(outgoing, None, vector)
+            outgoing = self._close()
         self._live = {
             cid for cid in self._live if isinstance(self._clients[cid], MaskedInputState | Completed)
         }

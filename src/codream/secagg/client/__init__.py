@@ -11,6 +11,7 @@ from .completed import Completed
 from .r0_advertise_keys import AdvertiseKeysState, start_client
 from .r1_share_keys import ShareKeysState
 from .r2_masked_input import MaskedInputState
+from .r3_exclude import UnmaskedLastState, UnmaskedState
 from .r3_unmask import ConsistencyCheckState, UnmaskState
 
 __all__ = [
@@ -22,5 +23,7 @@ __all__ = [
     "MaskedInputState",
     "ShareKeysState",
     "UnmaskState",
+    "UnmaskedLastState",
+    "UnmaskedState",
     "start_client",
 ]

@@ -82,6 +82,8 @@ class ClientSession:
             (b^j share, s_sk^j share) of that owner.
         set_aside: peers whose bundle did not open or failed its checks, with the reason; it holds
             nothing of them (so it never reveals anything of them) but still masks with them.
+        seed_commitments: per peer, its advertised seed commitments (one per vector), against
+            which evidence that the peer dealt bad seed shares is checked (round 3b).
     """
 
     ctx: ClientContext
@@ -92,6 +94,7 @@ class ClientSession:
     peers: Mapping[int, tuple[bytes, ...]]
     held: Mapping[int, tuple[tuple[Share, Share], ...]]
     set_aside: Mapping[int, str] = field(default_factory=dict)
+    seed_commitments: Mapping[int, tuple[bytes, ...]] = field(default_factory=dict)
 
     @property
     def neighbours(self) -> frozenset[int]:

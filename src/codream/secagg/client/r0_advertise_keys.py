@@ -26,9 +26,11 @@ from ..keys import (
     advertisement_digest,
     encode_share_bundle,
     seed_commitment,
+    seed_share_roots,
     session_id,
     share_associated_data,
     share_commitments,
+    share_commitments_signed_bytes,
     share_holders,
 )
 from ..messages import AdvertiseKeys, KeysBroadcast, ShareKeys
@@ -164,7 +166,13 @@ class AdvertiseKeysState(ClientState):
             share_keys=share_keys,
             own_shares=own[me],
         )
-        return state, ShareKeys(me, tuple(ciphertexts), tuple(commitments))
+        signature = b""
+        if ctx.signer is not None:
+            # Signed, an owner's seed-share commitments make the shares it dealt evidence against
+            # it if they do not rebuild its committed seed (round 3b); the server cannot forge them.
+            roots = seed_share_roots(sid, me, commitments, config.num_vectors)
+            signature = ctx.signer.sign(share_commitments_signed_bytes(sid, me, roots))
+        return state, ShareKeys(me, tuple(ciphertexts), tuple(commitments), signature)
 
     def _check_roster(self, message: KeysBroadcast) -> list[tuple[int, bytes]]:
         config, me = self.ctx.config, self.ctx.client_id

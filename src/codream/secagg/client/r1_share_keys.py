@@ -102,6 +102,7 @@ class ShareKeysState(ClientState):
             peers={v: self.adverts[v].mask_keys for v in senders},
             held=held,
             set_aside=set_aside,
+            seed_commitments={v: self.adverts[v].seed_commitments for v in senders},
         )
         return MaskedInputState(session, 0), None
 

@@ -14,7 +14,8 @@ and an honest client signs one request per vector: at most one view of each vect
 quorum, whatever the server and the corrupt clients do.
 
 Next states: MaskedInputState (next vector), Completed (after the last vector),
-ConsistencyCheckState (malicious mode), Aborted.
+ConsistencyCheckState (malicious mode), UnmaskedState / UnmaskedLastState (malicious mode, after
+the answer), Aborted.
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ def check_unmask_request(session: ClientSession, vector: int, request: UnmaskReq
         )
 
 
-def _respond(session: ClientSession, vector: int, request: UnmaskRequest) -> Transition:
-    """The response for a checked request, and the state after this vector."""
+def _respond(session: ClientSession, vector: int, request: UnmaskRequest, context: bytes) -> Transition:
+    """The response for a checked request, and the state after this vector (in malicious mode one
+    that can still reveal pairwise keys with a peer the server excludes for vector j, round 3b)."""
     from .r2_masked_input import MaskedInputState
+    from .r3_exclude import Answered, UnmaskedLastState, UnmaskedState
 
     me = session.ctx.client_id
     alive, dropped = set(request.alive), set(request.dropped)
@@ -88,7 +91,13 @@ def _respond(session: ClientSession, vector: int, request: UnmaskRequest) -> Tra
     seed_shares = tuple((w, session.held[w][vector][0]) for w in sorted(session.held) if w in alive)
     key_shares = tuple((w, session.held[w][vector][1]) for w in sorted(session.held) if w in dropped)
     response = UnmaskResponse(me, vector, seed_shares, key_shares)
-    if vector + 1 == session.ctx.config.num_vectors:
+    last = vector + 1 == session.ctx.config.num_vectors
+    if session.ctx.config.malicious:
+        answered = Answered(vector, request, context)
+        if last:
+            return UnmaskedLastState(me, session, answered), response
+        return UnmaskedState(session, vector + 1, answered), response
+    if last:
         return Completed(me), response
     return MaskedInputState(session, vector + 1), response
 
@@ -113,7 +122,7 @@ class UnmaskState(ClientState):
         s = self.session
         check_unmask_request(s, self.vector, message)
         if not s.ctx.config.malicious:
-            return _respond(s, self.vector, message)
+            return _respond(s, self.vector, message, self.context)
         assert s.ctx.signer is not None  # start_client guarantees a signer in malicious mode
         signature = s.ctx.signer.sign(message.signed_bytes(s.session_id, self.context))
         return (
@@ -169,4 +178,4 @@ class ConsistencyCheckState(ClientState):
                     AbortReason.INCONSISTENT_VIEW,
                     f"client {cid}'s signature does not cover the lists and context this client has",
                 ) from None
-        return _respond(s, self.vector, self.request)
+        return _respond(s, self.vector, self.request, self.context)

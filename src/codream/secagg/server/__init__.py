@@ -11,6 +11,7 @@ from .completed import ServerCompleted
 from .r0_advertise_keys import ServerAdvertiseKeys, start_server
 from .r1_share_keys import ServerShareKeys
 from .r2_masked_input import ServerMaskedInput
+from .r3_exclude import ServerExclusion
 from .r3_unmask import ServerConsistencyCheck, ServerUnmask
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ServerAdvertiseKeys",
     "ServerCompleted",
     "ServerConsistencyCheck",
+    "ServerExclusion",
     "ServerMaskedInput",
     "ServerSession",
     "ServerShareKeys",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -79,6 +79,8 @@ class ServerSession:
         commitments: per owner in `shared`, per holder, the owner's 2J commitments to that
             holder's shares (seed share then key share, per vector).
         indices: per owner in `shared`, per holder, the share index that holder must reveal.
+        share_signatures: per owner in `shared`, its signature over its seed-share roots
+            (malicious mode; `keys.share_commitments_signed_bytes`), the evidence of round 3b.
     """
 
     config: SessionConfig
@@ -90,6 +92,7 @@ class ServerSession:
     peers: Mapping[int, frozenset[int]]
     commitments: Mapping[int, Mapping[int, tuple[bytes, ...]]]
     indices: Mapping[int, Mapping[int, int]]
+    share_signatures: Mapping[int, bytes] = field(default_factory=dict)
 
     @property
     def quorum(self) -> int:

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
-from ...exceptions import AbortReason
+from ...crypto.signing import verify_signature
+from ...exceptions import AbortReason, ProtocolAbort
 from ..config import SessionConfig
-from ..keys import share_holders
+from ..keys import seed_share_roots, share_commitments_signed_bytes, share_holders
 from ..messages import SERVER_ID, AbortMessage, AdvertiseKeys, Message, ShareKeys, SharesDelivery
 from .base import Rejection, ServerSession, ServerState, Transition, abort, reject
 from .r0_advertise_keys import prune
@@ -65,6 +66,19 @@ class ServerShareKeys(ServerState):
             return self._exclude(
                 sender, AbortReason.MALFORMED_MESSAGE, f"share commitments not {per_vector} per holder"
             )
+        if self.config.malicious:
+            # The signed seed-share roots let round 3b prove that this client dealt bad shares.
+            try:
+                roots = seed_share_roots(
+                    self.session_id, sender, message.commitments, self.config.num_vectors
+                )
+                verify_signature(
+                    self.config.verify_key(sender),
+                    message.signature,
+                    share_commitments_signed_bytes(self.session_id, sender, roots),
+                )
+            except ProtocolAbort as exc:
+                return self._exclude(sender, exc.reason, f"share commitments: {exc.detail}")
         return replace(self, received={**self.received, sender: message})
 
     def _exclude(self, sender: int, reason: AbortReason, detail: str) -> ServerShareKeys:
@@ -113,5 +127,6 @@ class ServerShareKeys(ServerState):
                 u: {h: i + 1 for i, h in enumerate(share_holders(u, self.graph[u], self.roster))}
                 for u in shared
             },
+            share_signatures={u: self.received[u].signature for u in shared},
         )
         return ServerMaskedInput.first(session, self.rejections), outgoing

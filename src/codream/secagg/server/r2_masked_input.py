@@ -5,6 +5,9 @@ declared context digest (its pairwise masks are keyed with it). At the deadline 
 y^j arrived are alive for vector j; every other client that shared keys is dropped for vector j
 (whenever it dropped). Both lists go to the alive clients.
 
+In malicious mode it also keeps each y^j until vector j is unmasked: a client found in round 3
+to have dealt seed shares that do not rebuild its seed is then left out of the sum (round 3b).
+
 A caller that knows the context every client should have used (it sent the broadcast) passes it
 to `expect_context`; a masked input computed from another context is then refused, so its
 uncancelled masks do not spoil the sum.
@@ -38,6 +41,7 @@ class ServerMaskedInput(ServerState):
         arrived: whose y^j is in `partial`.
         contexts: the context digest each arrived client declared.
         expected: the context digest every client must have used, when the caller set one.
+        inputs: malicious mode only, each arrived client's y^j (to leave out a bad dealer's).
         sums: results of the earlier vectors.
     """
 
@@ -48,6 +52,7 @@ class ServerMaskedInput(ServerState):
     arrived: frozenset[int] = frozenset()
     contexts: Mapping[int, bytes] = field(default_factory=dict)
     expected: bytes | None = None
+    inputs: Mapping[int, np.ndarray] = field(default_factory=dict)
     sums: tuple[SessionSum, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     accepts: ClassVar[tuple[type, ...]] = (MaskedInput,)
@@ -112,6 +117,7 @@ class ServerMaskedInput(ServerState):
             partial=partial,
             arrived=self.arrived | {sender},
             contexts={**self.contexts, sender: message.context},
+            inputs={**self.inputs, sender: message.words} if config.malicious else self.inputs,
         )
 
     def _drop(self, sender: int, reason: AbortReason, detail: str) -> ServerMaskedInput:
@@ -145,5 +151,5 @@ class ServerMaskedInput(ServerState):
             rejections=self.rejections,
         )
         if self.session.config.malicious:
-            return ServerConsistencyCheck(**common), outgoing
+            return ServerConsistencyCheck(**common, inputs=dict(self.inputs)), outgoing
         return ServerUnmask(**common, allowed=self.arrived), outgoing

@@ -10,11 +10,12 @@ round-1 commitment; a response with any share that fails is refused and its send
 the secrets are rebuilt from the valid shares of the others (t of them suffice, since the holders
 checked the same commitments in round 1). Each rebuilt b_u^j must match the commitment u
 advertised, and each rebuilt s_sk_v^j must re-derive the advertised s_pk_v^j; if not, the owner
-dealt shares off one polynomial and the server aborts (INVALID_SHARE / KEY_MISMATCH) rather than
-return a wrong sum.
+dealt shares that do not rebuild its secret. In semi-honest mode (clients follow the protocol) the
+server then aborts (INVALID_SHARE / KEY_MISMATCH) rather than return a wrong sum; in malicious
+mode it excludes that owner and finishes the vector for the others (round 3b, `r3_exclude`).
 
 Next states: ServerMaskedInput (next vector), ServerCompleted, ServerAborted; in malicious mode
-ServerConsistencyCheck comes first.
+ServerConsistencyCheck comes first and ServerExclusion may come after.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -41,6 +42,7 @@ from ..keys import (
     seed_commitment,
     self_mask_key_for,
     share_commitment,
+    word_mask,
 )
 from ..messages import (
     AbortMessage,
@@ -61,7 +63,15 @@ from .base import (
 )
 from .completed import ServerCompleted
 
-__all__ = ["ServerConsistencyCheck", "ServerUnmask", "check_response", "unmask"]
+__all__ = [
+    "Rebuilt",
+    "ServerConsistencyCheck",
+    "ServerUnmask",
+    "check_response",
+    "rebuild_secrets",
+    "strip_masks",
+    "unmask",
+]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -74,6 +84,7 @@ class ServerConsistencyCheck(ServerState):
     request: UnmaskRequest
     partial: np.ndarray
     contexts: Mapping[int, bytes]
+    inputs: Mapping[int, np.ndarray] = field(default_factory=dict)
     signatures: dict[int, bytes] = field(default_factory=dict)
     sums: tuple[SessionSum, ...] = ()
     rejections: tuple[Rejection, ...] = ()
@@ -122,6 +133,7 @@ class ServerConsistencyCheck(ServerState):
             self.partial,
             self.contexts,
             allowed=frozenset(best),
+            inputs=self.inputs,
             sums=self.sums,
             rejections=self.rejections,
         )
@@ -139,6 +151,7 @@ class ServerUnmask(ServerState):
     partial: np.ndarray
     contexts: Mapping[int, bytes]
     allowed: frozenset[int]
+    inputs: Mapping[int, np.ndarray] = field(default_factory=dict)
     responses: dict[int, UnmaskResponse] = field(default_factory=dict)
     excluded: tuple[Rejection, ...] = ()
     sums: tuple[SessionSum, ...] = ()
@@ -173,9 +186,12 @@ class ServerUnmask(ServerState):
                 self.rejections,
             )
         try:
-            words = unmask(
-                self.session, j, self.request, self.partial, self.responses.values(), self.contexts
-            )
+            rebuilt = rebuild_secrets(self.session, j, self.request, self.responses.values())
+            if rebuilt.bad_seeds or rebuilt.bad_keys:
+                from .r3_exclude import ServerExclusion
+
+                return ServerExclusion.start(self, rebuilt)
+            words = strip_masks(self.session, j, self.request, self.partial, rebuilt, self.contexts).result()
         except ProtocolAbort as exc:
             return abort(exc.reason, f"vector {j}: {exc.detail}", responders, self.sums, self.rejections)
         sums = (*self.sums, SessionSum(j, words, tuple(self.request.alive), self.excluded))
@@ -214,6 +230,102 @@ def check_response(
     return None
 
 
+class Rebuilt(NamedTuple):
+    """The secrets of vector j rebuilt from valid shares, and the owners whose shares did not
+    rebuild theirs (malicious mode only; semi-honest mode aborts instead).
+
+    Attributes:
+        seeds: b_u^j of every alive owner, bar `bad_seeds`.
+        keys: s_sk_v^j of every dropped owner that some alive client masks with, bar `bad_keys`.
+        bad_seeds: alive owners whose >= t valid seed shares miss their seed commitment, with
+            those shares by holder (the evidence against them).
+        bad_keys: dropped owners whose >= t valid key shares miss their advertised key, and why.
+    """
+
+    seeds: dict[int, bytes]
+    keys: dict[int, X25519KeyPair]
+    bad_seeds: dict[int, tuple[tuple[int, Share], ...]]
+    bad_keys: dict[int, str]
+
+
+def rebuild_secrets(
+    session: ServerSession, vector: int, request: UnmaskRequest, responses: Iterable[UnmaskResponse]
+) -> Rebuilt:
+    """Rebuild the secrets `request` calls for from `responses` (already checked by
+    `check_response`).
+
+    Raises:
+        ProtocolAbort: TOO_FEW_PEERS (fewer than t valid shares of a needed secret); in semi-honest
+            mode also INVALID_SHARE (a rebuilt seed that misses its commitment) and KEY_MISMATCH (a
+            rebuilt mask key that does not re-derive the advertised public key).
+    """
+    config = session.config
+    t = config.threshold
+    seed_shares: dict[int, list[tuple[int, Share]]] = {u: [] for u in request.alive}
+    key_shares: dict[int, list[tuple[int, Share]]] = {v: [] for v in request.dropped}
+    for response in sorted(responses, key=lambda r: r.sender):
+        for owner, share in response.seed_shares:
+            seed_shares[owner].append((response.sender, share))
+        for owner, share in response.key_shares:
+            key_shares[owner].append((response.sender, share))
+    out = Rebuilt({}, {}, {}, {})
+    for u in request.alive:
+        seed = _rebuild(seed_shares[u], t, f"self-mask seed of client {u}")
+        commitment = session.adverts[u].seed_commitments[vector]
+        if seed is not None and hmac.compare_digest(seed_commitment(u, vector, seed), commitment):
+            out.seeds[u] = seed
+        elif config.malicious:
+            out.bad_seeds[u] = tuple(seed_shares[u])
+        else:
+            raise ProtocolAbort(
+                AbortReason.INVALID_SHARE, f"client {u} dealt seed shares that miss its commitment"
+            )
+    kept = frozenset(request.alive) - frozenset(out.bad_seeds)
+    for v in request.dropped:
+        if not session.peers.get(v, frozenset()) & kept:
+            continue
+        secret = _rebuild(key_shares[v], t, f"mask key of client {v}")
+        key = None if secret is None else X25519KeyPair.from_private_bytes(secret)
+        if key is not None and hmac.compare_digest(key.public_bytes(), session.adverts[v].mask_keys[vector]):
+            out.keys[v] = key
+        elif config.malicious:
+            out.bad_keys[v] = "dealt key shares that do not rebuild its advertised mask key"
+        else:
+            raise ProtocolAbort(
+                AbortReason.KEY_MISMATCH, f"client {v} dealt key shares that miss its advertised key"
+            )
+    return out
+
+
+def strip_masks(
+    session: ServerSession,
+    vector: int,
+    request: UnmaskRequest,
+    partial: np.ndarray,
+    rebuilt: Rebuilt,
+    contexts: Mapping[int, bytes],
+    *,
+    left_out: Iterable[np.ndarray] = (),
+) -> MaskAccumulator:
+    """`partial` minus the masked inputs `left_out`, the self masks of the rebuilt seeds and the
+    pairwise masks of the rebuilt keys with the alive clients kept (those not in `bad_seeds`)."""
+    sid, bits = session.session_id, session.config.bits
+    total = MaskAccumulator(partial.shape[0], bits=bits)
+    total.add_words(partial)
+    for y in left_out:
+        total.add_words((np.uint64(0) - y) & word_mask(bits))
+    for seed in rebuilt.seeds.values():
+        total.add_mask(self_mask_key_for(seed, session=sid, vector=vector), sign=-1)
+    kept = frozenset(request.alive) - frozenset(rebuilt.bad_seeds)
+    for v, key in rebuilt.keys.items():
+        for u in sorted(session.peers.get(v, frozenset()) & kept):
+            # u added sign(u, v) * PRG(k_uv), keyed with u's context; take it out.
+            salt = mask_salt(sid, contexts[u])
+            k_uv = pairwise_key(key, session.adverts[u].mask_keys[vector], session=salt, vector=vector)
+            total.add_mask(k_uv, sign=-mask_sign(u, v))
+    return total
+
+
 def unmask(
     session: ServerSession,
     vector: int,
@@ -226,56 +338,31 @@ def unmask(
     `check_response`) and strip every mask off `partial`.
 
     Raises:
-        ProtocolAbort: TOO_FEW_PEERS (fewer than t valid shares of a needed secret), INVALID_SHARE
-            (a rebuilt seed that misses its commitment), KEY_MISMATCH (a rebuilt mask key that does
-            not re-derive the advertised public key): its owner dealt inconsistent shares.
+        ProtocolAbort: as `rebuild_secrets`, and INVALID_SHARE when an owner's shares do not
+            rebuild its secret (which malicious mode resolves in round 3b instead).
     """
-    config, sid = session.config, session.session_id
-    t, bits = config.threshold, config.bits
-    seed_shares: dict[int, list[Share]] = {u: [] for u in request.alive}
-    key_shares: dict[int, list[Share]] = {v: [] for v in request.dropped}
-    for response in sorted(responses, key=lambda r: r.sender):
-        for owner, share in response.seed_shares:
-            seed_shares[owner].append(share)
-        for owner, share in response.key_shares:
-            key_shares[owner].append(share)
-    alive = frozenset(request.alive)
-    total = MaskAccumulator(partial.shape[0], bits=bits)
-    total.add_words(partial)
-    for u in request.alive:
-        seed = _rebuild(seed_shares[u], t, f"self-mask seed of client {u}")
-        commitment = session.adverts[u].seed_commitments[vector]
-        if not hmac.compare_digest(seed_commitment(u, vector, seed), commitment):
-            raise ProtocolAbort(
-                AbortReason.INVALID_SHARE, f"client {u} dealt seed shares that miss its commitment"
-            )
-        total.add_mask(self_mask_key_for(seed, session=sid, vector=vector), sign=-1)
-    for v in request.dropped:
-        maskers = session.peers.get(v, frozenset()) & alive
-        if not maskers:
-            continue
-        secret = _rebuild(key_shares[v], t, f"mask key of client {v}")
-        key = X25519KeyPair.from_private_bytes(secret)
-        if not hmac.compare_digest(key.public_bytes(), session.adverts[v].mask_keys[vector]):
-            raise ProtocolAbort(
-                AbortReason.KEY_MISMATCH, f"client {v} dealt key shares that miss its advertised key"
-            )
-        for u in sorted(maskers):
-            # u added sign(u, v) * PRG(k_uv), keyed with u's context; take it out.
-            salt = mask_salt(sid, contexts[u])
-            k_uv = pairwise_key(key, session.adverts[u].mask_keys[vector], session=salt, vector=vector)
-            total.add_mask(k_uv, sign=-mask_sign(u, v))
-    return total.result()
+    rebuilt = rebuild_secrets(session, vector, request, responses)
+    bad = sorted(rebuilt.bad_seeds) + sorted(rebuilt.bad_keys)
+    if bad:
+        raise ProtocolAbort(AbortReason.INVALID_SHARE, f"clients {bad} dealt shares that miss their checks")
+    return strip_masks(session, vector, request, partial, rebuilt, contexts).result()
 
 
-def _rebuild(shares: list[Share], threshold: int, what: str) -> bytes:
-    """The secret from the first `threshold` valid shares (each matched its commitment, so any t of
-    them rebuild the owner's secret if the owner dealt honestly; the caller checks the result)."""
+def _rebuild(shares: list[tuple[int, Share]], threshold: int, what: str) -> bytes | None:
+    """The secret from the first `threshold` valid shares, or None if they do not lie on one
+    polynomial that gives a 32-byte secret (each share matched its commitment, so any t of them
+    rebuild the owner's secret if the owner dealt honestly; the caller checks the result).
+
+    Raises:
+        ProtocolAbort: TOO_FEW_PEERS, fewer than `threshold` valid shares.
+    """
     if len(shares) < threshold:
         raise ProtocolAbort(
             AbortReason.TOO_FEW_PEERS, f"{len(shares)} valid shares of the {what}; threshold {threshold}"
         )
     try:
-        return reconstruct_secret(shares[:threshold], threshold=threshold, length=SECRET_BYTES)
-    except InvalidShare as exc:
-        raise ProtocolAbort(AbortReason.INVALID_SHARE, f"{what}: {exc}") from None
+        return reconstruct_secret(
+            [s for _, s in shares[:threshold]], threshold=threshold, length=SECRET_BYTES
+        )
+    except InvalidShare:
+        return None
