@@ -28,6 +28,7 @@ from ..exceptions import ConfigError
 __all__ = [
     "AGGREGATIONS",
     "MAX_SEED",
+    "SECAGG_MODES",
     "RUN_OPTIONS",
     "RunConfig",
     "RunOption",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 AGGREGATIONS = ("plain", "secure", "secure+dp")
+SECAGG_MODES = ("semi-honest", "malicious")
 
 #: The largest seed every seeded component accepts (numpy's legacy seeding, used by the digits split).
 MAX_SEED = 2**32 - 1
@@ -248,6 +250,25 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
         "Secure-aggregation neighbour graph: complete (SecAgg) or harary (SecAgg+).",
     ),
     RunOption(
+        "secagg_mode",
+        click.Choice(SECAGG_MODES),
+        "semi-honest",
+        "Secure-aggregation threat model. semi-honest: the server follows the protocol (honest-but-"
+        "curious; one that deviates can unmask a client). malicious: a server that deviates in any way "
+        "(forged lists, per-client views, withheld or altered messages), colluding with up to "
+        "--corrupt-fraction of the clients, still learns only the sum of the honest inputs; clients "
+        "sign their keys and every unmask request, and a client that deals bad shares is excluded "
+        "while the round finishes for the others. Costs a signature round per vector and a larger "
+        "threshold (protocols/secagg.md §3).",
+    ),
+    RunOption(
+        "corrupt_fraction",
+        click.FloatRange(min=0, max=1, max_open=True),
+        0.1,
+        "Fraction of a round's clients that may collude with the server (secure aggregation): sizes the "
+        "threshold, the fewest inputs a sum may hold and, with --secagg-mode malicious, the quorum.",
+    ),
+    RunOption(
         "dropout",
         click.FloatRange(min=0, max=1, max_open=True),
         0.0,
@@ -320,6 +341,8 @@ class RunConfig:
     noise_multiplier: float | None = None
     threshold: int | None = None
     graph: str = "complete"
+    secagg_mode: str = "semi-honest"
+    corrupt_fraction: float = 0.1
     dropout: float = 0.0
     device: str = "auto"
     seed: int = 0
@@ -348,6 +371,19 @@ class RunConfig:
             raise ConfigError(
                 "--threshold applies to secure aggregation; add --aggregation secure or secure+dp"
             )
+        if self.secagg_mode not in SECAGG_MODES:
+            raise ConfigError(
+                f"--secagg-mode {self.secagg_mode!r} is unknown; choose one of {list(SECAGG_MODES)}"
+            )
+        if self.aggregation == "plain" and (
+            self.secagg_mode != "semi-honest" or self.corrupt_fraction != 0.1
+        ):
+            raise ConfigError(
+                "--secagg-mode and --corrupt-fraction apply to secure aggregation; add --aggregation secure "
+                "or secure+dp"
+            )
+        if not 0.0 <= self.corrupt_fraction < 1.0:
+            raise ConfigError(f"--corrupt-fraction must lie in [0, 1), got {self.corrupt_fraction}")
         if self.privacy_unit not in ("client", "example"):
             raise ConfigError(f"--privacy-unit {self.privacy_unit!r} is unknown; choose client or example")
         if self.privacy_unit == "example" and self.aggregation == "secure+dp":
@@ -666,5 +702,7 @@ def aggregator_options(rc: RunConfig) -> dict[str, Any]:
         "graph": rc.graph,
         "dropout": rc.dropout,
         "seed": rc.seed,
+        "malicious": rc.secagg_mode == "malicious",
+        "corrupt_fraction": rc.corrupt_fraction,
     }
     return opts

@@ -677,6 +677,11 @@ def _execute_flower(
             f"--dropout {rc.dropout:g}: carried by --engine simulation only (on Flower, clients drop for "
             "real); drop it or use --engine simulation"
         )
+    if rc.corrupt_fraction != 0.1:
+        raise ConfigError(
+            f"--corrupt-fraction {rc.corrupt_fraction:g}: carried by --engine simulation only (the Flower "
+            "server assumes the default 0.1); drop it or use --engine simulation"
+        )
     try:
         from ..federation.flower.local import run_flower
     except ImportError as exc:
@@ -706,6 +711,7 @@ def _execute_flower(
         rounds=rc.rounds,
         threshold=rc.threshold,
         graph=rc.graph,
+        malicious=rc.secagg_mode == "malicious",
         dp=dp,
         ledger_dir=rd.path / "client_ledgers",
     )
