@@ -7,8 +7,9 @@ message of the right kind with bad content (unknown sender, a second message fro
 wrong length, a bad key or signature, a share that misses its index or commitment) is *rejected*:
 that client is excluded (treated as dropped) with the reason logged and kept in `rejections`,
 because one misbehaving client must not stop the others. The server itself aborts, with a reason,
-only when too few clients (or valid shares) remain, or when a secret rebuilt from valid shares
-fails its check (its owner dealt shares off one polynomial).
+only when too few clients (or valid shares) remain, or, in semi-honest mode, when a secret rebuilt
+from valid shares fails its check (its owner dealt bad shares; malicious mode excludes that owner
+and finishes the vector, `r3_exclude`).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class SessionSum:
         vector: j, the vector's position in the plan.
         words: uint64 array, the sum modulo 2^bits of the survivors' inputs.
         survivors: the clients whose input is in the sum, sorted.
-        excluded: clients whose unmask response was refused (and why); they are out from the
-            next vector on, their input (if alive) is still in this sum.
+        excluded: clients whose unmask response was refused (and why): out from the next vector
+            on, their input (if alive) still in this sum; and (malicious mode) clients whose
+            shares did not rebuild their secret: out of this sum and of the next vectors.
     """
 
     vector: int
