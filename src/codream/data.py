@@ -1,11 +1,13 @@
 """Data sets and client partitions.
 
-Two sources, neither of which downloads anything at run time:
+Three sources, none of which downloads anything at run time:
 
 - ``"digits"``: scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), the embedded
   default that needs no set-up. A seeded, class-stratified split gives 1437 training and 360 test images.
 - ``"fashion-mnist"``, ``"mnist"``, ``"idx"``: a folder of MNIST-format IDX files, read by the small
   reader below (no torchvision). Files may be gzipped or raw.
+- your own: `register_dataset` takes a torch ``Dataset`` or tensors (grey or RGB images, any size) under
+  a name that configs then use like a built-in one.
 
 Every data set comes back as float32 tensors of shape (N, C, H, W), normalised per channel with the
 *training* set's mean and standard deviation (the test set never informs preprocessing), and int64 labels.
@@ -34,12 +36,15 @@ __all__ = [
     "CLASS_NAMES",
     "DEFAULT_IDX_DIRS",
     "Dataset",
+    "class_names",
     "dataset_names",
     "hold_out",
     "load_dataset",
     "partition",
     "partition_summary",
     "read_idx",
+    "register_dataset",
+    "split_validation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +99,8 @@ class Dataset:
         y_test: int64 (M,).
         num_classes: number of classes K.
         input_shape: (C, H, W) of one example.
+        x_val, y_val: the validation split carved from the training data by `split_validation`
+            (None until then); no client holds it.
     """
 
     name: str
@@ -103,6 +110,48 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     input_shape: tuple[int, int, int]
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+
+def split_validation(data: Dataset, fraction: float, *, seed: int = 0) -> Dataset:
+    """`data` with `fraction` of its training examples moved, per class and seeded, to a validation split.
+
+    Each class gives ``round(fraction * its count)`` examples, chosen by a generator seeded from `seed`,
+    so the split is the same in every process that loads the same data (both engines). What stays in
+    training keeps its order. The training-set normalisation is not redone: the validation split is
+    part of the training data, never of the test set. A data set that has a validation split already,
+    or a fraction of 0, comes back as it is.
+
+    Raises:
+        ConfigError: a fraction outside [0, 1), or one that leaves no validation or no training example.
+    """
+    if isinstance(fraction, bool) or not (0.0 <= fraction < 1.0):
+        raise ConfigError(f"validation fraction must be in [0, 1), got {fraction!r}")
+    if fraction == 0.0 or data.x_val is not None:
+        return data
+    y = data.y_train.cpu().numpy()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A11D]))
+    held = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        take = int(round(fraction * len(members)))
+        held.append(rng.permutation(members)[:take])
+    val = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    if len(val) == 0 or len(val) == len(y):
+        raise ConfigError(
+            f"validation fraction {fraction:g} of {len(y)} training examples holds out {len(val)}; "
+            "choose a fraction that leaves examples on both sides (or 0 for no validation split)"
+        )
+    keep = np.setdiff1d(np.arange(len(y)), val)
+    val_t, keep_t = torch.from_numpy(val), torch.from_numpy(keep)
+    return dataclasses.replace(
+        data,
+        x_train=data.x_train[keep_t],
+        y_train=data.y_train[keep_t],
+        x_val=data.x_train[val_t],
+        y_val=data.y_train[val_t],
+    )
 
 
 def hold_out(data: Dataset, n: int) -> Dataset:
@@ -127,8 +176,164 @@ def hold_out(data: Dataset, n: int) -> Dataset:
 
 
 def dataset_names() -> list[str]:
-    """Names `load_dataset` accepts."""
-    return ["digits", *DEFAULT_IDX_DIRS]
+    """Names `load_dataset` accepts: the built-in ones, then the registered ones."""
+    return ["digits", *DEFAULT_IDX_DIRS, *sorted(_REGISTERED)]
+
+
+def class_names(name: str) -> tuple[str, ...] | None:
+    """The class names of data set `name`, where they are known (built-in, or given at registration)."""
+    return CLASS_NAMES.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Registered:
+    """A registered data set, as raw arrays: split, subset and normalised like the built-ins at load."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    test_fraction: float
+
+
+_REGISTERED: dict[str, _Registered] = {}
+
+
+def register_dataset(
+    name: str,
+    train: object,
+    test: object | None = None,
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    test_fraction: float = 0.2,
+    replace: bool = False,
+) -> None:
+    """Make your own data usable by name: ``dataset = name`` in a config, `load_dataset(name)`.
+
+    Args:
+        name: the name configs use; not a built-in one.
+        train: a map-style torch ``Dataset`` of (image, label) pairs, or a pair (x, y) of tensors or
+            arrays; images (N, C, H, W) or, for one channel, (N, H, W); integer labels.
+        test: the same for the test set; None holds out `test_fraction` of `train` per class, seeded
+            by the run's seed at load time.
+        num_classes: K (labels are 0..K-1); default: ``len(class_names)``, else the largest label + 1
+            with every class present in training.
+        class_names: one name per class, for plots and reports.
+        test_fraction: the test share when `test` is None.
+        replace: allow registering `name` again (a registered name only; built-ins stay).
+
+    The data are copied at registration (float32 images, int64 labels) and normalised per channel
+    with the training set's statistics when loaded, as the built-in data sets are.
+
+    Raises:
+        ConfigError: a taken or malformed name, data of the wrong shape or type, labels outside the
+            classes, or a bad test fraction.
+    """
+    if not isinstance(name, str) or not name.strip() or "," in name or name != name.strip():
+        raise ConfigError(
+            f"a data set name must be a non-empty string without commas or spaces around it, got {name!r}"
+        )
+    if name in ("digits", *DEFAULT_IDX_DIRS):
+        raise ConfigError(f"data set {name!r} is built in; register yours under another name")
+    if name in _REGISTERED and not replace:
+        raise ConfigError(f"data set {name!r} is registered already; pass replace=True to replace it")
+    if not (0.0 < test_fraction < 1.0):
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    x_train, y_train = _as_arrays(train, f"data set {name!r} train")
+    x_test = y_test = None
+    if test is not None:
+        x_test, y_test = _as_arrays(test, f"data set {name!r} test")
+        if x_test.shape[1:] != x_train.shape[1:]:
+            raise ConfigError(
+                f"data set {name!r}: test images {x_test.shape[1:]} differ from train images "
+                f"{x_train.shape[1:]}"
+            )
+    if class_names is not None:
+        class_names = tuple(str(c) for c in class_names)
+        if num_classes is not None and num_classes != len(class_names):
+            raise ConfigError(
+                f"data set {name!r}: num_classes={num_classes} but {len(class_names)} class names"
+            )
+        num_classes = len(class_names)
+    if num_classes is None:
+        num_classes = int(y_train.max()) + 1
+        missing = np.setdiff1d(np.arange(num_classes), y_train)
+        if len(missing):
+            raise ConfigError(
+                f"data set {name!r}: no training example has class {', '.join(map(str, missing[:5]))}; "
+                "pass num_classes= (or class_names=) if the labels run 0..K-1 with some classes absent"
+            )
+    if num_classes < 2:
+        raise ConfigError(f"data set {name!r}: needs at least 2 classes, got {num_classes}")
+    for split, y in (("train", y_train), ("test", y_test)):
+        if y is not None and (y.min() < 0 or y.max() >= num_classes):
+            bad = np.unique(y[(y < 0) | (y >= num_classes)])[:5]
+            raise ConfigError(
+                f"data set {name!r}: {split} labels {', '.join(map(str, bad))} are outside its "
+                f"{num_classes} classes 0..{num_classes - 1}"
+            )
+    _REGISTERED[name] = _Registered(x_train, y_train, x_test, y_test, float(test_fraction))
+    CLASS_NAMES.pop(name, None)
+    CLASS_NAMES[name] = class_names if class_names is not None else tuple(str(k) for k in range(num_classes))
+
+
+def _as_arrays(data: object, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images float32 (N, C, H, W), labels int64 (N,)) from a torch Dataset or an (x, y) pair."""
+    if isinstance(data, tuple | list) and len(data) == 2:
+        x, y = (np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for v in data)
+    elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        n = len(data)  # type: ignore[arg-type]
+        if n == 0:
+            raise ConfigError(f"{what}: the Dataset is empty")
+        xs, ys = [], []
+        for i in range(n):
+            item = data[i]  # type: ignore[index]
+            if not (isinstance(item, tuple | list) and len(item) == 2):
+                raise ConfigError(f"{what}: item {i} is not an (image, label) pair")
+            xi, yi = item
+            xs.append(np.asarray(xi.detach().cpu() if isinstance(xi, torch.Tensor) else xi, dtype=np.float32))
+            ys.append(int(yi.item() if isinstance(yi, torch.Tensor) else yi))
+        try:
+            x, y = np.stack(xs), np.asarray(ys)
+        except ValueError:
+            raise ConfigError(f"{what}: its images do not all have the same shape") from None
+    else:
+        raise ConfigError(f"{what}: expected a torch Dataset or a pair (x, y), got {type(data).__name__}")
+    if x.ndim == 3:
+        x = x[:, None, :, :]
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise ConfigError(
+            f"{what}: expected images (N, C, H, W) or (N, H, W) and labels (N,), got {x.shape} and {y.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise ConfigError(f"{what}: labels must be integers, got dtype {y.dtype}")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ConfigError(f"{what}: images hold NaN or infinite values")
+    return x.copy(), y.astype(np.int64)
+
+
+def _load_registered(name: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    reg = _REGISTERED[name]
+    if reg.x_test is not None and reg.y_test is not None:
+        return reg.x_train, reg.y_train, reg.x_test, reg.y_test
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E57]))
+    test = []
+    for c in np.unique(reg.y_train):
+        members = np.flatnonzero(reg.y_train == c)
+        test.append(rng.permutation(members)[: int(round(reg.test_fraction * len(members)))])
+    test_idx = np.sort(np.concatenate(test))
+    train_idx = np.setdiff1d(np.arange(len(reg.y_train)), test_idx)
+    if len(test_idx) == 0 or len(train_idx) == 0:
+        raise ConfigError(
+            f"data set {name!r}: test_fraction {reg.test_fraction:g} of {len(reg.y_train)} examples leaves "
+            "an empty split; register a test set or more examples"
+        )
+    return reg.x_train[train_idx], reg.y_train[train_idx], reg.x_train[test_idx], reg.y_train[test_idx]
 
 
 def load_dataset(
@@ -163,6 +368,8 @@ def load_dataset(
 
     if name == "digits":
         x_train, y_train, x_test, y_test = _load_digits(seed)
+    elif name in _REGISTERED:
+        x_train, y_train, x_test, y_test = _load_registered(name, seed)
     else:
         folder = Path(data_dir) if data_dir is not None else DEFAULT_IDX_DIRS[name]
         x_train, y_train, x_test, y_test = _load_idx_folder(folder, name)

@@ -10,6 +10,9 @@ Fashion-MNIST. They are small enough to train on a CPU (tens to a few hundred th
 - ``vgg``: VGG-style stacks of 3x3 conv -> norm -> ReLU (16 | 32, 32 | 64, 64 channels, a max-pool after
   each stack), global average pooling and a two-layer classifier.
 
+Any other ``torch.nn.Module`` joins the zoo with `register_model(name, factory)`; configs then name it
+like a built-in architecture.
+
 ``norm`` picks the normalisation layer of the convolutional models: ``"batch"`` (BatchNorm, whose running
 statistics the dream loss matches), ``"group"`` (GroupNorm; what example-level DP-SGD needs, since
 BatchNorm mixes examples and Opacus rejects it) or ``"none"``. No layer works in place, so Opacus'
@@ -18,6 +21,7 @@ per-sample gradient hooks see every activation.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -26,7 +30,7 @@ from torch import nn
 
 from .exceptions import ConfigError
 
-__all__ = ["NORMS", "DreamGenerator", "build_model", "count_parameters", "model_names"]
+__all__ = ["NORMS", "DreamGenerator", "build_model", "count_parameters", "model_names", "register_model"]
 
 NORMS = ("batch", "group", "none")
 
@@ -171,8 +175,92 @@ _REGISTRY: dict[str, tuple[_Builder, int]] = {
 }
 
 
+_BUILT_IN = frozenset(_REGISTRY)
+
+
+def register_model(
+    name: str, factory: Callable[..., nn.Module], *, min_side: int = 1, replace: bool = False
+) -> None:
+    """Make your own architecture usable by name: ``models = [name, ...]`` in a config, `build_model`.
+
+    Args:
+        name: the name configs use; not a built-in one, no commas.
+        factory: builds a fresh, untrained model that maps (B, C, H, W) images to (B, K) logits. It is
+            called as ``factory(input_shape, num_classes)`` (adding ``norm=`` when it takes a ``norm``
+            parameter), or as ``factory()`` when it takes no arguments. It runs under the client's
+            seed, so its initialisation is reproducible; a class works as well as a function.
+        min_side: the smallest image height/width the architecture accepts.
+        replace: allow registering `name` again (a registered name only; built-ins stay).
+
+    `build_model` checks the output shape on a zero batch, so a model for the wrong class count is a
+    clear error at start-up, not a shape error in the first round.
+
+    Raises:
+        ConfigError: a taken or malformed name, or a factory that is not callable.
+    """
+    if not isinstance(name, str) or not name.strip() or "," in name or name != name.strip():
+        raise ConfigError(
+            f"a model name must be a non-empty string without commas or spaces around it, got {name!r}"
+        )
+    if name in _BUILT_IN:
+        raise ConfigError(f"model {name!r} is built in; register yours under another name")
+    if name in _REGISTRY and not replace:
+        raise ConfigError(f"model {name!r} is registered already; pass replace=True to replace it")
+    if not callable(factory):
+        raise ConfigError(f"the factory of model {name!r} must be callable, got {type(factory).__name__}")
+    _REGISTRY[name] = (_user_builder(name, factory), int(min_side))
+
+
+def _user_builder(name: str, factory: Callable[..., nn.Module]) -> _Builder:
+    """Adapt a user factory to the zoo's (input_shape, num_classes, norm) call, checking what it returns."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it the general way
+        params = None
+    takes_args = params is None or any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params
+    )
+    takes_norm = params is not None and any(p.name == "norm" or p.kind is p.VAR_KEYWORD for p in params)
+
+    def build(shape: tuple[int, int, int], k: int, norm: str) -> nn.Module:
+        if not takes_args:
+            model = factory()
+        elif takes_norm:
+            model = factory(shape, k, norm=norm)
+        else:
+            model = factory(shape, k)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"the factory of model {name!r} returned {type(model).__name__}, not a torch.nn.Module"
+            )
+        _check_output(name, model, shape, k)
+        return model
+
+    return build
+
+
+def _check_output(name: str, model: nn.Module, shape: tuple[int, int, int], k: int) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *shape))
+    except Exception as exc:  # noqa: BLE001 - any failure on a plain batch is the same start-up error
+        raise ConfigError(
+            f"model {name!r} fails on a (2, {', '.join(map(str, shape))}) batch: {exc}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, k):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(
+            f"model {name!r} maps a (2, {', '.join(map(str, shape))}) batch to {got}; "
+            f"it must return logits of shape (2, {k})"
+        )
+
+
 def model_names() -> list[str]:
-    """Names `build_model` accepts, sorted."""
+    """Names `build_model` accepts, sorted: the built-in architectures and the registered ones."""
     return sorted(_REGISTRY)
 
 

@@ -29,35 +29,50 @@ def plot_accuracy(
     *,
     models: Sequence[str] | None = None,
     title: str | None = None,
+    baselines: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
-    """Test accuracy of every client over rounds, with the mean in bold.
+    """Test accuracy of every client over rounds, with the mean in bold and the baselines dashed.
+
+    Round 0 is the clients' accuracy right after their local warm-up, when the records carry it
+    (``warmup_accuracy`` in the first record).
 
     Args:
         records: per-round records with ``round`` and ``accuracy`` (one float per client).
         path: PNG to write.
         models: each client's architecture, for the legend.
         title: figure title.
+        baselines: label -> mean client accuracy after each round 1, 2, ... (e.g. local-only, trained
+            on the same partitions and budget), drawn as dashed lines.
     Returns:
         The path written.
     """
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=DPI)
+    warm = bool(records) and records[0].get("warmup_accuracy") is not None
     if records:
         rounds = [int(r["round"]) for r in records]
         acc = np.array([[100 * float(a) for a in r["accuracy"]] for r in records])  # (R, K)
-        warm = records[0].get("warmup_accuracy")
-        if warm is not None and len(warm) == acc.shape[1]:
+        warm_acc = records[0].get("warmup_accuracy")
+        warm = warm_acc is not None and len(warm_acc) == acc.shape[1]
+        if warm:
             rounds = [0] + rounds
-            acc = np.vstack([100 * np.asarray(warm, dtype=float)[None, :], acc])
+            acc = np.vstack([100 * np.asarray(warm_acc, dtype=float)[None, :], acc])
         for k in range(acc.shape[1]):
             label = f"client {k}" + (f" ({models[k]})" if models and k < len(models) else "")
             ax.plot(rounds, acc[:, k], marker="o", markersize=3, linewidth=1, alpha=0.7, label=label)
-        ax.plot(rounds, acc.mean(axis=1), color="black", linewidth=2.5, label="mean")
+        ax.plot(rounds, acc.mean(axis=1), color="black", linewidth=2.5, label="CoDream mean")
+        styles = iter(["tab:gray", "tab:brown", "tab:olive", "tab:cyan"])
+        for label, curve in (baselines or {}).items():
+            ys = [100 * float(v) for v in curve][: int(rounds[-1])]
+            if ys:
+                xs = list(range(1, len(ys) + 1))
+                ax.plot(
+                    xs, ys, linestyle="--", linewidth=2, color=next(styles, "gray"), label=f"{label} (mean)"
+                )
         ax.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
         ax.legend(fontsize=8, loc="lower right", ncol=2 if acc.shape[1] > 6 else 1)
     else:
         ax.text(0.5, 0.5, "no finished round", ha="center", va="center", transform=ax.transAxes)
-    warm = bool(records) and records[0].get("warmup_accuracy") is not None
     ax.set_xlabel("round (0 = after local warm-up)" if warm else "round")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)

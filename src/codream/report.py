@@ -3,8 +3,9 @@
 The inputs are the run's per-round records (the lines of metrics.jsonl, see `round_record` in
 `codream.cli.run`): ``round``, ``accuracy`` (one float per client), ``accuracy_mean``/``accuracy_std``,
 ``survivors``/``participants``, ``bytes_sent_per_client``, ``seconds`` and, with DP, ``epsilon`` and
-``delta``. Accuracy is reported for the *final* round; the best round is given too, labelled as selected
-on the test set, because the reference implementation reports that number.
+``delta``, and, with a validation split, ``val_accuracy_mean``. Accuracy is reported for the *final*
+round; the best round is selected on the validation split and only its test accuracy reported (without
+a validation split, the best round by test accuracy is given, labelled as selected on the test set).
 """
 
 from __future__ import annotations
@@ -87,7 +88,13 @@ def summarise(
     last = records[-1]
     final = [float(a) for a in last["accuracy"]]
     mean, std = _mean_std(final)
-    best = max(records, key=lambda rec: rec["accuracy_mean"])
+    validated = [r for r in records if r.get("val_accuracy_mean") is not None]
+    if validated:
+        best = max(validated, key=lambda rec: rec["val_accuracy_mean"])
+        note = "the round with the best mean validation accuracy; its test accuracy is only reported"
+    else:
+        best = max(records, key=lambda rec: rec["accuracy_mean"])
+        note = "max over rounds of the mean test accuracy: selected on the test set, for comparison only"
     seconds = [float(r.get("seconds", 0.0)) for r in records]
     per_client_bytes = [
         float(r["bytes_sent_per_client"]) for r in records if r.get("bytes_sent_per_client") is not None
@@ -98,8 +105,8 @@ def summarise(
         final_accuracy_std=std,
         best_round=int(best["round"]),
         best_round_accuracy_mean=float(best["accuracy_mean"]),
-        best_round_note="max over rounds of the mean test accuracy: selected on the test set, "
-        "for comparison with the reference code only",
+        best_round_selected_on="validation" if validated else "test",
+        best_round_note=note,
         total_seconds=sum(seconds),
         seconds_per_round=statistics.fmean(seconds),
         bytes_sent_per_client_per_round=statistics.fmean(per_client_bytes) if per_client_bytes else None,
@@ -111,6 +118,9 @@ def summarise(
         epsilon=last.get("epsilon"),
         delta=last.get("delta"),
     )
+    if validated:
+        out["best_round_val_accuracy_mean"] = float(best["val_accuracy_mean"])
+        out["final_val_accuracy_mean"] = last.get("val_accuracy_mean")
     if "warmup_accuracy" in last or "warmup_accuracy" in records[0]:
         out["warmup_accuracy"] = records[0].get("warmup_accuracy")
     if privacy is not None:
@@ -136,8 +146,7 @@ def summary_markdown(
         f"- rounds: {summary['rounds_completed']} of {summary['rounds_planned']}",
         f"- final mean client accuracy: **{100 * summary['final_accuracy_mean']:.2f}%** "
         f"(± {100 * summary['final_accuracy_std']:.2f} over clients)",
-        f"- best round: {summary['best_round']} with {100 * summary['best_round_accuracy_mean']:.2f}% "
-        "(selected on the test set; for comparison only)",
+        _best_round_line(summary),
         f"- time: {summary['total_seconds']:.1f} s in all, {summary['seconds_per_round']:.1f} s per round",
     ]
     if summary.get("bytes_sent_per_client_per_round") is not None:
@@ -155,6 +164,11 @@ def summary_markdown(
         )
     if summary.get("epsilon") is not None:
         lines.append(f"- privacy spent: epsilon = {summary['epsilon']:.3f} at delta = {summary['delta']:g}")
+    for name, b in (summary.get("baselines") or {}).items():
+        lines.append(
+            f"- baseline {b.get('label', name)} (same partitions, {b['steps_per_round']} local steps per "
+            f"round): {100 * b['final_accuracy_mean']:.2f}% (± {100 * b['final_accuracy_std']:.2f})"
+        )
     lines.append("")
 
     models = summary.get("models") or []
@@ -167,12 +181,14 @@ def summary_markdown(
     lines += [
         "## Rounds",
         "",
-        "| round | mean acc | std | survivors | epsilon | seconds |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| round | mean test acc | std | mean validation acc | survivors | epsilon | seconds |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
+        val = r.get("val_accuracy_mean")
         lines.append(
             f"| {r['round']} | {100 * r['accuracy_mean']:.2f}% | {100 * r['accuracy_std']:.2f} | "
+            f"{'-' if val is None else f'{100 * val:.2f}%'} | "
             f"{r.get('survivors', '-')}/{r.get('participants', '-')} | {_fmt(r.get('epsilon'), '.3f')} | "
             f"{_fmt(r.get('seconds'), '.1f')} |"
         )
@@ -188,6 +204,15 @@ def summary_markdown(
     if files:
         lines += ["## Files", ""] + [f"- {role}: `{name}`" for role, name in files.items()] + [""]
     return "\n".join(lines)
+
+
+def _best_round_line(summary: Mapping[str, Any]) -> str:
+    head = f"- best round: {summary['best_round']}"
+    test = f"{100 * summary['best_round_accuracy_mean']:.2f}%"
+    if summary.get("best_round_selected_on") == "validation":
+        val = f"{100 * summary['best_round_val_accuracy_mean']:.2f}%"
+        return f"{head}, selected on the validation split ({val}): test accuracy {test}"
+    return f"{head} with {test} (selected on the test set; for comparison only)"
 
 
 def _human_bytes(n: float) -> str:

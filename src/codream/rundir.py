@@ -117,8 +117,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 # The flat columns of metrics.csv, in order; per-client accuracies follow as accuracy_<client>.
 _CSV_COLUMNS = (
-    "round", "accuracy_mean", "accuracy_std", "participants", "survivors", "bytes_sent_per_client",
-    "clipped", "overflowed", "seconds", "epsilon", "delta",
+    "round", "accuracy_mean", "accuracy_std", "val_accuracy_mean", "participants", "survivors",
+    "bytes_sent_per_client", "clipped", "overflowed", "seconds", "epsilon", "delta",
 )  # fmt: skip
 
 

@@ -221,7 +221,7 @@ def test_report_summarises_final_and_labels_the_best_round():
     assert s["best_round"] == 1 and "selected on the test set" in s["best_round_note"]
     assert s["min_survivors"] == 1 and s["seconds_per_round"] == 2.0
     md = report.summary_markdown(s, records)
-    assert "| 2 | 50.00% | 10.00 | 1/2 | - | 3.0 |" in md
+    assert "| 2 | 50.00% | 10.00 | - | 1/2 | - | 3.0 |" in md  # no validation split
 
 
 def test_the_dream_grid_puts_each_dream_in_the_row_of_its_soft_label(tmp_path):

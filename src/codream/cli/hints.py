@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import AbortReason, CodreamError, PrivacyBudgetExceeded, ProtocolAbort
+from ..runconfig import RUN_OPTIONS, CommaList, OptionalInt, RunConfig
 from ..rundir import CONFIG, METRICS, RunDir, RunDirError
-from .config import RUN_OPTIONS, CommaList, OptionalInt, RunConfig
 
 __all__ = [
     "again_command",

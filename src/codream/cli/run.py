@@ -17,10 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import math
-import statistics
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +26,13 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from ..build import PrivacyPlan, Run, build_aggregator, resolve_device, round_record
 from ..exceptions import CodreamError, ConfigError, PrivacyBudgetExceeded
 from ..rundir import LEDGER as LEDGER_FILE
 from ..rundir import RunDir, to_jsonable
 from .config import (
     RUN_OPTIONS,
     RunConfig,
-    aggregator_options,
     dump_toml,
     federation_config,
     load_toml,
@@ -43,7 +40,17 @@ from .config import (
     run_options,
 )
 
-__all__ = ["RunOutcome", "build_aggregator", "execute_run", "round_record", "run_command"]
+# PrivacyPlan, build_aggregator, resolve_device and round_record live in codream.build (the library's
+# one builder); they are named here too for callers of the command's module.
+__all__ = [
+    "PrivacyPlan",
+    "RunOutcome",
+    "build_aggregator",
+    "execute_run",
+    "resolve_device",
+    "round_record",
+    "run_command",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,320 +71,6 @@ class RunOutcome:
     run_dir: RunDir
     summary: dict[str, Any]
     records: list[dict[str, Any]]
-
-
-# --- building the pieces -------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> str:
-    """auto -> cuda when available, else cpu; an explicit cuda without a GPU is a clear error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return name
-
-
-class PrivacyPlan:
-    """The DP side of a run: calibrated noise, the ledger, and epsilon after each round.
-
-    For secure+dp it calibrates the per-round noise multiplier to the target (default epsilon 8) over
-    the whole planned schedule, for a client that takes part in every round: the server knows each
-    round's cohort, so sampling amplifies nothing against it, and each client's own ledger composes
-    the rounds it was in (one event per round over its releases), unamplified. A resumed run keeps
-    the multiplier it started with, so extending ``--rounds`` cannot quietly weaken the noise; each
-    client's ledger then refuses rounds past the target.
-    For plain and secure everything is None.
-    """
-
-    DEFAULT_EPSILON = 8.0
-
-    def __init__(self, rc: RunConfig, fed_cfg: Any, *, saved: Mapping[str, Any] | None = None) -> None:
-        self.rc = rc
-        self.example = rc.privacy_unit == "example"
-        if self.example:
-            self._init_example(rc, fed_cfg)
-            return
-        self.granularity = "client"
-        self.enabled = rc.aggregation == "secure+dp"
-        self.delta = rc.delta if self.enabled else None
-        self.target_epsilon = rc.epsilon
-        self.noise_multiplier: float | None = rc.noise_multiplier
-        self.releases_per_round = int(getattr(fed_cfg, "releases_per_round", 1))
-        # The cohort's share of the clients (1: every client in every round). It is reported, never
-        # accounted: the server knows every cohort, so a client's rounds compose unamplified.
-        cohort = getattr(fed_cfg, "clients_per_round", None)
-        self.sample_rate = 1.0 if cohort is None else cohort / rc.clients
-        self.planned_epsilon: float | None = None
-        self.ledger: Any = None
-        if not self.enabled:
-            return
-        if self.noise_multiplier is None and self.target_epsilon is None:
-            self.target_epsilon = self.DEFAULT_EPSILON
-        if saved and saved.get("noise_multiplier") is not None:
-            self.noise_multiplier = float(saved["noise_multiplier"])
-            self.planned_epsilon = saved.get("planned_epsilon")
-        elif self.noise_multiplier is None:
-            self._calibrate()
-
-    def _init_example(self, rc: RunConfig, fed_cfg: Any) -> None:
-        """Example-level DP: every client trains with DP-SGD; its noise is calibrated to its data size."""
-        from ..privacy.ledger import PrivacyLedger
-
-        dc = fed_cfg.distill
-        self.granularity = "example"
-        self.enabled = True
-        self.delta = rc.delta
-        self.target_epsilon = rc.epsilon
-        if rc.noise_multiplier is None and rc.epsilon is None:
-            self.target_epsilon = self.DEFAULT_EPSILON
-        self.noise_multiplier = rc.noise_multiplier
-        self.releases_per_round = int(getattr(fed_cfg, "releases_per_round", 1))
-        self.sample_rate = None  # each client's own batch / data size, set when its trainer is built
-        self.batch_size = dc.ce_batch_size
-        self.lr, self.momentum = dc.lr, dc.momentum
-        self.round_steps = dc.ce_steps_per_round
-        # Planned DP-SGD steps per client: the warm-up and every round's interleaved CE steps (never fewer
-        # than a client takes; a client outside a round's cohort takes fewer).
-        self.dp_steps = dc.warmup_steps + rc.rounds * self.round_steps
-        self.planned_epsilon = None
-        self.ledger = PrivacyLedger(
-            delta=rc.delta, target_epsilon=self.target_epsilon, granularity="example", accountant="prv"
-        )
-        self._planned: dict[int, Any] = {}
-        self._trainers: dict[int, Any] = {}
-
-    def _example_plan(self, data_size: int) -> Any:
-        from ..privacy.calibration import ExampleLevelSchedule, plan_noise
-
-        if data_size not in self._planned:
-            batch = min(self.batch_size, data_size)
-            schedule = ExampleLevelSchedule(local_steps=self.dp_steps, batch_size=batch, data_size=data_size)
-            try:
-                self._planned[data_size] = plan_noise(
-                    schedule, target_epsilon=self.target_epsilon, delta=self.delta, accountant="prv"
-                )
-            except ConfigError as exc:
-                raise ConfigError(
-                    f"--epsilon {self.target_epsilon:g} cannot be met by {self.dp_steps} DP-SGD steps "
-                    f"on {data_size} examples at delta {self.delta:g} ({exc}); raise --epsilon or take "
-                    "fewer steps"
-                ) from None
-        return self._planned[data_size]
-
-    def trainer_factory(self) -> Any:
-        """For example-level DP, the factory of each client's DP-SGD trainer; None otherwise."""
-        if not self.example:
-            return None
-        from ..privacy.example_level import DPSGDTrainer
-
-        def factory(model: Any, x: Any, y: Any, generator: Any) -> Any:
-            n = int(x.shape[0])
-            if self.noise_multiplier is not None and self.target_epsilon is None:
-                z = self.noise_multiplier
-            else:
-                plan = self._example_plan(n)
-                z = plan.noise_multiplier
-                self.planned_epsilon = max(self.planned_epsilon or 0.0, plan.epsilon)
-            trainer = DPSGDTrainer(
-                model,
-                x,
-                y,
-                generator,
-                noise_multiplier=z,
-                batch_size=min(self.batch_size, n),
-                lr=self.lr,
-                momentum=self.momentum,
-                delta=self.delta,
-            )
-            self._trainers[len(self._trainers)] = trainer
-            return trainer
-
-        return factory
-
-    def before_round(self, round_index: int) -> None:
-        """Example-level: refuse a round whose DP-SGD steps would take a client past the target."""
-        if self.example and self._trainers and self.target_epsilon is not None:
-            from ..privacy.example_level import check_example_round
-
-            check_example_round(self.ledger, self._trainers, steps=self.round_steps, round_index=round_index)
-
-    def describe(self) -> str:
-        """The line a run prints about its noise before the first round."""
-        if self.example:
-            zs = sorted({round(t.noise_multiplier, 4) for t in self._trainers.values()})
-            return (
-                f"example-level DP: DP-SGD on every client, noise multiplier {', '.join(map(str, zs))} over "
-                f"{self.dp_steps} planned steps, target epsilon {_fmt_opt(self.target_epsilon)} at delta "
-                f"{self.delta:g} (GroupNorm models)"
-            )
-        # The round's z_eff, the number `codream privacy epsilon --noise-multiplier` takes; its releases
-        # each carry sqrt(releases) times more (they compose into the one accounted event).
-        per_release = self.noise_multiplier * math.sqrt(self.releases_per_round)
-        return (
-            f"secure+dp: noise multiplier {self.noise_multiplier:.4g} per round (z_eff; each of its "
-            f"{self.releases_per_round} releases {per_release:.4g}), target epsilon "
-            f"{_fmt_opt(self.target_epsilon)} at delta {self.delta:g}"
-        )
-
-    def after_round(self, round_index: int) -> None:
-        """Example-level: record every client's epsilon; the run's is their maximum."""
-        if self.example and self._trainers:
-            from ..privacy.example_level import record_example_round
-
-            record_example_round(self.ledger, self._trainers, round_index=round_index)
-
-    def _calibrate(self) -> None:
-        from ..privacy.calibration import ClientLevelSchedule, plan_noise
-
-        schedule = ClientLevelSchedule(
-            rounds=self.rc.rounds, sample_rate=1.0, releases_per_round=self.releases_per_round
-        )
-        try:
-            plan = plan_noise(schedule, target_epsilon=self.target_epsilon, delta=self.rc.delta)
-        except ConfigError as exc:
-            raise ConfigError(
-                f"--epsilon {self.target_epsilon:g} cannot be met over {self.rc.rounds} rounds at delta "
-                f"{self.rc.delta:g} ({exc}); raise --epsilon or --delta, or run fewer --rounds"
-            ) from None
-        self.noise_multiplier = plan.noise_multiplier
-        self.planned_epsilon = plan.epsilon
-
-    def aggregator_options(self) -> dict[str, Any]:
-        if not self.enabled or self.example:
-            return {}
-        return {
-            "noise_multiplier": self.noise_multiplier,
-            "delta": self.rc.delta,
-            "target_epsilon": self.target_epsilon,
-        }
-
-    def bind(self, aggregator: Any) -> None:
-        """Find the run's ledger the secure+dp seam keeps: every client's own epsilon, round by round
-        (example-level keeps its own)."""
-        if self.enabled and not self.example:
-            self.ledger = getattr(aggregator, "ledger", None)
-
-    def attach(self, path: Path) -> None:
-        """Let the ledger rewrite `path` after every round (it exists only once the run dir does)."""
-        if self.ledger is not None:
-            self.ledger.path = path
-
-    def epsilon(self) -> float | None:
-        if not self.enabled or self.ledger is None:
-            return None
-        return float(self.ledger.spent)
-
-    def summary(self) -> dict[str, Any] | None:
-        if not self.enabled:
-            return None
-        out: dict[str, Any] = {
-            "granularity": self.granularity,
-            "delta": self.rc.delta,
-            "target_epsilon": self.target_epsilon,
-            "noise_multiplier": self.noise_multiplier,
-            "planned_epsilon": self.planned_epsilon,
-            "sample_rate": self.sample_rate,
-            "releases_per_round": self.releases_per_round,
-            "epsilon": self.epsilon(),
-        }
-        if self.example and self._trainers:
-            trainers = list(self._trainers.values())
-            out["noise_multiplier"] = max(t.noise_multiplier for t in trainers)
-            out["sample_rate"] = max(t.sample_rate for t in trainers)
-            out["dp_sgd_steps"] = self.dp_steps
-        if self.ledger is not None:
-            out["accountant"] = getattr(self.ledger, "accountant_name", None)
-            out["ledger"] = self.ledger.to_dict()
-            last = self.ledger.rounds[-1].client_epsilons if self.ledger.rounds else {}
-            if last:
-                out["client_epsilon_max"] = max(last.values())
-                out["client_epsilon_mean"] = sum(last.values()) / len(last)
-        if not self.example:
-            # The server knows who took part: a client's contribution replaced by nothing is the
-            # neighbouring relation the guarantee holds for, and no amplification by sampling applies.
-            out["relation"] = "zero-out"
-            out["accounting"] = "per client, over the rounds it took part in, unamplified"
-        return out
-
-    def state_dict(self) -> dict[str, Any] | None:
-        if not self.enabled:
-            return None
-        return {
-            "noise_multiplier": self.noise_multiplier,
-            "planned_epsilon": self.planned_epsilon,
-            "ledger": self.ledger.state_dict() if self.ledger is not None else None,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
-        if state and state.get("ledger") is not None and self.ledger is not None:
-            self.ledger.load_state_dict(state["ledger"])
-
-
-def build_aggregator(rc: RunConfig, privacy: PrivacyPlan) -> Any:
-    """The aggregator `rc.aggregation` names, configured from the run's flags.
-
-    `secure` gets its stochastic-rounding coins from the run seed, so a secure run is reproducible
-    and `--resume` equals an unbroken run (the coins protect no secret: the masks do). `secure+dp`
-    keeps OS randomness for its coins and noise.
-    """
-    from ..aggregation import create_aggregator
-
-    opts = aggregator_options(rc)
-    if rc.aggregation == "secure":
-        opts["rounding_seed"] = rc.seed
-    opts.update(privacy.aggregator_options())
-    aggregator = create_aggregator(rc.aggregation, **opts)
-    privacy.bind(aggregator)
-    return aggregator
-
-
-def make_federation(fed_cfg: Any, aggregator: Any, trainer_factory: Any = None) -> Any:
-    """The simulation engine's `Federation` (loads data and builds every client's model)."""
-    from ..federation.simulation import Federation
-
-    return Federation(fed_cfg, aggregator=aggregator, trainer_factory=trainer_factory)
-
-
-# --- per-round records ---------------------------------------------------------------------------------
-
-
-def round_record(
-    metrics: Any, *, round_number: int, epsilon: float | None, delta: float | None, seconds: float
-) -> dict[str, Any]:
-    """The line of metrics.jsonl for one round: a fixed schema on top of the round's `RoundMetrics`.
-
-    Both engines run the same round script, so `metrics` is a `RoundMetrics` or its `to_dict()`.
-    Keys: round (1-based), accuracy (per evaluated client), accuracy_mean, accuracy_std,
-    participants, survivors, bytes_sent_per_client (mean over clients), clipped, overflowed (None
-    under DP: not released), seconds, epsilon, delta, and ``federation`` with the whole metrics.
-    """
-    raw = metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics)
-    acc = [float(a) for a in raw["accuracies"]]
-    report = raw["aggregation"]
-    per_client = report.get("bytes_sent_per_client") or {}
-    record: dict[str, Any] = {
-        "round": round_number,
-        "accuracy": acc,
-        "accuracy_mean": statistics.fmean(acc) if acc else math.nan,
-        "accuracy_std": statistics.pstdev(acc) if len(acc) > 1 else 0.0,
-        "participants": len(raw["participants"]),
-        "survivors": len(raw["survivors"]),
-        "bytes_sent_per_client": (
-            statistics.fmean(float(v) for v in per_client.values()) if per_client else None
-        ),
-        "clipped": report.get("clipped"),
-        "overflowed": report.get("overflowed"),
-        "seconds": float(seconds),
-        "epsilon": epsilon,
-        "delta": delta,
-    }
-    if raw.get("warmup_accuracy") is not None:
-        record["warmup_accuracy"] = [float(a) for a in raw["warmup_accuracy"]]
-    record["federation"] = to_jsonable(raw)
-    return record
 
 
 # --- progress ------------------------------------------------------------------------------------------
@@ -434,10 +127,6 @@ class _Progress:
 # --- the run -------------------------------------------------------------------------------------------
 
 
-def _aggregator_state(aggregator: Any) -> Any:
-    return aggregator.state_dict() if hasattr(aggregator, "state_dict") else None
-
-
 def execute_run(
     rc: RunConfig,
     *,
@@ -445,9 +134,12 @@ def execute_run(
     resume: bool = False,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
-    federation_factory: Callable[[Any, Any], Any] = make_federation,
+    federation_factory: Callable[[Any, Any], Any] | None = None,
 ) -> RunOutcome:
     """Run (or resume) the federation `rc` describes and write its run directory.
+
+    The run itself is the library's `codream.build.Run`; this adds the run directory: the checkpoint
+    and metrics line after every round, the ledger, and the summary, plots and baselines at the end.
 
     Args:
         rc: the resolved run configuration.
@@ -463,19 +155,12 @@ def execute_run(
     """
     stream = sys.stderr if rc.json else sys.stdout
     echo = echo or (lambda line: click.echo(line, file=stream))
-    device = resolve_device(rc.device)
-    from ..devices import pin_threads
-
-    pin_threads(rc.threads)
-    fed_cfg = federation_config(rc, device=device)
     state = None
     if resume:
         rd = RunDir.open(run_dir if run_dir is not None else rc.out)
         state = rd.load_checkpoint()
-    privacy = PrivacyPlan(rc, fed_cfg, saved=state.get("privacy") if state else None)
-    aggregator = build_aggregator(rc, privacy)
     if rc.engine == "flower":
-        if privacy.example:
+        if rc.privacy_unit == "example":
             raise ConfigError(
                 "--privacy-unit example works with --engine simulation only; the Flower engine does not "
                 "carry DP-SGD clients yet"
@@ -484,21 +169,14 @@ def execute_run(
             raise ConfigError(
                 "--resume works with --engine simulation only; the Flower engine runs in one go"
             )
-        return _execute_flower(rc, fed_cfg, privacy, device=device, run_dir=run_dir, echo=echo)
+        return _execute_flower(rc, run_dir=run_dir, echo=echo)
     # Built before the run directory exists: a bad model name or a missing data folder leaves nothing.
-    if privacy.example:
-        federation = make_federation(fed_cfg, aggregator, trainer_factory=privacy.trainer_factory())
-    else:
-        federation = federation_factory(fed_cfg, aggregator)
+    run = Run(rc, state=state, federation_factory=federation_factory)
+    privacy, device = run.privacy, run.device
+    fed_cfg = run.federation_config
 
     if resume:
-        done = 0
-        if state is not None:
-            federation.load_state_dict(state["federation"])
-            if state.get("aggregator") is not None and hasattr(aggregator, "load_state_dict"):
-                aggregator.load_state_dict(state["aggregator"])
-            privacy.load_state_dict(state.get("privacy"))
-            done = int(state["round"])
+        done = run.rounds_done
         if rc.rounds < done:
             raise ConfigError(
                 f"{rd.path} has finished {done} rounds; --rounds {rc.rounds} would undo some of them: "
@@ -525,43 +203,27 @@ def execute_run(
     if not resume or done < rc.rounds:  # a resume with nothing left to run changes no setting
         rd.write_config(_config_toml(rc), federation=to_jsonable(fed_cfg))
     privacy.attach(rd.ledger_path)
-    if hasattr(aggregator, "attach"):
-        aggregator.attach(rd.path)  # each client's own ledger file, merged with what a crash left there
+    if hasattr(run.aggregator, "attach"):
+        run.aggregator.attach(rd.path)  # each client's own ledger file, merged with what a crash left there
     if privacy.ledger is not None:
         rd.write_json(LEDGER_FILE, privacy.ledger.to_dict())  # matches the checkpoint, even after a crash
     if privacy.enabled:
         echo(privacy.describe())
 
+    # The rounds on disk: a round whose checkpoint could not be written is not one of them.
     records = rd.read_metrics()
-    # The last finished round's dreams, kept aside: a round that aborts has already replaced the
-    # federation's own with its fresh, unfinished batch.
-    dreams = _finished_dreams(federation) if done else None
+    run.records[:] = records
+    dreams = run.last_dreams
     bars = _Progress(rc.rounds, done, progress)
     failure: CodreamError | None = None
     try:
-        for r in range(done, rc.rounds):
-            t0 = time.perf_counter()
-            privacy.before_round(r)
-            metrics = federation.run_round(progress=bars.step)
-            privacy.after_round(r)
-            seconds = time.perf_counter() - t0
-            record = round_record(
-                metrics, round_number=r + 1, epsilon=privacy.epsilon(), delta=privacy.delta, seconds=seconds
-            )
-            if rc.aggregation != "plain":
-                record["dropout"] = rc.dropout  # --resume may lower it for the rounds still to run
+        while run.rounds_done < rc.rounds:
+            record = run.run_round(progress=bars.step)
             # The checkpoint first: a round counts as finished once its state is on disk.
-            rd.save_checkpoint(
-                {
-                    "round": r + 1,
-                    "federation": federation.state_dict(),
-                    "aggregator": _aggregator_state(aggregator),
-                    "privacy": privacy.state_dict(),
-                }
-            )
+            rd.save_checkpoint(run.state_dict())
             rd.append_metrics(record)
             records.append(record)
-            dreams = _finished_dreams(federation)
+            dreams = run.last_dreams
             bars.end_round(report_line(record, rc.rounds), stream)
     except CodreamError as exc:
         # Budget refused, or too few survivors: keep what the finished rounds earned, then say why.
@@ -570,7 +232,16 @@ def execute_run(
         bars.close()
 
     try:
-        outcome = _finish(rc, rd, records, privacy, device=device, dreams=dreams if records else None)
+        baselines = _baselines(run, echo) if records else {}
+        outcome = _finish(
+            rc,
+            rd,
+            records,
+            privacy,
+            device=device,
+            dreams=dreams if records else None,
+            baselines=baselines,
+        )
     except CodreamError:
         if failure is not None:  # say what stopped the run, not a later echo of it (a disk still full)
             raise failure from None
@@ -580,21 +251,28 @@ def execute_run(
     return outcome
 
 
+def _baselines(run: Run, echo: Callable[[str], None]) -> dict[str, Any]:
+    """The run's baselines, on its partitions and budget (none for an engine without data, a stand-in)."""
+    if not run.config.baselines or getattr(run.federation, "dataset", None) is None:
+        return {}
+    results = run.baselines()
+    for name, res in results.items():
+        echo(_baseline_line(name, res))
+    return results
+
+
+def _baseline_line(name: str, res: Any) -> str:
+    label = BASELINE_LABELS.get(name, name)
+    return f"baseline {label}: final accuracy {100 * res.mean:.1f} ± {100 * res.std:.1f}%"
+
+
+#: How the baselines are named in lines, plots and summaries.
+BASELINE_LABELS = {"local": "local-only", "fedavg": "FedAvg", "centralized": "centralized"}
+
+
 def _config_toml(rc: RunConfig) -> str:
     """config.toml: every setting but the run directory, so `--config RUN_DIR/config.toml` runs anew."""
     return dump_toml({k: v for k, v in rc.to_dict().items() if k != "out"})
-
-
-def _finished_dreams(federation: Any) -> tuple[Any, Any] | None:
-    """The dreams and soft labels of the federation's last finished round (None before the first)."""
-    try:
-        return federation.last_dreams
-    except ConfigError:
-        return None
-
-
-def _fmt_opt(value: float | None) -> str:
-    return "none" if value is None else f"{value:g}"
 
 
 def _finish(
@@ -606,10 +284,11 @@ def _finish(
     device: str,
     dreams: tuple[Any, Any] | None,
     extra: Mapping[str, Any] | None = None,
+    baselines: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
-    """Write the final dreams, the plots and summary.json / summary.md."""
+    """Write the final dreams, the plots (with the baselines) and summary.json / summary.md."""
     from .. import plots, report
-    from ..data import CLASS_NAMES
+    from ..data import class_names
 
     files = {
         "config": "config.toml",
@@ -628,14 +307,19 @@ def _finish(
     if dreams is not None:
         x, y = dreams
         rd.save_dreams(x, y)
-        plots.plot_dreams(x, y, rd.plots_dir / "dreams.png", class_names=CLASS_NAMES.get(rc.dataset))
+        plots.plot_dreams(x, y, rd.plots_dir / "dreams.png", class_names=class_names(rc.dataset))
         files["dreams"] = "dreams.pt"
         files["dreams_plot"] = "plots/dreams.png"
+    curves = {
+        BASELINE_LABELS.get(name, name): [float(sum(h) / len(h)) for h in res.history]
+        for name, res in (baselines or {}).items()
+    }
     plots.plot_accuracy(
         records,
         rd.plots_dir / "accuracy.png",
         models=models,
         title=f"{rc.dataset}, {rc.clients} clients, {rc.aggregation}",
+        baselines=curves,
     )
     if privacy.enabled:  # a run without DP spends no budget: no plot of it
         plots.plot_epsilon(
@@ -644,6 +328,18 @@ def _finish(
         files["epsilon_plot"] = "plots/epsilon.png"
     cfg = rc.to_dict() | {"client_models": models, "device": device}
     summary = report.summarise(cfg, records, privacy=privacy.summary(), files=files)
+    if baselines:
+        summary["baselines"] = {
+            name: {
+                "label": BASELINE_LABELS.get(name, name),
+                "final_accuracy": list(res.final_accuracy),
+                "final_accuracy_mean": res.mean,
+                "final_accuracy_std": res.std,
+                "accuracy_mean_per_round": curves[BASELINE_LABELS.get(name, name)],
+                "steps_per_round": res.steps_per_round,
+            }
+            for name, res in baselines.items()
+        }
     summary["engine"] = rc.engine
     summary["run_dir"] = str(rd.path)
     if extra:
@@ -653,22 +349,29 @@ def _finish(
     return RunOutcome(run_dir=rd, summary=summary, records=records)
 
 
-def _execute_flower(
-    rc: RunConfig,
-    fed_cfg: Any,
-    privacy: PrivacyPlan,
-    *,
-    device: str,
-    run_dir: str | Path | None,
-    echo: Callable[[str], None],
-) -> RunOutcome:
+def _execute_flower(rc: RunConfig, *, run_dir: str | Path | None, echo: Callable[[str], None]) -> RunOutcome:
     """The same run on a local Flower deployment (one SuperNode process per client).
 
     The Flower engine runs all rounds in one go (no per-round checkpoint); its per-round metrics
     become the same metrics.jsonl records. Under secure+dp every SuperNode gets the run's DP
     parameters in its own node config, draws its own noise and keeps its own ledger in
-    RUN_DIR/client_ledgers/, from which the run's epsilon is read.
+    RUN_DIR/client_ledgers/, from which the run's epsilon is read. Its nodes evaluate on the test set
+    only, so the run has no validation split (it says so) and selects no best round.
     """
+    from ..build import run_baselines
+    from ..devices import pin_threads
+
+    device = resolve_device(rc.device)
+    pin_threads(rc.threads)
+    if rc.validation:
+        echo(
+            f"validation {rc.validation:g}: the Flower engine's nodes evaluate on the test set only, so this "
+            "run holds out no validation split (validation = 0) and selects no best round"
+        )
+        rc = rc.replace(validation=0.0)
+    fed_cfg = federation_config(rc, device=device)
+    privacy = PrivacyPlan(rc, fed_cfg)
+    build_aggregator(rc, privacy)  # refuses bad secure-aggregation options before anything starts
     # What the Flower engine does not carry is refused before the run directory exists (so --out stays
     # free for the corrected command), never silently dropped. (Example-level DP is refused with the
     # configuration.) Simulated crashes: on Flower, clients drop for real.
@@ -739,7 +442,19 @@ def _execute_flower(
         with np.load(npz) as data:
             dreams = (torch.from_numpy(data["x"]), torch.from_numpy(data["soft_labels"]))
     deployment = to_jsonable(results.get("deployment", {}))
-    return _finish(rc, rd, records, privacy, device=device, dreams=dreams, extra={"deployment": deployment})
+    baselines = run_baselines(fed_cfg, rc.baselines, device=device) if records and rc.baselines else {}
+    for name, res in baselines.items():
+        echo(_baseline_line(name, res))
+    return _finish(
+        rc,
+        rd,
+        records,
+        privacy,
+        device=device,
+        dreams=dreams,
+        extra={"deployment": deployment},
+        baselines=baselines,
+    )
 
 
 def _flower_run_ledger(rd: RunDir, privacy: PrivacyPlan, delta: float) -> dict[int, float]:

@@ -391,6 +391,9 @@ class FederationConfig:
         alpha: Dirichlet concentration of the partition (None or inf: IID).
         samples_per_client: training samples per client (None: split everything).
         limit_test: test samples used for evaluation (None: all).
+        validation: fraction of the training data held out, per class and seeded, before the
+            partition (`codream.data.split_validation`): no client trains on it, and the best round is
+            selected on it instead of the test set (0: no validation split).
         models: one architecture name per client, or a single name for all.
         norm: normalisation layers of client models ("batch", "group", "none").
         rounds: default number of rounds for `Federation.run`.
@@ -408,6 +411,7 @@ class FederationConfig:
     alpha: float | None = 0.1
     samples_per_client: int | None = None
     limit_test: int | None = None
+    validation: float = 0.0
     models: tuple[str, ...] = ("resnet8", "cnn", "vgg", "mlp")
     norm: str = "batch"
     rounds: int = 5
@@ -443,6 +447,8 @@ class FederationConfig:
             _positive_int("samples_per_client", self.samples_per_client)
         if self.limit_test is not None:
             _positive_int("limit_test", self.limit_test)
+        if isinstance(self.validation, bool) or not (0.0 <= self.validation < 1.0):
+            raise ConfigError(f"validation must be a fraction in [0, 1), got {self.validation!r}")
         if self.norm not in ("batch", "group", "none"):
             raise ConfigError(f"norm must be one of ['batch', 'group', 'none'], got {self.norm!r}")
         if not isinstance(self.dream, DreamConfig):

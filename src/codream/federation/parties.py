@@ -52,17 +52,20 @@ class FederationData:
 
 
 def load_federation_data(config: FederationConfig, dataset=None) -> FederationData:
-    """Load `config.dataset` (or take `dataset`), partition it by the run seed, limit the test split.
+    """Load `config.dataset` (or take `dataset`), carve its validation split (`config.validation`),
+    partition the rest by the run seed, limit the test split.
 
     Raises:
         DataError, ConfigError: missing data or an invalid partition.
     """
-    from ..data import load_dataset, partition
+    from ..data import load_dataset, partition, split_validation
 
     if dataset is None:
         dataset = load_dataset(
             config.dataset, config.data_dir, limit_test=config.limit_test, seed=config.seed
         )
+    # Carved before the partition, so that no client holds the validation split (a no-op at 0).
+    dataset = split_validation(dataset, config.validation, seed=config.seed)
     x_test, y_test = dataset.x_test, dataset.y_test
     if config.limit_test is not None and config.limit_test < len(y_test):
         x_test, y_test = x_test[: config.limit_test], y_test[: config.limit_test]
