@@ -35,9 +35,10 @@ import torch
 from codream.aggregation import create_aggregator
 from codream.baselines import BaselineConfig, run_local_only
 from codream.bench.tradeoff import hardware as tradeoff_hardware
+from codream.build import build_federation
 from codream.data import Dataset, hold_out, load_dataset, partition
 from codream.exceptions import ConfigError
-from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
+from codream.federation import DistillConfig, DreamConfig, FederationConfig
 
 BASE = dict(alpha="iid", bank=0, gs=4, batch=8, warmup=6, kd=5, rounds=4)
 INTS = ("gs", "batch", "warmup", "kd", "rounds")
@@ -140,7 +141,7 @@ class LocalOnlyCache:
 def one_run(run: dict, data: Dataset, local: LocalOnlyCache, **setting) -> dict:
     config = federation_config(run, **setting)
     t0 = time.perf_counter()
-    fed = Federation(config, create_aggregator("plain"), dataset=data)
+    fed = build_federation(config, aggregator=create_aggregator("plain"), dataset=data)
     history = fed.run(config.rounds)
     seconds = time.perf_counter() - t0
     last = history[-1]

@@ -23,8 +23,8 @@ import torch
 
 from codream.aggregation import create_aggregator
 from codream.bench import tradeoff as T
+from codream.build import build_federation
 from codream.data import hold_out
-from codream.federation.simulation import Federation
 from codream.privacy.calibration import ExampleLevelSchedule
 from codream.privacy.example_level import dp_trainer_factory
 
@@ -58,7 +58,7 @@ def main(partition: str, kd_lr: float, seed: int, epsilon: float) -> None:
         delta=T._delta(size.silo_samples),
         noise_seed=seed,
     )
-    fed = Federation(cfg, create_aggregator("plain"), factory, dataset=val)
+    fed = build_federation(cfg, aggregator=create_aggregator("plain"), trainer_factory=factory, dataset=val)
     t0 = time.time()
     accs = fed.run()[-1].accuracies
     line = {

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from codream.bench.federation import SIZES, _run_baseline, ensemble_accuracy, override_size
+from codream.build import build_federation
 from codream.data import hold_out, load_dataset, partition
 from codream.federation import Federation, FederationConfig
 
@@ -105,7 +106,7 @@ def main(name, size, dataset, alpha, seed, rounds, val, method, settings, baseli
         distill=sz.distill,
     )
     t0 = time.perf_counter()
-    fed = Federation(cfg, dataset=data)
+    fed = build_federation(cfg, dataset=data)
     rounds_out = []
     for _ in range(cfg.rounds):
         m = fed.run_round()

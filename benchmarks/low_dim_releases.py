@@ -36,9 +36,9 @@ import torch
 from codream.aggregation import Aggregator, ProjectedReleases, ReleaseKind, create_aggregator
 from codream.baselines import BaselineConfig, run_local_only
 from codream.bench.tradeoff import FULL, Remedy, _Runner, hardware
+from codream.build import build_federation
 from codream.data import Dataset, hold_out, load_dataset, partition
 from codream.federation.config import FederationConfig
-from codream.federation.simulation import Federation
 from codream.privacy.projection import BlockMeans, LowFrequency
 
 # name -> (projection or None, renormalise); order is the table's.
@@ -110,7 +110,7 @@ def one_run(
         projection, renormalize = PROJECTED[name]
         agg = ProjectedReleases(agg, projection, data.input_shape, renormalize=renormalize)
     t0 = time.perf_counter()
-    fed = Federation(config, agg, dataset=data)
+    fed = build_federation(config, aggregator=agg, dataset=data)
     history = fed.run(config.rounds)
     seconds = time.perf_counter() - t0
     last = history[-1]

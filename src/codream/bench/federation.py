@@ -217,13 +217,13 @@ def ensemble_accuracy(fed, x, y) -> float:
 
 
 def _run_codream(method: str, cfg: FederationConfig, dataset, device: str) -> MethodRun:
-    from ..federation.simulation import Federation
+    from ..build import build_federation
 
     if method == "codream-paper":
         cfg = replace(cfg, method=Method.PAPER, distill=replace(cfg.distill, student=None, **_PAPER_LEARNING))
     else:
         cfg = replace(cfg, method=Method.CONDITIONAL)
-    fed = Federation(replace(cfg, device=device), dataset=dataset)
+    fed = build_federation(replace(cfg, device=device), dataset=dataset)
     t0 = time.perf_counter()
     metrics, kd_seconds, kd_steps = [], 0.0, 0
     for _ in range(cfg.rounds):
@@ -260,21 +260,10 @@ def _run_codream(method: str, cfg: FederationConfig, dataset, device: str) -> Me
 def _run_baseline(
     method: str, cfg: FederationConfig, dataset, parts, fedavg_model: str, device: str
 ) -> MethodRun:
-    from ..baselines import BaselineConfig, run_baseline
+    from ..baselines import run_baseline
+    from ..build import matched_baseline_config
 
-    dc = cfg.distill
-    ce_per_round = int(dc.kd_steps * dc.ce_ratio)
-    steps = max(1, math.ceil((dc.warmup_steps + cfg.rounds * ce_per_round) / max(cfg.rounds, 1)))
-    bcfg = BaselineConfig(
-        rounds=cfg.rounds,
-        local_steps=steps,
-        batch_size=dc.ce_batch_size,
-        lr=dc.lr,
-        momentum=dc.momentum,
-        weight_decay=dc.weight_decay,
-        norm=cfg.norm,
-        seed=cfg.seed,
-    )
+    bcfg = matched_baseline_config(cfg)  # the budget `codream run`'s baselines get too
     models = fedavg_model if method == "fedavg" else cfg.client_models()
     t0 = time.perf_counter()
     res = run_baseline(method, dataset, parts, models, bcfg, device=device)
