@@ -256,3 +256,61 @@ def test_a_run_directory_plots_its_baselines_warm_up_point_and_class_names(tmp_p
     assert summary["best_round_selected_on"] == "validation"
     assert summary["baselines"]["local"]["accuracy_mean_per_round"] and summary["warmup_accuracy"]
     assert "val_accuracy_mean" in (out / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_the_readme_config_file_is_one_that_codream_run_and_build_run_accept(tmp_path):
+    text = README.read_text(encoding="utf-8")
+    (toml,) = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    path = tmp_path / "readme.toml"
+    path.write_text(toml)
+    rc = RunConfig.from_toml(path)
+    fed = codream.build.federation_config(rc)
+    assert fed.distill.student == "cnn" and fed.num_clients == 8 and rc.aggregation == "secure"
+
+
+def test_a_hint_for_a_run_without_baselines_names_them_as_the_command_line_takes_them():
+    from codream.cli.hints import command_line
+
+    line = command_line(RunConfig.from_dict({"baselines": "none", "validation": 0}))
+    assert "--baselines none" in line and "--validation 0.0" in line
+
+
+def test_a_flower_run_says_it_holds_no_validation_split_and_still_gets_its_baseline(tmp_path, monkeypatch):
+    pytest.importorskip("flwr")
+    import json
+
+    from click.testing import CliRunner
+
+    from codream.cli import main
+    from codream.federation.flower import local
+
+    seen = {}
+
+    def finished(config, **kwargs):
+        seen["validation"] = config.validation
+        ids = list(range(config.num_clients))
+        return {"rounds": [{"accuracy": [0.5] * len(ids), "participants": ids, "survivors": ids}]}
+
+    monkeypatch.setattr(local, "run_flower", finished)
+    out = tmp_path / "flower"
+    args = [
+        "run",
+        "--engine",
+        "flower",
+        "--clients",
+        "2",
+        "--models",
+        "mlp",
+        "--rounds",
+        "1",
+        "--no-progress",
+        "--warmup-steps",
+        "3",
+    ]
+    args += ["--kd-steps", "2", "--limit-test", "60", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "this run holds out no validation split (validation = 0)" in result.output
+    assert seen["validation"] == 0.0 and RunConfig.from_toml(out / "config.toml").validation == 0.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_round_selected_on"] == "test" and "local" in summary["baselines"]

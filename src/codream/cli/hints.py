@@ -46,7 +46,7 @@ def command_line(rc: RunConfig) -> str:
                 continue  # only a library caller leaves these unset; the run's default applies
             value = "none"
         elif isinstance(opt.type, CommaList):
-            value = ",".join(value)
+            value = ",".join(value) or "none"  # an empty list: no baselines
         words += [opt.flag_name, str(value)]
     return shlex.join(words)
 
