@@ -314,3 +314,42 @@ def test_a_flower_run_says_it_holds_no_validation_split_and_still_gets_its_basel
     assert seen["validation"] == 0.0 and RunConfig.from_toml(out / "config.toml").validation == 0.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_round_selected_on"] == "test" and "local" in summary["baselines"]
+
+
+def test_a_config_that_imports_a_plugin_file_runs_its_model_and_data_from_the_command_line(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from codream.cli import main
+
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(
+        "import torch\nfrom torch import nn\nimport codream\n\n"
+        "class Wide(nn.Module):\n"
+        "    def __init__(self, shape, num_classes):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(shape[0] * shape[1] * shape[2], num_classes)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1))\n\n"
+        "codream.register_model('plugin-wide', Wide, replace=True)\n"
+        "y = torch.arange(200) % 2\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(200, 1, 4, 4, generator=g) + 2 * y.view(-1, 1, 1, 1)\n"
+        "codream.register_dataset('plugin-data', (x, y), replace=True)\n"
+    )
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        f'imports = ["{plugin}"]\ndataset = "plugin-data"\nmodels = ["plugin-wide"]\nclients = 2\n'
+        "rounds = 1\n"
+        'global_steps = 2\nkd_steps = 2\nwarmup_steps = 20\ndream_batch = 8\nbaselines = ["none"]\n'
+    )
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--config", str(cfg), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["final_accuracy_mean"] > 0.8
+    missing = CliRunner().invoke(
+        main, ["run", "--imports", "no_such_codream_plugin", "--out", str(tmp_path / "x")]
+    )
+    assert missing.exit_code == 2 and "imports: cannot import 'no_such_codream_plugin'" in missing.output
+    assert not (tmp_path / "x").exists()

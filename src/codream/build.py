@@ -37,6 +37,7 @@ __all__ = [
     "build_client",
     "build_federation",
     "build_run",
+    "import_plugins",
     "load_federation_data",
     "matched_baseline_config",
     "resolve_device",
@@ -59,6 +60,48 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def import_plugins(rc: RunConfig) -> None:
+    """Import the modules `rc.imports` names (they register models and data sets); each once.
+
+    An entry ending in ``.py`` is a file path (relative to the working directory); any other is a
+    module name on the import path.
+
+    Raises:
+        ConfigError: a module that cannot be found or fails while it is imported.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    for entry in rc.imports or ():
+        try:
+            if entry.endswith(".py"):
+                path = Path(entry).resolve()
+                name = f"codream_plugin_{path.stem}_{abs(hash(str(path))):x}"
+                if name in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or spec.loader is None or not path.is_file():
+                    raise ConfigError(f"imports: {entry!r} is not a Python file")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+            else:
+                importlib.import_module(entry)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the module raises, the run cannot start
+            raise ConfigError(
+                f"imports: cannot import {entry!r} ({type(exc).__name__}: {exc}); give a module on the "
+                "import path (PYTHONPATH) or the path of a .py file"
+            ) from None
+
+
 def build_aggregator(rc: RunConfig, privacy: PrivacyPlan) -> Any:
     """The aggregator `rc.aggregation` names, configured from the run's settings and privacy plan."""
     from .aggregation import create_aggregator
@@ -75,6 +118,7 @@ def build_aggregator(rc: RunConfig, privacy: PrivacyPlan) -> Any:
 def _learning_config(config: RunConfig | Any, device: str | None = None) -> Any:
     """The `FederationConfig` of a `RunConfig` (device resolved), or the `FederationConfig` given."""
     if isinstance(config, RunConfig):
+        import_plugins(config)
         return federation_config(config, device=device or resolve_device(config.device))
     from .federation.config import FederationConfig
 
@@ -294,6 +338,7 @@ class Run:
         self.config = config
         self.device = resolve_device(config.device)
         pin_threads(config.threads)
+        import_plugins(config)
         self.federation_config = federation_config(config, device=self.device)
         self.privacy = PrivacyPlan(
             config, self.federation_config, saved=state.get("privacy") if state else None

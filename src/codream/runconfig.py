@@ -132,6 +132,14 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     ),
     RunOption("clients", click.IntRange(min=1), 4, "Number of clients."),
     RunOption(
+        "imports",
+        CommaList(),
+        None,
+        "Python modules (names, or paths of .py files) imported before the run is built: they register "
+        "your own models and data sets (codream.register_model / register_dataset) for --models and "
+        "--dataset to name.",
+    ),
+    RunOption(
         "clients_per_round",
         OptionalInt(),
         None,
@@ -342,6 +350,7 @@ class RunConfig:
     limit_test: int | None = None
     validation: float = 0.1
     clients: int = 4
+    imports: tuple[str, ...] | None = None
     clients_per_round: int | None = None
     partition: str = "iid"
     alpha: float = 0.5
@@ -381,8 +390,10 @@ class RunConfig:
     distill: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("models", "baselines"):
+        for name in ("models", "baselines", "imports"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if isinstance(value, str):
                 value = value.split(",")
             object.__setattr__(self, name, tuple(str(v).strip() for v in value))

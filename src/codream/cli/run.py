@@ -361,6 +361,11 @@ def _execute_flower(rc: RunConfig, *, run_dir: str | Path | None, echo: Callable
     from ..build import run_baselines
     from ..devices import pin_threads
 
+    if rc.imports:
+        raise ConfigError(
+            "--imports: a Flower node does not import modules a server names (it would run the server's "
+            "code); register models and data sets in the node's own code, or use --engine simulation"
+        )
     device = resolve_device(rc.device)
     pin_threads(rc.threads)
     if rc.validation:
