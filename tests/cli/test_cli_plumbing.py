@@ -250,3 +250,18 @@ def test_a_benchmark_whose_module_is_missing_says_so_in_one_line(monkeypatch):
     result = CliRunner().invoke(main, ["bench", "tradeoff", "--json"])
     assert result.exit_code == 2
     assert "codream bench tradeoff is not available" in result.output and "module not found" in result.output
+
+
+def test_resuming_a_run_written_before_the_validation_split_keeps_all_its_training_data(
+    tmp_path, fake_engine
+):
+    out = tmp_path / "old"
+    first = CliRunner().invoke(main, ["run", "--rounds", "1", "--out", str(out), "--no-progress"])
+    assert first.exit_code == 0, first.output
+    config = out / "config.toml"
+    config.write_text(
+        "".join(ln for ln in config.read_text().splitlines(True) if not ln.startswith("validation"))
+    )
+    again = CliRunner().invoke(main, ["run", "--resume", str(out), "--rounds", "2", "--baselines", "none"])
+    assert again.exit_code == 0, again.output
+    assert RunConfig.from_toml(config).validation == 0.0

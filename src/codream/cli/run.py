@@ -6,6 +6,8 @@ rounds. After each round it writes the checkpoint first, then the round's line o
 the privacy ledger, so `--resume RUN_DIR` picks up from the last round whose checkpoint is on disk
 and ends with the same numbers as an unbroken run. At the end it writes the final dreams, the plots
 and summary.json / summary.md, and prints where they are; everything it prints also goes to run.log.
+The run itself is the library's `codream.build.Run` (the same one `codream.build_run` returns); this
+module adds the run directory, the progress bars, the hints and the Flower engine.
 
 A run that stops early (an abort, a spent budget, a full disk, Ctrl-C, SIGTERM or SIGHUP) keeps what
 its finished rounds wrote, summary and plots included, and its last line names a command that goes on
@@ -58,7 +60,8 @@ log = logging.getLogger(__name__)
 # nor the randomness of the rounds already run (`rounds` only extends the run).
 # `dropout` only simulates failures in the rounds still to run; each round's record keeps the value it ran
 # with, so a seeded dropout that aborts a round can be lowered for the rest.
-RESUMABLE_CHANGES = frozenset({"rounds", "dropout", "device", "json", "out"})
+# `baselines` are trained after the rounds, apart from them.
+RESUMABLE_CHANGES = frozenset({"rounds", "dropout", "device", "json", "out", "baselines"})
 
 # Where the lines a run prints are logged (to its run.log only; they are on the console already).
 CONSOLE_LOGGER = "codream.console"
@@ -544,6 +547,8 @@ def run_command(
         RunDir.open(resume_dir)  # a precise error for a folder that holds no run
         saved = load_toml(Path(resume_dir) / "config.toml")
         saved.pop("out", None)  # written by earlier versions; the run directory is where it is now
+        # Written before the validation split existed: that run's clients hold all the training data.
+        saved.setdefault("validation", 0.0)
         changed = sorted(
             k
             for k in _typed_flags(ctx) - RESUMABLE_CHANGES
@@ -553,7 +558,7 @@ def run_command(
             raise ConfigError(
                 f"--resume cannot change {', '.join('--' + k.replace('_', '-') for k in changed)} "
                 "(the rounds already run used the saved values); "
-                "only --rounds, --dropout, --device and --json may change"
+                "only --rounds, --dropout, --device, --baselines and --json may change"
             )
         rc = resolve_run_config(ctx, params, saved, file_label=f"{resume_dir}/config.toml").replace(
             out=resume_dir
