@@ -353,3 +353,17 @@ def test_a_config_that_imports_a_plugin_file_runs_its_model_and_data_from_the_co
     )
     assert missing.exit_code == 2 and "imports: cannot import 'no_such_codream_plugin'" in missing.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_continued_from_its_state_ends_with_the_unbroken_runs_numbers():
+    settings = {**TINY, "rounds": 2, "aggregation": "secure"}
+    unbroken = build_run(**settings)
+    unbroken.run()
+    first = build_run(**settings)
+    first.run_round()
+    state = first.state_dict()
+    resumed = codream.Run(first.config, state=state)
+    assert resumed.rounds_done == 1
+    last = resumed.run_round()
+    assert last["round"] == 2 and last["accuracy"] == unbroken.records[1]["accuracy"]
+    assert last["val_accuracy"] == unbroken.records[1]["val_accuracy"]

@@ -1,7 +1,7 @@
 """Summaries of a run: the final numbers as JSON and as markdown tables.
 
 The inputs are the run's per-round records (the lines of metrics.jsonl, see `round_record` in
-`codream.cli.run`): ``round``, ``accuracy`` (one float per client), ``accuracy_mean``/``accuracy_std``,
+`codream.build`): ``round``, ``accuracy`` (one float per client), ``accuracy_mean``/``accuracy_std``,
 ``survivors``/``participants``, ``bytes_sent_per_client``, ``seconds`` and, with DP, ``epsilon`` and
 ``delta``, and, with a validation split, ``val_accuracy_mean``. Accuracy is reported for the *final*
 round; the best round is selected on the validation split and only its test accuracy reported (without
