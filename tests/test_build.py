@@ -20,6 +20,18 @@ from codream.federation import DistillConfig, DreamConfig, FederationConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
+
+@pytest.fixture(autouse=True)
+def registries_as_they_were():
+    """What a test registers is gone after it: other tests see only the built-in models and data sets."""
+    from codream import data, models
+
+    saved = dict(models._REGISTRY), dict(data._REGISTERED), dict(data.CLASS_NAMES)
+    yield
+    for live, before in zip((models._REGISTRY, data._REGISTERED, data.CLASS_NAMES), saved, strict=True):
+        live.clear()
+        live.update(before)
+
 TINY = dict(clients=2, models=["mlp"], rounds=1, global_steps=2, kd_steps=2, warmup_steps=3, dream_batch=8,
             limit_test=60, baselines=["none"])  # fmt: skip
 
