@@ -117,7 +117,7 @@ def test_build_client_builds_the_client_the_federation_builds(digits):
                            distill=DistillConfig(kd_steps=2, warmup_steps=2))  # fmt: skip
     fed = build_federation(cfg, dataset=digits)
     for cid in (0, 2):
-        mine, theirs = build_client(cfg, cid, dataset=digits), fed.clients[cid]
+        mine, theirs = build_client(cfg, cid, data=digits), fed.clients[cid]
         assert torch.equal(mine.trainer.x_train, theirs.trainer.x_train)
         assert torch.equal(mine.trainer.y_train, theirs.trainer.y_train)
         assert torch.equal(mine.trainer._perm, theirs.trainer._perm)
@@ -127,7 +127,7 @@ def test_build_client_builds_the_client_the_federation_builds(digits):
         ):
             assert torch.equal(a, b), name
     with pytest.raises(ConfigError, match="outside 0..2"):
-        build_client(cfg, 3, dataset=digits)
+        build_client(cfg, 3, data=digits)
 
 
 def test_the_validation_split_is_seeded_per_class_and_no_client_holds_it(digits):
@@ -301,7 +301,8 @@ def test_a_flower_run_says_it_holds_no_validation_split_and_still_gets_its_basel
     def finished(config, **kwargs):
         seen["validation"] = config.validation
         ids = list(range(config.num_clients))
-        return {"rounds": [{"accuracy": [0.5] * len(ids), "participants": ids, "survivors": ids}]}
+        rnd = {"accuracies": [0.5] * len(ids), "participants": ids, "survivors": ids}
+        return {"rounds": [{**rnd, "aggregation": {"clipped": 0, "overflowed": 0}}]}
 
     monkeypatch.setattr(local, "run_flower", finished)
     out = tmp_path / "flower"
