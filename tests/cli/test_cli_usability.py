@@ -177,14 +177,14 @@ def test_ctrl_c_on_flower_suggests_a_fresh_run_directory_that_is_accepted(tmp_pa
 
     def finished(config, **kwargs):
         ids = list(range(config.num_clients))
-        rnd = {"accuracies": [0.5] * len(ids), "participants": ids, "survivors": ids}
+        rnd = {"round": 0, "accuracies": [0.5] * len(ids), "participants": ids, "survivors": ids}
         return {"rounds": [{**rnd, "aggregation": {"clipped": 0, "overflowed": 0}}]}
 
     monkeypatch.setattr(local, "run_flower", interrupted)
     out = tmp_path / "flower"
     result = invoke("run", *TINY, "--engine", "flower", "--rounds", "1", "--out", str(out))
     assert result.exit_code == 130, result.output
-    assert "the Flower engine runs in one go and cannot resume" in result.output
+    assert "before the deployment finished a round, so there is nothing to resume" in result.output
     (command,) = hinted_commands(result.output)
     assert command == f"codream run --config {out}/config.toml --out {out}-2"
 
@@ -421,3 +421,36 @@ def test_benchmarks_write_a_fresh_folder_unless_told_to_publish(tmp_path, monkey
 
     both = invoke("bench", "tradeoff", "--quick", "--from-json", str(saved), "--publish", "--out", "x.md")
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_a_flower_run_resumes_from_its_last_finished_round(tmp_path, monkeypatch):
+    """`--resume` on a Flower run directory asks the deployment to continue from its own state and
+    records every finished round once, numbered over the whole run."""
+    pytest.importorskip("flwr")
+    from codream.federation.flower import local
+
+    calls = []
+
+    def deployment(config, **kwargs):
+        calls.append(kwargs["resume"])
+        ids = list(range(config.num_clients))
+        done = 1 if not kwargs["resume"] else kwargs["rounds"]
+        flower = kwargs["out_dir"]
+        flower.mkdir(parents=True, exist_ok=True)
+        (flower / "server_state.pt").write_bytes(b"state")  # what the server writes after a round
+        base = {"accuracies": [0.5] * len(ids), "participants": ids, "survivors": ids}
+        rounds = [{**base, "round": r, "aggregation": {"clipped": 0, "overflowed": 0}} for r in range(done)]
+        if not kwargs["resume"]:
+            raise KeyboardInterrupt  # stopped after its first round
+        return {"rounds": rounds}
+
+    monkeypatch.setattr(local, "run_flower", deployment)
+    out = tmp_path / "flower"
+    first = invoke("run", *TINY, "--engine", "flower", "--rounds", "3", "--out", str(out))
+    assert first.exit_code == 130, first.output
+    (command,) = hinted_commands(first.output)
+    assert command == f"codream run --resume {out}"
+    again = run_hint(command)
+    assert again.exit_code == 0, again.output
+    assert calls == [False, True]
+    assert rounds_of(out) == [1, 2, 3]

@@ -76,7 +76,8 @@ def again_command(rc: RunConfig) -> str:
     out = Path(rc.out) if rc.out is not None else None
     if out is None or not _holds_run(out):
         return command_line(rc)
-    if rc.engine == "simulation" and (out / CONFIG).is_file():
+    resumable = (out / "flower" / "server_state.pt").is_file() if rc.engine == "flower" else True
+    if resumable and (out / CONFIG).is_file():
         return shlex.join(["codream", "run", "--resume", str(out)])
     return shlex.join(["codream", "run", "--config", str(out / CONFIG), "--out", str(fresh_out(out))])
 
@@ -89,10 +90,10 @@ def interrupted_message(rc: RunConfig) -> str:
             f"interrupted before the run started (nothing was written); run it again with "
             f"`{command_line(rc)}`"
         )
-    if rc.engine == "flower":
+    if rc.engine == "flower" and not (out / "flower" / "server_state.pt").is_file():
         return (
-            f"interrupted; the Flower engine runs in one go and cannot resume: start it again with "
-            f"`{again_command(rc)}`"
+            f"interrupted before the deployment finished a round, so there is nothing to resume: start it "
+            f"again with `{again_command(rc)}`"
         )
     return f"interrupted; continue with `{again_command(rc)}`"
 

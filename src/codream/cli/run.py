@@ -168,11 +168,7 @@ def execute_run(
                 "--privacy-unit example works with --engine simulation only; the Flower engine does not "
                 "carry DP-SGD clients yet"
             )
-        if resume:
-            raise ConfigError(
-                "--resume works with --engine simulation only; the Flower engine runs in one go"
-            )
-        return _execute_flower(rc, run_dir=run_dir, echo=echo)
+        return _execute_flower(rc, run_dir=run_dir, echo=echo, resume=resume)
     # Built before the run directory exists: a bad model name or a missing data folder leaves nothing.
     run = Run(rc, state=state, federation_factory=federation_factory)
     privacy, device = run.privacy, run.device
@@ -352,11 +348,14 @@ def _finish(
     return RunOutcome(run_dir=rd, summary=summary, records=records)
 
 
-def _execute_flower(rc: RunConfig, *, run_dir: str | Path | None, echo: Callable[[str], None]) -> RunOutcome:
+def _execute_flower(
+    rc: RunConfig, *, run_dir: str | Path | None, echo: Callable[[str], None], resume: bool = False
+) -> RunOutcome:
     """The same run on a local Flower deployment (one SuperNode process per client).
 
-    The Flower engine runs all rounds in one go (no per-round checkpoint); its per-round metrics
-    become the same metrics.jsonl records. Under secure+dp every SuperNode gets the run's DP
+    Its per-round metrics become the same metrics.jsonl records. The server keeps its state after
+    every round and every node its own (RUN_DIR/flower/), so `resume` continues a stopped run from
+    its last finished round. Under secure+dp every SuperNode gets the run's DP
     parameters in its own node config, draws its own noise and keeps its own ledger in
     RUN_DIR/client_ledgers/, from which the run's epsilon is read. Its nodes evaluate on the test set
     only, so the run has no validation split (it says so) and selects no best round.
@@ -404,7 +403,12 @@ def _execute_flower(rc: RunConfig, *, run_dir: str | Path | None, echo: Callable
     out = run_dir if run_dir is not None else rc.out
     if out is None:
         out = Path("runs") / _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
-    rd = RunDir.create(out)
+    if resume:
+        rd = RunDir.open(out)
+        if not (rd.path / "flower" / "server_state.pt").exists():
+            raise ConfigError(f"{rd.path} holds no finished Flower round to resume; start it again")
+    else:
+        rd = RunDir.create(out)
     rc = rc.replace(out=str(out))
     rd.write_config(_config_toml(rc), federation=to_jsonable(fed_cfg))
     echo(f"starting a Flower deployment with {rc.clients} SuperNodes (logs in {rd.path / 'flower' / 'logs'})")
@@ -423,14 +427,18 @@ def _execute_flower(rc: RunConfig, *, run_dir: str | Path | None, echo: Callable
         threshold=rc.threshold,
         graph=rc.graph,
         malicious=rc.secagg_mode == "malicious",
+        resume=resume,
         dp=dp,
         ledger_dir=rd.path / "client_ledgers",
     )
     epsilons: dict[int, float] = {}
     if privacy.enabled:
         epsilons = _flower_run_ledger(rd, privacy, rc.delta)
+    if resume:  # the deployment's rounds are every finished round, the earlier ones included
+        rd.truncate_metrics(0)
     records = []
-    for i, raw in enumerate(results.get("rounds", [])):
+    for raw in results.get("rounds", []):
+        i = int(raw["round"])  # 0-based, counted over the whole run (a resumed run goes on from it)
         eps = epsilons.get(i)
         record = round_record(
             raw,

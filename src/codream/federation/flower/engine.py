@@ -583,6 +583,15 @@ class CodreamNode:
         return Payload("learned", fields)
 
 
+def _jsonable_default(obj):
+    """numpy scalars and arrays in a metrics record, as JSON numbers and lists."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
 def _blob(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
@@ -741,11 +750,23 @@ class CodreamServer:
             server.load_state_dict(self.resumed["server"])
             loop.load_state_dict(self.resumed["loop"])
             clients.warm_up(range(cfg.num_clients))  # their warm-ups were reported when they ran
+        # Every finished round's metrics, kept as they come (rounds.jsonl) so a stopped run loses none:
+        # a resumed run keeps those before its state and runs the rest again.
+        log_path = self.out_dir / "rounds.jsonl"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.resumed is not None and log_path.exists():
+            kept = [line for line in log_path.read_text().splitlines() if line.strip()]
+            kept = [line for line in kept if int(json.loads(line)["round"]) < loop.round]
+        log_path.write_text("".join(line + "\n" for line in kept))
         rounds = []
         for r in range(loop.round, self.rounds):
             metrics = loop.run_round()
+            record = metrics.to_dict()
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record, default=_jsonable_default) + "\n")
             self._save(loop, server)
-            rounds.append(metrics.to_dict())
+            rounds.append(record)
             log.info(
                 "round %d: mean acc %.4f, survivors %s, %d exchanges, %.1f s",
                 r + 1,

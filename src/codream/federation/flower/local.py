@@ -97,7 +97,8 @@ def run_flower(
         keep_logs: keep every process's log under out_dir/logs.
 
     Returns:
-        The results dict the ServerApp wrote (status, per-round metrics, dropped clients), plus
+        The results dict the ServerApp wrote (status, the metrics of every finished round of the
+        run, resumed or not, dropped clients), plus
         "deployment" (ports, node ids, seconds to start, the killed node if any).
 
     Raises:
@@ -114,7 +115,13 @@ def run_flower(
         raise ConfigError(f"kill_node_at.node must be a SuperNode index in 0..{n - 1}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (RESULTS_FILE, "progress.jsonl", "dreams.npz", "trace.npz"):
+    for stale in (
+        RESULTS_FILE,
+        "progress.jsonl",
+        "dreams.npz",
+        "trace.npz",
+        *(() if resume else ("rounds.jsonl",)),
+    ):
         (out / stale).unlink(missing_ok=True)
     node_state = out / "node_state"
     if not resume:  # a fresh run: no node may continue from an earlier run's state
@@ -201,6 +208,10 @@ def run_flower(
         if not results_path.exists():
             raise DeploymentError(f"the run ended without results; see {logs}")
         results = json.loads(results_path.read_text())
+        # Every round the run finished, a resumed run's earlier ones included (kept as they came).
+        rounds_log = out / "rounds.jsonl"
+        if rounds_log.exists():
+            results["rounds"] = [json.loads(x) for x in rounds_log.read_text().splitlines() if x.strip()]
         results["deployment"] = {
             "superlink": deployment.superlink_address,
             "node_ids": {str(k): v for k, v in deployment.node_ids.items()},
