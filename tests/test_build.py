@@ -301,7 +301,7 @@ def test_a_flower_run_says_it_holds_no_validation_split_and_still_gets_its_basel
     def finished(config, **kwargs):
         seen["validation"] = config.validation
         ids = list(range(config.num_clients))
-        rnd = {"accuracies": [0.5] * len(ids), "participants": ids, "survivors": ids}
+        rnd = {"round": 0, "accuracies": [0.5] * len(ids), "participants": ids, "survivors": ids}
         return {"rounds": [{**rnd, "aggregation": {"clipped": 0, "overflowed": 0}}]}
 
     monkeypatch.setattr(local, "run_flower", finished)
