@@ -20,7 +20,13 @@ from scipy.stats import chisquare
 from codream.crypto.aead import seal
 from codream.crypto.shamir import PRIME, Share
 from codream.exceptions import AbortReason, ProtocolAbort, UnexpectedMessage
-from codream.secagg.client import Aborted, ConsistencyCheckState, MaskedInputState, UnmaskState
+from codream.secagg.client import (
+    Aborted,
+    ConsistencyCheckState,
+    MaskedInputState,
+    ShareKeysState,
+    UnmaskState,
+)
 from codream.secagg.keys import (
     advertisement_digest,
     context_digest,
@@ -392,16 +398,19 @@ def test_a_mask_key_swapped_by_the_server_changes_the_session_id_so_shares_do_no
 
 
 def test_a_low_order_mask_key_aborts_before_any_input_leaves(config):
+    # Every pairwise secret is agreed when the shares arrive, so a bad key stops the client there.
     h = Harness(config)
-    h.setup()
+    h.send(h.start())
+    h.send(h.deliver(h.close()))
+    deliveries = h.close()
     state = h.clients[0]
-    assert isinstance(state, MaskedInputState)
-    peers = dict(state.session.peers)
-    peers[1] = (LOW_ORDER_POINT, *peers[1][1:])
-    poisoned = dataclasses.replace(state, session=dataclasses.replace(state.session, peers=peers))
-    after, reply = poisoned.submit(np.zeros(6, dtype=np.uint64))
-    assert isinstance(after, Aborted) and after.reason is AbortReason.INVALID_PUBLIC_KEY
-    assert isinstance(reply, AbortMessage)
+    assert isinstance(state, ShareKeysState)
+    adverts = dict(state.adverts)
+    adverts[1] = dataclasses.replace(adverts[1], mask_keys=(LOW_ORDER_POINT, *adverts[1].mask_keys[1:]))
+    h.clients[0] = dataclasses.replace(state, adverts=adverts)
+    replies = h.deliver(deliveries)
+    assert isinstance(h.clients[0], Aborted) and h.clients[0].reason is AbortReason.INVALID_PUBLIC_KEY
+    assert isinstance(replies[0], AbortMessage)
 
 
 def test_an_unexpected_message_leaves_the_client_state_untouched(at_unmask):
@@ -593,14 +602,15 @@ def test_the_fast_mask_accumulator_adds_exactly_the_words_of_mask_words(bits):
     from codream.crypto.agreement import X25519KeyPair
     from codream.crypto.kdf import pairwise_mask_key, self_mask_key
     from codream.crypto.prg import mask_words
-    from codream.secagg.keys import masked_words
+    from codream.secagg.keys import masked_words, pairwise_secrets
 
     rng = np.random.default_rng(bits)
     x = random_words(rng, 1001, bits)
     session, seed = bytes(range(32)), bytes(32)
     me = X25519KeyPair.from_private_bytes(bytes([7]) * 32)
     peers = {cid: X25519KeyPair.from_private_bytes(bytes([cid + 1]) * 32).public_bytes() for cid in (1, 4, 9)}
-    y = masked_words(x, own_id=5, seed=seed, mask_key=me, peers=peers, session=session, vector=3, bits=bits)
+    shared = pairwise_secrets(me, peers)
+    y = masked_words(x, own_id=5, seed=seed, shared=shared, session=session, vector=3, bits=bits)
     reference = [int(w) for w in x]
     for i, w in enumerate(
         mask_words(self_mask_key(seed, session_id=session, vector_index=3), 1001, bits=bits)

@@ -39,6 +39,7 @@ __all__ = [
     "mask_sign",
     "masked_words",
     "pairwise_mask",
+    "pairwise_secrets",
     "seed_commitment",
     "self_mask",
     "session_id",
@@ -260,13 +261,22 @@ def pairwise_mask(
     return mask_words(pairwise_key(own, peer_public, session=session, vector=vector), count, bits=bits)
 
 
+def pairwise_secrets(own: X25519KeyPair, peers: Mapping[int, bytes]) -> dict[int, bytes]:
+    """X25519(s_sk_u^j, s_pk_v^j) for each peer v: computed once, when the keys arrive, so that
+    masking a vector (`masked_words`) costs no key agreement.
+
+    Raises:
+        ProtocolAbort: INVALID_PUBLIC_KEY for a malformed or low-order peer key.
+    """
+    return {peer: own.exchange(public) for peer, public in peers.items()}
+
+
 def masked_words(
     words: np.ndarray,
     *,
     own_id: int,
     seed: bytes,
-    mask_key: X25519KeyPair,
-    peers: Mapping[int, bytes],
+    shared: Mapping[int, bytes],
     session: bytes,
     vector: int,
     bits: int,
@@ -274,17 +284,17 @@ def masked_words(
 ) -> np.ndarray:
     """y = x + PRG(b^j) + sum_v sign(u, v) PRG(k_uv^j) mod 2^bits, over the peers masked with.
 
-    The self mask is keyed with the session id, the pairwise masks with `salt` (the vector's
-    `mask_salt`; default the session id). The masks are summed by `prg.MaskAccumulator`, which
-    never widens a mask to uint64.
-
-    Raises:
-        ProtocolAbort: INVALID_PUBLIC_KEY for a malformed or low-order peer key.
+    `shared` holds each peer's X25519 secret of vector j (`pairwise_secrets`); k_uv^j is its HKDF
+    with `salt` (the vector's `mask_salt`, which binds the context; default the session id) and
+    the vector index, so every vector, and every context, gets masks of its own. The self mask is
+    keyed with the session id. The masks are summed by `prg.MaskAccumulator`, which never widens a
+    mask to uint64.
     """
     acc = MaskAccumulator(words.shape[0], bits=bits)
     acc.add_words(words)
     acc.add_mask(self_mask_key_for(seed, session=session, vector=vector))
-    for peer in sorted(peers):
-        key = pairwise_key(mask_key, peers[peer], session=session if salt is None else salt, vector=vector)
+    pair_salt = session if salt is None else salt
+    for peer in sorted(shared):
+        key = pairwise_mask_key(shared[peer], session_id=pair_salt, vector_index=vector)
         acc.add_mask(key, sign=mask_sign(own_id, peer))
     return acc.result()

@@ -78,6 +78,8 @@ class ClientSession:
         graph: every client's neighbours, drawn from the session id.
         peers: the neighbours whose shares were relayed to it, with their mask public keys per
             vector. These are exactly the peers it masks with.
+        shared: per vector, per peer, the X25519 secret of the pair (derived once, when the
+            shares arrive, so that no key agreement sits on the per-vector path).
         held: per owner (itself and the peers whose bundle checked out), per vector, its
             (b^j share, s_sk^j share) of that owner.
         set_aside: peers whose bundle did not open or failed its checks, with the reason; it holds
@@ -92,6 +94,7 @@ class ClientSession:
     roster: frozenset[int]
     graph: Mapping[int, frozenset[int]]
     peers: Mapping[int, tuple[bytes, ...]]
+    shared: tuple[Mapping[int, bytes], ...]
     held: Mapping[int, tuple[tuple[Share, Share], ...]]
     set_aside: Mapping[int, str] = field(default_factory=dict)
     seed_commitments: Mapping[int, tuple[bytes, ...]] = field(default_factory=dict)

@@ -21,7 +21,13 @@ from typing import ClassVar
 from ...crypto.aead import open_sealed
 from ...crypto.shamir import Share
 from ...exceptions import AbortReason, DecryptionError, ProtocolAbort
-from ..keys import decode_share_bundle, share_associated_data, share_commitments, share_holders
+from ..keys import (
+    decode_share_bundle,
+    pairwise_secrets,
+    share_associated_data,
+    share_commitments,
+    share_holders,
+)
 from ..messages import AdvertiseKeys, SharesDelivery
 from .base import ClientContext, ClientSecrets, ClientSession, ClientState, Transition
 
@@ -93,13 +99,21 @@ class ShareKeysState(ClientState):
                 first.reason,
                 f"{len(failures)} bad share bundles, more than corrupt={config.corrupt}: {first.detail}",
             )
+        # Every pairwise secret of the session, once: k * J agreements here instead of k per vector
+        # on the path from an input to its masked words.
+        peers = {v: self.adverts[v].mask_keys for v in senders}
+        shared = tuple(
+            pairwise_secrets(own, {v: keys[j] for v, keys in peers.items()})
+            for j, own in enumerate(self.secrets.masks)
+        )
         session = ClientSession(
             ctx=self.ctx,
             secrets=self.secrets,
             session_id=self.session_id,
             roster=self.roster,
             graph=self.graph,
-            peers={v: self.adverts[v].mask_keys for v in senders},
+            peers=peers,
+            shared=shared,
             held=held,
             set_aside=set_aside,
             seed_commitments={v: self.adverts[v].seed_commitments for v in senders},
