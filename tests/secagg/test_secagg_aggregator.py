@@ -195,3 +195,15 @@ def test_a_harary_request_too_small_for_a_sparse_graph_gets_the_complete_graphs_
         round_index=0, participants=range(20), lengths=(3,)
     )
     assert config.is_complete and config.corrupt == 2 and 2 * config.threshold > 20 + 2
+
+
+def test_a_semi_honest_harary_session_takes_the_random_dropout_rule_and_says_so():
+    from codream.aggregation.server import ServerSeam
+    from codream.secagg.graph import choose_parameters
+
+    config = ServerSeam("secure", graph="harary", dropout=0.1, corrupt_fraction=0.1).session_config(
+        round_index=0, participants=range(1000), lengths=(3,)
+    )
+    rule = choose_parameters(1000, dropout_rate=0.1, corrupt_fraction=0.1, malicious=False)
+    assert config.dropout_rate == 0.1 and (config.degree, config.threshold) == (rule.k, rule.threshold)
+    assert config.degree < choose_parameters(1000, dropout_rate=0.1, corrupt_fraction=0.1).k

@@ -21,6 +21,7 @@ from codream.secagg.graph import (
     choose_parameters,
     correctness_failure,
     exposure_failure,
+    random_split_failure,
     security_failure,
     split_failure,
 )
@@ -163,4 +164,75 @@ def test_session_config_refuses_what_the_bound_refuses():
 )
 def test_the_examples_of_secagg_primitives_section_7(n, dropout, corrupt, k, t):
     p = choose_parameters(n, dropout_rate=dropout, corrupt_fraction=corrupt)
+    assert (p.k, p.threshold) == (k, t)
+
+
+# ----------------------------------------------------------------- the semi-honest rule (random dropouts)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "c", "dropout"), [(100, 20, 10, 0.1), (1000, 46, 100, 0.1), (200, 66, 20, 0.3)]
+)
+def test_the_random_split_term_is_n_times_an_exact_sum_over_the_corrupt_clients_of_a_half_ring(
+    n, k, c, dropout
+):
+    half, p = k // 2, Fraction(dropout).limit_denominator(1000)
+    exact = sum(
+        Fraction(math.comb(c, z) * math.comb(n - 1 - c, half - z), math.comb(n - 1, half)) * p ** (half - z)
+        for z in range(half + 1)
+    )
+    assert _close(random_split_failure(n, k, c, float(p)), n * exact)
+    assert random_split_failure(n, n - 1, c, dropout) == 0.0
+
+
+@pytest.mark.parametrize(("n", "dropout"), [(200, 0.0), (1000, 0.1), (1000, 0.3), (5000, 0.1)])
+def test_the_semi_honest_rule_meets_the_target_with_the_least_threshold_and_configs_accept_it(n, dropout):
+    p = choose_parameters(n, dropout_rate=dropout, corrupt_fraction=0.1, malicious=False)
+    assert p.dropout == dropout and p.k < n - 1
+    bound = security_failure(n, p.k, p.threshold, p.corrupt, malicious=False, dropout=dropout)
+    assert p.security_failure == bound <= 2.0**-SECURITY_BITS
+    assert security_failure(n, p.k, p.threshold - 1, p.corrupt, malicious=False, dropout=dropout) > 2.0**-40
+    assert p.correctness_failure <= 2.0**-20
+    # Far below the malicious rule, whose threshold must exceed half the holders.
+    assert p.k < choose_parameters(n, dropout_rate=dropout, corrupt_fraction=0.1).k
+    base = dict(
+        round_index=0,
+        client_ids=tuple(range(n)),
+        threshold=p.threshold,
+        vector_lengths=(1,),
+        graph=GraphKind.HARARY,
+        degree=p.k,
+        corrupt=p.corrupt,
+        min_survivors=p.corrupt + 2,
+    )
+    SessionConfig(**base, dropout_rate=dropout)
+    with pytest.raises(ConfigError, match="security failure bound"):
+        SessionConfig(**base)  # without the dropout model the bound that holds whoever drops refuses t
+    keys, _ = provision_signers(range(n))
+    with pytest.raises(ConfigError, match="dropout_rate"):
+        SessionConfig(**base, dropout_rate=dropout, malicious=True, verify_keys=keys)
+
+
+def test_the_semi_honest_degree_grows_like_log_n():
+    for dropout in (0.1, 0.3):
+        small, large = (
+            choose_parameters(n, dropout_rate=dropout, corrupt_fraction=0.1, malicious=False)
+            for n in (1000, 10_000)
+        )
+        assert small.k <= large.k < 1.3 * small.k
+
+
+@pytest.mark.parametrize(
+    ("n", "dropout", "k", "t"),
+    [
+        (1000, 0.0, 30, 22),
+        (1000, 0.1, 46, 26),
+        (1000, 0.3, 92, 37),
+        (10000, 0.0, 32, 25),
+        (10000, 0.1, 54, 30),
+        (10000, 0.3, 106, 43),
+    ],
+)
+def test_the_semi_honest_examples_of_protocols_secagg_section_3_3(n, dropout, k, t):
+    p = choose_parameters(n, dropout_rate=dropout, corrupt_fraction=0.1, malicious=False)
     assert (p.k, p.threshold) == (k, t)

@@ -256,7 +256,9 @@ def test_message_sizes_are_the_ones_the_spec_states(malicious):
     assert len(adverts[0].to_bytes()) == 43 + 64 * J + sig
     h.send(adverts)
     broadcasts = h.close()
-    assert len(broadcasts[0].to_bytes()) == 10 + 36 * n + (n - 1) * (47 + 64 * J + sig)
+    # Semi-honest: the roster digest too (here every client is a neighbour, so every entry goes).
+    digest = 0 if malicious else 32
+    assert len(broadcasts[0].to_bytes()) == 15 + digest + 36 * n + (n - 1) * (47 + 64 * J + sig)
     shares = h.deliver(broadcasts)
     assert len(shares[0].to_bytes()) == 15 + (n - 1) * (48 + 140 * J) + n * (8 + 64 * J) + sig
     h.send(shares)
@@ -267,7 +269,7 @@ def test_message_sizes_are_the_ones_the_spec_states(malicious):
     assert len(masked[0].to_bytes()) == 47 + length * 3
     h.send(masked)
     requests = h.close()
-    assert len(requests[0].to_bytes()) == 14 + 4 * n
+    assert len(requests[0].to_bytes()) == 18 + 4 * n
     replies = h.deliver(requests)
     if malicious:
         assert len(replies[0].to_bytes()) == 74

@@ -95,12 +95,19 @@ class ServerSeam:
         n = len(ids)
         if n < 2:
             raise ConfigError(f"secure aggregation needs at least 2 participants, got {n}")
-        kind, degree, threshold = GraphKind.COMPLETE, 0, self.threshold
+        kind, degree, threshold, assumed = GraphKind.COMPLETE, 0, self.threshold, None
         if self.graph is GraphKind.HARARY:
-            params = choose_parameters(n, dropout_rate=self.dropout, corrupt_fraction=self.corrupt_fraction)
+            # Semi-honest sessions may assume the planned dropout rate (graph.random_split_failure),
+            # which keeps k of order log n; malicious ones take the rule that assumes nothing.
+            params = choose_parameters(
+                n,
+                dropout_rate=self.dropout,
+                corrupt_fraction=self.corrupt_fraction,
+                malicious=self.malicious,
+            )
             if params.k < n - 1:
                 # The graph itself is drawn from the session id (SessionConfig.neighbours).
-                kind, degree = GraphKind.HARARY, params.k
+                kind, degree, assumed = GraphKind.HARARY, params.k, params.dropout
                 if threshold is None:
                     threshold = max(
                         params.threshold, required_threshold(degree + 1, malicious=self.malicious)
@@ -122,6 +129,7 @@ class ServerSeam:
             degree=degree,
             corrupt=corrupt,
             min_survivors=n_min if n_min <= n else None,
+            dropout_rate=assumed,
         )
 
     def plan(

@@ -12,8 +12,9 @@ Two sweeps over n:
 - **fixed k**: a Harary graph of degree k with threshold t at every n (defaults k = 32, t = 17), at
   dropout 0 and 10 %. A cost sweep, not the security rule: it isolates how the server's work grows in
   n when each client's neighbourhood does not, and the fitted exponent of server CPU in n comes from it;
-- **rule**: k and t from `codream.secagg.graph.choose_parameters` (10 % corrupt clients assumed) at
-  dropout 0, 10 and 30 %: what a deployment would run, where k also grows with the expected dropout.
+- **rule**: k and t from `codream.secagg.graph.choose_parameters` with its semi-honest rule (10 %
+  corrupt clients, clients dropping at random at the sweep's rate, `SessionConfig.dropout_rate`) at
+  dropout 0, 10 and 30 %: what a semi-honest deployment would run.
 
 Per point: client CPU (mean and max over the clients that sent their input; set-up and vector parts),
 server CPU (set-up = rounds 0-1, vector = rounds 2-3), bytes, and Flower's SecAgg+ client masking stage
@@ -22,9 +23,10 @@ least-squares slopes of log CPU on log n over a sweep's points at one dropout. A
 says so, when the previous point of its sweep, grown by the slope of the last two, predicts more than
 ``max_point_seconds`` of CPU.
 
-Masking against the keystream: one client's masking of one vector with k neighbours (key agreement,
-HKDF, expansion and adds) against the bare AES-256-CTR keystream for the same words and keys, at d in
-``mask_ds``, best of ``repeats`` interleaved CPU timings.
+Masking against the keystream: one client's masking of one vector with k neighbours (the per-vector
+HKDFs, expansion and adds: the pairwise X25519 secrets are agreed once per session, when the shares
+arrive, and are timed apart) against the bare AES-256-CTR keystream for the same words and keys, at d
+in ``mask_ds``, best of ``repeats`` interleaved CPU timings.
 """
 
 from __future__ import annotations
@@ -119,7 +121,18 @@ def fitted_exponent(ns: Sequence[float], seconds: Sequence[float]) -> float | No
 # ------------------------------------------------------------------------------ one session
 
 
-def _scale_session(n: int, k: int, t: int, d: int, dropped: Sequence[int], bits: int, seed: int) -> dict:
+def _scale_session(
+    n: int,
+    k: int,
+    t: int,
+    d: int,
+    dropped: Sequence[int],
+    bits: int,
+    seed: int,
+    *,
+    corrupt: int = 0,
+    dropout_rate: float | None = None,
+) -> dict:
     """One timed session; the row's cost fields (or its abort reason)."""
     from ..secagg.config import GraphKind, SessionConfig
     from ..secagg.runner import Dropout, DropoutSchedule, InProcessSession, Stage
@@ -136,6 +149,9 @@ def _scale_session(n: int, k: int, t: int, d: int, dropped: Sequence[int], bits:
         # The Harary graph is drawn from the session id (a hash of what the clients advertise), so a
         # point's graph differs from run to run; its cost does not depend on which graph it is.
         degree=0 if complete else k,
+        corrupt=corrupt,
+        min_survivors=max(t, corrupt + 2),
+        dropout_rate=None if complete else dropout_rate,
     )
     rng = np.random.default_rng([seed, n])
     inputs = {cid: rng.integers(0, 1 << bits, d, dtype=np.uint32 if bits <= 32 else np.uint64) for cid in ids}
@@ -219,13 +235,15 @@ def run_scale(settings: ScaleSettings, *, progress: Callable[[str], None] | None
     for sweep, ns, dropout in plans:
         done: list[tuple[int, float]] = []
         for n in ns:
+            how: dict = {}
             if sweep == "fixed k":
                 k, t = settings.fixed_k, settings.fixed_t
             else:
                 params = choose_parameters(
-                    n, dropout_rate=dropout, corrupt_fraction=settings.corrupt_fraction
+                    n, dropout_rate=dropout, corrupt_fraction=settings.corrupt_fraction, malicious=False
                 )
                 k, t = params.k, params.threshold
+                how = {"corrupt": params.corrupt, "dropout_rate": params.dropout}
             draw = np.random.default_rng([settings.seed, n, round(dropout * 1000)])
             dropped = sorted(draw.choice(n, size=round(dropout * n), replace=False).tolist())
             row: dict = {
@@ -245,7 +263,7 @@ def run_scale(settings: ScaleSettings, *, progress: Callable[[str], None] | None
                 rows.append(row)
                 continue
             say(f"{sweep} n={n} d={settings.d} dropout={dropout} k={k} t={t}")
-            row.update(_scale_session(n, k, t, settings.d, dropped, bits, settings.seed))
+            row.update(_scale_session(n, k, t, settings.d, dropped, bits, settings.seed, **how))
             ours, flower = client_stage(k)
             row["ours_client_stage_s"] = ours
             row["flower_client_s"] = flower[1] if flower else None
@@ -283,6 +301,7 @@ def run_scale(settings: ScaleSettings, *, progress: Callable[[str], None] | None
                 "keystream_gb_per_s": stream_bytes / m.prg / 1e9,
                 "prg_s": m.prg,
                 "keys_s": m.keys,
+                "agreement_s": m.agreement,
                 "expand_s": m.expand,
                 "mask_s": m.protocol,
                 "mask_over_prg": m.protocol / m.prg,
@@ -355,18 +374,21 @@ def scale_to_markdown(result: dict, *, command: str, machine: dict[str, str]) ->
         "",
         "Client masking against the AES-256-CTR keystream (one vector, k neighbours plus the self mask;",
         "best-of CPU times): *keystream* is the bare AES-256-CTR output for the same words and keys,",
-        "*expand* the expansion and adds with the keys already derived, *keys* the X25519 agreements and",
-        "HKDFs, *mask* the protocol's whole masking step (`secagg.keys.masked_words`).",
+        "*expand* the expansion and adds with the keys already derived, *keys* the k + 1 per-vector HKDFs,",
+        "*mask* the protocol's whole per-vector masking step (`secagg.keys.masked_words`, from the pairwise",
+        "secrets). *agreement*: the k X25519 agreements, done once per session when the shares arrive",
+        "(off the per-vector path; for J vectors, J agreements per neighbour then).",
         "",
         "| k | d | keystream | keystream GB/s | keys | expand | mask | mask/keystream | expand/keystream | "
-        "keys share of mask |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "keys share of mask | agreement (once) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in result["masking"]:
         lines.append(
             f"| {m['k']} | {m['d']:.0e} | {_fmt(m['prg_s'], 's')} | {m['keystream_gb_per_s']:.2f} | "
             f"{_fmt(m['keys_s'], 's')} | {_fmt(m['expand_s'], 's')} | {_fmt(m['mask_s'], 's')} | "
-            f"{m['mask_over_prg']:.2f} | {m['expand_over_prg']:.2f} | {m['keys_share_of_mask']:.0%} |"
+            f"{m['mask_over_prg']:.2f} | {m['expand_over_prg']:.2f} | {m['keys_share_of_mask']:.0%} | "
+            f"{_fmt(m['agreement_s'], 's')} |"
         )
     lines.append("")
     return "\n".join(lines)

@@ -10,7 +10,8 @@ import enum
 import functools
 import hashlib
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ..exceptions import ConfigError
 
@@ -54,6 +55,10 @@ class SessionConfig:
             to unmask a vector with fewer alive. Default (and at least): the threshold.
         malicious: malicious-server mode: signed key advertisements and the consistency check.
         verify_keys: Ed25519 public keys of the clients (same order as `client_ids`), malicious mode only.
+        dropout_rate: semi-honest mode only: the rate δ at which clients drop at random, which the
+            security check may then assume (`graph.random_split_failure`; `choose_parameters(...,
+            malicious=False)` picks k and t for it). None (the default, and malicious mode): no
+            dropout model, the bound that holds whoever drops.
 
     Raises:
         ConfigError: any field out of range, or a combination that cannot be made sound (see
@@ -72,6 +77,10 @@ class SessionConfig:
     min_survivors: int | None = None
     malicious: bool = False
     verify_keys: tuple[bytes, ...] = ()
+    dropout_rate: float | None = None
+    #: Each invited id's position in `client_ids`: O(1) membership and key look-ups per message.
+    _positions: Mapping[int, int] = field(init=False, repr=False, compare=False)
+    _digest: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ids = tuple(self.client_ids)
@@ -93,6 +102,7 @@ class SessionConfig:
             raise ConfigError(f"a session needs at least 2 clients, got {n}")
         if ids[0] < 0 or ids[-1] > MAX_CLIENT_ID:
             raise ConfigError(f"client ids must lie in [0, {MAX_CLIENT_ID}]")
+        object.__setattr__(self, "_positions", {cid: i for i, cid in enumerate(ids)})
         if not self.vector_lengths:
             raise ConfigError("a session needs at least one planned vector")
         if len(self.vector_lengths) >= 2**32 or any(not 0 < m < 2**32 for m in self.vector_lengths):
@@ -114,6 +124,16 @@ class SessionConfig:
             raise ConfigError(
                 f"threshold must lie in [2, {self.holders}] (neighbours and the client), got {self.threshold}"
             )
+        if self.dropout_rate is not None:
+            if isinstance(self.dropout_rate, bool) or not isinstance(self.dropout_rate, int | float):
+                raise ConfigError(f"dropout_rate must be a float, got {self.dropout_rate!r}")
+            object.__setattr__(self, "dropout_rate", float(self.dropout_rate))
+            if not 0.0 <= self.dropout_rate < 1.0:
+                raise ConfigError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}")
+            if self.malicious:
+                raise ConfigError(
+                    "malicious mode assumes the server picks who drops; dropout_rate is semi-honest"
+                )
         self._check_security()
         n_min = self.threshold if self.min_survivors is None else self.min_survivors
         if not isinstance(n_min, int) or isinstance(n_min, bool) or not self.threshold <= n_min <= n:
@@ -143,7 +163,9 @@ class SessionConfig:
         from .graph import SECURITY_BITS, security_failure
 
         n, t, c = self.num_clients, self.threshold, self.corrupt
-        failure = security_failure(n, self.effective_degree, t, c, malicious=self.malicious)
+        failure = security_failure(
+            n, self.effective_degree, t, c, malicious=self.malicious, dropout=self.dropout_rate
+        )
         if failure <= 2.0**-SECURITY_BITS:
             return
         mode = "malicious" if self.malicious else "semi-honest"
@@ -153,6 +175,8 @@ class SessionConfig:
             need = f"t > c = {c}"
         else:
             need = "a larger threshold or degree (graph.choose_parameters picks one)"
+        if self.dropout_rate is not None:
+            mode += f" at dropout rate {self.dropout_rate:g}"
         raise ConfigError(
             f"{mode} mode with n={n}, c={c}, {self.graph.value} graph k={self.effective_degree}, t={t}: "
             f"security failure bound {failure:.3g} exceeds 2^-{SECURITY_BITS:g}; need {need}"
@@ -186,9 +210,13 @@ class SessionConfig:
         (roster + c) / 2, so that two quorums share more than c signers, hence an honest one."""
         return (roster_size + self.corrupt) // 2 + 1
 
+    def invites(self, client_id: int) -> bool:
+        """Whether `client_id` is one of `client_ids` (O(1))."""
+        return client_id in self._positions
+
     def verify_key(self, client_id: int) -> bytes:
         """The Ed25519 public key of `client_id` (malicious mode)."""
-        return self.verify_keys[self.client_ids.index(client_id)]
+        return self.verify_keys[self._positions[client_id]]
 
     def neighbours(self, session_id: bytes | None = None) -> dict[int, frozenset[int]]:
         """Each client's neighbours (never itself).
@@ -207,7 +235,15 @@ class SessionConfig:
         return dict(_graph(self.client_ids, self.degree, graph_seed(session_id)))
 
     def digest(self) -> bytes:
-        """SHA-256 over a canonical encoding of every field, folded into the session id."""
+        """SHA-256 over a canonical encoding of every field, folded into the session id (computed
+        once: it hashes every id)."""
+        try:
+            return self._digest
+        except AttributeError:
+            object.__setattr__(self, "_digest", self._compute_digest())
+            return self._digest
+
+    def _compute_digest(self) -> bytes:
         h = hashlib.sha256(b"codream/v1/session-config")
         h.update(struct.pack(">IIIB", self.round_index, self.threshold, self.bits, self.malicious))
         h.update(struct.pack(">I", len(self.client_ids)))
@@ -218,6 +254,8 @@ class SessionConfig:
         h.update(struct.pack(">B", len(graph)) + graph + struct.pack(">I", self.degree))
         h.update(struct.pack(">II", self.corrupt, self.min_survivors))
         h.update(b"".join(self.verify_keys))
+        if self.dropout_rate is not None:
+            h.update(b"dropout" + struct.pack(">d", self.dropout_rate))
         return h.digest()
 
 

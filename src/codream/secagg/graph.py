@@ -37,6 +37,7 @@ __all__ = [
     "exposure_failure",
     "harary_graph",
     "is_connected",
+    "random_split_failure",
     "security_failure",
     "seeded_permutation",
     "split_failure",
@@ -170,8 +171,10 @@ class GraphParameters:
             to rebuild one of its secrets.
         corrupt: c = ceil(corrupt_fraction * n), the corrupt clients the bound assumes; pass it
             to `SessionConfig.corrupt`.
-        security_failure: `security_failure(n, k, t, c, malicious)`.
+        security_failure: `security_failure(n, k, t, c, malicious, dropout)`.
         correctness_failure: `correctness_failure(n, k, t, dropout_rate)`.
+        dropout: the dropout rate the security bound assumes (semi-honest rule), to pass to
+            `SessionConfig.dropout_rate`; None for the malicious rule, which assumes none.
     """
 
     k: int
@@ -179,6 +182,7 @@ class GraphParameters:
     corrupt: int = 0
     security_failure: float = 0.0
     correctness_failure: float = 0.0
+    dropout: float | None = None
 
 
 def exposure_failure(n: int, k: int, t: int, corrupt: int, *, malicious: bool) -> float:
@@ -228,10 +232,48 @@ def split_failure(n: int, k: int, t: int, corrupt: int) -> float:
     return min(1.0, n * tail)
 
 
-def security_failure(n: int, k: int, t: int, corrupt: int, *, malicious: bool) -> float:
+def random_split_failure(n: int, k: int, corrupt: int, dropout: float) -> float:
+    """Semi-honest mode, dropouts at random: union bound on the honest clients alive for a vector
+    splitting into separate groups.
+
+    Each client is absent from a vector independently with probability `dropout`, whatever the
+    graph (a semi-honest server follows the protocol, so it lists as dropped exactly the clients
+    that did not answer; the graph is drawn from the session id, after the corrupt clients are
+    fixed). On the Harary ring (even k, offsets 1..k/2) two honest alive clients at most k/2
+    positions apart share a mask, so the honest alive clients stay connected unless some run of
+    k/2 consecutive positions holds none of them, each being corrupt (its masks are the server's)
+    or dropped. The k/2 positions after a client hold Z ~ Hyp(n - 1, corrupt, k/2) corrupt
+    clients, and the other k/2 - Z all dropped with probability dropout^(k/2 - Z). The bound does
+    not depend on t: a threshold only has to keep the corrupt holders below t (`exposure_failure`)
+    and the survivors above it (`correctness_failure`). Zero on the complete graph.
+
+    Returns:
+        min(1, n * sum_z P[Z = z] * dropout^(k/2 - z)), or 0 for k >= n - 1.
+    """
+    if k >= n - 1:
+        return 0.0
+    half = k // 2
+    z = np.arange(half + 1)
+    pmf = hypergeom.pmf(z, n - 1, min(corrupt, n - 1), half)
+    return min(1.0, n * float(np.sum(pmf * float(dropout) ** (half - z))))
+
+
+def security_failure(
+    n: int, k: int, t: int, corrupt: int, *, malicious: bool, dropout: float | None = None
+) -> float:
     """Union bound on the server (with `corrupt` clients) learning more than the honest survivors'
-    sum: `exposure_failure` + `split_failure`. Decreases as t grows."""
-    return min(1.0, exposure_failure(n, k, t, corrupt, malicious=malicious) + split_failure(n, k, t, corrupt))
+    sum. Decreases as t grows.
+
+    - Malicious mode, or no dropout model (`dropout` None): `exposure_failure` + `split_failure`,
+      which hold when the server picks who "dropped".
+    - Semi-honest mode with clients dropping at random at rate `dropout`:
+      `exposure_failure(malicious=False)` + `random_split_failure`.
+    """
+    if malicious or dropout is None:
+        split = split_failure(n, k, t, corrupt)
+    else:
+        split = random_split_failure(n, k, corrupt, dropout)
+    return min(1.0, exposure_failure(n, k, t, corrupt, malicious=malicious) + split)
 
 
 def correctness_failure(n: int, k: int, t: int, dropout: float) -> float:
@@ -245,16 +287,18 @@ def correctness_failure(n: int, k: int, t: int, dropout: float) -> float:
 
 
 def _smallest_secure_threshold(
-    n: int, k: int, corrupt: int, target: float, upto: int | None = None
+    n: int, k: int, corrupt: int, target: float, upto: int | None = None, dropout: float | None = None
 ) -> int | None:
-    """The least t in [2, min(upto, k + 1)] whose (malicious-mode) security bound meets `target`;
-    the bound falls as t grows, so one look at the top of the range rules a degree out."""
+    """The least t in [2, min(upto, k + 1)] whose security bound (malicious, or semi-honest at
+    `dropout`) meets `target`; the bound falls as t grows, so one look at the top of the range
+    rules a degree out."""
+    malicious = dropout is None
     lo, hi = 2, k + 1 if upto is None else min(upto, k + 1)
-    if hi < lo or security_failure(n, k, hi, corrupt, malicious=True) > target:
+    if hi < lo or security_failure(n, k, hi, corrupt, malicious=malicious, dropout=dropout) > target:
         return None
     while lo < hi:
         mid = (lo + hi) // 2
-        if security_failure(n, k, mid, corrupt, malicious=True) <= target:
+        if security_failure(n, k, mid, corrupt, malicious=malicious, dropout=dropout) <= target:
             hi = mid
         else:
             lo = mid + 1
@@ -281,6 +325,7 @@ def choose_parameters(
     security_bits: float = 40.0,
     correctness_bits: float = 20.0,
     complete: bool = False,
+    malicious: bool = True,
 ) -> GraphParameters:
     """Smallest degree k, and the smallest threshold t for it, that meet both failure targets.
 
@@ -288,11 +333,18 @@ def choose_parameters(
     controls the server and c = ceil(γn) clients (`corrupt_fraction` γ). The random ring placement
     makes a client's neighbours a uniform sample of the others.
 
-    - security: `security_failure(n, k, t, c, malicious=True)` <= 2^-security_bits (see
-      `exposure_failure` and `split_failure`: the owner's own share is counted, and neither term
-      depends on δ, so they hold when the server picks who "dropped"). The malicious-mode rule
-      is the stronger one (it holds even against a server that splits the holders' views), so
-      one choice serves both modes;
+    - security, malicious rule (`malicious`, the default): `security_failure(n, k, t, c,
+      malicious=True)` <= 2^-security_bits (see `exposure_failure` and `split_failure`: the
+      owner's own share is counted, and neither term depends on δ, so they hold when the server
+      picks who "dropped"). It holds even against a server that splits the holders' views, so
+      its choice serves both modes; but it needs t > k/2 + 1, which the survivors of a dropped
+      client's k neighbours must still reach, so k grows like 1/(1/2 - δ)^2 with the dropout;
+    - security, semi-honest rule (`malicious=False`): `security_failure(n, k, t, c,
+      malicious=False, dropout=δ)` <= 2^-security_bits, for a server that follows the protocol
+      while clients drop at random at rate δ (`random_split_failure`): t need only exceed the
+      corrupt holders, so k stays O(log n) with a constant that grows gently with δ (the table in
+      protocols/secagg.md §3.3). Its choice is valid only for a semi-honest `SessionConfig` with
+      `dropout_rate = δ` (`GraphParameters.dropout`);
     - correctness: `correctness_failure(n, k, t, δ)` <= 2^-correctness_bits.
 
     k runs over even values 2, 4, ... and finally n - 1 (complete graph); t is the smallest value
@@ -315,6 +367,7 @@ def choose_parameters(
         security_bits: σ, the security target is 2^-σ.
         correctness_bits: η, the correctness target is 2^-η.
         complete: only consider the complete graph (k = n - 1), i.e. choose t for SecAgg.
+        malicious: the malicious rule (True) or the semi-honest rule with random dropouts (False).
 
     Returns:
         The parameters and the failure bounds they achieve.
@@ -337,35 +390,32 @@ def choose_parameters(
     security_target = 2.0**-security_bits
     correctness_target = 2.0**-correctness_bits
     candidates = [n - 1] if complete else list(range(2, n - 1, 2)) + [n - 1]
+    assumed = None if malicious else float(dropout_rate)
+
+    def secure(k: int, t: int) -> float:
+        return security_failure(n, k, t, corrupt, malicious=malicious, dropout=assumed)
+
     # The smallest secure t is also the best for correctness (whose bound grows with t), so each
     # degree needs only that one threshold.
     for k in candidates:
         # Correctness caps t, security floors it: a degree works iff the floor is under the cap.
         cap = _largest_correct_threshold(n, k, dropout_rate, correctness_target)
-        t = _smallest_secure_threshold(n, k, corrupt, security_target, upto=cap)
+        t = _smallest_secure_threshold(n, k, corrupt, security_target, upto=cap, dropout=assumed)
         if t is None:
             continue
         correctness = correctness_failure(n, k, t, dropout_rate)
         if correctness <= correctness_target:
-            return GraphParameters(
-                k, t, corrupt, security_failure(n, k, t, corrupt, malicious=True), correctness
-            )
+            return GraphParameters(k, t, corrupt, secure(k, t), correctness, assumed)
     # Too few clients for the correctness target: the complete graph with the smallest secure
     # threshold is the most dropout-tolerant secure choice; sessions then abort more often.
     k = n - 1
-    t = _smallest_secure_threshold(n, k, corrupt, security_target)
+    t = _smallest_secure_threshold(n, k, corrupt, security_target, dropout=assumed)
     if t is None:
         raise ConfigError(
             f"no threshold meets 2^-{security_bits} security for n={n}, corrupt_fraction={corrupt_fraction}, "
             f"even on the complete graph; need more clients or fewer corrupt clients"
         )
-    params = GraphParameters(
-        k,
-        t,
-        corrupt,
-        security_failure(n, k, t, corrupt, malicious=True),
-        correctness_failure(n, k, t, dropout_rate),
-    )
+    params = GraphParameters(k, t, corrupt, secure(k, t), correctness_failure(n, k, t, dropout_rate), assumed)
     _log.warning(
         "n=%d, dropout_rate=%g: no degree meets 2^-%g correctness; complete graph, t=%d, abort bound %.3g",
         n,

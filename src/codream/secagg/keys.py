@@ -44,7 +44,10 @@ __all__ = [
     "self_mask",
     "session_id",
     "share_associated_data",
+    "roster_digest",
+    "session_id_of_digest",
     "share_holders",
+    "share_indices",
     "word_mask",
 ]
 
@@ -60,19 +63,28 @@ def advertisement_digest(advert: AdvertiseKeys) -> bytes:
     return hashlib.sha256(advert.to_bytes()).digest()
 
 
-def session_id(config_digest: bytes, roster: Iterable[tuple[int, bytes]]) -> bytes:
-    """SHA-256 over the config digest and the sorted roster of (client id, advertisement digest).
-
-    Every key of the session is salted with it, so parties that saw different advertisements (or
-    different configs) cannot decrypt each other's shares and abort instead of summing garbage.
-    """
+def roster_digest(roster: Iterable[tuple[int, bytes]]) -> bytes:
+    """SHA-256 over the sorted roster of (client id, advertisement digest), its size first."""
     entries = sorted(roster)
-    h = hashlib.sha256(b"codream/v1/session-id")
-    h.update(config_digest)
+    h = hashlib.sha256(b"codream/v1/roster")
     h.update(struct.pack(">I", len(entries)))
     for cid, digest in entries:
         h.update(struct.pack(">I", cid) + digest)
     return h.digest()
+
+
+def session_id(config_digest: bytes, roster: Iterable[tuple[int, bytes]]) -> bytes:
+    """The session id of a roster: `session_id_of_digest(config_digest, roster_digest(roster))`."""
+    return session_id_of_digest(config_digest, roster_digest(roster))
+
+
+def session_id_of_digest(config_digest: bytes, digest: bytes) -> bytes:
+    """SHA-256 over the config digest and the roster digest (`roster_digest`).
+
+    Every key of the session is salted with it, so parties that saw different advertisements (or
+    different configs) cannot decrypt each other's shares and abort instead of summing garbage.
+    """
+    return hashlib.sha256(b"codream/v1/session-id" + config_digest + digest).digest()
 
 
 def seed_commitment(owner: int, vector: int, seed: bytes) -> bytes:
@@ -169,12 +181,19 @@ def share_commitments_signed_bytes(session: bytes, owner: int, roots: Sequence[b
 
 
 def share_holders(owner: int, neighbours: frozenset[int], present: frozenset[int]) -> tuple[int, ...]:
-    """Who holds `owner`'s shares, in share-index order: itself and its neighbours that advertised.
-
-    Share i + 1 goes to ``share_holders(...)[i]``; any party that knows the graph and the roster
-    computes the same list, so a recipient can check the index of the share it got.
-    """
+    """Who holds `owner`'s shares: itself and its neighbours that advertised, sorted."""
     return tuple(sorted((neighbours & present) | {owner}))
+
+
+def share_indices(owner: int, neighbours: frozenset[int]) -> dict[int, int]:
+    """The Shamir index of each possible holder of `owner`'s shares: 1 + its position in the sorted
+    list of `owner` and all its graph neighbours, whether they advertised or not.
+
+    Any party that knows the graph computes the same indices, so a holder can check the index of
+    the share it got without knowing which of the owner's other neighbours advertised (a client
+    learns the roster only around itself, §5.0).
+    """
+    return {h: i + 1 for i, h in enumerate(sorted(neighbours | {owner}))}
 
 
 def share_associated_data(session: bytes, owner: int, recipient: int) -> bytes:

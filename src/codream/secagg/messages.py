@@ -296,13 +296,22 @@ class AdvertiseKeys(Message):
 
 @dataclass(frozen=True, slots=True)
 class KeysBroadcast(Message):
-    """Server -> client, end of round 0: the roster of everyone who advertised (id and SHA-256 of
-    the advertisement) and the full advertisements of the recipient's neighbours. The roster is
-    what the session id hashes, so every client checks it binds the same keys."""
+    """Server -> client, end of round 0: roster entries (id and SHA-256 of the advertisement) and the
+    full advertisements of the recipient's neighbours.
+
+    With `roster_digest` empty, `roster` is the whole roster of everyone who advertised, and the
+    client computes its digest itself (malicious mode needs this: its quorum counts the roster).
+    Otherwise (semi-honest mode) `roster` holds only the recipient's and its neighbours' entries,
+    and `roster_size` and `roster_digest` (`keys.roster_digest`) describe the whole roster: the
+    session id hashes the digest, so a client still gets its session id, and a server that sends
+    O(k) instead of O(n) per client sends O(n k) in all.
+    """
 
     KIND: ClassVar[MessageKind] = MessageKind.KEYS_BROADCAST
     roster: tuple[tuple[int, bytes], ...]
     advertisements: tuple[AdvertiseKeys, ...]
+    roster_size: int = 0
+    roster_digest: bytes = b""
 
     def __post_init__(self) -> None:
         _check_pairs(self.roster, "roster", lambda v, w: _check_bytes(v, w, DIGEST_BYTES))
@@ -310,6 +319,17 @@ class KeysBroadcast(Message):
         for a in self.advertisements:
             if not isinstance(a, AdvertiseKeys):
                 raise InvalidMessage("advertisements must hold AdvertiseKeys messages")
+        _check_u32(self.roster_size, "roster_size")
+        _check_bytes(self.roster_digest, "roster_digest")
+        if len(self.roster_digest) not in (0, DIGEST_BYTES):
+            raise InvalidMessage(f"roster_digest must be empty or {DIGEST_BYTES} bytes")
+        if not self.roster_digest and self.roster_size not in (0, len(self.roster)):
+            raise InvalidMessage("a whole roster's size is its length")
+
+    @property
+    def whole(self) -> bool:
+        """Whether `roster` is the whole roster (no digest given)."""
+        return not self.roster_digest
 
     def _encode(self, w: _Writer) -> None:
         w.u32(len(self.roster))
@@ -319,12 +339,16 @@ class KeysBroadcast(Message):
         w.u32(len(self.advertisements))
         for a in self.advertisements:
             w.blob(a.to_bytes())
+        w.u32(self.roster_size)
+        w.u8(len(self.roster_digest))
+        w.raw(self.roster_digest)
 
     @classmethod
     def _decode(cls, r: _Reader) -> KeysBroadcast:
         roster = tuple((r.u32(), r.raw(DIGEST_BYTES)) for _ in range(r.count(4 + DIGEST_BYTES)))
         adverts = tuple(AdvertiseKeys.from_bytes(r.blob()) for _ in range(r.count(4)))
-        return cls(roster, adverts)
+        size = r.u32()
+        return cls(roster, adverts, size, r.raw(r.u8()))
 
 
 # --------------------------------------------------------------------------- round 1
@@ -471,12 +495,19 @@ class MaskedInput(Message):
 @dataclass(frozen=True, slots=True)
 class UnmaskRequest(Message):
     """Server -> client, round 3 of vector j: who is alive (their y^j arrived) and who dropped
-    (shared keys but sent no y^j). The two lists must be disjoint."""
+    (shared keys but sent no y^j). The two lists must be disjoint.
+
+    `survivors` counts every client alive for vector j. In malicious mode the lists are whole
+    (every alive and every dropped client: the consistency signature covers them, and
+    `survivors` is the length of `alive`). In semi-honest mode a client gets only the entries of
+    itself and its neighbours, O(k) instead of O(n), and checks n_min against `survivors`.
+    """
 
     KIND: ClassVar[MessageKind] = MessageKind.UNMASK_REQUEST
     vector: int
     alive: tuple[int, ...]
     dropped: tuple[int, ...]
+    survivors: int = -1
 
     def __post_init__(self) -> None:
         _check_u32(self.vector, "vector")
@@ -485,10 +516,13 @@ class UnmaskRequest(Message):
             _check_tuple(ids, name)
             for cid in ids:
                 _check_id(cid, f"{name} id")
+        if self.survivors == -1:
+            object.__setattr__(self, "survivors", len(self.alive))
+        _check_u32(self.survivors, "survivors")
 
     def signed_bytes(self, session_id: bytes, context: bytes) -> bytes:
-        """What a client signs in the consistency check: the session, the vector, both lists, and
-        the digest of the context it computed vector j from."""
+        """What a client signs in the consistency check: the session, the vector, both lists, the
+        survivor count and the digest of the context it computed vector j from."""
         _check_bytes(context, "context", DIGEST_BYTES)
         w = _Writer(self.KIND)
         w.raw(b"codream/v1/consistency" + session_id)
@@ -500,10 +534,11 @@ class UnmaskRequest(Message):
         w.u32(self.vector)
         w.ids(self.alive)
         w.ids(self.dropped)
+        w.u32(self.survivors)
 
     @classmethod
     def _decode(cls, r: _Reader) -> UnmaskRequest:
-        return cls(r.u32(), r.ids(), r.ids())
+        return cls(r.u32(), r.ids(), r.ids(), r.u32())
 
 
 @dataclass(frozen=True, slots=True)

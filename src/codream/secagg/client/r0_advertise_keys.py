@@ -25,13 +25,15 @@ from ..keys import (
     SECRET_BYTES,
     advertisement_digest,
     encode_share_bundle,
+    roster_digest,
     seed_commitment,
     seed_share_roots,
-    session_id,
+    session_id_of_digest,
     share_associated_data,
     share_commitments,
     share_commitments_signed_bytes,
     share_holders,
+    share_indices,
 )
 from ..messages import AdvertiseKeys, KeysBroadcast, ShareKeys
 from .base import ClientContext, ClientSecrets, ClientState, Transition
@@ -61,7 +63,7 @@ def start_client(
     Raises:
         ConfigError: unknown client id, or a signer missing, superfluous or not matching the config.
     """
-    if client_id not in config.client_ids:
+    if not config.invites(client_id):
         raise ConfigError(f"client {client_id} is not part of this session")
     if config.malicious:
         if signer is None or signer.public_bytes() != config.verify_key(client_id):
@@ -114,11 +116,16 @@ class AdvertiseKeysState(ClientState):
         from .r1_share_keys import ShareKeysState
 
         ctx, config, me = self.ctx, self.ctx.config, self.ctx.client_id
-        roster = dict(self._check_roster(message))
+        roster, digest = self._check_roster(message)
         present = frozenset(roster)
-        sid = session_id(ctx.config_digest, roster.items())
+        sid = session_id_of_digest(ctx.config_digest, digest)
         # The graph is drawn from the session id, i.e. from every advertised key: fixed only now.
         graph = config.neighbours(sid)
+        strangers = present - graph[me] - {me}
+        if not message.whole and strangers:
+            raise ProtocolAbort(
+                AbortReason.UNKNOWN_PEER, f"the roster lists non-neighbours {sorted(strangers)[:10]}"
+            )
         adverts = self._check_advertisements(message, roster, graph[me])
         holders = share_holders(me, graph[me], present)
         if len(holders) < config.threshold:
@@ -130,16 +137,18 @@ class AdvertiseKeysState(ClientState):
             v: share_encryption_key(self.secrets.encryption.exchange(a.encryption_key), session_id=sid)
             for v, a in adverts.items()
         }
-        # One sharing per secret; holder i gets share index i + 1 (itself included).
+        # One sharing per secret, with an index for each graph neighbour (`share_indices`): the
+        # holders that advertised get theirs, itself included.
+        index = share_indices(me, graph[me])
         seed_shares = [
-            split_secret(b, threshold=config.threshold, num_shares=len(holders), randbytes=ctx.randbytes)
+            split_secret(b, threshold=config.threshold, num_shares=len(index), randbytes=ctx.randbytes)
             for b in self.secrets.seeds
         ]
         key_shares = [
             split_secret(
                 m.private_bytes(),
                 threshold=config.threshold,
-                num_shares=len(holders),
+                num_shares=len(index),
                 randbytes=ctx.randbytes,
             )
             for m in self.secrets.masks
@@ -147,7 +156,8 @@ class AdvertiseKeysState(ClientState):
         own: dict[int, tuple] = {}
         ciphertexts = []
         commitments = []
-        for i, holder in enumerate(holders):
+        for holder in holders:
+            i = index[holder] - 1
             bundle = tuple((seed_shares[j][i], key_shares[j][i]) for j in range(config.num_vectors))
             commitments.append((holder, share_commitments(sid, me, holder, bundle)))
             if holder == me:
@@ -174,12 +184,13 @@ class AdvertiseKeysState(ClientState):
             signature = ctx.signer.sign(share_commitments_signed_bytes(sid, me, roots))
         return state, ShareKeys(me, tuple(ciphertexts), tuple(commitments), signature)
 
-    def _check_roster(self, message: KeysBroadcast) -> list[tuple[int, bytes]]:
+    def _check_roster(self, message: KeysBroadcast) -> tuple[dict[int, bytes], bytes]:
+        """The roster entries this client got, and the digest of the whole roster."""
         config, me = self.ctx.config, self.ctx.client_id
         ids = [cid for cid, _ in message.roster]
         if len(set(ids)) != len(ids):
             raise ProtocolAbort(AbortReason.REPEATED_PEER, "the roster names a client twice")
-        unknown = set(ids) - set(config.client_ids)
+        unknown = [cid for cid in ids if not config.invites(cid)]
         if unknown:
             raise ProtocolAbort(
                 AbortReason.UNKNOWN_PEER, f"the roster names unknown clients {sorted(unknown)}"
@@ -187,17 +198,29 @@ class AdvertiseKeysState(ClientState):
         roster = dict(message.roster)
         if roster.get(me) != advertisement_digest(self.advert):
             raise ProtocolAbort(AbortReason.KEY_MISMATCH, "the roster lacks or alters this client's own keys")
-        if len(roster) < config.min_survivors:
+        if message.whole:
+            size, digest = len(roster), roster_digest(roster.items())
+        elif config.malicious:
+            # The quorum counts the roster, so a malicious-mode client must see all of it.
+            raise ProtocolAbort(AbortReason.INCONSISTENT_VIEW, "malicious mode needs the whole roster")
+        elif message.roster_size < len(roster):
+            raise ProtocolAbort(
+                AbortReason.MALFORMED_MESSAGE,
+                f"a roster of {message.roster_size} cannot hold the {len(roster)} entries sent",
+            )
+        else:
+            size, digest = message.roster_size, message.roster_digest
+        if size < config.min_survivors:
             raise ProtocolAbort(
                 AbortReason.TOO_FEW_PEERS,
-                f"{len(roster)} clients advertised keys; min_survivors {config.min_survivors}",
+                f"{size} clients advertised keys; min_survivors {config.min_survivors}",
             )
-        if config.malicious and config.quorum(len(roster)) > len(roster):
+        if config.malicious and config.quorum(size) > size:
             raise ProtocolAbort(
                 AbortReason.TOO_FEW_PEERS,
-                f"a roster of {len(roster)} cannot give {config.quorum(len(roster))} consistency signatures",
+                f"a roster of {size} cannot give {config.quorum(size)} consistency signatures",
             )
-        return sorted(roster.items())
+        return roster, digest
 
     def _check_advertisements(
         self, message: KeysBroadcast, roster: dict[int, bytes], neighbours: frozenset[int]

@@ -26,7 +26,7 @@ from ..keys import (
     pairwise_secrets,
     share_associated_data,
     share_commitments,
-    share_holders,
+    share_indices,
 )
 from ..messages import AdvertiseKeys, SharesDelivery
 from .base import ClientContext, ClientSecrets, ClientSession, ClientState, Transition
@@ -139,7 +139,7 @@ class ShareKeysState(ClientState):
             raise ProtocolAbort(
                 AbortReason.DECRYPTION_FAILED, f"the share ciphertext of client {sender} does not open"
             ) from None
-        index = share_holders(sender, self.graph[sender], self.roster).index(me) + 1
+        index = share_indices(sender, self.graph[sender])[me]
         bundle = decode_share_bundle(
             plaintext, owner=sender, recipient=me, num_vectors=config.num_vectors, index=index
         )

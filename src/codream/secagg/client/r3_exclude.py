@@ -40,6 +40,7 @@ from ..keys import (
     share_commitment,
     share_commitments_signed_bytes,
     share_holders,
+    share_indices,
 )
 from ..messages import DealerEvidence, ExclusionRequest, PairwiseKeys, UnmaskRequest
 from .base import ClientContext, ClientSession, Transition
@@ -84,7 +85,7 @@ def check_evidence(session: ClientSession, vector: int, evidence: DealerEvidence
         share_commitments_signed_bytes(sid, owner, evidence.roots),
     )
     committed = dict(evidence.commitments)
-    index = {h: i + 1 for i, h in enumerate(holders)}
+    index = {h: i for h, i in share_indices(owner, session.graph[owner]).items() if h in holders}
     seen = [h for h, _ in evidence.shares]
     if len(set(seen)) != len(seen):
         raise refuse("two shares from one holder")

@@ -67,10 +67,17 @@ def check_unmask_request(session: ClientSession, vector: int, request: UnmaskReq
             "the lists disagree with the neighbours this client exchanged shares with: "
             f"missing {sorted(mine - listed_neighbours)}, extra {sorted(listed_neighbours - mine)}",
         )
-    if len(alive) < config.min_survivors:
+    # Semi-honest lists hold only this client and its neighbours; `survivors` counts all alive.
+    # Malicious-mode lists are whole (every signer checks the same ones), so it is their length.
+    if request.survivors < len(alive) or (config.malicious and request.survivors != len(alive)):
+        raise ProtocolAbort(
+            AbortReason.INCONSISTENT_VIEW,
+            f"{request.survivors} survivors claimed with {len(alive)} listed alive",
+        )
+    if request.survivors < config.min_survivors:
         raise ProtocolAbort(
             AbortReason.TOO_FEW_PEERS,
-            f"only {len(alive)} clients alive; min_survivors {config.min_survivors}",
+            f"only {request.survivors} clients alive; min_survivors {config.min_survivors}",
         )
     if config.malicious and len(alive) < config.quorum(len(session.roster)):
         raise ProtocolAbort(

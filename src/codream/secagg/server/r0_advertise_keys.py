@@ -19,9 +19,10 @@ from ...crypto.agreement import check_public_key
 from ...crypto.signing import verify_signature
 from ...exceptions import AbortReason, ProtocolAbort
 from ..config import SessionConfig
-from ..keys import advertisement_digest, session_id
+from ..keys import advertisement_digest, roster_digest, session_id_of_digest
 from ..messages import SERVER_ID, AbortMessage, AdvertiseKeys, KeysBroadcast, Message
 from .base import Rejection, ServerState, Transition, abort, reject
+from .ledger import Ledger
 
 __all__ = ["ServerAdvertiseKeys", "prune", "start_server"]
 
@@ -44,18 +45,32 @@ def prune(members: frozenset[int], graph: Mapping[int, frozenset[int]], threshol
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ServerAdvertiseKeys(ServerState):
-    """Collecting `AdvertiseKeys` messages."""
+    """Collecting `AdvertiseKeys` messages.
+
+    Attributes:
+        received: every advertisement that passed its checks, in arrival order (an excluded
+            client's stays here; `adverts` leaves it out).
+        excluded: clients left out, with the reason.
+        keys: every public key of `received`, with its advertiser: a key is checked against all
+            earlier ones in O(1).
+    """
 
     config: SessionConfig
     config_digest: bytes
-    adverts: Mapping[int, AdvertiseKeys] = field(default_factory=dict)
-    excluded: frozenset[int] = frozenset()
+    received: Ledger[int, AdvertiseKeys] = field(default_factory=Ledger)
+    excluded: Ledger[int, AbortReason] = field(default_factory=Ledger)
+    keys: Ledger[bytes, int] = field(default_factory=Ledger)
     rejections: tuple[Rejection, ...] = ()
     accepts: ClassVar[tuple[type, ...]] = (AdvertiseKeys,)
 
+    @property
+    def adverts(self) -> dict[int, AdvertiseKeys]:
+        """The accepted advertisements of the clients not excluded."""
+        return {cid: a for cid, a in self.received.items() if cid not in self.excluded}
+
     def _handle(self, message: Message) -> ServerState:
         sender = message.sender  # type: ignore[attr-defined]
-        if sender not in self.config.client_ids:
+        if not self.config.invites(sender):
             return replace(
                 self, rejections=reject(self.rejections, sender, AbortReason.UNKNOWN_PEER, "not invited")
             )
@@ -63,7 +78,7 @@ class ServerAdvertiseKeys(ServerState):
             return self
         if isinstance(message, AbortMessage):
             return self._exclude(sender, message.reason, f"client aborted: {message.detail}")
-        if sender in self.adverts:
+        if sender in self.received:
             return self._exclude(sender, AbortReason.REPEATED_PEER, "advertised twice")
         if message.num_vectors != self.config.num_vectors:
             return self._exclude(sender, AbortReason.MALFORMED_MESSAGE, f"{message.num_vectors} mask keys")
@@ -81,19 +96,20 @@ class ServerAdvertiseKeys(ServerState):
                 check_public_key(key)
         except ProtocolAbort as exc:
             return self._exclude(sender, exc.reason, f"advertised a bad public key: {exc.detail}")
-        keys = {message.encryption_key, *message.mask_keys}
-        if len(keys) != 1 + message.num_vectors or any(
-            keys & {a.encryption_key, *a.mask_keys} for a in self.adverts.values()
-        ):
+        new = (message.encryption_key, *message.mask_keys)
+        # A key any earlier advertisement used (even one excluded since) is refused: a key seen twice
+        # in a session is a copy, and one look-up per key keeps round 0 linear in n.
+        if len(set(new)) != len(new) or any(key in self.keys for key in new):
             return self._exclude(sender, AbortReason.DUPLICATE_KEY, "reuses a public key")
-        return replace(self, adverts={**self.adverts, sender: message})
+        keys = self.keys
+        for key in new:
+            keys = keys.with_item(key, sender)
+        return replace(self, received=self.received.with_item(sender, message), keys=keys)
 
     def _exclude(self, sender: int, reason: AbortReason, detail: str) -> ServerAdvertiseKeys:
-        adverts = {k: v for k, v in self.adverts.items() if k != sender}
         return replace(
             self,
-            adverts=adverts,
-            excluded=self.excluded | {sender},
+            excluded=self.excluded.with_item(sender, reason),
             rejections=reject(self.rejections, sender, reason, detail),
         )
 
@@ -101,7 +117,8 @@ class ServerAdvertiseKeys(ServerState):
         from .r1_share_keys import ServerShareKeys
 
         config = self.config
-        advertised = frozenset(self.adverts)
+        adverts = self.adverts
+        advertised = frozenset(adverts)
         if len(advertised) < config.min_survivors:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
@@ -109,8 +126,9 @@ class ServerAdvertiseKeys(ServerState):
                 advertised,
                 rejections=self.rejections,
             )
-        roster = tuple(sorted((cid, advertisement_digest(self.adverts[cid])) for cid in advertised))
-        sid = session_id(self.config_digest, roster)
+        entries = {cid: advertisement_digest(a) for cid, a in adverts.items()}
+        digest = roster_digest(entries.items())
+        sid = session_id_of_digest(self.config_digest, digest)
         graph = config.neighbours(sid)
         # Every advertiser is on the roster (it fixed the session id); those too few others could
         # hold shares for are told to stop now and will be left out at round 1.
@@ -124,9 +142,17 @@ class ServerAdvertiseKeys(ServerState):
                 rejections=self.rejections,
             )
         outgoing: dict[int, Message] = {}
+        # Malicious mode: the whole roster to everyone (its quorum counts the roster). Semi-honest:
+        # each client gets the entries around it and the digest: O(k) bytes, not O(n).
+        whole = tuple(sorted(entries.items())) if config.malicious else None
         for u in sorted(usable):
             neighbours = sorted(graph[u] & advertised)
-            outgoing[u] = KeysBroadcast(roster, tuple(self.adverts[v] for v in neighbours))
+            peer_adverts = tuple(adverts[v] for v in neighbours)
+            if whole is not None:
+                outgoing[u] = KeysBroadcast(whole, peer_adverts)
+            else:
+                around = tuple(sorted((v, entries[v]) for v in (*neighbours, u)))
+                outgoing[u] = KeysBroadcast(around, peer_adverts, len(entries), digest)
         for u in sorted(advertised - usable):
             outgoing[u] = AbortMessage(
                 SERVER_ID, AbortReason.TOO_FEW_PEERS, "too few neighbours advertised keys"
@@ -134,7 +160,7 @@ class ServerAdvertiseKeys(ServerState):
         state = ServerShareKeys(
             config=config,
             session_id=sid,
-            adverts=dict(self.adverts),
+            adverts=adverts,
             graph=graph,
             roster=advertised,
             rejections=self.rejections,

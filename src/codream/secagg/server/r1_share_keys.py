@@ -18,9 +18,10 @@ from typing import ClassVar
 from ...crypto.signing import verify_signature
 from ...exceptions import AbortReason, ProtocolAbort
 from ..config import SessionConfig
-from ..keys import seed_share_roots, share_commitments_signed_bytes, share_holders
+from ..keys import seed_share_roots, share_commitments_signed_bytes, share_holders, share_indices
 from ..messages import SERVER_ID, AbortMessage, AdvertiseKeys, Message, ShareKeys, SharesDelivery
 from .base import Rejection, ServerSession, ServerState, Transition, abort, reject
+from .ledger import Ledger
 from .r0_advertise_keys import prune
 
 __all__ = ["ServerShareKeys"]
@@ -35,8 +36,8 @@ class ServerShareKeys(ServerState):
     adverts: Mapping[int, AdvertiseKeys]
     graph: Mapping[int, frozenset[int]]
     roster: frozenset[int]
-    received: Mapping[int, ShareKeys] = field(default_factory=dict)
-    excluded: frozenset[int] = frozenset()
+    received: Ledger[int, ShareKeys] = field(default_factory=Ledger)
+    excluded: Ledger[int, AbortReason] = field(default_factory=Ledger)
     rejections: tuple[Rejection, ...] = ()
     accepts: ClassVar[tuple[type, ...]] = (ShareKeys,)
 
@@ -79,13 +80,13 @@ class ServerShareKeys(ServerState):
                 )
             except ProtocolAbort as exc:
                 return self._exclude(sender, exc.reason, f"share commitments: {exc.detail}")
-        return replace(self, received={**self.received, sender: message})
+        return replace(self, received=self.received.with_item(sender, message))
 
     def _exclude(self, sender: int, reason: AbortReason, detail: str) -> ServerShareKeys:
+        # `received` keeps an excluded client's shares; `_close` leaves them out.
         return replace(
             self,
-            received={k: v for k, v in self.received.items() if k != sender},
-            excluded=self.excluded | {sender},
+            excluded=self.excluded.with_item(sender, reason),
             rejections=reject(self.rejections, sender, reason, detail),
         )
 
@@ -93,13 +94,13 @@ class ServerShareKeys(ServerState):
         from .r2_masked_input import ServerMaskedInput
 
         config, t = self.config, self.config.threshold
-        sent = frozenset(self.received)
+        sent = frozenset(cid for cid in self.received if cid not in self.excluded)
         shared = prune(sent, self.graph, t)
         if len(shared) < config.min_survivors:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
                 f"{len(sent)} clients shared keys, {len(shared)} usable; need {config.min_survivors}",
-                self.roster - self.excluded,
+                frozenset(cid for cid in self.roster if cid not in self.excluded),
                 rejections=self.rejections,
             )
         inbox: dict[int, list[tuple[int, bytes]]] = {u: [] for u in shared}
@@ -123,10 +124,7 @@ class ServerShareKeys(ServerState):
             shared=shared,
             peers={u: self.graph[u] & shared for u in shared},
             commitments=commitments,
-            indices={
-                u: {h: i + 1 for i, h in enumerate(share_holders(u, self.graph[u], self.roster))}
-                for u in shared
-            },
+            indices={u: share_indices(u, self.graph[u]) for u in shared},
             share_signatures={u: self.received[u].signature for u in shared},
         )
         return ServerMaskedInput.first(session, self.rejections), outgoing

@@ -17,7 +17,6 @@ Next states: ServerUnmask or ServerConsistencyCheck (malicious mode), ServerAbor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -27,6 +26,7 @@ from ...exceptions import AbortReason
 from ..keys import context_digest, word_mask
 from ..messages import AbortMessage, MaskedInput, Message, UnmaskRequest
 from .base import Rejection, ServerSession, ServerState, SessionSum, Transition, abort, reject
+from .ledger import Ledger
 
 __all__ = ["ServerMaskedInput"]
 
@@ -38,8 +38,7 @@ class ServerMaskedInput(ServerState):
     Attributes:
         active: clients still taking part (they answered every earlier unmask request).
         partial: sum of the y^j received so far, modulo 2^bits.
-        arrived: whose y^j is in `partial`.
-        contexts: the context digest each arrived client declared.
+        contexts: the context digest each client whose y^j is in `partial` declared (`arrived`).
         expected: the context digest every client must have used, when the caller set one.
         inputs: malicious mode only, each arrived client's y^j (to leave out a bad dealer's).
         sums: results of the earlier vectors.
@@ -49,13 +48,17 @@ class ServerMaskedInput(ServerState):
     vector: int
     active: frozenset[int]
     partial: np.ndarray
-    arrived: frozenset[int] = frozenset()
-    contexts: Mapping[int, bytes] = field(default_factory=dict)
+    contexts: Ledger[int, bytes] = field(default_factory=Ledger)
     expected: bytes | None = None
-    inputs: Mapping[int, np.ndarray] = field(default_factory=dict)
+    inputs: Ledger[int, np.ndarray] = field(default_factory=Ledger)
     sums: tuple[SessionSum, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     accepts: ClassVar[tuple[type, ...]] = (MaskedInput,)
+
+    @property
+    def arrived(self) -> frozenset[int]:
+        """Whose y^j is in `partial`."""
+        return frozenset(self.contexts)
 
     @classmethod
     def first(cls, session: ServerSession, rejections: tuple[Rejection, ...] = ()) -> ServerMaskedInput:
@@ -83,7 +86,7 @@ class ServerMaskedInput(ServerState):
     def expect_context(self, context: bytes) -> ServerMaskedInput:
         """The same state, refusing masked inputs computed from anything but `context` (the bytes
         the clients pass to `submit`). Call before the first masked input of the vector."""
-        if self.arrived:
+        if self.contexts:
             raise ValueError("set the expected context before any masked input arrives")
         return replace(self, expected=context_digest(context))
 
@@ -95,10 +98,10 @@ class ServerMaskedInput(ServerState):
                 self, rejections=reject(self.rejections, sender, AbortReason.UNKNOWN_PEER, "not active")
             )
         if isinstance(message, AbortMessage):
-            if sender in self.arrived:  # its y^j is in the sum already; unmasking will recover it
+            if sender in self.contexts:  # its y^j is in the sum already; unmasking will recover it
                 return self
             return self._drop(sender, message.reason, f"client aborted: {message.detail}")
-        if sender in self.arrived:
+        if sender in self.contexts:
             return replace(
                 self,
                 rejections=reject(self.rejections, sender, AbortReason.REPEATED_PEER, "second masked input"),
@@ -115,9 +118,8 @@ class ServerMaskedInput(ServerState):
         return replace(
             self,
             partial=partial,
-            arrived=self.arrived | {sender},
-            contexts={**self.contexts, sender: message.context},
-            inputs={**self.inputs, sender: message.words} if config.malicious else self.inputs,
+            contexts=self.contexts.with_item(sender, message.context),
+            inputs=self.inputs.with_item(sender, message.words) if config.malicious else self.inputs,
         )
 
     def _drop(self, sender: int, reason: AbortReason, detail: str) -> ServerMaskedInput:
@@ -129,27 +131,47 @@ class ServerMaskedInput(ServerState):
         from .r3_unmask import ServerConsistencyCheck, ServerUnmask
 
         need = self.session.min_alive
-        if len(self.arrived) < need:
+        alive = self.arrived
+        if len(alive) < need:
             return abort(
                 AbortReason.TOO_FEW_PEERS,
-                f"vector {self.vector}: {len(self.arrived)} masked inputs arrived; need {need}",
+                f"vector {self.vector}: {len(alive)} masked inputs arrived; need {need}",
                 self.active,
                 self.sums,
                 self.rejections,
             )
-        request = UnmaskRequest(
-            self.vector, tuple(sorted(self.arrived)), tuple(sorted(self.session.shared - self.arrived))
-        )
-        outgoing: dict[int, Message] = dict.fromkeys(sorted(self.arrived), request)
+        dropped = self.session.shared - alive
+        request = UnmaskRequest(self.vector, tuple(sorted(alive)), tuple(sorted(dropped)))
+        if self.session.config.malicious:
+            # Every client signs the whole lists, so every client gets them.
+            outgoing: dict[int, Message] = dict.fromkeys(sorted(alive), request)
+        else:
+            # A client needs only its own and its neighbours' entries (and the count): O(k) each.
+            outgoing = {u: _around(self.session, request, u, alive) for u in sorted(alive)}
         common = dict(
             session=self.session,
             vector=self.vector,
             request=request,
             partial=self.partial,
-            contexts=dict(self.contexts),
+            contexts=self.contexts,
             sums=self.sums,
             rejections=self.rejections,
+            alive=alive,
+            dropped=dropped,
         )
         if self.session.config.malicious:
-            return ServerConsistencyCheck(**common, inputs=dict(self.inputs)), outgoing
-        return ServerUnmask(**common, allowed=self.arrived), outgoing
+            return ServerConsistencyCheck(**common, inputs=self.inputs), outgoing
+        return ServerUnmask(**common, allowed=alive), outgoing
+
+
+def _around(
+    session: ServerSession, request: UnmaskRequest, client: int, alive: frozenset[int]
+) -> UnmaskRequest:
+    """The part of `request` that concerns `client`: itself and the neighbours it masks with."""
+    peers = session.peers[client]
+    return UnmaskRequest(
+        request.vector,
+        tuple(sorted({v for v in peers if v in alive} | {client})),
+        tuple(sorted(v for v in peers if v not in alive)),
+        len(request.alive),
+    )

@@ -62,6 +62,7 @@ from .base import (
     reject,
 )
 from .completed import ServerCompleted
+from .ledger import Ledger
 
 __all__ = [
     "Rebuilt",
@@ -85,14 +86,17 @@ class ServerConsistencyCheck(ServerState):
     partial: np.ndarray
     contexts: Mapping[int, bytes]
     inputs: Mapping[int, np.ndarray] = field(default_factory=dict)
-    signatures: dict[int, bytes] = field(default_factory=dict)
+    signatures: Ledger[int, bytes] = field(default_factory=Ledger)
     sums: tuple[SessionSum, ...] = ()
     rejections: tuple[Rejection, ...] = ()
+    alive: frozenset[int] | None = None
+    dropped: frozenset[int] | None = None
     accepts: ClassVar[tuple[type, ...]] = (ConsistencySignature,)
 
     def _handle(self, message: Message) -> ServerState:
         sender = message.sender  # type: ignore[attr-defined]
-        if sender not in self.request.alive or isinstance(message, AbortMessage) or sender in self.signatures:
+        alive = frozenset(self.request.alive) if self.alive is None else self.alive
+        if sender not in alive or isinstance(message, AbortMessage) or sender in self.signatures:
             if isinstance(message, AbortMessage):
                 reason, detail = message.reason, f"client aborted: {message.detail}"
             else:
@@ -108,7 +112,7 @@ class ServerConsistencyCheck(ServerState):
             )
         except ProtocolAbort as exc:
             return replace(self, rejections=reject(self.rejections, sender, exc.reason, exc.detail))
-        return replace(self, signatures={**self.signatures, sender: message.signature})
+        return replace(self, signatures=self.signatures.with_item(sender, message.signature))
 
     def _close(self) -> Transition:
         quorum = self.session.quorum
@@ -136,6 +140,8 @@ class ServerConsistencyCheck(ServerState):
             inputs=self.inputs,
             sums=self.sums,
             rejections=self.rejections,
+            alive=self.alive,
+            dropped=self.dropped,
         )
         outgoing: dict[int, Message] = dict.fromkeys(sorted(best), proof)
         return state, outgoing
@@ -152,10 +158,12 @@ class ServerUnmask(ServerState):
     contexts: Mapping[int, bytes]
     allowed: frozenset[int]
     inputs: Mapping[int, np.ndarray] = field(default_factory=dict)
-    responses: dict[int, UnmaskResponse] = field(default_factory=dict)
+    responses: Ledger[int, UnmaskResponse] = field(default_factory=Ledger)
     excluded: tuple[Rejection, ...] = ()
     sums: tuple[SessionSum, ...] = ()
     rejections: tuple[Rejection, ...] = ()
+    alive: frozenset[int] | None = None
+    dropped: frozenset[int] | None = None
     accepts: ClassVar[tuple[type, ...]] = (UnmaskResponse,)
 
     def _handle(self, message: Message) -> ServerState:
@@ -166,11 +174,13 @@ class ServerUnmask(ServerState):
             else:
                 reason, detail = AbortReason.UNKNOWN_PEER, "not asked, or answered twice"
             return replace(self, rejections=reject(self.rejections, sender, reason, detail))
-        problem = check_response(self.session, self.vector, self.request, message)
+        problem = check_response(
+            self.session, self.vector, self.request, message, alive=self.alive, dropped=self.dropped
+        )
         if problem is not None:
             rejections = reject(self.rejections, sender, *problem)
             return replace(self, rejections=rejections, excluded=(*self.excluded, rejections[-1]))
-        return replace(self, responses={**self.responses, sender: message})
+        return replace(self, responses=self.responses.with_item(sender, message))
 
     def _close(self) -> Transition:
         from .r2_masked_input import ServerMaskedInput
@@ -201,11 +211,19 @@ class ServerUnmask(ServerState):
 
 
 def check_response(
-    session: ServerSession, vector: int, request: UnmaskRequest, response: UnmaskResponse
+    session: ServerSession,
+    vector: int,
+    request: UnmaskRequest,
+    response: UnmaskResponse,
+    *,
+    alive: frozenset[int] | None = None,
+    dropped: frozenset[int] | None = None,
 ) -> tuple[AbortReason, str] | None:
     """Why `response` must be refused, or None: it must be for `vector`, name each owner once,
     reveal only what `request` calls for of owners its sender holds, and every share must carry
-    the sender's index among the owner's holders and match the owner's round-1 commitment."""
+    the sender's index among the owner's holders and match the owner's round-1 commitment.
+    `alive` and `dropped` are the request's lists as sets, when the caller has them already (one
+    set per vector, not one per response)."""
     sender = response.sender
     if response.vector != vector:
         return AbortReason.UNEXPECTED_VECTOR, f"answered vector {response.vector}"
@@ -214,7 +232,8 @@ def check_response(
     if len(set(seed_owners)) != len(seed_owners) or len(set(key_owners)) != len(key_owners):
         return AbortReason.REPEATED_PEER, "two shares for one owner"
     holds = session.peers[sender] | {sender}
-    alive, dropped = set(request.alive), set(request.dropped)
+    alive = frozenset(request.alive) if alive is None else alive
+    dropped = frozenset(request.dropped) if dropped is None else dropped
     if not set(seed_owners) <= alive & holds or not set(key_owners) <= dropped & holds:
         return AbortReason.FORBIDDEN_REQUEST, "shares of owners it was not asked about"
     for kind, pairs in ((SEED_SHARE, response.seed_shares), (KEY_SHARE, response.key_shares)):
