@@ -222,17 +222,27 @@ def test_the_semi_honest_degree_grows_like_log_n():
         assert small.k <= large.k < 1.3 * small.k
 
 
-@pytest.mark.parametrize(
-    ("n", "dropout", "k", "t"),
-    [
-        (1000, 0.0, 30, 22),
-        (1000, 0.1, 46, 26),
-        (1000, 0.3, 92, 37),
-        (10000, 0.0, 32, 25),
-        (10000, 0.1, 54, 30),
-        (10000, 0.3, 106, 43),
-    ],
-)
-def test_the_semi_honest_examples_of_protocols_secagg_section_3_3(n, dropout, k, t):
-    p = choose_parameters(n, dropout_rate=dropout, corrupt_fraction=0.1, malicious=False)
-    assert (p.k, p.threshold) == (k, t)
+# protocols/secagg.md §3.3, the rules' numbers at 10 % corrupt clients: per n, (k, t) of the
+# semi-honest rule at dropout 0, 0.1, 0.3, then of the malicious rule at the same dropouts.
+SECTION_3_3 = {
+    100: ((22, 11), (36, 11), (64, 11), (24, 24), (74, 49), (99, 56)),
+    200: ((26, 17), (38, 20), (66, 21), (30, 30), (108, 76), (199, 111)),
+    500: ((28, 21), (44, 24), (82, 32), (34, 34), (136, 98), (499, 276)),
+    1000: ((30, 22), (46, 26), (92, 37), (34, 34), (150, 109), (784, 470)),
+    2000: ((32, 23), (50, 28), (100, 40), (36, 36), (158, 115), (912, 552)),
+    5000: ((32, 23), (54, 30), (104, 42), (36, 36), (168, 123), (1024, 623)),
+    10000: ((32, 25), (54, 30), (106, 43), (38, 38), (174, 127), (1086, 662)),
+}
+
+
+@pytest.mark.parametrize("malicious", [False, True], ids=["semi-honest", "malicious"])
+@pytest.mark.parametrize("n", sorted(SECTION_3_3))
+def test_the_table_of_protocols_secagg_section_3_3(n, malicious):
+    got = tuple(
+        (p.k, p.threshold)
+        for p in (
+            choose_parameters(n, dropout_rate=d, corrupt_fraction=0.1, malicious=malicious)
+            for d in (0.0, 0.1, 0.3)
+        )
+    )
+    assert got == SECTION_3_3[n][3 * malicious : 3 * malicious + 3]
