@@ -67,3 +67,16 @@ def test_a_signing_key_rebuilt_from_its_seed_signs_identically() -> None:
     assert Ed25519KeyPair.from_private_bytes(seed).sign(b"m") == Ed25519KeyPair.from_private_bytes(seed).sign(
         b"m"
     )
+
+
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 64, 100, 8160])
+@pytest.mark.parametrize("salt", [b"", bytes(range(32)), bytes(range(80))])
+def test_hkdf_gives_the_bytes_of_the_cryptography_librarys_hkdf(length, salt):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from codream.crypto.kdf import hkdf_sha256
+
+    ikm, info = bytes(range(7, 39)), b"codream/test" + bytes([length % 256])
+    expected = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
+    assert hkdf_sha256(ikm, salt=salt, info=info, length=length) == expected

@@ -99,3 +99,22 @@ def test_the_accumulator_refuses_bad_input() -> None:
         accumulator.add_mask(b"k" * 32, sign=2)
     with pytest.raises(ConfigError):
         accumulator.add_mask(b"k" * 16)
+
+
+@pytest.mark.parametrize("bits", [20, 32, 40, 64])
+def test_a_mask_longer_than_one_piece_adds_exactly_the_words_of_mask_words(bits):
+    # MaskAccumulator adds the keystream piece by piece (prg._ADD_CHUNK bytes); the pieces must
+    # join into the one stream of mask_words, whatever the word width.
+    from codream.crypto.prg import _ADD_CHUNK
+
+    width = 4 if bits <= 32 else 8
+    count = 2 * (_ADD_CHUNK // width) + 7
+    key_a, key_b = bytes(range(32)), bytes(range(1, 33))
+    x = np.arange(count, dtype=np.uint64) & np.uint64((1 << bits) - 1)
+    acc = MaskAccumulator(count, bits=bits)
+    acc.add_words(x)
+    acc.add_mask(key_a)
+    acc.add_mask(key_b, sign=-1)
+    modulus = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
+    expected = (x + mask_words(key_a, count, bits=bits) - mask_words(key_b, count, bits=bits)) & modulus
+    np.testing.assert_array_equal(acc.result(), expected)

@@ -20,6 +20,9 @@ _ZERO_BLOCK = bytes(16)
 # than `encryptor.update(bytes(n))`, whose time goes to allocating and zeroing fresh memory.
 _CHUNK = 1 << 20
 _ZEROS = memoryview(bytes(_CHUNK))
+# Masks are added in pieces of this many bytes: small enough to stay in the core's cache between
+# the AES pass that writes a piece and the add that reads it.
+_ADD_CHUNK = 1 << 18
 
 
 def _check_key(key: bytes) -> None:
@@ -112,13 +115,14 @@ class MaskAccumulator:
         ConfigError: negative count or `bits` outside 1..64.
     """
 
-    __slots__ = ("_acc", "bits", "count")
+    __slots__ = ("_acc", "_scratch", "bits", "count")
 
     def __init__(self, count: int, *, bits: int) -> None:
         _check_words(count, bits)
         self.count = count
         self.bits = bits
-        self._acc = np.zeros(count, dtype=np.uint32 if bits <= 32 else np.uint64)
+        self._acc = np.zeros(count, dtype=np.dtype("<u4") if bits <= 32 else np.dtype("<u8"))
+        self._scratch: np.ndarray | None = None
 
     def add_words(self, words: np.ndarray) -> None:
         """Add plain ring elements (e.g. the encoded input).
@@ -142,11 +146,21 @@ class MaskAccumulator:
         _check_key(key)
         if sign not in (1, -1):
             raise ConfigError(f"sign must be +1 or -1, got {sign}")
-        raw = _raw_words(key, self.count, self.bits)
-        if sign > 0:
-            np.add(self._acc, raw, out=self._acc, casting="unsafe")
-        else:
-            np.subtract(self._acc, raw, out=self._acc, casting="unsafe")
+        # The keystream goes, a cache-sized piece at a time, into one scratch buffer and is added
+        # from there: no allocation per mask, and the words are still in cache when added. CTR
+        # runs on across the pieces, so the words are those of `mask_words`.
+        encryptor = Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_BLOCK)).encryptor()
+        op = np.add if sign > 0 else np.subtract
+        acc, width = self._acc, self._acc.itemsize
+        step = _ADD_CHUNK // width
+        if self._scratch is None:
+            self._scratch = np.empty(min(self.count, step) * width + 15, dtype=np.uint8)
+        scratch = self._scratch
+        for start in range(0, self.count, step):
+            n = min(step, self.count - start)
+            encryptor.update_into(_ZEROS[: n * width], scratch[: n * width + 15])
+            part = acc[start : start + n]
+            op(part, scratch[: n * width].view(acc.dtype), out=part)
 
     def result(self) -> np.ndarray:
         """The accumulated words, uint64 in [0, 2^bits)."""
