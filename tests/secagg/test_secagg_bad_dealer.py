@@ -34,7 +34,7 @@ from codream.secagg.keys import (
     share_associated_data,
     share_commitments,
     share_commitments_signed_bytes,
-    share_holders,
+    share_indices,
 )
 from codream.secagg.messages import (
     AdvertiseKeys,
@@ -77,12 +77,12 @@ def deal_badly(
     sharing of another secret, if the dealer's own share is left out). Each bundle is re-sealed,
     re-committed and the roots re-signed, as a corrupt dealer would."""
     dealer, sid = message.sender, state.session_id
-    holders = share_holders(dealer, state.graph[dealer], state.roster)
+    indices = share_indices(dealer, state.graph[dealer])  # over the whole neighbourhood (keys.share_indices)
     commitments = dict(message.commitments)
     ciphertexts = []
     for holder, blob in message.ciphertexts:
         ad = share_associated_data(sid, dealer, holder)
-        index = holders.index(holder) + 1
+        index = indices[holder]
         plain = open_sealed(state.share_keys[holder], blob, associated_data=ad)
         bundle = list(
             decode_share_bundle(
