@@ -542,7 +542,7 @@ class NodeLimits:
 
 def session_fields(config) -> dict:
     """The wire form of a `SessionConfig` (what `session_from_fields` reads back)."""
-    return {
+    fields = {
         "round": config.round_index,
         "client_ids": list(config.client_ids),
         "threshold": config.threshold,
@@ -555,6 +555,9 @@ def session_fields(config) -> dict:
         "malicious": bool(config.malicious),
         "verify_keys": [k.hex() for k in config.verify_keys or ()],
     }
+    if config.dropout_rate is not None:  # the semi-honest rule's assumption, part of the digest
+        fields["dropout_rate"] = config.dropout_rate
+    return fields
 
 
 def session_from_fields(fields: object, limits: NodeLimits = NodeLimits()):
@@ -596,9 +599,11 @@ def session_from_fields(fields: object, limits: NodeLimits = NodeLimits()):
         except ValueError:
             raise InvalidMessage("a verify key must be 64 hex digits") from None
     try:
+        dropout_rate = fields.get("dropout_rate")
         return SessionConfig(
             malicious=malicious,
             verify_keys=tuple(verify_keys),
+            dropout_rate=None if dropout_rate is None else p.number("dropout_rate", minimum=0.0, maximum=1.0),
             round_index=p.integer("round", minimum=0, maximum=(1 << 32) - 1),
             client_ids=client_ids,
             threshold=p.integer("threshold", minimum=0, maximum=len(client_ids)),
