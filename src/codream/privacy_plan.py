@@ -81,6 +81,14 @@ class PrivacyPlan:
         # than a client takes; a client outside a round's cohort takes fewer).
         self.dp_steps = dc.warmup_steps + rc.rounds * self.round_steps
         self.planned_epsilon = None
+        # The conditional method's class weights come from one charged DP label histogram per client.
+        self.label_noise_multiplier = None
+        self.label_events: tuple[Any, ...] = ()
+        if str(getattr(fed_cfg.method, "value", fed_cfg.method)) == "conditional":
+            from .privacy.label_histogram import DEFAULT_LABEL_NOISE_MULTIPLIER, label_histogram_event
+
+            self.label_noise_multiplier = DEFAULT_LABEL_NOISE_MULTIPLIER
+            self.label_events = (label_histogram_event(DEFAULT_LABEL_NOISE_MULTIPLIER),)
         self.ledger = PrivacyLedger(
             delta=rc.delta, target_epsilon=self.target_epsilon, granularity="example", accountant="prv"
         )
@@ -92,7 +100,12 @@ class PrivacyPlan:
 
         if data_size not in self._planned:
             batch = min(self.batch_size, data_size)
-            schedule = ExampleLevelSchedule(local_steps=self.dp_steps, batch_size=batch, data_size=data_size)
+            schedule = ExampleLevelSchedule(
+                local_steps=self.dp_steps,
+                batch_size=batch,
+                data_size=data_size,
+                extra_events=self.label_events,
+            )
             try:
                 self._planned[data_size] = plan_noise(
                     schedule, target_epsilon=self.target_epsilon, delta=self.delta, accountant="prv"
@@ -129,6 +142,8 @@ class PrivacyPlan:
                 lr=self.lr,
                 momentum=self.momentum,
                 delta=self.delta,
+                label_noise_multiplier=self.label_noise_multiplier,
+                target_epsilon=self.target_epsilon,
             )
             self._trainers[len(self._trainers)] = trainer
             return trainer

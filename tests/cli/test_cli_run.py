@@ -253,5 +253,9 @@ def test_example_level_dp_trains_every_client_with_dp_sgd_and_stays_within_its_t
     assert 0 < eps[0] < eps[1] <= 4.0
     ledger = json.loads((out / "privacy_ledger.json").read_text())
     assert ledger["granularity"] == "example" and ledger["epsilon"] == pytest.approx(eps[1])
+    # The conditional method's class weights come from one charged DP label histogram per client.
+    for accountant in ledger["rounds"][-1]["client_accountants"].values():
+        histograms = [e for e in accountant["history"] if e["sample_rate"] == 1.0]
+        assert [e["noise_multiplier"] for e in histograms] == [20.0]
     federation = json.loads((out / "federation.json").read_text())
     assert federation["norm"] == "group" and federation["dream"]["w_bn"] == 0.0

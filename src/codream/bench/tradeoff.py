@@ -566,6 +566,19 @@ def _plan_noise(schedule: Any, epsilon: float, delta: float, accountant: str) ->
     return plan_noise(schedule, target_epsilon=epsilon, delta=delta, accountant=accountant)
 
 
+def _label_histogram(config: FederationConfig) -> tuple[float | None, tuple[Any, ...]]:
+    """The DP label histogram's z and event an example-level client of `config` is charged for.
+
+    The conditional method's class weights are its only label-derived release (None, () otherwise).
+    """
+    from ..federation.config import Method
+    from ..privacy.label_histogram import DEFAULT_LABEL_NOISE_MULTIPLIER, label_histogram_event
+
+    if config.method is not Method.CONDITIONAL:
+        return None, ()
+    return DEFAULT_LABEL_NOISE_MULTIPLIER, (label_histogram_event(DEFAULT_LABEL_NOISE_MULTIPLIER),)
+
+
 @functools.lru_cache(maxsize=2)
 def _load(name: str, limit_test: int | None) -> Dataset:
     return load_dataset(name, limit_train=None, limit_test=limit_test, seed=0)
@@ -922,14 +935,19 @@ class _Runner:
         batch = min(batch or s.batch_size, s.silo_samples)
         steps = config.distill.warmup_steps + config.rounds * config.distill.ce_steps_per_round
         delta = _delta(s.silo_samples)
+        label_z, label_events = _label_histogram(config)
         plan = _plan_noise(
-            ExampleLevelSchedule(local_steps=steps, batch_size=batch, data_size=s.silo_samples),
+            ExampleLevelSchedule(
+                local_steps=steps, batch_size=batch, data_size=s.silo_samples, extra_events=label_events
+            ),
             eps,
             delta,
             s.silo_accountant,
         )
         factory = dp_trainer_factory(
             noise_multiplier=plan.noise_multiplier,
+            label_noise_multiplier=label_z,
+            target_epsilon=eps,
             max_grad_norm=s.dp_clip,
             batch_size=batch,
             lr=config.distill.lr,

@@ -62,7 +62,8 @@ class ClientRole:
     Args:
         client_id: the id used at the seam.
         trainer: owns the model and the private data (`LocalTrainer`).
-        y_train: (N,) the client's labels, used for its per-class weights (conditional method).
+        y_train: (N,) the client's labels, used for its per-class weights (conditional method) unless
+            the trainer guards them (`label_counts`).
         num_classes: K.
         config: the federation's configuration.
         generator: the client's generator for buffer minibatches.
@@ -121,16 +122,29 @@ class ClientRole:
 
     # -- releases ------------------------------------------------------------------------------------
 
+    def label_counts(self) -> np.ndarray:
+        """(K,) the label counts every released value derived from labels is computed from.
+
+        A trainer that guards its labels (`DPSGDTrainer.released_label_counts`, example-level DP) gives
+        its once-per-run DP histogram, clamped at 0, so class weights and everything they scale are
+        post-processing of one charged release; otherwise the raw counts.
+        """
+        released = getattr(self.trainer, "released_label_counts", None)
+        if released is None:
+            return self.class_counts
+        return np.clip(np.asarray(released(self.num_classes), dtype=np.float64), 0.0, None)
+
     def class_weights(self) -> np.ndarray:
         """How well this client knows each class, (K,) in [0, 1]: its count over its largest count.
 
         Classes under `dream.min_class_weight` of the largest count get 0. The vector's L2 norm is at
-        most sqrt(K), the bound the server plans for it.
+        most sqrt(K), the bound the server plans for it. The counts are `label_counts()`.
         """
-        top = float(self.class_counts.max())
+        counts = self.label_counts()
+        top = float(counts.max())
         if top <= 0:
             return np.zeros(self.num_classes)
-        w = self.class_counts / top
+        w = counts / top
         w[w < self.config.dream.min_class_weight] = 0.0
         return w * _INSIDE
 

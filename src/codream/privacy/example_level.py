@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
@@ -43,7 +44,7 @@ from torch import Tensor, nn
 from ..distill import kd_loss
 from ..exceptions import ConfigError
 from .accountant import Accountant, PrivacyEvent, create_accountant
-from .label_histogram import NoisyLabelHistogram, release_label_histogram
+from .label_histogram import NoisyLabelHistogram, label_histogram_event, release_label_histogram
 from .ledger import Granularity, LedgerRound, PrivacyLedger
 from .os_random import os_bernoulli
 
@@ -224,6 +225,10 @@ class DPSGDTrainer:
         adaptive_clipping: let the clip bound (starting at max_grad_norm) track a quantile of the
             per-example gradient norms; `noise_multiplier` is then the combined mechanism's z, which the
             accountant records, and the gradient gets the larger z_grad. None: a fixed bound.
+        label_noise_multiplier: z of the one DP label histogram the client may release
+            (`released_label_counts`, the only source of its class weights); None refuses to release
+            anything derived from its labels.
+        target_epsilon: the client's budget; the label histogram is refused past it.
     Raises:
         ConfigError: for a BatchNorm (or otherwise unsupported) model or invalid settings.
     """
@@ -247,6 +252,8 @@ class DPSGDTrainer:
         noise_seed: int | None = None,
         adaptive_clipping: AdaptiveClipping | None = None,
         sampling_seed: int | None = None,
+        label_noise_multiplier: float | None = None,
+        target_epsilon: float | None = None,
     ) -> None:
         check_example_level_model(model)
         n = int(x_train.shape[0])
@@ -260,9 +267,15 @@ class DPSGDTrainer:
             raise ConfigError(f"max_grad_norm must be finite and > 0, got {max_grad_norm}")
         if not (0 < delta < 1):
             raise ConfigError(f"delta must be in (0, 1), got {delta}")
+        if label_noise_multiplier is not None and not (
+            math.isfinite(label_noise_multiplier) and label_noise_multiplier > 0
+        ):
+            raise ConfigError(f"label_noise_multiplier must be finite and > 0, got {label_noise_multiplier}")
         if adaptive_clipping is not None and not isinstance(adaptive_clipping, AdaptiveClipping):
             raise ConfigError(f"adaptive_clipping must be an AdaptiveClipping, got {adaptive_clipping!r}")
         self.noise_multiplier = noise_multiplier  # what the accountant records
+        self.label_noise_multiplier = label_noise_multiplier
+        self.target_epsilon = target_epsilon
         self.adaptive_clipping = adaptive_clipping
         self.model = model
         self.x_train, self.y_train = x_train, y_train
@@ -415,16 +428,47 @@ class DPSGDTrainer:
         )
         return self.label_histogram
 
+    def released_label_counts(self, num_classes: int) -> np.ndarray:
+        """(K,) the label counts this client may derive released values from: the DP histogram's.
+
+        The conditional method reads its class weights (and so every round's scaling of dream
+        gradients and soft labels) from here; the first call charges the histogram, later ones reuse it.
+
+        Raises:
+            ConfigError: no `label_noise_multiplier` was given, so nothing derived from labels may leave.
+            PrivacyBudgetExceeded: the histogram would exceed the client's target.
+        """
+        if self.label_noise_multiplier is None:
+            raise ConfigError(
+                "example-level DP releases label statistics only through the charged DP label histogram; "
+                "give the DP-SGD trainer a label_noise_multiplier (and plan its event into the budget), "
+                "or use a method that releases no class weights"
+            )
+        h = self.release_label_histogram(
+            num_classes, noise_multiplier=self.label_noise_multiplier, target_epsilon=self.target_epsilon
+        )
+        return np.asarray(h.counts, dtype=np.float64)
+
     def epsilon(self, *, delta: float | None = None) -> float:
         """Epsilon this client has spent so far."""
         return self.accountant.get_epsilon(delta=self.delta if delta is None else delta)
 
     def epsilon_after(self, steps: int, *, delta: float | None = None) -> float:
-        """Epsilon after `steps` more DP-SGD steps (nothing is recorded)."""
-        event = PrivacyEvent(
-            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=steps
-        )
-        return self.accountant.epsilon_with([event], delta=self.delta if delta is None else delta)
+        """Epsilon after `steps` more DP-SGD steps (nothing is recorded).
+
+        With a `label_noise_multiplier` whose histogram is not released yet, it counts that release too:
+        the conditional method makes it at the start of the first round.
+        """
+        events = []
+        if steps > 0:
+            events.append(
+                PrivacyEvent(
+                    noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=steps
+                )
+            )
+        if self.label_noise_multiplier is not None and self.label_histogram is None:
+            events.append(label_histogram_event(self.label_noise_multiplier))
+        return self.accountant.epsilon_with(events, delta=self.delta if delta is None else delta)
 
     def state_dict(self) -> dict:
         return {
