@@ -38,7 +38,7 @@ def main(partition: str, kd_lr: float, seed: int, epsilon: float) -> None:
     """Run one DP-SGD cross-silo federation of the full size and print its validation accuracy."""
     torch.set_num_threads(1)
     alpha = None if partition == "iid" else float(partition)
-    runner = T._Runner(T.FULL, torch.device("cpu"), print)
+    runner = T.Runner(T.FULL, torch.device("cpu"), print)
     val = hold_out(runner.dataset, 2000)
     cfg = dataclasses.replace(runner.silo_config(alpha, seed, norm="group"), limit_test=None)
     size = T.FULL
@@ -46,7 +46,7 @@ def main(partition: str, kd_lr: float, seed: int, epsilon: float) -> None:
     schedule = ExampleLevelSchedule(
         local_steps=steps, batch_size=size.batch_size, data_size=size.silo_samples
     )
-    plan = T._plan_noise(schedule, epsilon, T._delta(size.silo_samples), size.silo_accountant)
+    plan = T.plan_noise_cached(schedule, epsilon, T.delta_for(size.silo_samples), size.silo_accountant)
     factory = dp_trainer_factory(
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=size.dp_clip,
@@ -55,7 +55,7 @@ def main(partition: str, kd_lr: float, seed: int, epsilon: float) -> None:
         momentum=cfg.distill.momentum,
         kd_lr=kd_lr,
         accountant=size.silo_accountant,
-        delta=T._delta(size.silo_samples),
+        delta=T.delta_for(size.silo_samples),
         noise_seed=seed,
     )
     fed = build_federation(cfg, aggregator=create_aggregator("plain"), trainer_factory=factory, dataset=val)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from codream.aggregation import create_aggregator
-from codream.bench.tradeoff import CPU, INF, _delta, _plan_noise, _Runner, hardware
+from codream.bench.tradeoff import CPU, INF, Runner, delta_for, hardware, plan_noise_cached
 from codream.data import Dataset, hold_out, load_dataset
 from codream.exceptions import ConfigError
 from codream.privacy.calibration import ExampleLevelSchedule
@@ -91,8 +91,8 @@ def validation_split(name: str, val: int) -> Dataset:
     return hold_out(load_dataset(name, limit_train=None, seed=0), val)
 
 
-def one_run(runner: _Runner, variant: Variant, partition: str, seed: int) -> dict[str, Any]:
-    """One federation of `variant`, as `_Runner.example_dp` builds it but with the variant's DP-SGD."""
+def one_run(runner: Runner, variant: Variant, partition: str, seed: int) -> dict[str, Any]:
+    """One federation of `variant`, as `Runner.example_dp` builds it but with the variant's DP-SGD."""
     s = runner.size
     config = runner.silo_config(PARTITIONS[partition], seed, norm="group")
     base = dict(setting="cross-silo", partition_label=partition, cohort=None)
@@ -111,8 +111,8 @@ def one_run(runner: _Runner, variant: Variant, partition: str, seed: int) -> dic
     )
     factory = None
     if math.isfinite(variant.epsilon):
-        delta = _delta(s.silo_samples)
-        plan = _plan_noise(
+        delta = delta_for(s.silo_samples)
+        plan = plan_noise_cached(
             ExampleLevelSchedule(local_steps=steps, batch_size=s.batch_size, data_size=s.silo_samples),
             variant.epsilon,
             delta,
@@ -285,9 +285,9 @@ def main(
     command = "OMP_NUM_THREADS=1 .venv/bin/python " + shlex.join(
         ["benchmarks/dp_sgd_tuning.py", *sys.argv[1:]]
     )
-    runner = _Runner(CPU, device, lambda msg: click.echo(msg, err=True))
+    runner = Runner(CPU, device, lambda msg: click.echo(msg, err=True))
     try:
-        runner._dataset = validation_split(CPU.dataset, val)  # the runner then never loads the test set
+        runner.dataset = validation_split(CPU.dataset, val)  # the runner then never loads the test set
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
     records.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ import torch
 
 from codream.aggregation import Aggregator, ProjectedReleases, ReleaseKind, create_aggregator
 from codream.baselines import BaselineConfig, run_local_only
-from codream.bench.tradeoff import FULL, Remedy, _Runner, hardware
+from codream.bench.tradeoff import FULL, Remedy, Runner, hardware
 from codream.build import build_federation
 from codream.data import Dataset, hold_out, load_dataset, partition
 from codream.federation.config import FederationConfig
@@ -85,7 +85,7 @@ def _local_only(data: Dataset, config: FederationConfig, clients: list[int]) -> 
 
 
 def one_run(
-    runner: _Runner,
+    runner: Runner,
     data: Dataset,
     *,
     variant: str,
@@ -252,7 +252,7 @@ def cli(partitions, seed, cohort, epsilon, val, fewer_steps, variants, records, 
         raise click.BadParameter(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     alphas = [alpha_of(p.strip()) for p in partitions.split(",")]
     data = validation_split(FULL.dataset, val)
-    runner = _Runner(FULL, torch.device("cpu"), say=print)
+    runner = Runner(FULL, torch.device("cpu"), say=print)
     hw = hardware("cpu")
     hw_line = (
         f"CPU {hw['cpu']}, nproc = {hw['nproc']} shared with other work, "

@@ -50,11 +50,36 @@ def test_the_cross_silo_run_covers_every_mode_and_baseline(results):
         ("secure+dp", 8.0),
         ("example-dp", 8.0),
         ("example-dp", math.inf),
+        ("local-dp-sgd", 8.0),
+        ("dp-fedavg", 8.0),
+        ("dp-fedavg", math.inf),
         ("local", None),
         ("fedavg", None),
         ("centralized", None),
     }
     assert all(r.setting == "cross-silo" and r.partition == "dir0.1" for r in results.runs)
+
+
+def test_the_private_baselines_spend_no_more_than_codream_at_the_same_target(results):
+    (ours,) = _runs(results, mode="example-dp", epsilon=8.0, remedy=None)
+    (local,) = _runs(results, mode="local-dp-sgd", epsilon=8.0)
+    (fedavg,) = _runs(results, mode="dp-fedavg", epsilon=8.0)
+    assert 0 < local.epsilon_spent <= 8.0 and 0 < fedavg.epsilon_spent <= 8.0
+    # The same DP-SGD schedule as CoDream's clients, which also pay for their label histogram.
+    assert local.extra["dp_sgd_steps"] == ours.extra["dp_sgd_steps"]
+    assert local.noise_multiplier <= ours.noise_multiplier
+    # DP-FedAvg releases one vector per round (its update) through the same seam, every client each round.
+    assert fedavg.releases_per_round == 1 and fedavg.released_dimension > 0
+    (free,) = _runs(results, mode="dp-fedavg", epsilon=math.inf)
+    assert free.epsilon_spent is None and free.noise_multiplier is None
+
+
+def test_the_results_say_where_codream_wins_and_loses_against_the_private_baselines(results, tmp_path):
+    text = write_markdown(results, tmp_path / "t.md").read_text()
+    assert "## CoDream under DP against the private baselines, at equal ε" in text
+    assert "| ε | CoDream (example-dp) | local DP-SGD (example) | DP-FedAvg (client) | best |" in text
+    assert "CoDream wins at" in text and "It loses at" in text
+    assert "q = cohort / population" not in text  # no amplification is claimed
 
 
 def test_accuracies_are_the_final_round_means_over_the_clients(results):
@@ -151,8 +176,14 @@ def test_the_cross_device_part_runs_secure_dp_and_its_remedies_once_cohorts_exis
     )
     if native:
         # only the sampled cohort releases and is evaluated, and the noise is shared by it
-        assert all(len(x.final_accuracies) == 3 for x in r.runs if x.cohort == 3)
+        assert all(len(x.final_accuracies) == 3 for x in r.runs if x.cohort == 3 and x.mode != "dp-fedavg")
         assert dp.nsr_cohort == pytest.approx(dp.nsr / 3)
+    # DP-FedAvg with the same cohorts, calibrated like CoDream's secure+dp: a client in every round
+    fedavg = by_mode[("dp-fedavg", 8.0, None)]
+    assert fedavg.cohort == 3 and 0 < fedavg.epsilon_spent <= 8.0
+    assert fedavg.noise_multiplier == pytest.approx(dp.noise_multiplier)  # one release: z = z_eff
+    assert fedavg.nsr_cohort == pytest.approx(fedavg.nsr / 3)
+    assert ("dp-fedavg", math.inf, None) in by_mode
 
 
 def test_a_failing_block_is_recorded_and_the_runs_before_it_are_kept(monkeypatch, tmp_path):
@@ -178,7 +209,7 @@ def test_a_failing_block_is_recorded_and_the_runs_before_it_are_kept(monkeypatch
             )
         )
 
-    monkeypatch.setattr(tradeoff._Runner, "cross_silo", cross_silo)
+    monkeypatch.setattr(tradeoff.Runner, "cross_silo", cross_silo)
     checkpoint = tmp_path / "partial.json"
     size = dataclasses.replace(TINY, seeds=(0, 1, 2))
     r = run_tradeoff(size, device="cpu", settings=("cross-silo",), checkpoint=checkpoint)
@@ -253,17 +284,17 @@ def test_a_spent_budget_starts_no_run_and_says_what_did_not_run():
 
 
 def test_the_budget_stops_between_runs_and_keeps_the_finished_ones(monkeypatch):
-    runner = tradeoff._Runner(TINY, tradeoff.resolve_device("cpu"), lambda line: None, deadline=None)
+    runner = tradeoff.Runner(TINY, tradeoff.resolve_device("cpu"), lambda line: None, deadline=None)
     out: list[RunRecord] = []
     notes: list[str] = []
-    real = tradeoff._Runner.federation
+    real = tradeoff.Runner.federation
 
     def federation(self, *args, **kwargs):
         result = real(self, *args, **kwargs)
         self.deadline = 0.0  # the budget runs out while the first run is under way
         return result
 
-    monkeypatch.setattr(tradeoff._Runner, "federation", federation)
+    monkeypatch.setattr(tradeoff.Runner, "federation", federation)
     tradeoff._run_unit(runner, tradeoff._Unit("cross-silo", 0.1, 0), out, notes, strict=True)
     assert [r.mode for r in out] == ["plain"]  # the started run finished, the next did not start
     assert len(notes) == 1 and "secure" in notes[0] and "did not run" in notes[0]
@@ -319,13 +350,13 @@ def test_a_resumed_run_runs_only_what_is_missing_and_keeps_the_rest(results, mon
         notes=["cross-silo dir0.1 seed 0 [secure]: the time budget ran out before `x`; it did not run."],
     )
     started = []
-    real = tradeoff._Runner.federation
+    real = tradeoff.Runner.federation
 
     def federation(self, config, aggregator, **kwargs):
         started.append(kwargs["mode"])
         return real(self, config, aggregator, **kwargs)
 
-    monkeypatch.setattr(tradeoff._Runner, "federation", federation)
+    monkeypatch.setattr(tradeoff.Runner, "federation", federation)
     resumed = run_tradeoff(TINY, device="cpu", settings=("cross-silo",), resume=cut, command="again")
     assert started == ["secure"]  # the baselines unit reruns too, but no other federation
     assert sorted(r.mode for r in resumed.runs) == sorted(r.mode for r in results.runs)

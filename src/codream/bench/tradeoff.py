@@ -74,12 +74,15 @@ __all__ = [
     "SIZES",
     "Remedy",
     "RunRecord",
+    "Runner",
     "TradeoffResults",
     "TradeoffSize",
     "cli",
     "cohort_sampling_supported",
+    "delta_for",
     "hardware",
     "parse_projection",
+    "plan_noise_cached",
     "run_tradeoff",
     "summarise",
     "write_json",
@@ -180,6 +183,12 @@ class TradeoffSize:
             `secure+dp` (every client in every round): its cost per round, and its accuracy as contrast.
         remedy_epsilon: the epsilon the remedies are compared at.
         remedy_partitions, remedy_cohorts: where the remedies run (None: all).
+        private_baselines: run the private baselines at every epsilon of the sweep: DP-FedAvg
+            (client-level, one shared `fedavg_model` with GroupNorm, its update one planned vector of
+            the same `secure+dp` seam; cross-silo with every client in every round, cross-device per
+            cohort) and local-only DP-SGD (example-level, cross-silo, CoDream's DP-SGD schedule).
+        dp_fedavg_clip: the L2 bound of a DP-FedAvg client's model update.
+        private_baseline_epsilons: the epsilons the private baselines run at (None: `epsilons`).
     """
 
     name: str
@@ -219,6 +228,16 @@ class TradeoffSize:
     remedy_epsilon: float = 8.0
     remedy_partitions: tuple[float | None, ...] | None = None
     remedy_cohorts: tuple[int, ...] | None = None
+    private_baselines: bool = True
+    dp_fedavg_clip: float = 2.0
+    private_baseline_epsilons: tuple[float, ...] | None = None
+
+    @property
+    def baseline_epsilons(self) -> tuple[float, ...]:
+        """The epsilons the private baselines run at (none when they are off)."""
+        if not self.private_baselines:
+            return ()
+        return self.epsilons if self.private_baseline_epsilons is None else self.private_baseline_epsilons
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -553,13 +572,13 @@ def _label(alpha: float | None) -> str:
     return "iid" if alpha is None or math.isinf(alpha) else f"dir{alpha:g}"
 
 
-def _delta(n: int) -> float:
+def delta_for(n: int) -> float:
     """Delta well below 1 / n (n: examples per client, or clients in the population)."""
     return min(1e-5, 0.1 / n)
 
 
 @functools.lru_cache(maxsize=256)
-def _plan_noise(schedule: Any, epsilon: float, delta: float, accountant: str) -> Any:
+def plan_noise_cached(schedule: Any, epsilon: float, delta: float, accountant: str) -> Any:
     """`plan_noise`, once per schedule and target: every partition and seed shares the answer."""
     from ..privacy.calibration import plan_noise
 
@@ -588,7 +607,14 @@ class OutOfTime(Exception):
     """The time budget ran out before a run could start; the runs already finished are kept."""
 
 
-class _Runner:
+class Runner:
+    """Builds and runs the benchmark's federations and baselines of one size, one run at a time.
+
+    The tuning scripts in `benchmarks/` use it to run the benchmark's configurations with their own
+    variations (`silo_config`, `device_config`, `federation`, `example_dp`, `secure_dp`); set
+    `dataset` first to run on another split (e.g. a validation split) than the benchmark's test set.
+    """
+
     def __init__(
         self,
         size: TradeoffSize,
@@ -621,6 +647,10 @@ class _Runner:
             if needed > len(self._dataset.y_train):
                 raise ConfigError(f"size {s.name!r} needs {needed} training examples, {s.dataset} has fewer")
         return self._dataset
+
+    @dataset.setter
+    def dataset(self, value: Dataset) -> None:
+        self._dataset = value
 
     # configs
 
@@ -803,10 +833,7 @@ class _Runner:
         """Append local-only, centralized and FedAvg runs to `out`, each as soon as it ends."""
         s = self.size
         batch_size = batch_size or s.batch_size
-        data = self.dataset
-        if limit_test is not None and limit_test < len(data.y_test):
-            # The federations evaluate on the first `limit_test` test examples; so do their baselines.
-            data = dataclasses.replace(data, x_test=data.x_test[:limit_test], y_test=data.y_test[:limit_test])
+        data = self.baseline_data(limit_test)
         parts = partition(
             self.dataset.y_train, num_clients, alpha=alpha, samples_per_client=samples, seed=seed
         )
@@ -845,6 +872,177 @@ class _Runner:
                 )
             )
 
+    def baseline_data(self, limit_test: int | None) -> Dataset:
+        """The data set as the federations evaluate it: the first `limit_test` test examples."""
+        data = self.dataset
+        if limit_test is not None and limit_test < len(data.y_test):
+            data = dataclasses.replace(data, x_test=data.x_test[:limit_test], y_test=data.y_test[:limit_test])
+        return data
+
+    def dp_fedavg(
+        self,
+        *,
+        setting: str,
+        alpha: float | None,
+        seed: int,
+        eps: float,
+        num_clients: int,
+        samples: int,
+        local_steps: int,
+        rounds: int,
+        limit_test: int | None,
+        cohort: int | None,
+        batch_size: int,
+        graph: str,
+    ) -> RunRecord:
+        """DP-FedAvg at `eps` (client-level), accounted like CoDream's `secure+dp`: per client, unamplified.
+
+        Its one release per round, the clipped model update, goes through the same `secure+dp` seam with
+        the same calibration for a client in every round; eps = inf is `secure` (clipped, no noise).
+        """
+        from ..dp_baselines import run_dp_fedavg
+        from ..privacy.calibration import ClientLevelSchedule
+
+        s = self.size
+        tag = f"{setting} {_label(alpha)} dp-fedavg eps={eps} seed={seed}" + (
+            f" cohort={cohort}" if cohort else ""
+        )
+        self.check_time(tag)
+        self.say(f"start {tag}")
+        delta = delta_for(num_clients)
+        z = None
+        if math.isinf(eps):
+            agg = create_aggregator("secure", graph=graph, seed=seed)
+        else:
+            plan = plan_noise_cached(
+                ClientLevelSchedule(rounds=rounds, sample_rate=1.0, releases_per_round=1), eps, delta, "rdp"
+            )
+            z = float(plan.noise_multiplier)
+            agg = create_aggregator(
+                "secure+dp",
+                noise_multiplier=z,
+                delta=delta,
+                target_epsilon=eps,
+                accountant="rdp",
+                noise_seed=seed,
+                graph=graph,
+                seed=seed,
+            )
+        parts = partition(
+            self.dataset.y_train, num_clients, alpha=alpha, samples_per_client=samples, seed=seed
+        )
+        cfg = BaselineConfig(
+            rounds=rounds, local_steps=max(1, local_steps), batch_size=batch_size, seed=seed, norm="group"
+        )
+        run = run_dp_fedavg(
+            self.baseline_data(limit_test),
+            parts,
+            s.fedavg_model,
+            cfg,
+            agg,
+            clip_norm=s.dp_fedavg_clip,
+            clients_per_round=cohort,
+            device=self.device,
+        )
+        res = run.result
+        d = int(run.extra["update_dimension"])
+        nsr = None if z is None else z * math.sqrt(d)
+        m = cohort or num_clients
+        rec = RunRecord(
+            setting=setting,
+            partition=_label(alpha),
+            cohort=cohort,
+            mode="dp-fedavg",
+            epsilon=eps,
+            seed=seed,
+            remedy=None,
+            final_accuracies=tuple(float(a) for a in res.final_accuracy),
+            mean_accuracy=res.mean,
+            std_accuracy=res.std,
+            best_mean_accuracy=float(np.max(np.mean(np.asarray(res.history), axis=1))),
+            seconds_per_round=res.seconds / rounds,
+            epsilon_spent=None if z is None else run.epsilon,
+            noise_multiplier=z,
+            release_noise_multiplier=z,
+            nsr=nsr,
+            nsr_cohort=None if nsr is None else nsr / m,
+            released_dimension=d,
+            releases_per_round=1,
+            # Client-local (never released under DP), read here because this is a simulation.
+            clipped_fraction=run.extra["clipped_fraction"],
+            extra={
+                **({} if z is None else {"epsilon_mean": run.epsilon_mean, "delta": delta}),
+                "clip_norm": s.dp_fedavg_clip,
+                "update_norm_median": run.extra["update_norm_median"],
+                "participations_max": run.extra["participations_max"],
+                "steps_per_round": float(res.steps_per_round),
+            },
+        )
+        self.say(f"done  {tag}: acc {rec.mean_accuracy:.4f}, eps spent {rec.epsilon_spent}")
+        return rec
+
+    def local_dp_sgd(self, config: FederationConfig, alpha: float | None, eps: float, seed: int) -> RunRecord:
+        """Local-only DP-SGD at `eps` (example-level): CoDream's DP-SGD schedule and settings, no release."""
+        from ..dp_baselines import LocalDPSGDConfig, run_local_dp_sgd
+        from ..privacy.calibration import ExampleLevelSchedule
+
+        s = self.size
+        tag = f"cross-silo {_label(alpha)} local-dp-sgd eps={eps} seed={seed}"
+        self.check_time(tag)
+        self.say(f"start {tag}")
+        dc = config.distill
+        batch = min(s.batch_size, s.silo_samples)
+        steps = dc.warmup_steps + config.rounds * dc.ce_steps_per_round
+        delta = delta_for(s.silo_samples)
+        plan = plan_noise_cached(
+            ExampleLevelSchedule(local_steps=steps, batch_size=batch, data_size=s.silo_samples),
+            eps,
+            delta,
+            s.silo_accountant,
+        )
+        dp = LocalDPSGDConfig(
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=s.dp_clip,
+            batch_size=batch,
+            warmup_steps=dc.warmup_steps,
+            steps_per_round=dc.ce_steps_per_round,
+            lr=dc.lr,
+            momentum=dc.momentum,
+            accountant=s.silo_accountant,
+            delta=delta,
+            noise_seed=seed,
+            sampling_seed=seed,  # reproducible benchmark runs: a test option (the trainers say not private)
+        )
+        parts = partition(
+            self.dataset.y_train, s.silo_clients, alpha=alpha, samples_per_client=s.silo_samples, seed=seed
+        )
+        cfg = BaselineConfig(
+            rounds=config.rounds, local_steps=max(1, dp.steps_per_round), seed=seed, norm="group"
+        )
+        run = run_local_dp_sgd(
+            self.baseline_data(s.limit_test), parts, tuple(s.silo_models), cfg, dp, device=self.device
+        )
+        res = run.result
+        rec = RunRecord(
+            setting="cross-silo",
+            partition=_label(alpha),
+            cohort=None,
+            mode="local-dp-sgd",
+            epsilon=eps,
+            seed=seed,
+            remedy=None,
+            final_accuracies=tuple(float(a) for a in res.final_accuracy),
+            mean_accuracy=res.mean,
+            std_accuracy=res.std,
+            best_mean_accuracy=float(np.max(np.mean(np.asarray(res.history), axis=1))),
+            seconds_per_round=res.seconds / config.rounds,
+            epsilon_spent=run.epsilon,
+            noise_multiplier=plan.noise_multiplier,
+            extra={"delta": delta, "dp_sgd_steps": float(steps), "dp_sgd_batch": float(batch)},
+        )
+        self.say(f"done  {tag}: acc {rec.mean_accuracy:.4f}, eps spent {rec.epsilon_spent:.3g}")
+        return rec
+
     # the two settings
 
     def cross_silo(self, alpha: float | None, seed: int, out: list[RunRecord]) -> None:
@@ -879,6 +1077,27 @@ class _Runner:
                 out.append(rec)
                 continue
             out.append(self.example_dp(group_cfg, eps, seed, base=base))
+        for eps in s.baseline_epsilons:
+            if not math.isinf(eps) and self.wants(f"local-dp-sgd:{eps:g}"):
+                out.append(self.local_dp_sgd(group_cfg, alpha, eps, seed))
+        for eps in s.baseline_epsilons:
+            if self.wants(f"dp-fedavg:{eps:g}"):
+                out.append(
+                    self.dp_fedavg(
+                        setting="cross-silo",
+                        alpha=alpha,
+                        seed=seed,
+                        eps=eps,
+                        num_clients=s.silo_clients,
+                        samples=s.silo_samples,
+                        local_steps=ce_steps + math.ceil(group_cfg.distill.warmup_steps / s.rounds),
+                        rounds=s.rounds,
+                        limit_test=s.limit_test,
+                        cohort=None,
+                        batch_size=s.batch_size,
+                        graph="complete",
+                    )
+                )
         if s.remedy_partitions is None or alpha in s.remedy_partitions:
             for remedy in s.silo_remedies:
                 if not self.wants(f"remedy:{remedy.name}"):
@@ -934,9 +1153,9 @@ class _Runner:
         s = self.size
         batch = min(batch or s.batch_size, s.silo_samples)
         steps = config.distill.warmup_steps + config.rounds * config.distill.ce_steps_per_round
-        delta = _delta(s.silo_samples)
+        delta = delta_for(s.silo_samples)
         label_z, label_events = _label_histogram(config)
-        plan = _plan_noise(
+        plan = plan_noise_cached(
             ExampleLevelSchedule(
                 local_steps=steps, batch_size=batch, data_size=s.silo_samples, extra_events=label_events
             ),
@@ -1004,8 +1223,8 @@ class _Runner:
         s = self.size
         population = population or s.population
         q = cohort / population
-        delta = _delta(population)
-        plan = _plan_noise(
+        delta = delta_for(population)
+        plan = plan_noise_cached(
             ClientLevelSchedule(
                 rounds=config.rounds, sample_rate=1.0, releases_per_round=config.releases_per_round
             ),
@@ -1051,6 +1270,25 @@ class _Runner:
                 continue
             agg, dp = self.secure_dp(cfg, cohort, eps, seed)
             out.append(self.federation(cfg, agg, mode="secure+dp", epsilon=eps, dp=dp, **base)[0])
+        dc = cfg.distill
+        for eps in s.baseline_epsilons:
+            if self.wants(f"dp-fedavg:{eps:g}"):
+                out.append(
+                    self.dp_fedavg(
+                        setting="cross-device",
+                        alpha=alpha,
+                        seed=seed,
+                        eps=eps,
+                        num_clients=s.population,
+                        samples=s.device_samples,
+                        local_steps=dc.ce_steps_per_round + math.ceil(dc.warmup_steps / s.device_rounds),
+                        rounds=s.device_rounds,
+                        limit_test=s.device_limit_test,
+                        cohort=cohort,
+                        batch_size=dc.batch_size,
+                        graph=s.device_graph,
+                    )
+                )
         for remedy in _device_remedies(s, alpha, cohort):
             if not self.wants(f"remedy:{remedy.name}"):
                 continue
@@ -1124,13 +1362,21 @@ def _run_keys(size: TradeoffSize, unit: _Unit) -> list[str]:
     if unit.kind == "cross-device":
         assert unit.cohort is not None
         remedies = _device_remedies(size, unit.alpha, unit.cohort)
-        return ["plain", "secure", *finite, *(f"remedy:{r.name}" for r in remedies)]
+        return [
+            "plain",
+            "secure",
+            *finite,
+            *(f"dp-fedavg:{e:g}" for e in size.baseline_epsilons),
+            *(f"remedy:{r.name}" for r in remedies),
+        ]
     here = size.remedy_partitions is None or unit.alpha in size.remedy_partitions
     return [
         "plain",
         "secure",
         *(f"client-dp:{e:g}" for e in size.silo_client_level_epsilons),
         *(f"eps:{e:g}" for e in size.epsilons),
+        *(f"local-dp-sgd:{e:g}" for e in size.baseline_epsilons if not math.isinf(e)),
+        *(f"dp-fedavg:{e:g}" for e in size.baseline_epsilons),
         *(f"remedy:{r.name}" for r in (size.silo_remedies if here else ())),
         "baselines",
     ]
@@ -1169,6 +1415,9 @@ def _unit_runs(unit: _Unit, runs: Sequence[RunRecord]) -> list[RunRecord]:
     if key.startswith(("eps:", "client-dp:")):
         eps = float(key.split(":", 1)[1])
         mode = "example-dp" if key.startswith("eps:") and setting == "cross-silo" else "secure+dp"
+    elif key.startswith(("dp-fedavg:", "local-dp-sgd:")):
+        mode, _, value = key.partition(":")
+        eps = float(value)
     else:
         eps = None
 
@@ -1218,7 +1467,7 @@ def _priority(size: TradeoffSize, unit: _Unit) -> tuple[int, int]:
     return rank, -cost
 
 
-def _run_unit(runner: _Runner, unit: _Unit, out: list[RunRecord], notes: list[str], strict: bool) -> None:
+def _run_unit(runner: Runner, unit: _Unit, out: list[RunRecord], notes: list[str], strict: bool) -> None:
     """Run one unit into `out`; a failure or the end of the budget becomes a note, not a lost run."""
     runner.only = None if unit.key is None else frozenset({unit.key})
     try:
@@ -1253,7 +1502,7 @@ def _worker(
     def say(line: str) -> None:
         print(f"[{unit.label}] {line}", file=sys.stderr, flush=True)
 
-    runner = _Runner(size, resolve_device(device), say, deadline)
+    runner = Runner(size, resolve_device(device), say, deadline)
     out: list[RunRecord] = []
     notes: list[str] = []
     _run_unit(runner, unit, out, notes, strict=False)
@@ -1371,7 +1620,7 @@ def run_tradeoff(
             write_json(results, checkpoint)
 
     if jobs == 1:
-        runner = _Runner(size, dev, say, deadline)
+        runner = Runner(size, dev, say, deadline)
         for unit in units:
             _run_unit(runner, unit, results.runs, results.notes, strict)
             save()
@@ -1565,6 +1814,86 @@ def _places(rows: Sequence[SummaryRow]) -> list[tuple[str, str, int | None]]:
 
 _BASELINES = ("local", "fedavg", "centralized")
 _PRIVATE = {"cross-silo": "example-dp", "cross-device": "secure+dp"}
+#: The private baselines a user would pick instead, per setting, with the unit their ε protects.
+_PRIVATE_BASELINES = {
+    "cross-silo": (("local-dp-sgd", "local DP-SGD (example)"), ("dp-fedavg", "DP-FedAvg (client)")),
+    "cross-device": (("dp-fedavg", "DP-FedAvg (client)"),),
+}
+
+
+def _comparison(rows: Sequence[SummaryRow]) -> list[str]:
+    """CoDream under DP against the private baselines at each ε, per place, and who wins where."""
+    out: list[str] = []
+    for setting, part, cohort in _places(rows):
+        ours = _PRIVATE[setting]
+        others = _PRIVATE_BASELINES[setting]
+        eps_all = sorted(
+            {
+                r.epsilon
+                for r in rows
+                if (r.setting, r.partition, r.cohort) == (setting, part, cohort)
+                and r.remedy is None
+                and r.epsilon is not None
+                and r.mode in (ours, *(m for m, _ in others))
+            }
+        )
+        if not any(
+            _find(rows, setting=setting, partition=part, cohort=cohort, mode=m, epsilon=e)
+            for m, _ in others
+            for e in eps_all
+        ):
+            continue
+        local = _find(rows, setting=setting, partition=part, cohort=None, mode="local")
+        where = f"{setting} {part}" + (f", cohort {cohort}" if cohort else "")
+        out += [
+            f"### {where}",
+            "",
+            f"| ε | CoDream ({ours}) | " + " | ".join(name for _, name in others) + " | best |",
+            "|---:|---|" + "---|" * len(others) + "---|",
+        ]
+        wins, losses, ties = [], [], []
+        for e in eps_all:
+            mine = _find(rows, setting=setting, partition=part, cohort=cohort, mode=ours, epsilon=e)
+            theirs = [
+                (name, _find(rows, setting=setting, partition=part, cohort=cohort, mode=m, epsilon=e))
+                for m, name in others
+            ]
+            cells = [_acc(mine) if mine else "-"] + [_acc(r) if r else "-" for _, r in theirs]
+            present = [(f"CoDream ({ours})", mine)] + theirs
+            present = [(n, r) for n, r in present if r is not None]
+            best = max(present, key=lambda nr: nr[1].mean)[0] if present else "-"
+            out.append(f"| {_eps_str(e)} | " + " | ".join(cells) + f" | {best} |")
+            if mine is None:
+                continue
+            for name, r in theirs:
+                if r is None:
+                    continue
+                diff = 100 * (mine.mean - r.mean)
+                spread = 100 * max(mine.std_seeds, r.std_seeds)
+                item = f"ε = {_eps_str(e)} vs {name} ({diff:+.1f} points)"
+                if abs(diff) <= spread:
+                    ties.append(item)
+                elif diff > 0:
+                    wins.append(item)
+                else:
+                    losses.append(item)
+        out.append("")
+        out.append(
+            f"- **{where}**: CoDream wins at "
+            + ("; ".join(wins) or "no ε")
+            + ". It loses at "
+            + ("; ".join(losses) or "no ε")
+            + "."
+            + (f" Within the spread over seeds: {'; '.join(ties)}." if ties else "")
+            + (
+                f" Local-only training without DP (BatchNorm), which releases nothing to the server: "
+                f"{_pct(local.mean)}."
+                if local is not None
+                else ""
+            )
+        )
+        out.append("")
+    return out
 
 
 def _weak_reference(rows: Sequence[SummaryRow], setting: str, part: str, plain: SummaryRow) -> str:
@@ -1678,6 +2007,7 @@ def _per_architecture(runs: Sequence[RunRecord], size: TradeoffSize) -> list[str
     ]
     kinds = [("plain", None), ("secure", None)]
     kinds += [("example-dp", e) for e in sorted(size.epsilons)]
+    kinds += [("local-dp-sgd", e) for e in sorted(size.baseline_epsilons) if not math.isinf(e)]
     kinds += [(m, None) for m in _BASELINES]
     for part in dict.fromkeys(r.partition for r in runs if r.setting == "cross-silo"):
         for mode, eps in kinds:
@@ -1751,11 +2081,14 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
         "per round. Cross-silo DP: example-level DP-SGD on every client (GroupNorm models, no BatchNorm "
         "term in the dream loss; ε = ∞ is that federation with plain SGD), "
         f"{size.silo_accountant.upper()} accountant, δ = "
-        f"{_delta(size.silo_samples):g} (< 1/examples per client). "
+        f"{delta_for(size.silo_samples):g} (< 1/examples per client). "
         f"Cross-device DP: `secure+dp`, client-level, "
-        f"RDP accountant, δ = {_delta(size.population):g} (< 1/population), q = cohort / population (the "
-        "accountant's Poisson sampling standing in for the loop's fixed-size cohort, the usual "
-        "approximation), all releases of a round composed into one event (ε = ∞ is the `secure` run). "
+        f"RDP accountant, δ = {delta_for(size.population):g} (< 1/population); every client is accounted "
+        "by its own ledger over the rounds it took part in, without amplification by sampling (the "
+        "server knows every cohort), and the noise is calibrated for a client that takes part in every "
+        "round, so the ε spent is the largest any client spent; all releases of a round compose into "
+        "one event (ε = ∞ is the `secure` run). Example-level runs of the conditional method also pay "
+        "for one DP label histogram per client (z = 20), planned into their budget. "
         "The cross-silo DP runs sum through `plain` aggregation: the example-level guarantee does not "
         "rest on it, and what secure aggregation costs is the `secure` row.",
         "",
@@ -1819,6 +2152,28 @@ def write_markdown(results: TradeoffResults, path: str | Path, *, plots: Sequenc
             )
         )
         out.append("")
+    comparison = _comparison(rows)
+    if comparison:
+        out += [
+            "## CoDream under DP against the private baselines, at equal ε",
+            "",
+            "Each private baseline is calibrated to the same target ε with the same accountant as the "
+            "CoDream runs it stands beside. **DP-FedAvg** (McMahan et al. 2018): one shared "
+            f"`{size.fedavg_model}` with GroupNorm; each round every client of the cohort (cross-silo: "
+            "every client) trains locally from the global model and releases its model update as one "
+            "vector through the same `secure+dp` seam (clipped to L2 norm "
+            f"{size.dp_fedavg_clip:g}, distributed Skellam noise, secure aggregation); client-level, "
+            "accounted per client over the rounds it took part in, without amplification, with the same "
+            "calibration as CoDream's `secure+dp` (one release per round); ε = ∞ is the same run through "
+            "`secure` (clipped, no noise). **Local DP-SGD**: each silo trains its own GroupNorm model "
+            "with CoDream's example-level DP-SGD schedule (the same steps, batch, clip and accountant) and "
+            "releases nothing else; it has no label histogram to pay for. 'Wins' and 'loses' compare the "
+            "means over seeds; a difference within the larger std over seeds is listed as within the "
+            "spread. A client-level ε (DP-FedAvg, and CoDream `secure+dp`) protects a whole client's data, "
+            "an example-level ε (CoDream `example-dp`, local DP-SGD) one training example.",
+            "",
+            *comparison,
+        ]
     out += ["## Targets", ""]
     target_lines = _targets(rows, size, results.runs)
     out += target_lines or ["- no target could be evaluated (missing runs)."]
@@ -1961,28 +2316,36 @@ def write_plots(results: TradeoffResults, stem: str | Path) -> list[Path]:
         for i, (setting, _, cohort) in enumerate(places):
             colour = colours[i % len(colours)]
             label = setting + (f" (cohort {cohort})" if cohort else "")
-            curve = sorted(
-                (
-                    r
-                    for r in rows
-                    if (r.setting, r.partition, r.cohort, r.mode)
-                    == (setting, part, cohort, _PRIVATE[setting])
-                    and r.epsilon is not None
-                ),
-                key=lambda r: r.epsilon,
-            )
-            if curve:
-                xs = [inf_x if math.isinf(r.epsilon) else r.epsilon for r in curve]
-                ax.errorbar(
-                    xs,
-                    [100 * r.mean for r in curve],
-                    yerr=[100 * r.std_seeds for r in curve],
-                    marker="o",
-                    color=colour,
-                    label=f"{label}: {_PRIVATE[setting]}",
-                    capsize=3,
+            curves = [(_PRIVATE[setting], "o", "-", f"CoDream {_PRIVATE[setting]}")]
+            curves += [
+                (mode, marker, style, name)
+                for (mode, name), marker, style in zip(
+                    _PRIVATE_BASELINES[setting], ("s", "^"), ("--", "-."), strict=False
                 )
-            for mode, style in (("plain", "-"), ("local", ":"), ("centralized", "--")):
+            ]
+            for mode, marker, style, name in curves:
+                curve = sorted(
+                    (
+                        r
+                        for r in rows
+                        if (r.setting, r.partition, r.cohort, r.mode) == (setting, part, cohort, mode)
+                        and r.epsilon is not None
+                    ),
+                    key=lambda r: r.epsilon,
+                )
+                if curve:
+                    xs = [inf_x if math.isinf(r.epsilon) else r.epsilon for r in curve]
+                    ax.errorbar(
+                        xs,
+                        [100 * r.mean for r in curve],
+                        yerr=[100 * r.std_seeds for r in curve],
+                        marker=marker,
+                        linestyle=style,
+                        color=colour,
+                        label=f"{label}: {name}",
+                        capsize=3,
+                    )
+            for mode, style in (("plain", "-"), ("local", ":")):
                 ref = _find(
                     rows,
                     setting=setting,

@@ -292,8 +292,11 @@ class DPSGDTrainer:
         if sampling_seed is not None:
             reasons.append("DP-SGD batches drawn from a seeded generator (sampling_seed, a test option)")
         if noise_seed is not None:
-            reasons.append("DP-SGD noise drawn from a seeded generator (noise_seed, a test option)")
+            reasons.append(
+                "DP-SGD and label-histogram noise drawn from a seeded generator (noise_seed, a test option)"
+            )
         self.not_private: tuple[str, ...] = tuple(reasons)
+        self.noise_seed = noise_seed
         seed = noise_seed if noise_seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         # The noise is drawn where the parameters live (Opacus samples it on the gradient's device),
         # so the generator must be on that device too: a CPU generator cannot feed CUDA sampling.
@@ -425,6 +428,7 @@ class DPSGDTrainer:
             accountant=self.accountant,
             delta=self.delta,
             target_epsilon=target_epsilon,
+            noise_seed=self.noise_seed,  # None (private) unless the trainer is a seeded test one
         )
         return self.label_histogram
 

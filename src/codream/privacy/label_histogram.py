@@ -96,6 +96,7 @@ def release_label_histogram(
     accountant: Accountant,
     delta: float,
     target_epsilon: float | None = None,
+    noise_seed: int | None = None,
 ) -> NoisyLabelHistogram:
     """Charge the release to `accountant`, then release the noisy label counts.
 
@@ -106,6 +107,8 @@ def release_label_histogram(
         accountant: the client's example-level accountant (its DP-SGD steps' own).
         delta: the delta the budget is stated at.
         target_epsilon: the client's budget; the release is refused if it would exceed it.
+        noise_seed: seeded noise for reproducible tests and benchmarks only (a trainer given one says
+            it is not private); None (default) draws the noise from the OS.
     Returns:
         the released histogram.
     Raises:
@@ -132,7 +135,12 @@ def release_label_histogram(
         )
     accountant.add(event)  # charged before anything is released
     counts = np.bincount(y.astype(np.int64), minlength=num_classes).astype(np.float64)
-    noisy = counts + os_gaussian(num_classes, std=noise_multiplier * SENSITIVITY)
+    std = noise_multiplier * SENSITIVITY
+    if noise_seed is None:
+        noise = os_gaussian(num_classes, std=std)
+    else:
+        noise = np.random.default_rng([int(noise_seed), 0x1AB]).normal(0.0, std, num_classes)
+    noisy = counts + noise
     return NoisyLabelHistogram(
         counts=tuple(float(c) for c in noisy), noise_multiplier=float(noise_multiplier)
     )

@@ -33,4 +33,3 @@ __all__ = [
     "provision_signers",
     "run_session",
 ]
-
