@@ -169,6 +169,12 @@ def summary_markdown(
             f"- baseline {b.get('label', name)} (same partitions, {b['steps_per_round']} local steps per "
             f"round): {100 * b['final_accuracy_mean']:.2f}% (± {100 * b['final_accuracy_std']:.2f})"
         )
+    outside = summary.get("outside_guarantee")
+    if outside:
+        lines.append(
+            f"- **outside the privacy guarantee** (computed from private data, kept in `{outside['file']}`, "
+            f"not released): {', '.join(f'`{v}`' for v in outside['values'])}"
+        )
     lines.append("")
 
     models = summary.get("models") or []

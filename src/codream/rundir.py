@@ -7,6 +7,8 @@ Layout::
       federation.json      the learning loop's resolved configuration, for reference
       metrics.jsonl        one JSON object per finished round, appended and flushed every round
       metrics.csv          the same rounds as a flat table (one column per number, per client accuracy)
+      client_private.jsonl in a DP run, per round, the values computed from private data outside the
+                           guarantee (`privacy.outputs`); README.md says so
       run.log              the run's log: every line it printed and its codream log records
       privacy_ledger.json  the privacy budget spent so far (secure+dp), rewritten every round
       checkpoint.pt        the federation's full state after the last finished round (``--resume``)
@@ -186,11 +188,59 @@ class _RunLogHandler(logging.Handler):
         super().close()
 
 
+def _append_line(path: Path, line: str) -> None:
+    """Append one line and flush it to disk."""
+    try:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL file; a torn line (a crash mid-write) is skipped with a warning."""
+    if not path.exists():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s line %d is not valid JSON; ignored", path, n)
+    return records
+
+
 class RunDir:
     """Reads and writes one run directory. Create with `create` (new run) or `open` (resume)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.granularity: str | None = None  # a DP run's unit of privacy, once `withhold` is called
+
+    def withhold(self, granularity: str) -> None:
+        """From now on keep the values outside the guarantee of `granularity` out of metrics.jsonl.
+
+        They go to client_private.jsonl instead, and README.md says what each file holds.
+
+        Raises:
+            ConfigError: for an unknown granularity.
+        """
+        from .privacy.outputs import PRIVATE_FILE, PRIVATE_README, describe_outside
+
+        values = ", ".join(f"`{v}`" for v in describe_outside(granularity))
+        self.granularity = granularity
+        text = PRIVATE_README.format(granularity=granularity, private=PRIVATE_FILE, values=values)
+        _atomic_write_bytes(self.path / "README.md", text.encode())
+
+    @property
+    def private_path(self) -> Path:
+        from .privacy.outputs import PRIVATE_FILE
+
+        return self.path / PRIVATE_FILE
 
     # --- opening -----------------------------------------------------------------------------------
 
@@ -284,42 +334,46 @@ class RunDir:
     # --- metrics ------------------------------------------------------------------------------------
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
-        """Append one round's record to metrics.jsonl and flush it to disk."""
-        line = json.dumps(to_jsonable(record), sort_keys=False, allow_nan=False)
-        try:
-            with self.metrics_path.open("a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise _write_error(self.metrics_path, exc) from None
-        self._write_csv(self.read_metrics())
+        """Append one round's record to metrics.jsonl and flush it to disk.
+
+        After `withhold`, the values outside the guarantee go to client_private.jsonl instead (written
+        first, so metrics.jsonl never names a round whose private half is missing).
+        """
+        record = to_jsonable(record)
+        if self.granularity is not None:
+            from .privacy.outputs import split_record
+
+            record, private = split_record(record, self.granularity)
+            _append_line(self.private_path, json.dumps(private, allow_nan=False))
+        _append_line(self.metrics_path, json.dumps(record, sort_keys=False, allow_nan=False))
+        self._write_csv(_read_jsonl(self.metrics_path))
 
     def _write_csv(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """metrics.csv, rewritten whole from the JSONL records (which stay the reference)."""
+        """metrics.csv, rewritten whole from metrics.jsonl's records (which stay the reference)."""
         _atomic_write_bytes(self.metrics_csv_path, metrics_csv(records).encode())
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """All finished rounds' records; a torn last line (a crash mid-write) is skipped with a warning."""
-        if not self.metrics_path.exists():
-            return []
-        records = []
-        for n, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s line %d is not valid JSON; ignored", self.metrics_path, n)
-        return records
+        """All finished rounds' records, with their values outside the guarantee (client_private.jsonl)
+        merged back in; a torn last line (a crash mid-write) is skipped with a warning."""
+        records = _read_jsonl(self.metrics_path)
+        if not self.private_path.exists():
+            return records
+        from .privacy.outputs import merge_record
+
+        private = {p.get("round"): p for p in _read_jsonl(self.private_path)}
+        return [merge_record(r, private.get(r.get("round"))) for r in records]
 
     def truncate_metrics(self, rounds_done: int) -> int:
         """Keep only the records of rounds 1..rounds_done (the checkpoint's); return how many were dropped."""
-        records = self.read_metrics()
+        records = _read_jsonl(self.metrics_path)
         kept = [r for r in records if int(r.get("round", 0)) <= rounds_done]
         dropped = len(records) - len(kept)
         text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
         _atomic_write_bytes(self.metrics_path, text.encode())
+        if self.private_path.exists():
+            private = [r for r in _read_jsonl(self.private_path) if int(r.get("round", 0)) <= rounds_done]
+            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in private)
+            _atomic_write_bytes(self.private_path, text.encode())
         self._write_csv(kept)
         return dropped
 

@@ -5,6 +5,7 @@ Each aggregation mode runs once per module (fixtures below) and several tests re
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import tomllib
@@ -14,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from codream.cli import main
+from codream.rundir import RunDir
 from codream.secagg.encoding import FixedPointCodec
 
 TINY = [
@@ -44,7 +46,12 @@ def runs(tmp_path_factory):
 
 
 def metrics(path):
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    """Every round's record as the operator sees it: metrics.jsonl with client_private.jsonl merged in."""
+    return RunDir(path).read_metrics()
+
+
+def released(path, name="metrics.jsonl"):
+    return [json.loads(line) for line in (path / name).read_text().splitlines()]
 
 
 @pytest.mark.parametrize("mode", ["plain", "secure", "secure+dp"])
@@ -62,6 +69,39 @@ def test_a_short_run_in_each_mode_writes_every_file(runs, mode):
     assert (path / "plots" / "epsilon.png").is_file() == (mode == "secure+dp")
     plots_line = next(line for line in result.output.splitlines() if line.startswith("plots:"))
     assert ("epsilon.png" in plots_line) == (mode == "secure+dp")
+
+
+CLIENT_PRIVATE = ("accuracy", "accuracy_mean", "accuracy_std", "warmup_accuracy")
+ENGINE_PRIVATE = ("accuracies", "best_accuracies", "ce_loss", "warmup_loss", "kd_loss", "dream_loss_start")
+
+
+def test_a_client_level_dp_run_keeps_what_its_models_measured_out_of_the_released_metrics(runs):
+    path, _ = runs["secure+dp"]
+    for record in released(path):
+        assert not set(CLIENT_PRIVATE) & set(record), record.keys()
+        assert not set(ENGINE_PRIVATE) & set(record["federation"])
+        assert {"participants", "survivors", "epsilon", "seconds"} <= set(record)
+        assert "class_coverage" in record["federation"]  # post-processing of released soft labels
+    private = released(path, "client_private.jsonl")
+    assert [p["round"] for p in private] == [1, 2]
+    assert all(len(p["accuracy"]) == 3 and "ce_loss" in p["federation"] for p in private)
+    rows = list(csv.DictReader((path / "metrics.csv").read_text().splitlines()))
+    assert len(rows) == 2 and all(v == "" for r in rows for k, v in r.items() if k.startswith("accuracy"))
+    assert "outside the privacy guarantee" in (path / "README.md").read_text()
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["outside_guarantee"]["file"] == "client_private.jsonl"
+    assert "accuracy" in summary["outside_guarantee"]["values"]
+    assert "outside the privacy guarantee" in (path / "summary.md").read_text()
+    # The operator's view merges both halves back.
+    assert [len(m["accuracy"]) for m in metrics(path)] == [3, 3]
+
+
+@pytest.mark.parametrize("mode", ["plain", "secure"])
+def test_a_run_without_dp_writes_every_metric_in_one_file(runs, mode):
+    path, _ = runs[mode]
+    assert not (path / "client_private.jsonl").exists() and not (path / "README.md").exists()
+    assert all("accuracy" in r and "ce_loss" in r["federation"] for r in released(path))
+    assert "outside_guarantee" not in json.loads((path / "summary.json").read_text())
 
 
 def test_secure_plus_dp_writes_the_ledger_and_reports_epsilon_within_its_target(runs):
@@ -253,6 +293,11 @@ def test_example_level_dp_trains_every_client_with_dp_sgd_and_stays_within_its_t
     assert 0 < eps[0] < eps[1] <= 4.0
     ledger = json.loads((out / "privacy_ledger.json").read_text())
     assert ledger["granularity"] == "example" and ledger["epsilon"] == pytest.approx(eps[1])
+    # DP models: their test accuracies are post-processing and stay; the losses of private batches go.
+    for record in released(out):
+        assert len(record["accuracy"]) == 3 and "kd_loss" in record["federation"]
+        assert not {"ce_loss", "warmup_loss"} & set(record["federation"])
+    assert all("ce_loss" in p["federation"] for p in released(out, "client_private.jsonl"))
     # The conditional method's class weights come from one charged DP label histogram per client.
     for accountant in ledger["rounds"][-1]["client_accountants"].values():
         histograms = [e for e in accountant["history"] if e["sample_rate"] == 1.0]

@@ -202,6 +202,8 @@ def execute_run(
     if not resume or done < rc.rounds:  # a resume with nothing left to run changes no setting
         rd.write_config(_config_toml(rc), federation=to_jsonable(fed_cfg))
     privacy.attach(rd.ledger_path)
+    if privacy.enabled:  # values computed from private data outside the guarantee: client_private.jsonl
+        rd.withhold(privacy.granularity)
     if hasattr(run.aggregator, "attach"):
         run.aggregator.attach(rd.path)  # each client's own ledger file, merged with what a crash left there
     if privacy.ledger is not None:
@@ -302,6 +304,9 @@ def _finish(
         files["checkpoint"] = "checkpoint.pt"
     if privacy.enabled:
         files["privacy_ledger"] = LEDGER_FILE
+    if rd.granularity is not None:
+        files["client_private"] = rd.private_path.name
+        files["readme"] = "README.md"
     models = list(rc.client_models)
     if dreams is not None:
         x, y = dreams
@@ -317,7 +322,8 @@ def _finish(
         records,
         rd.plots_dir / "accuracy.png",
         models=models,
-        title=f"{rc.dataset}, {rc.clients} clients, {rc.aggregation}",
+        title=f"{rc.dataset}, {rc.clients} clients, {rc.aggregation}"
+        + (" (accuracies outside the DP guarantee)" if rd.granularity == "client" else ""),
         baselines=curves,
     )
     if privacy.enabled:  # a run without DP spends no budget: no plot of it
@@ -343,6 +349,13 @@ def _finish(
     summary["run_dir"] = str(rd.path)
     if extra:
         summary.update(extra)
+    if rd.granularity is not None:
+        from ..privacy.outputs import describe_outside
+
+        summary["outside_guarantee"] = {
+            "file": rd.private_path.name,
+            "values": describe_outside(rd.granularity),
+        }
     rd.write_json("summary.json", summary)
     rd.write_text("summary.md", report.summary_markdown(summary, records, rc.to_dict()))
     return RunOutcome(run_dir=rd, summary=summary, records=records)
@@ -411,6 +424,8 @@ def _execute_flower(
         rd = RunDir.create(out)
     rc = rc.replace(out=str(out))
     rd.write_config(_config_toml(rc), federation=to_jsonable(fed_cfg))
+    if privacy.enabled:
+        rd.withhold(privacy.granularity)
     echo(f"starting a Flower deployment with {rc.clients} SuperNodes (logs in {rd.path / 'flower' / 'logs'})")
     dp = None
     if privacy.enabled:
