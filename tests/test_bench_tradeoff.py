@@ -394,3 +394,15 @@ def test_runs_resumed_on_another_machine_are_named_and_keep_the_first_machines_r
     assert resumed.seconds == 123.0
     (note,) = [n for n in resumed.notes if n.startswith("The 1 runs this resumed call added ran on `cpu`")]
     assert "the others on `cuda` (GPU Some GPU" in note and "min there." in note
+
+
+def test_a_smaller_grid_from_the_command_line_is_named_in_the_notes():
+    size, note = tradeoff._shrunk_size(tradeoff.CPU, epsilons="1,8,inf", cohorts="20", no_remedies=True)
+    assert size.epsilons == (1.0, 8.0, math.inf) and size.cohorts == (20,)
+    assert size.remedies == () and size.silo_remedies == ()
+    assert "instead of 1, 2, 4, 8, 16, ∞" in note and "cohorts 20 instead of 20, 100" in note
+    assert "no remedies" in note
+    assert tradeoff._shrunk_size(tradeoff.CPU, epsilons=None, cohorts=None, no_remedies=False) == (
+        tradeoff.CPU,
+        "",
+    )

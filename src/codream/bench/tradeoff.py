@@ -2426,6 +2426,43 @@ def _command_line() -> str:
     return " ".join([*env, *(shlex.quote(a) for a in [exe, *sys.argv])])
 
 
+def _shrunk_size(
+    size: TradeoffSize, *, epsilons: str | None, cohorts: str | None, no_remedies: bool
+) -> tuple[TradeoffSize, str]:
+    """The size with the command line's smaller grid, and the note that says what was left out."""
+    changes: dict[str, Any] = {}
+    said = []
+    if epsilons:
+        eps = tuple(INF if e.strip() == "inf" else float(e) for e in epsilons.split(","))
+        changes["epsilons"] = eps
+        said.append(
+            f"target epsilons {', '.join(map(_eps_str, eps))} "
+            f"instead of {', '.join(map(_eps_str, size.epsilons))}"
+        )
+    if cohorts:
+        cs = tuple(int(c) for c in cohorts.split(","))
+        changes["cohorts"] = cs
+        said.append(f"cohorts {', '.join(map(str, cs))} instead of {', '.join(map(str, size.cohorts))}")
+    if no_remedies and (size.remedies or size.silo_remedies):
+        changes.update(remedies=(), silo_remedies=())
+        said.append(
+            "no remedies (the size has "
+            + ", ".join(r.name for r in (*size.silo_remedies, *size.remedies))
+            + ")"
+        )
+    if not changes:
+        return size, ""
+    if (
+        "remedy_epsilon" not in changes
+        and "epsilons" in changes
+        and size.remedy_epsilon not in changes["epsilons"]
+    ):
+        changes["remedies"], changes["silo_remedies"] = (), ()
+    return dataclasses.replace(size, **changes), (
+        f"Grid shrunk from the `{size.name}` size to fit the time available: " + "; ".join(said) + "."
+    )
+
+
 @click.command("tradeoff")
 @click.option("--quick", "size", flag_value="quick", help="Tiny size (seconds; for tests).")
 @click.option(
@@ -2476,6 +2513,14 @@ def _command_line() -> str:
     help="Results or checkpoint JSON of an earlier run of the same size: run only what it lacks (remedies "
     "added to the size since included), and write both together.",
 )
+@click.option(
+    "--epsilons",
+    default=None,
+    help="Comma-separated target epsilons, 'inf' allowed (default: the size's); a smaller grid is named "
+    "in the results' notes.",
+)
+@click.option("--cohorts", default=None, help="Comma-separated cross-device cohorts (default: the size's).")
+@click.option("--no-remedies", is_flag=True, help="Run no remedy (named in the results' notes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option(
     "--out",
@@ -2502,6 +2547,9 @@ def cli(
     as_json: bool,
     out: str | None,
     publish: bool,
+    epsilons: str | None = None,
+    cohorts: str | None = None,
+    no_remedies: bool = False,
 ) -> None:
     """What privacy costs: accuracy and time per round against epsilon, cross-silo and cross-device."""
     from . import results_path
@@ -2522,8 +2570,11 @@ def cli(
             )
     else:
         resume = read_json(resume_json) if resume_json is not None else None
+        chosen, shrunk = _shrunk_size(
+            SIZES[size], epsilons=epsilons, cohorts=cohorts, no_remedies=no_remedies
+        )
         results = run_tradeoff(
-            size,
+            chosen,
             seeds=seed_list,
             device=device,
             settings=[s.strip() for s in settings.split(",") if s.strip()],
@@ -2535,6 +2586,8 @@ def cli(
             command=_command_line(),
             resume=resume,
         )
+        if shrunk:
+            results.notes.insert(0, shrunk)
     plots = write_plots(results, stem)
     write_json(results, stem.with_suffix(".json"))
     write_markdown(results, out_path, plots=plots)
