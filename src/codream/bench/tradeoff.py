@@ -2316,13 +2316,9 @@ def write_plots(results: TradeoffResults, stem: str | Path) -> list[Path]:
         for i, (setting, _, cohort) in enumerate(places):
             colour = colours[i % len(colours)]
             label = setting + (f" (cohort {cohort})" if cohort else "")
+            styles = {"dp-fedavg": ("s", "--"), "local-dp-sgd": ("^", "-.")}
             curves = [(_PRIVATE[setting], "o", "-", f"CoDream {_PRIVATE[setting]}")]
-            curves += [
-                (mode, marker, style, name)
-                for (mode, name), marker, style in zip(
-                    _PRIVATE_BASELINES[setting], ("s", "^"), ("--", "-."), strict=False
-                )
-            ]
+            curves += [(mode, *styles[mode], name) for mode, name in _PRIVATE_BASELINES[setting]]
             for mode, marker, style, name in curves:
                 curve = sorted(
                     (
