@@ -9,17 +9,22 @@ and an IID partition, each over several seeds:
   whole run's DP-SGD steps. Epsilon = inf is the same GroupNorm federation with plain SGD.
 - **cross-device**: a large population from which a seeded cohort is sampled every round. The private
   unit is one client's whole data: `secure+dp` clips every released vector and adds distributed
-  integer noise, calibrated (RDP) from the target epsilon with q = cohort / population and
-  `releases_per_round` composed into one event per round. Epsilon = inf is `secure` without noise.
+  integer noise, calibrated (RDP) from the target epsilon for a client that takes part in every round,
+  without amplification by sampling (the server knows the cohorts), `releases_per_round` composed into
+  one event per round; each client's own ledger accounts the rounds it took part in. Epsilon = inf is
+  `secure` without noise.
   This part needs `FederationConfig.clients_per_round`; without it the part is skipped and the results
   say so.
 
 Beside the DP sweep, each federation runs CoDream with `plain` and `secure` aggregation (no DP), and
 the baselines of `codream.baselines` on the same partitions: local-only (floor), centralized
-(ceiling) and FedAvg on one shared architecture. Every accuracy is the *final* round's mean over
-clients on the test set; nothing is selected on the test set (the best-over-rounds mean is kept in
-the JSON, labelled). Time per round and bytes sent per client per round come from the federation's
-own `RoundMetrics` and the aggregator's `RoundReport`.
+(ceiling) and FedAvg on one shared architecture; and, at every epsilon of the sweep, the private
+baselines of `codream.dp_baselines` with the same accountant: DP-FedAvg (client-level, through the same
+`secure+dp` seam; cross-silo with every client each round, cross-device with the same cohorts) and
+local-only DP-SGD (example-level, cross-silo, CoDream's DP-SGD schedule). Every accuracy is the
+*final* round's mean over clients on the test set; nothing is selected on the test set (the
+best-over-rounds mean is kept in the JSON, labelled). Time per round and bytes sent per client per
+round come from the federation's own `RoundMetrics` and the aggregator's `RoundReport`.
 
 Where the DP runs miss their target, the report says by how much and gives the quantities that limit
 them: the noise-to-signal ratio of a released dream gradient (noise L2 norm / clip norm, at the
