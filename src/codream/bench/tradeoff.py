@@ -1933,7 +1933,8 @@ def _targets(rows: Sequence[SummaryRow], size: TradeoffSize, runs: Sequence[RunR
                         f"dream batch {dp8.dream_batch}, "
                         f"{dp8.releases_per_round} releases per round composed "
                         f"into one event (z_eff {_num(dp8.noise_multiplier)}, z per release "
-                        f"{_num(dp8.release_noise_multiplier)}), q = {cohort}/{size.population}, "
+                        f"{_num(dp8.release_noise_multiplier)}), cohort {cohort} of {size.population} "
+                        "(no amplification), "
                         f"{size.device_rounds} rounds."
                         + (
                             f" At this noise, the summed signal of {math.ceil(dp8.nsr)} aligned clients "
