@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from codream.aggregation import create_aggregator
 from codream.baselines import BaselineConfig, run_fedavg
@@ -113,3 +114,24 @@ def test_local_dp_sgd_spends_what_codreams_example_level_schedule_plans(small):
         data, parts, "mlp", CFG, dataclasses.replace(dp, noise_seed=0, sampling_seed=0), device="cpu"
     )
     assert seeded.extra["not_private"] == 1.0  # seeded coins: reproducible, and said not to be private
+
+
+def test_a_client_whose_training_diverges_releases_a_zero_update_and_is_counted(small, monkeypatch):
+    import codream.dp_baselines as dpb
+
+    real = dpb.train_supervised
+    calls = []
+
+    def train(model, x, *args, **kwargs):
+        stats = real(model, x, *args, **kwargs)
+        calls.append(1)
+        if len(calls) % 4 == 2:  # the second client of every round diverges
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return stats
+
+    monkeypatch.setattr(dpb, "train_supervised", train)
+    data, parts = small
+    run = run_dp_fedavg(data, parts, "mlp", CFG, create_aggregator("plain"), clip_norm=1e6, device="cpu")
+    assert run.extra["diverged_updates"] == CFG.rounds
+    assert all(np.isfinite(a) for a in run.result.final_accuracy)

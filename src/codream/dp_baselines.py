@@ -35,7 +35,7 @@ from .baselines import BaselineConfig, BaselineResult, Method, _check_parts, _cl
 from .data import Dataset
 from .devices import resolve_device
 from .evaluation import accuracy
-from .exceptions import ConfigError, TrainingDiverged
+from .exceptions import ConfigError
 from .federation.simulation import cohort_indices
 from .models import build_model
 from .training import train_supervised
@@ -132,6 +132,8 @@ def run_dp_fedavg(
         device: where the models train.
     Raises:
         ConfigError: bad settings, a model with running statistics, or a refusal of the seam.
+    A client whose local training diverges (the noise can throw the global model far off) releases a
+    zero update; `extra["diverged_updates"]` counts them.
         PrivacyBudgetExceeded: a client refuses a round past its own target (rounds so far are kept
             in the aggregator's ledgers).
     """
@@ -157,6 +159,7 @@ def run_dp_fedavg(
     history: list[tuple[float, ...]] = []
     participations = [0] * n
     norms: list[float] = []
+    diverged = 0
     for r in range(config.rounds):
         cohort = cohort_indices(n, clients_per_round, config.seed, r)
         agg = aggregator.open_round(round_index=r, participants=cohort, specs=[spec])
@@ -176,10 +179,14 @@ def run_dp_fedavg(
                 generator=gens[k],
                 device=dev,
             )
-            if not math.isfinite(stats.last_loss):
-                raise TrainingDiverged(f"DP-FedAvg client {k} diverged (loss {stats.last_loss})")
             update = (_flat_parameters(worker) - flat).cpu().numpy()
-            norms.append(float(np.linalg.norm(update)))  # client-local; a simulation reads it
+            if not (math.isfinite(stats.last_loss) and np.all(np.isfinite(update))):
+                # Local training diverged from a noised global model: the client releases a zero update
+                # (its bounded, planned vector still goes through the seam) and it is counted.
+                diverged += 1
+                update = np.zeros_like(update)
+            else:
+                norms.append(float(np.linalg.norm(update)))  # client-local; a simulation reads it
             updates[k] = update
             participations[k] += 1
         res = agg.sum(spec, updates, context=release_context(r, spec, flat.cpu().numpy()))
@@ -213,6 +220,7 @@ def run_dp_fedavg(
             "clipped_fraction": float(np.mean([v > clip_norm for v in norms])) if norms else 0.0,
             "update_norm_median": float(np.median(norms)) if norms else 0.0,
             "participations_max": float(max(participations)),
+            "diverged_updates": float(diverged),
             "participations_mean": float(np.mean(took_part)) if took_part else 0.0,
         },
     )

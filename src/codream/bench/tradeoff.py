@@ -980,6 +980,7 @@ class Runner:
                 "clip_norm": s.dp_fedavg_clip,
                 "update_norm_median": run.extra["update_norm_median"],
                 "participations_max": run.extra["participations_max"],
+                "diverged_updates": run.extra["diverged_updates"],
                 "steps_per_round": float(res.steps_per_round),
             },
         )
@@ -1395,7 +1396,8 @@ def _units(size: TradeoffSize, settings: Sequence[str], *, split: bool = False) 
     """
     units = []
     if "cross-silo" in settings:
-        units += [_Unit("cross-silo", a, sd) for a in size.partitions for sd in size.seeds]
+        # Seed-major: a run cut short by its budget still has every partition of the first seed.
+        units += [_Unit("cross-silo", a, sd) for sd in size.seeds for a in size.partitions]
     if "cross-device" in settings and cohort_sampling_supported():
         for a in size.partitions:
             for sd in size.seeds:
