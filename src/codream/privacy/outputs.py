@@ -63,6 +63,9 @@ COVERED_ENGINE_KEYS = (
     "dream_steps_per_second",
     "aggregation",
     "participants",
+    "evaluated",
+    "exchanges",
+    "seconds_per_exchange",
 )
 
 #: Per unit of privacy: (top-level keys, keys of the engine's "federation" record) outside the guarantee.
