@@ -16,12 +16,12 @@ import pytest
 pytest.importorskip("flwr", reason="the Flower engine needs flwr (pip install codream[flower])")
 
 from codream.exceptions import CodreamError, ConfigError  # noqa: E402
-from codream.federation.config import DistillConfig, DreamConfig, FederationConfig  # noqa: E402
 from codream.federation.flower.channel import ClientChannel  # noqa: E402
 from codream.federation.flower.engine import CodreamNode, CodreamServer, config_to_dict  # noqa: E402
 from codream.federation.flower.serverapp import connect_clients, parse_client_nodes  # noqa: E402
 from codream.federation.flower.wire import Payload, decode, encode  # noqa: E402
 from codream.federation.flower.worker import error_payload  # noqa: E402
+from flower_loopback import tiny_config  # noqa: E402
 
 
 def framed(header: bytes, body: bytes = b"") -> bytes:
@@ -152,24 +152,6 @@ def test_the_client_app_answers_every_message_even_one_without_a_codream_payload
 
 
 # ------------------------------------------------------------------------------ through the engine
-def tiny_config(**overrides) -> FederationConfig:
-    base = dict(
-        dataset="digits",
-        num_clients=4,
-        alpha=None,
-        samples_per_client=60,
-        limit_test=100,
-        models=("mlp",),
-        rounds=1,
-        seed=5,
-        method="conditional",
-        dream=DreamConfig(batch_size=8, global_steps=2),
-        distill=DistillConfig(kd_steps=3, batch_size=8, warmup_steps=10, buffer_size=32),
-    )
-    base.update(overrides)
-    return FederationConfig(**base)
-
-
 class Tampering:
     """Nodes in process, as the worker runs them; `tamper(client, request, reply)` rewrites a reply."""
 
@@ -225,7 +207,7 @@ def test_clear_fields_beside_a_masked_release_are_never_read(tmp_path):
             return with_fields(reply, clipped="many", saturated=10**9)
         return encode(reply)
 
-    results, channel = run(tiny_config(), tmp_path, tamper, aggregation="secure")
+    results, channel = run(tiny_config(rounds=1), tmp_path, tamper, aggregation="secure")
     assert results["rounds"][0]["survivors"] == [0, 1, 2, 3] and not channel.dropped
     assert results["rounds"][0]["aggregation"]["clipped"] <= 4 * len(results["rounds"][0]["survivors"])
 
@@ -236,7 +218,7 @@ def test_a_secure_round_goes_on_without_a_client_that_sends_undecodable_bytes(tm
             return CRAFTED["shape Infinity"]
         return encode(reply)
 
-    results, channel = run(tiny_config(), tmp_path, tamper, aggregation="secure")
+    results, channel = run(tiny_config(rounds=1), tmp_path, tamper, aggregation="secure")
     assert results["rounds"][0]["survivors"] == [1, 2, 3] and list(channel.dropped) == [0]
 
 
@@ -252,7 +234,7 @@ def test_a_plain_round_drops_a_misshapen_vector_and_a_mistyped_accuracy(tmp_path
             return with_fields(reply, accuracy="high")
         return encode(reply)
 
-    results, channel = run(tiny_config(), tmp_path, tamper, aggregation="plain")
+    results, channel = run(tiny_config(rounds=1), tmp_path, tamper, aggregation="plain")
     assert sorted(channel.dropped) == [1, 2, 3]
     assert "shape" in channel.dropped[2] and "NaN" in channel.dropped[1] and "accuracy" in channel.dropped[3]
     assert results["rounds"][0]["survivors"] == [0, 3] and results["rounds"][0]["evaluated"] == [0]
