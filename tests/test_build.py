@@ -32,6 +32,7 @@ def registries_as_they_were():
         live.clear()
         live.update(before)
 
+
 TINY = dict(clients=2, models=["mlp"], rounds=1, global_steps=2, kd_steps=2, warmup_steps=3, dream_batch=8,
             limit_test=60, baselines=["none"])  # fmt: skip
 

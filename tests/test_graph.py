@@ -13,6 +13,7 @@ from codream.secagg.graph import (
     choose_parameters,
     complete_graph,
     harary_graph,
+    harary_neighbourhood,
     is_connected,
     seeded_permutation,
 )
@@ -152,3 +153,24 @@ def test_asking_for_the_complete_graph_only_chooses_its_threshold() -> None:
     p = choose_parameters(200, dropout_rate=0.1, corrupt_fraction=0.1, complete=True)
     assert p.k == 199 and p.threshold == 111  # 2t > 200 + 20
     assert p.correctness_failure <= 2.0**-20
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(min_value=3, max_value=60), data=st.data(), seed=st.binary(min_size=1, max_size=32))
+def test_a_clients_neighbourhood_is_the_whole_graph_restricted_to_it_and_its_neighbours(
+    n: int, data: st.DataObject, seed: bytes
+) -> None:
+    k = data.draw(st.integers(min_value=1, max_value=n - 1).filter(lambda k: k % 2 == 0 or n % 2 == 0))
+    ids = data.draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n, unique=True))
+    around = data.draw(st.sampled_from(ids))
+    graph = harary_graph(ids, k, seed=seed)
+    hood = harary_neighbourhood(ids, k, seed=seed, around=around)
+    assert set(hood) == {around} | graph[around]
+    assert all(hood[v] == graph[v] for v in hood)
+
+
+def test_a_neighbourhood_of_a_stranger_or_an_impossible_degree_is_refused() -> None:
+    with pytest.raises(ConfigError, match="not on the ring"):
+        harary_neighbourhood(range(10), 4, seed=b"s", around=10)
+    with pytest.raises(ConfigError, match="both odd"):
+        harary_neighbourhood(range(9), 3, seed=b"s", around=0)

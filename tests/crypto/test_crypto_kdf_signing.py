@@ -80,3 +80,16 @@ def test_hkdf_gives_the_bytes_of_the_cryptography_librarys_hkdf(length, salt):
     ikm, info = bytes(range(7, 39)), b"codream/test" + bytes([length % 256])
     expected = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
     assert hkdf_sha256(ikm, salt=salt, info=info, length=length) == expected
+
+
+def test_pairwise_mask_keys_for_many_peers_are_each_peers_pairwise_mask_key() -> None:
+    from codream.crypto.kdf import pairwise_mask_keys
+
+    session = bytes(range(32))
+    secrets = {peer: bytes([peer]) * 32 for peer in (3, 1, 250)}
+    keys = pairwise_mask_keys(secrets, session_id=session, vector_index=5)
+    assert keys == {p: pairwise_mask_key(s, session_id=session, vector_index=5) for p, s in secrets.items()}
+    with pytest.raises(ConfigError):
+        pairwise_mask_keys(secrets, session_id=bytes(31), vector_index=5)
+    with pytest.raises(ConfigError):
+        pairwise_mask_keys(secrets, session_id=session, vector_index=2**32)

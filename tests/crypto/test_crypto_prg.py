@@ -118,3 +118,32 @@ def test_a_mask_longer_than_one_piece_adds_exactly_the_words_of_mask_words(bits)
     modulus = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
     expected = (x + mask_words(key_a, count, bits=bits) - mask_words(key_b, count, bits=bits)) & modulus
     np.testing.assert_array_equal(acc.result(), expected)
+
+
+@pytest.mark.parametrize("count", [0, 1, 1000, (1 << 16) + 3, (1 << 17) + 5])
+@pytest.mark.parametrize("bits", [20, 32, 40, 64])
+def test_adding_masks_in_one_call_equals_adding_them_one_by_one(count: int, bits: int) -> None:
+    rng = np.random.default_rng(count + bits)
+    x = mask_words(bytes(range(32)), count, bits=bits)
+    masks = [(bytes(rng.integers(0, 256, 32, dtype=np.uint8)), int(rng.choice([1, -1]))) for _ in range(5)]
+    one, each = MaskAccumulator(count, bits=bits), MaskAccumulator(count, bits=bits)
+    one.add_words(x)
+    each.add_words(x)
+    one.add_masks(masks)
+    for key, sign in masks:
+        each.add_mask(key, sign=sign)
+    np.testing.assert_array_equal(one.result(), each.result())
+    expected = x.astype(object)
+    for key, sign in masks:
+        expected = expected + sign * mask_words(key, count, bits=bits).astype(object)
+    np.testing.assert_array_equal(one.result(), (expected % (1 << bits)).astype(np.uint64))
+
+
+@pytest.mark.parametrize("bad", [(bytes(31), 1), (bytes(32), 0), (bytes(32), 2)])
+def test_a_refused_batch_of_masks_leaves_the_accumulator_as_it_was(bad: tuple[bytes, int]) -> None:
+    acc = MaskAccumulator(100, bits=32)
+    acc.add_masks([(bytes(range(32)), 1)])
+    before = acc.result()
+    with pytest.raises(ConfigError):
+        acc.add_masks([(bytes(range(1, 33)), 1), bad])
+    np.testing.assert_array_equal(acc.result(), before)

@@ -174,7 +174,7 @@ def test_an_alive_dealer_of_bad_seed_shares_is_excluded_and_the_others_sum_is_ex
     config, signers = _config(n, t, corrupt=c, graph=kind, degree=k)
     dealer = n - 1
     h = _bad_dealer_session(config, signers, dealer, vector=0, kind=SEED_SHARE, how=how)
-    neighbours = h.clients[0].session.graph[dealer]
+    neighbours = config.neighbours(h.clients[0].session.session_id)[dealer]
     inputs, recorder, attacker = _inputs(config), Recorder(), Attacker(h)
     outgoing = _round(h, inputs[0], recorder, attacker=attacker)
     # Only the dealer's neighbours are asked, each with the evidence and nothing to reveal blind.

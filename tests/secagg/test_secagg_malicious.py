@@ -76,7 +76,7 @@ class Attacker:
         state = h.clients[h.config.client_ids[0]]
         self.config = h.config
         self.session_id = state.session.session_id
-        self.graph = state.session.graph
+        self.graph = h.config.neighbours(self.session_id)
         # The advertised mask public keys and seed commitments (public; read from the clients'
         # states for brevity, they are the same bytes the server relayed).
         sessions = {c: s.session for c, s in h.clients.items() if hasattr(s, "session")}

@@ -348,3 +348,27 @@ def test_a_random_dropout_schedule_is_reproducible_and_honours_its_rate():
     assert DropoutSchedule.random(range(50), rate=0.0, num_vectors=2, seed=0).drops == {}
     with pytest.raises(ConfigError):
         DropoutSchedule.random(range(5), rate=1.5, num_vectors=1, seed=0)
+
+
+def test_a_client_on_a_harary_graph_derives_only_its_own_and_its_neighbours_neighbourhoods():
+    config = SessionConfig(
+        round_index=3,
+        client_ids=tuple(range(60)),
+        threshold=5,
+        vector_lengths=(4,),
+        graph=GraphKind.HARARY,
+        degree=6,
+        corrupt=0,
+    )
+    h = Harness(config)
+    h.send(h.start())
+    h.send(h.deliver(h.close()))
+    sid = h.clients[0].session_id
+    whole = config.neighbours(sid)
+    for cid, state in h.clients.items():
+        # the neighbours of cid and of each of its 6 neighbours: 7 entries, never all 60
+        assert set(state.graph) == {cid} | whole[cid]
+        assert all(state.graph[v] == whole[v] for v in state.graph)
+    inputs = {c: random_words(np.random.default_rng(c), 4, config.bits) for c in config.client_ids}
+    (total,) = run_session(config, [inputs]).sums
+    np.testing.assert_array_equal(total.words, plain_sum(inputs, config.client_ids, config.bits, 4))

@@ -7,6 +7,7 @@ vector (the `info` label), so a key derived for one vector or one use is useless
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 
 from ..exceptions import ConfigError
 
@@ -18,6 +19,7 @@ __all__ = [
     "SHARE_ENCRYPTION_INFO",
     "hkdf_sha256",
     "pairwise_mask_key",
+    "pairwise_mask_keys",
     "self_mask_key",
     "share_encryption_key",
 ]
@@ -57,6 +59,8 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = KEY_LENGT
     # client derives one key per neighbour per vector on the masking path. An empty salt is the
     # RFC's default (HMAC pads its key with zeros, so b"" and 32 zero bytes agree).
     prk = hmac.digest(bytes(salt), bytes(ikm), "sha256")
+    if length <= 32:  # one block, the case of every key codream derives
+        return hmac.digest(prk, bytes(info) + b"\x01", "sha256")[:length]
     okm, block, counter = b"", b"", 1
     while len(okm) < length:
         block = hmac.digest(prk, block + bytes(info) + bytes((counter,)), "sha256")
@@ -92,6 +96,27 @@ def pairwise_mask_key(shared_secret: bytes, *, session_id: bytes, vector_index: 
     """
     _check_session_id(session_id)
     return hkdf_sha256(shared_secret, salt=session_id, info=_vector_label(PAIRWISE_MASK_INFO, vector_index))
+
+
+def pairwise_mask_keys(
+    shared_secrets: Mapping[int, bytes], *, session_id: bytes, vector_index: int
+) -> dict[int, bytes]:
+    """`pairwise_mask_key` for every peer's secret at once: the same keys, without repeating the
+    argument checks and label per peer (a client derives k of them per vector, on the masking path).
+
+    Raises:
+        ConfigError: the session id is not 32 bytes, j does not fit 4 bytes or a secret is not bytes.
+    """
+    _check_session_id(session_id)
+    salt = bytes(session_id)
+    info = _vector_label(PAIRWISE_MASK_INFO, vector_index) + b"\x01"
+    digest = hmac.digest
+    keys = {}
+    for peer, secret in shared_secrets.items():
+        if not isinstance(secret, bytes):
+            raise ConfigError(f"pairwise secret of peer {peer} must be bytes, got {type(secret).__name__}")
+        keys[peer] = digest(digest(salt, secret, "sha256"), info, "sha256")
+    return keys
 
 
 def self_mask_key(seed: bytes, *, session_id: bytes, vector_index: int) -> bytes:

@@ -7,6 +7,8 @@ is produced by OpenSSL in one call and reinterpreted by numpy: no Python loop to
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -143,24 +145,45 @@ class MaskAccumulator:
         Raises:
             ConfigError: bad key length or a sign other than ±1.
         """
-        _check_key(key)
-        if sign not in (1, -1):
-            raise ConfigError(f"sign must be +1 or -1, got {sign}")
+        self.add_masks(((key, sign),))
+
+    def add_masks(self, masks: Iterable[tuple[bytes, int]]) -> None:
+        """`add_mask` for each (key, sign): one call per vector, so that the per-mask cost is the
+        cipher's alone (at d = 1e4 a mask's keystream takes about as long as a Python call).
+
+        Raises:
+            ConfigError: bad key length or a sign other than ±1 (checked before any mask is added,
+                so a refused call leaves the accumulator as it was).
+        """
+        masks = list(masks)
+        for key, sign in masks:
+            _check_key(key)
+            if sign not in (1, -1):
+                raise ConfigError(f"sign must be +1 or -1, got {sign}")
         # The keystream goes, a cache-sized piece at a time, into one scratch buffer and is added
         # from there: no allocation per mask, and the words are still in cache when added. CTR
         # runs on across the pieces, so the words are those of `mask_words`.
-        encryptor = Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_BLOCK)).encryptor()
-        op = np.add if sign > 0 else np.subtract
         acc, width = self._acc, self._acc.itemsize
         step = _ADD_CHUNK // width
         if self._scratch is None:
             self._scratch = np.empty(min(self.count, step) * width + 15, dtype=np.uint8)
         scratch = self._scratch
-        for start in range(0, self.count, step):
-            n = min(step, self.count - start)
-            encryptor.update_into(_ZEROS[: n * width], scratch[: n * width + 15])
-            part = acc[start : start + n]
-            op(part, scratch[: n * width].view(acc.dtype), out=part)
+        if self.count <= step:  # one piece per mask: the common case, kept tight
+            size = self.count * width
+            zeros, into, words = _ZEROS[:size], scratch[: size + 15], scratch[:size].view(acc.dtype)
+            for key, sign in masks:
+                encryptor = Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_BLOCK)).encryptor()
+                encryptor.update_into(zeros, into)
+                (np.add if sign > 0 else np.subtract)(acc, words, out=acc)
+            return
+        for key, sign in masks:
+            encryptor = Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_BLOCK)).encryptor()
+            op = np.add if sign > 0 else np.subtract
+            for start in range(0, self.count, step):
+                n = min(step, self.count - start)
+                encryptor.update_into(_ZEROS[: n * width], scratch[: n * width + 15])
+                part = acc[start : start + n]
+                op(part, scratch[: n * width].view(acc.dtype), out=part)
 
     def result(self) -> np.ndarray:
         """The accumulated words, uint64 in [0, 2^bits)."""

@@ -234,6 +234,24 @@ class SessionConfig:
             raise ConfigError("a Harary graph is drawn from the 32-byte session id")
         return dict(_graph(self.client_ids, self.degree, graph_seed(session_id)))
 
+    def neighbourhood(self, client_id: int, session_id: bytes | None = None) -> dict[int, frozenset[int]]:
+        """The neighbours of `client_id` and of each of its neighbours: all that one client's own
+        part of the protocol reads. On a Harary graph this costs O(n) to place the ring and O(k^2)
+        beyond, not the O(n k) of `neighbours` (which the server needs); on the complete graph it is
+        the whole graph.
+
+        Raises:
+            ConfigError: a Harary graph without a 32-byte session id, or `client_id` not invited.
+        """
+        if self.is_complete:
+            return self.neighbours()
+        if not isinstance(session_id, bytes) or len(session_id) != 32:
+            raise ConfigError("a Harary graph is drawn from the 32-byte session id")
+        from .graph import ring_neighbourhood
+
+        order, positions = _ring(self.client_ids, graph_seed(session_id))
+        return ring_neighbourhood(order, positions, self.degree, client_id)
+
     def digest(self) -> bytes:
         """SHA-256 over a canonical encoding of every field, folded into the session id (computed
         once: it hashes every id)."""
@@ -267,6 +285,16 @@ def _graph(ids: tuple[int, ...], degree: int, seed: bytes) -> dict[int, frozense
 
     graph = complete_graph(ids) if degree == 0 else harary_graph(ids, degree, seed=seed)
     return {u: frozenset(graph[u]) - {u} for u in ids}
+
+
+@functools.lru_cache(maxsize=16)
+def _ring(ids: tuple[int, ...], seed: bytes) -> tuple[tuple[int, ...], dict[int, int]]:
+    """The Harary ring (its order and each id's position), placed once per session and process:
+    simulated clients in one process share it. Callers do not mutate it."""
+    from .graph import seeded_permutation
+
+    order = tuple(seeded_permutation(ids, seed=seed))
+    return order, {u: i for i, u in enumerate(order)}
 
 
 def graph_seed(session_id: bytes) -> bytes:

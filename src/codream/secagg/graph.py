@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +36,11 @@ __all__ = [
     "correctness_failure",
     "exposure_failure",
     "harary_graph",
+    "harary_neighbourhood",
     "is_connected",
     "random_split_failure",
+    "ring_neighbourhood",
+    "ring_neighbours",
     "security_failure",
     "seeded_permutation",
     "split_failure",
@@ -144,21 +147,55 @@ def harary_graph(ids: Iterable[int], k: int, *, seed: bytes) -> Graph:
         ConfigError: bad ids or seed, k out of range, or k and n both odd (no k-regular graph).
     """
     order = seeded_permutation(ids, seed=seed)
-    n = len(order)
+    _check_degree(len(order), k)
+    graph = {u: ring_neighbours(order, position, k) for position, u in enumerate(order)}
+    return {u: graph[u] for u in sorted(graph)}
+
+
+def _check_degree(n: int, k: int) -> None:
     if not isinstance(k, int) or not 1 <= k <= n - 1:
         raise ConfigError(f"degree k must be in 1..{n - 1} for {n} clients, got {k!r}")
     if k % 2 and n % 2:
         raise ConfigError(f"no {k}-regular graph on {n} clients (k and n both odd); use an even k")
+
+
+def ring_neighbours(order: Sequence[int], position: int, k: int) -> frozenset[int]:
+    """The neighbours, in the Harary graph of degree k on the ring `order`, of the id at `position`:
+    the k/2 nearest on either side, and for odd k the one diametrically opposite (O(k))."""
+    n = len(order)
     offsets = list(range(1, k // 2 + 1))
     if k % 2:
         offsets.append(n // 2)
-    neighbours: dict[int, set[int]] = {u: set() for u in order}
-    for position, u in enumerate(order):
-        for offset in offsets:
-            v = order[(position + offset) % n]
-            neighbours[u].add(v)
-            neighbours[v].add(u)
-    return {u: frozenset(neighbours[u]) for u in sorted(neighbours)}
+    ahead = (order[(position + offset) % n] for offset in offsets)
+    behind = (order[(position - offset) % n] for offset in offsets)
+    return frozenset(ahead) | frozenset(behind)
+
+
+def harary_neighbourhood(
+    ids: Iterable[int], k: int, *, seed: bytes, around: int
+) -> dict[int, frozenset[int]]:
+    """The neighbours of `around` and of each of its neighbours in `harary_graph(ids, k, seed=seed)`:
+    everything one client's own part of the protocol reads (the holders of its shares and of each
+    neighbour's), for O(n) to place the ring and O(k^2) beyond, where the whole graph is O(n k).
+
+    Raises:
+        ConfigError: as `harary_graph`, or `around` is not one of `ids`.
+    """
+    order = seeded_permutation(ids, seed=seed)
+    return ring_neighbourhood(order, {u: i for i, u in enumerate(order)}, k, around)
+
+
+def ring_neighbourhood(
+    order: Sequence[int], positions: Mapping[int, int], k: int, around: int
+) -> dict[int, frozenset[int]]:
+    """`harary_neighbourhood` on a ring already placed (`positions` inverts `order`)."""
+    _check_degree(len(order), k)
+    if around not in positions:
+        raise ConfigError(f"client {around} is not on the ring")
+    mine = ring_neighbours(order, positions[around], k)
+    hood = {v: ring_neighbours(order, positions[v], k) for v in mine}
+    hood[around] = mine
+    return hood
 
 
 @dataclass(frozen=True, slots=True)

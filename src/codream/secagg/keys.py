@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from ..crypto.agreement import X25519KeyPair
-from ..crypto.kdf import pairwise_mask_key, self_mask_key
+from ..crypto.kdf import pairwise_mask_key, pairwise_mask_keys, self_mask_key
 from ..crypto.prg import MaskAccumulator, mask_words
 from ..crypto.shamir import SHARE_BYTES, Share
 from ..exceptions import AbortReason, ConfigError, InvalidShare, ProtocolAbort
@@ -311,9 +311,8 @@ def masked_words(
     """
     acc = MaskAccumulator(words.shape[0], bits=bits)
     acc.add_words(words)
-    acc.add_mask(self_mask_key_for(seed, session=session, vector=vector))
-    pair_salt = session if salt is None else salt
-    for peer in sorted(shared):
-        key = pairwise_mask_key(shared[peer], session_id=pair_salt, vector_index=vector)
-        acc.add_mask(key, sign=mask_sign(own_id, peer))
+    keys = pairwise_mask_keys(shared, session_id=session if salt is None else salt, vector_index=vector)
+    masks = [(self_mask_key_for(seed, session=session, vector=vector), 1)]
+    masks += [(keys[peer], mask_sign(own_id, peer)) for peer in sorted(keys)]
+    acc.add_masks(masks)
     return acc.result()

@@ -75,7 +75,8 @@ class ClientSession:
         secrets: its own key material.
         session_id: hash of the config and of every advertisement (the HKDF salt).
         roster: every client that advertised keys.
-        graph: every client's neighbours, drawn from the session id.
+        graph: the neighbours of the client and of each of its neighbours, drawn from the
+            session id (`SessionConfig.neighbourhood`).
         peers: the neighbours whose shares were relayed to it, with their mask public keys per
             vector. These are exactly the peers it masks with.
         shared: per vector, per peer, the X25519 secret of the pair (derived once, when the

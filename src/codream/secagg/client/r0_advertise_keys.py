@@ -120,7 +120,8 @@ class AdvertiseKeysState(ClientState):
         present = frozenset(roster)
         sid = session_id_of_digest(ctx.config_digest, digest)
         # The graph is drawn from the session id, i.e. from every advertised key: fixed only now.
-        graph = config.neighbours(sid)
+        # A client reads only its own and its neighbours' neighbours (O(k^2), not the whole graph).
+        graph = config.neighbourhood(me, sid)
         strangers = present - graph[me] - {me}
         if not message.whole and strangers:
             raise ProtocolAbort(

@@ -41,7 +41,8 @@ class ShareKeysState(ClientState):
     Attributes:
         session_id: the session id derived from the roster.
         roster: every client that advertised keys.
-        graph: every client's neighbours, drawn from the session id.
+        graph: the neighbours of the client and of each of its neighbours, drawn from the
+            session id (`SessionConfig.neighbourhood`).
         adverts: the neighbours' advertisements.
         share_keys: per neighbour, the AES-GCM key shares travel under.
         own_shares: per vector, this client's own share of its b^j and s_sk^j.
