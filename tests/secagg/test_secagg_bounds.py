@@ -246,3 +246,23 @@ def test_the_table_of_protocols_secagg_section_3_3(n, malicious):
         )
     )
     assert got == SECTION_3_3[n][3 * malicious : 3 * malicious + 3]
+
+
+# protocols/secagg.md §3.3, the malicious rule at 5 % corrupt clients: (n, dropout) -> (k, t).
+MALICIOUS_AT_5_PERCENT = {
+    (1000, 0.05): (80, 60),
+    (10_000, 0.05): (90, 68),
+    (100_000, 0.05): (100, 75),
+    (1000, 0.1): (114, 80),
+    (10_000, 0.1): (132, 93),
+    (100_000, 0.1): (144, 101),
+}
+
+
+@pytest.mark.parametrize(("n", "dropout"), sorted(MALICIOUS_AT_5_PERCENT))
+def test_the_malicious_rule_against_bell_et_al(n, dropout):
+    p = choose_parameters(n, dropout_rate=dropout, corrupt_fraction=0.05, malicious=True)
+    assert (p.k, p.threshold) == MALICIOUS_AT_5_PERCENT[(n, dropout)]
+    assert p.security_failure <= 2.0**-40 and p.correctness_failure <= 2.0**-20
+    if (n, dropout) == (10_000, 0.05):  # Bell et al. (2020): about 3 % of 10,000 clients
+        assert p.k < 0.03 * n
