@@ -84,8 +84,8 @@ def _markdown(result: dict, command: str) -> str:
     ]
     for a, b in zip(sim, fl, strict=True):
         lines.append(
-            f"| {a['round']} | {a['seconds']:.1f} | {b['seconds']:.1f} | {b['seconds'] / a['seconds']:.0f}x | "
-            f"{b['exchanges']} | {b['seconds_per_exchange']:.2f} |"
+            f"| {a['round']} | {a['seconds']:.1f} | {b['seconds']:.1f} | "
+            f"{b['seconds'] / a['seconds']:.0f}x | {b['exchanges']} | {b['seconds_per_exchange']:.2f} |"
         )
     lines += [
         "",
@@ -98,7 +98,9 @@ def _markdown(result: dict, command: str) -> str:
 @click.command()
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--aggregation", default="secure", show_default=True)
-@click.option("--step-timeout", default=120.0, show_default=True, help="Seconds a Flower step waits per client.")
+@click.option(
+    "--step-timeout", default=120.0, show_default=True, help="Seconds a Flower step waits per client."
+)
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write the Markdown report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def main(rounds: int, aggregation: str, step_timeout: float, output: str | None, as_json: bool) -> None:
@@ -122,7 +124,10 @@ def main(rounds: int, aggregation: str, step_timeout: float, output: str | None,
         "step_timeout": step_timeout,
         "superexec_poll": os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL"),
         "flwr": flwr.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, nproc {os.cpu_count()}, python {platform.python_version()}",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, nproc {os.cpu_count()}, "
+            f"python {platform.python_version()}"
+        ),
         "load": load,
         "in_process": sim,
         "flower": fl,

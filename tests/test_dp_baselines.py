@@ -117,9 +117,9 @@ def test_local_dp_sgd_spends_what_codreams_example_level_schedule_plans(small):
 
 
 def test_a_client_whose_training_diverges_releases_a_zero_update_and_is_counted(small, monkeypatch):
-    import codream.dp_baselines as dpb
+    import codream.baselines as base  # DP-FedAvg's local SGD runs through the baselines' shared step
 
-    real = dpb.train_supervised
+    real = base.train_supervised
     calls = []
 
     def train(model, x, *args, **kwargs):
@@ -130,7 +130,7 @@ def test_a_client_whose_training_diverges_releases_a_zero_update_and_is_counted(
                 next(model.parameters()).fill_(float("nan"))
         return stats
 
-    monkeypatch.setattr(dpb, "train_supervised", train)
+    monkeypatch.setattr(base, "train_supervised", train)
     data, parts = small
     run = run_dp_fedavg(data, parts, "mlp", CFG, create_aggregator("plain"), clip_norm=1e6, device="cpu")
     assert run.extra["diverged_updates"] == CFG.rounds

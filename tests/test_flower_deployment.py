@@ -12,26 +12,15 @@ import pytest
 
 pytest.importorskip("flwr", reason="the Flower engine needs flwr (pip install codream[flower])")
 
-from codream.federation.config import DistillConfig, DreamConfig, FederationConfig  # noqa: E402
+from codream.federation.config import DreamConfig  # noqa: E402
 from codream.federation.flower.harness import FlowerDeployment, _processes_with_token  # noqa: E402
 from codream.federation.flower.local import KillAt, run_flower  # noqa: E402
-from flower_loopback import in_process_twin  # noqa: E402
+from flower_loopback import in_process_twin, tiny_config  # noqa: E402
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
-CONFIG = FederationConfig(
-    dataset="digits",
-    num_clients=4,
-    alpha=None,
-    samples_per_client=60,
-    limit_test=100,
-    models=("mlp",),
-    rounds=2,
-    seed=11,
-    method="paper",
-    dream=DreamConfig(batch_size=8, global_steps=1),
-    distill=DistillConfig(kd_steps=3, batch_size=8, warmup_steps=10, buffer_size=32),
-)
+# The loopback tests' tiny configuration, as the "paper" method with one dream step per round.
+CONFIG = tiny_config(seed=11, method="paper", dream=DreamConfig(batch_size=8, global_steps=1))
 KILLED = 3
 
 

@@ -34,7 +34,7 @@ from .devices import resolve_device
 from .evaluation import accuracy
 from .exceptions import ConfigError, TrainingDiverged
 from .models import NORMS, build_model
-from .training import train_supervised
+from .training import TrainStats, train_supervised
 
 __all__ = [
     "BaselineConfig",
@@ -215,30 +215,93 @@ def _check_parts(dataset: Dataset, parts: Sequence[np.ndarray]) -> list[torch.Te
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _RunStart:
+    """What every baseline run (private ones included) starts from, checked once in one place."""
+
+    start: float
+    device: torch.device
+    idx: list[torch.Tensor]
+    names: tuple[str, ...]
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def evaluate(self, model: nn.Module, config: BaselineConfig) -> float:
+        """The model's accuracy on the full test set."""
+        return accuracy(
+            model, self.x_test, self.y_test, batch_size=config.eval_batch_size, device=self.device
+        )
+
+
+def _start_run(
+    dataset: Dataset, parts: Sequence[np.ndarray], models: str | Sequence[str], device: str | torch.device
+) -> _RunStart:
+    """Start the clock, resolve the device, check the parts and architectures and move the test set."""
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    idx = _check_parts(dataset, parts)
+    names = _client_models(models, len(idx))
+    return _RunStart(start, dev, idx, names, dataset.x_test.to(dev), dataset.y_test.to(dev))
+
+
+def _local_clients(
+    dataset: Dataset, run: _RunStart, config: BaselineConfig
+) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Generator]]:
+    """Each client's own model, data and batch-order generator, seeded as local-only's (DP or not)."""
+    clients = []
+    for k, (name, ix) in enumerate(zip(run.names, run.idx, strict=True)):
+        model = build_model(
+            name,
+            dataset.input_shape,
+            dataset.num_classes,
+            norm=config.norm,
+            seed=_seed(config, Method.LOCAL, k, 0),
+        ).to(run.device)
+        gen = torch.Generator().manual_seed(_seed(config, Method.LOCAL, k, 1))
+        clients.append((model, dataset.x_train[ix].to(run.device), dataset.y_train[ix].to(run.device), gen))
+    return clients
+
+
+def _fedavg_models(
+    dataset: Dataset, run: _RunStart, config: BaselineConfig
+) -> tuple[nn.Module, nn.Module, list[torch.Generator]]:
+    """The global model, a worker of the same architecture and initialisation, and each client's
+    batch-order generator, seeded as FedAvg's (DP or not)."""
+    build = dict(norm=config.norm, seed=_seed(config, Method.FEDAVG, 0, 0))
+    global_model = build_model(run.names[0], dataset.input_shape, dataset.num_classes, **build).to(run.device)
+    worker = build_model(run.names[0], dataset.input_shape, dataset.num_classes, **build).to(run.device)
+    gens = [torch.Generator().manual_seed(_seed(config, Method.FEDAVG, k, 1)) for k in range(len(run.idx))]
+    return global_model, worker, gens
+
+
+def _examples_per_round(steps: int, batch_size: int, idx: Sequence[torch.Tensor]) -> int:
+    """Examples all clients process in a round of `steps` steps (a batch never exceeds a client's data)."""
+    return steps * sum(min(batch_size, len(ix)) for ix in idx)
+
+
 def _best(history: list[tuple[float, ...]]) -> tuple[float, ...]:
     return tuple(float(v) for v in np.max(np.asarray(history), axis=0))
 
 
 def _result(
     method: Method,
-    names: Sequence[str],
+    run: _RunStart,
     history: list[tuple[float, ...]],
     config: BaselineConfig,
     *,
     steps: int,
     examples: int,
-    start: float,
 ) -> BaselineResult:
     """Package a finished baseline: final and best-over-rounds accuracies come from its history."""
     return BaselineResult(
         method=method,
-        models=names,
+        models=run.names,
         final_accuracy=history[-1],
         history=tuple(history),
         best_over_rounds=_best(history),
         steps_per_round=steps,
         examples_per_round=examples,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - run.start,
         config=config,
     )
 
@@ -266,38 +329,24 @@ def run_local_only(
     Raises:
         ConfigError: mismatched models/parts, bad indices, unknown model or device.
     """
-    start = time.perf_counter()
-    dev = resolve_device(device)
-    idx = _check_parts(dataset, parts)
-    names = _client_models(models, len(idx))
-    clients = []
-    for k, (name, ix) in enumerate(zip(names, idx, strict=True)):
-        model = build_model(
-            name,
-            dataset.input_shape,
-            dataset.num_classes,
-            norm=config.norm,
-            seed=_seed(config, Method.LOCAL, k, 0),
-        ).to(dev)
-        gen = torch.Generator().manual_seed(_seed(config, Method.LOCAL, k, 1))
-        clients.append((model, dataset.x_train[ix].to(dev), dataset.y_train[ix].to(dev), gen))
-    x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
+    run = _start_run(dataset, parts, models, device)
+    dev = run.device
+    clients = _local_clients(dataset, run, config)
     history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
         accs = []
         for model, x, y, gen in clients:
             _train(model, x, y, config, config.local_steps, gen, dev)
-            accs.append(accuracy(model, x_test, y_test, batch_size=config.eval_batch_size, device=dev))
+            accs.append(run.evaluate(model, config))
         history.append(tuple(accs))
         logger.info("local-only round %d/%d: mean accuracy %.4f", r + 1, config.rounds, float(np.mean(accs)))
     return _result(
         Method.LOCAL,
-        names,
+        run,
         history,
         config,
         steps=config.local_steps,
-        examples=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
-        start=start,
+        examples=_examples_per_round(config.local_steps, config.batch_size, run.idx),
     )
 
 
@@ -325,19 +374,13 @@ def run_fedavg(
     Raises:
         ConfigError: heterogeneous architectures, bad indices, unknown model or device.
     """
-    start = time.perf_counter()
-    dev = resolve_device(device)
-    idx = _check_parts(dataset, parts)
-    names = _client_models(model, len(idx))
-    if len(set(names)) != 1:
-        raise ConfigError(f"FedAvg needs one shared architecture, got {sorted(set(names))}")
-    build = dict(norm=config.norm, seed=_seed(config, Method.FEDAVG, 0, 0))
-    global_model = build_model(names[0], dataset.input_shape, dataset.num_classes, **build).to(dev)
-    worker = build_model(names[0], dataset.input_shape, dataset.num_classes, **build).to(dev)
+    run = _start_run(dataset, parts, model, device)
+    dev, idx = run.device, run.idx
+    if len(set(run.names)) != 1:
+        raise ConfigError(f"FedAvg needs one shared architecture, got {sorted(set(run.names))}")
+    global_model, worker, gens = _fedavg_models(dataset, run, config)
     data = [(dataset.x_train[ix].to(dev), dataset.y_train[ix].to(dev)) for ix in idx]
-    gens = [torch.Generator().manual_seed(_seed(config, Method.FEDAVG, k, 1)) for k in range(len(idx))]
     weights = [float(len(ix)) for ix in idx]
-    x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
     history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
         states = []
@@ -346,17 +389,16 @@ def run_fedavg(
             _train(worker, x, y, config, config.local_steps, gen, dev)
             states.append({key: value.detach().clone() for key, value in worker.state_dict().items()})
         global_model.load_state_dict(fedavg_average(states, weights))
-        acc = accuracy(global_model, x_test, y_test, batch_size=config.eval_batch_size, device=dev)
+        acc = run.evaluate(global_model, config)
         history.append((acc,) * len(idx))
         logger.info("fedavg round %d/%d: accuracy %.4f", r + 1, config.rounds, acc)
     return _result(
         Method.FEDAVG,
-        names,
+        run,
         history,
         config,
         steps=config.local_steps,
-        examples=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
-        start=start,
+        examples=_examples_per_round(config.local_steps, config.batch_size, idx),
     )
 
 
@@ -384,10 +426,8 @@ def run_centralized(
     Raises:
         ConfigError: mismatched models/parts, bad indices, unknown model or device.
     """
-    start = time.perf_counter()
-    dev = resolve_device(device)
-    idx = _check_parts(dataset, parts)
-    names = _client_models(models, len(idx))
+    run = _start_run(dataset, parts, models, device)
+    dev, idx, names = run.device, run.idx, run.names
     union = torch.unique(torch.cat(idx))
     x, y = dataset.x_train[union].to(dev), dataset.y_train[union].to(dev)
     steps = config.local_steps * len(idx)
@@ -399,23 +439,21 @@ def run_centralized(
             dev
         )
         trained[name] = (model, torch.Generator().manual_seed(_seed(config, Method.CENTRALIZED, a, 1)))
-    x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
     history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
         acc_by_arch = {}
         for name, (model, gen) in trained.items():
             _train(model, x, y, config, steps, gen, dev)
-            acc_by_arch[name] = accuracy(model, x_test, y_test, batch_size=config.eval_batch_size, device=dev)
+            acc_by_arch[name] = run.evaluate(model, config)
         history.append(tuple(acc_by_arch[name] for name in names))
         logger.info("centralized round %d/%d: %s", r + 1, config.rounds, acc_by_arch)
     return _result(
         Method.CENTRALIZED,
-        names,
+        run,
         history,
         config,
         steps=steps,
         examples=steps * min(config.batch_size, len(union)) * len(archs),
-        start=start,
     )
 
 
@@ -451,7 +489,14 @@ def _train(
     steps: int,
     gen: torch.Generator,
     device: torch.device,
-) -> None:
+    *,
+    divergence_ok: bool = False,
+) -> TrainStats:
+    """`steps` SGD steps with the baselines' shared optimiser settings.
+
+    Raises:
+        TrainingDiverged: the last loss is not finite, unless `divergence_ok` (the caller handles it).
+    """
     stats = train_supervised(
         model,
         x,
@@ -464,5 +509,6 @@ def _train(
         generator=gen,
         device=device,
     )
-    if not math.isfinite(stats.last_loss):
+    if not (divergence_ok or math.isfinite(stats.last_loss)):
         raise TrainingDiverged(f"training diverged (loss {stats.last_loss}); lower lr (now {config.lr})")
+    return stats

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,14 +30,20 @@ import torch
 from torch import nn
 
 from .aggregation import Aggregator, ReleaseKind, VectorSpec, release_context
-from .baselines import BaselineConfig, BaselineResult, Method, _check_parts, _client_models, _result, _seed
+from .baselines import (
+    BaselineConfig,
+    BaselineResult,
+    Method,
+    _examples_per_round,
+    _fedavg_models,
+    _local_clients,
+    _result,
+    _start_run,
+    _train,
+)
 from .data import Dataset
-from .devices import resolve_device
-from .evaluation import accuracy
 from .exceptions import ConfigError
 from .federation.simulation import cohort_indices
-from .models import build_model
-from .training import train_supervised
 
 __all__ = [
     "DPBaselineRun",
@@ -137,25 +142,19 @@ def run_dp_fedavg(
         PrivacyBudgetExceeded: a client refuses a round past its own target (rounds so far are kept
             in the aggregator's ledgers).
     """
-    start = time.perf_counter()
     if not (math.isfinite(clip_norm) and clip_norm > 0):
         raise ConfigError(f"clip_norm must be finite and > 0, got {clip_norm}")
     if not (math.isfinite(server_lr) and server_lr > 0):
         raise ConfigError(f"server_lr must be finite and > 0, got {server_lr}")
-    dev = resolve_device(device)
-    idx = _check_parts(dataset, parts)
+    run = _start_run(dataset, parts, model, device)
+    dev, idx = run.device, run.idx
     n = len(idx)
     if clients_per_round is not None and not 1 <= clients_per_round <= n:
         raise ConfigError(f"clients_per_round must lie in [1, {n}], got {clients_per_round}")
-    names = _client_models(model, n)
-    build = dict(norm=config.norm, seed=_seed(config, Method.FEDAVG, 0, 0))
-    global_model = build_model(names[0], dataset.input_shape, dataset.num_classes, **build).to(dev)
+    global_model, worker, gens = _fedavg_models(dataset, run, config)
     check_no_running_statistics(global_model, why="DP-FedAvg releases only the noised parameter update")
-    worker = build_model(names[0], dataset.input_shape, dataset.num_classes, **build).to(dev)
-    gens = [torch.Generator().manual_seed(_seed(config, Method.FEDAVG, k, 1)) for k in range(n)]
     flat = _flat_parameters(global_model)
     spec = model_update_spec(int(flat.numel()), float(clip_norm))
-    x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
     history: list[tuple[float, ...]] = []
     participations = [0] * n
     norms: list[float] = []
@@ -167,18 +166,7 @@ def run_dp_fedavg(
         for k in cohort:
             worker.load_state_dict(global_model.state_dict())
             x, y = dataset.x_train[idx[k]].to(dev), dataset.y_train[idx[k]].to(dev)
-            stats = train_supervised(
-                worker,
-                x,
-                y,
-                steps=config.local_steps,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                momentum=config.momentum,
-                weight_decay=config.weight_decay,
-                generator=gens[k],
-                device=dev,
-            )
+            stats = _train(worker, x, y, config, config.local_steps, gens[k], dev, divergence_ok=True)
             update = (_flat_parameters(worker) - flat).cpu().numpy()
             if not (math.isfinite(stats.last_loss) and np.all(np.isfinite(update))):
                 # Local training diverged from a noised global model: the client releases a zero update
@@ -194,17 +182,16 @@ def run_dp_fedavg(
         if res.contributors:
             flat = flat + server_lr * torch.as_tensor(res.mean, dtype=torch.float64, device=flat.device)
             _set_flat_parameters(global_model, flat)
-        acc = accuracy(global_model, x_test, y_test, batch_size=config.eval_batch_size, device=dev)
+        acc = run.evaluate(global_model, config)
         history.append((acc,) * n)
         logger.info("dp-fedavg round %d/%d: accuracy %.4f", r + 1, config.rounds, acc)
     result = _result(
         Method.FEDAVG,
-        names,
+        run,
         history,
         config,
         steps=config.local_steps,
-        examples=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
-        start=start,
+        examples=_examples_per_round(config.local_steps, config.batch_size, idx),
     )
     epsilons = _seam_epsilons(aggregator)
     took_part = [p for p in participations if p]
@@ -291,28 +278,18 @@ def run_local_dp_sgd(
     """
     from .privacy.example_level import DPSGDTrainer
 
-    start = time.perf_counter()
-    dev = resolve_device(device)
-    idx = _check_parts(dataset, parts)
-    names = _client_models(models, len(idx))
+    run = _start_run(dataset, parts, models, device)
     trainers = []
-    for k, (name, ix) in enumerate(zip(names, idx, strict=True)):
-        model = build_model(
-            name,
-            dataset.input_shape,
-            dataset.num_classes,
-            norm=config.norm,
-            seed=_seed(config, Method.LOCAL, k, 0),
-        ).to(dev)
+    for k, (model, x, y, gen) in enumerate(_local_clients(dataset, run, config)):
         trainers.append(
             DPSGDTrainer(
                 model,
-                dataset.x_train[ix].to(dev),
-                dataset.y_train[ix].to(dev),
-                torch.Generator().manual_seed(_seed(config, Method.LOCAL, k, 1)),
+                x,
+                y,
+                gen,
                 noise_multiplier=dp.noise_multiplier,
                 max_grad_norm=dp.max_grad_norm,
-                batch_size=min(dp.batch_size, len(ix)),
+                batch_size=min(dp.batch_size, len(y)),
                 lr=dp.lr,
                 momentum=dp.momentum,
                 accountant=dp.accountant,
@@ -321,7 +298,6 @@ def run_local_dp_sgd(
                 sampling_seed=None if dp.sampling_seed is None else dp.sampling_seed * 1009 + k,
             )
         )
-    x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
     history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
         steps = dp.steps_per_round + (dp.warmup_steps if r == 0 else 0)
@@ -329,19 +305,18 @@ def run_local_dp_sgd(
         for t in trainers:
             for _ in range(steps):
                 t.ce_step()
-            accs.append(accuracy(t.model, x_test, y_test, batch_size=config.eval_batch_size, device=dev))
+            accs.append(run.evaluate(t.model, config))
         history.append(tuple(accs))
         logger.info(
             "local DP-SGD round %d/%d: mean accuracy %.4f", r + 1, config.rounds, float(np.mean(accs))
         )
     result = _result(
         Method.LOCAL,
-        names,
+        run,
         history,
         config,
         steps=dp.steps_per_round,
-        examples=dp.steps_per_round * sum(min(dp.batch_size, len(ix)) for ix in idx),
-        start=start,
+        examples=_examples_per_round(dp.steps_per_round, dp.batch_size, run.idx),
     )
     epsilons = {k: float(t.epsilon()) for k, t in enumerate(trainers)}
     return DPBaselineRun(

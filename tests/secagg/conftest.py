@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codream.secagg.config import SessionConfig  # noqa: E402
-from codream.secagg.runner import provision_signers  # noqa: E402
+from secagg_harness import signed_config  # noqa: E402
+
 from fakes import Harness, random_words  # noqa: E402
 
 
@@ -19,21 +19,7 @@ def make_config(
     n: int = 5, t: int = 3, lengths: tuple[int, ...] = (6, 4), *, malicious: bool = False, bits: int = 32
 ):
     """A complete-graph config and, in malicious mode, the clients' signers."""
-    ids = tuple(range(n))
-    signers = None
-    verify_keys: tuple[bytes, ...] = ()
-    if malicious:
-        verify_keys, signers = provision_signers(ids)
-    config = SessionConfig(
-        round_index=7,
-        client_ids=ids,
-        threshold=t,
-        vector_lengths=lengths,
-        bits=bits,
-        malicious=malicious,
-        verify_keys=verify_keys,
-    )
-    return config, signers
+    return signed_config(n, t, round_index=7, lengths=lengths, malicious=malicious, bits=bits)
 
 
 @pytest.fixture

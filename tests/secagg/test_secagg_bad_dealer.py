@@ -12,19 +12,20 @@ pairwise key with an alive peer only against real evidence.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_secagg_malicious import Attacker
+from secagg_harness import Attacker, session_inputs, signed_config
 from test_secagg_session import _expected_complete, _expected_harary, sessions
 
 from codream.crypto.aead import open_sealed, seal
 from codream.crypto.shamir import PRIME, Share
 from codream.exceptions import AbortReason, ProtocolAbort
 from codream.secagg.client import Aborted, Completed, MaskedInputState, ShareKeysState, UnmaskedState
-from codream.secagg.config import GraphKind, SessionConfig
+from codream.secagg.config import GraphKind
 from codream.secagg.keys import (
     KEY_SHARE,
     SEED_SHARE,
@@ -43,30 +44,12 @@ from codream.secagg.messages import (
     ShareKeys,
     UnmaskResponse,
 )
-from codream.secagg.runner import Dropout, DropoutSchedule, InProcessSession, Stage, provision_signers
+from codream.secagg.runner import Dropout, DropoutSchedule, InProcessSession, Stage
 from codream.secagg.server import ServerCompleted, ServerExclusion
-from fakes import DeterministicRandom, Harness, plain_sum, random_words
+from fakes import DeterministicRandom, Harness, plain_sum
 
-
-def _config(n, t, *, corrupt=1, lengths=(4, 3), graph=GraphKind.COMPLETE, degree=0):
-    verify_keys, signers = provision_signers(range(n))
-    config = SessionConfig(
-        round_index=9,
-        client_ids=tuple(range(n)),
-        threshold=t,
-        vector_lengths=lengths,
-        graph=graph,
-        degree=degree,
-        corrupt=corrupt,
-        malicious=True,
-        verify_keys=verify_keys,
-    )
-    return config, signers
-
-
-def _inputs(config, seed=0):
-    rng = np.random.default_rng(seed)
-    return [{c: random_words(rng, m, config.bits) for c in config.client_ids} for m in config.vector_lengths]
+# The sessions of this file: round 9, one corrupt client tolerated and two vectors, of 4 and 3 words.
+_config = functools.partial(signed_config, round_index=9, corrupt=1, lengths=(4, 3))
 
 
 def deal_badly(
@@ -175,7 +158,7 @@ def test_an_alive_dealer_of_bad_seed_shares_is_excluded_and_the_others_sum_is_ex
     dealer = n - 1
     h = _bad_dealer_session(config, signers, dealer, vector=0, kind=SEED_SHARE, how=how)
     neighbours = config.neighbours(h.clients[0].session.session_id)[dealer]
-    inputs, recorder, attacker = _inputs(config), Recorder(), Attacker(h)
+    inputs, recorder, attacker = session_inputs(config), Recorder(), Attacker(h)
     outgoing = _round(h, inputs[0], recorder, attacker=attacker)
     # Only the dealer's neighbours are asked, each with the evidence and nothing to reveal blind.
     assert set(outgoing) == set(neighbours)
@@ -211,7 +194,7 @@ def test_a_dropped_dealer_of_bad_key_shares_is_excluded_and_its_masks_removed_wi
     config, signers = _config(7, 5)
     dealer = 6
     h = _bad_dealer_session(config, signers, dealer, vector=0, kind=KEY_SHARE, how="off")
-    inputs, recorder = _inputs(config), Recorder()
+    inputs, recorder = session_inputs(config), Recorder()
     outgoing = _round(h, inputs[0], recorder, skip={dealer})  # it sends no masked input: dropped
     assert set(outgoing) == set(range(6))
     assert all(r.dropped == (dealer,) and r.evidence == () for r in outgoing.values())
@@ -242,7 +225,7 @@ def test_a_bad_dealer_whose_first_shares_still_rebuild_its_seed_keeps_its_input(
     shares[6] = ShareKeys(6, ciphertexts, commitments, sig)
     h.send(shares)
     h.deliver(h.close())
-    inputs = _inputs(config)
+    inputs = session_inputs(config)
     assert _round(h, inputs[0], Recorder()) == {}
     (first,) = h.server.sums
     assert first.survivors == tuple(range(7)) and first.excluded == ()
@@ -254,7 +237,7 @@ def _honest_session_at_3b():
     config, signers = _config(7, 5)
     h = Harness(config, signers=signers)
     h.setup()
-    h.send(h.submit(_inputs(config)[0]))
+    h.send(h.submit(session_inputs(config)[0]))
     h.send(h.deliver(h.close()))
     responses = h.deliver(h.close())
     assert all(isinstance(h.clients[u], UnmaskedState) for u in range(7))
@@ -316,7 +299,7 @@ def test_forged_evidence_or_a_blind_request_for_an_alive_peer_is_refused(forge):
 def test_a_neighbour_silent_in_round_3b_aborts_the_vector_cleanly():
     config, signers = _config(7, 5)
     h = _bad_dealer_session(config, signers, 6, vector=0, kind=SEED_SHARE, how="off")
-    h.send(h.submit(_inputs(config)[0]))
+    h.send(h.submit(session_inputs(config)[0]))
     h.send(h.deliver(h.close()))
     h.send(h.deliver(h.close()))
     outgoing = h.close()
@@ -346,7 +329,7 @@ def test_with_a_bad_dealer_and_random_dropouts_sums_are_exact_over_the_others_or
     drops = {c: d for c, d in schedule.drops.items() if c != dealer}
     if kind == KEY_SHARE:
         drops[dealer] = Dropout(Stage.MASKED_INPUT, vector)
-    inputs = _inputs(config, seed)
+    inputs = session_inputs(config, seed)
     session = InProcessSession(
         config, dropouts=DropoutSchedule(drops), signers=signers, randbytes=DeterministicRandom(seed)
     )

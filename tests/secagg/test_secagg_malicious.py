@@ -13,139 +13,37 @@ the revealed shares allow and strips the masks it can, so a success would be a r
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
+from secagg_harness import Attacker, session_inputs, signed_config
 
-from codream.crypto.agreement import X25519KeyPair
 from codream.crypto.prg import mask_words
-from codream.crypto.shamir import Share, reconstruct_secret
-from codream.exceptions import AbortReason, ConfigError, InvalidShare
+from codream.crypto.shamir import Share
+from codream.exceptions import AbortReason, ConfigError
 from codream.secagg.client import Aborted, Completed, ConsistencyCheckState, MaskedInputState, UnmaskState
-from codream.secagg.config import GraphKind, SessionConfig
+from codream.secagg.config import GraphKind
 from codream.secagg.keys import (
     context_digest,
-    mask_salt,
-    mask_sign,
-    pairwise_key,
-    seed_commitment,
     self_mask_key_for,
 )
 from codream.secagg.messages import (
     AbortMessage,
     ConsistencyProof,
     ConsistencySignature,
-    MaskedInput,
     SharesDelivery,
     UnmaskRequest,
     UnmaskResponse,
 )
-from codream.secagg.runner import provision_signers
 from codream.secagg.server import ServerCompleted
-from fakes import Harness, plain_sum, random_words
+from fakes import Harness, plain_sum
 
 LOW_ORDER_POINT = bytes(32)
 
 
-def _config(n, t, *, corrupt=0, malicious=True, lengths=(4,), graph=GraphKind.COMPLETE, degree=0):
-    verify_keys, signers = provision_signers(range(n)) if malicious else ((), None)
-    config = SessionConfig(
-        round_index=3,
-        client_ids=tuple(range(n)),
-        threshold=t,
-        vector_lengths=lengths,
-        graph=graph,
-        degree=degree,
-        corrupt=corrupt,
-        malicious=malicious,
-        verify_keys=verify_keys,
-    )
-    return config, signers
-
-
-def _inputs(config, seed=0):
-    rng = np.random.default_rng(seed)
-    return [{c: random_words(rng, m, config.bits) for c in config.client_ids} for m in config.vector_lengths]
-
-
-class Attacker:
-    """What a deviating server holds: every masked input, every revealed share, every advertised key."""
-
-    def __init__(self, h: Harness) -> None:
-        """Call once every client holds its round-1 session (public data only is taken from it)."""
-        state = h.clients[h.config.client_ids[0]]
-        self.config = h.config
-        self.session_id = state.session.session_id
-        self.graph = h.config.neighbours(self.session_id)
-        # The advertised mask public keys and seed commitments (public; read from the clients'
-        # states for brevity, they are the same bytes the server relayed).
-        sessions = {c: s.session for c, s in h.clients.items() if hasattr(s, "session")}
-        self.public = {c: tuple(m.public_bytes() for m in s.secrets.masks) for c, s in sessions.items()}
-        self.commitments = {
-            c: tuple(seed_commitment(c, j, b) for j, b in enumerate(s.secrets.seeds))
-            for c, s in sessions.items()
-        }
-        self.masked: dict[int, MaskedInput] = {}
-        self.seed_shares: dict[int, dict[int, Share]] = {}
-        self.key_shares: dict[int, dict[int, Share]] = {}
-
-    def record(self, messages) -> None:
-        for m in messages.values():
-            if isinstance(m, MaskedInput):
-                self.masked[m.sender] = m
-            elif isinstance(m, UnmaskResponse):
-                for owner, share in m.seed_shares:
-                    self.seed_shares.setdefault(owner, {})[m.sender] = share
-                for owner, share in m.key_shares:
-                    self.key_shares.setdefault(owner, {})[m.sender] = share
-
-    def _secret(self, shares: dict[int, Share]) -> bytes | None:
-        if len(shares) < self.config.threshold:
-            return None
-        try:
-            return reconstruct_secret(list(shares.values()), threshold=self.config.threshold, length=32)
-        except InvalidShare:
-            return None
-
-    def seed(self, owner: int, j: int) -> bytes | None:
-        seed = self._secret(self.seed_shares.get(owner, {}))
-        return (
-            seed
-            if seed is not None and seed_commitment(owner, j, seed) == self.commitments[owner][j]
-            else None
-        )
-
-    def mask_key(self, owner: int, j: int) -> X25519KeyPair | None:
-        secret = self._secret(self.key_shares.get(owner, {}))
-        if secret is None:
-            return None
-        key = X25519KeyPair.from_private_bytes(secret)
-        return key if key.public_bytes() == self.public[owner][j] else None
-
-    def attempt_unmask(self, target: int, j: int, peers) -> np.ndarray | None:
-        """x_target from y_target alone, if the revealed shares give its seed and, for each peer, the
-        mask key of one end of the pair; None when they do not."""
-        y = self.masked[target]
-        seed = self.seed(target, j)
-        own_key = self.mask_key(target, j)
-        if seed is None:
-            return None
-        bits, length = self.config.bits, self.config.vector_lengths[j]
-        out = [int(w) for w in y.words]
-        for i, w in enumerate(
-            mask_words(self_mask_key_for(seed, session=self.session_id, vector=j), length, bits=bits)
-        ):
-            out[i] -= int(w)
-        salt = mask_salt(self.session_id, y.context)
-        for v in peers:
-            key = own_key or self.mask_key(v, j)
-            if key is None:
-                return None
-            other = self.public[v][j] if own_key else self.public[target][j]
-            k = pairwise_key(key, other, session=salt, vector=j)
-            for i, w in enumerate(mask_words(k, length, bits=bits)):
-                out[i] -= mask_sign(target, v) * int(w)
-        return np.array([o % (1 << bits) for o in out], dtype=np.uint64)
+# The sessions of this file: round 3 and one vector of 4 words unless a test says otherwise.
+_config = functools.partial(signed_config, round_index=3)
 
 
 def _proofs(groups, signatures, j=0):
@@ -185,7 +83,7 @@ def test_several_views_on_a_harary_graph_of_100_find_no_quorum_and_reveal_nothin
     target = 0
     peers = sorted(attacker.graph[target])
     corrupt = peers[:2]  # the worst case: both corrupt clients hold shares of the target
-    inputs = _inputs(config)[0]
+    inputs = session_inputs(config)[0]
     masked = h.submit(inputs)
     attacker.record(masked)
     honest = [u for u in range(n) if u not in corrupt]
@@ -219,7 +117,7 @@ def test_a_proof_padded_with_signatures_over_another_view_is_refused_as_inconsis
     config, signers = _config(n, t)
     h = Harness(config, signers=signers)
     h.setup()
-    h.submit(_inputs(config)[0])
+    h.submit(session_inputs(config)[0])
     view_a = UnmaskRequest(0, tuple(range(n)), ())
     view_b = UnmaskRequest(0, tuple(range(8)), (8,))
     group_a, group_b = list(range(5)), list(range(5, 8))
@@ -244,7 +142,7 @@ def test_an_isolating_view_with_a_quorum_still_leaves_the_target_masked():
     peers = sorted(attacker.graph[target])
     corrupt = peers[:2]
     honest_peers = [v for v in peers if v not in corrupt]
-    attacker.record(h.submit(_inputs(config)[0]))
+    attacker.record(h.submit(session_inputs(config)[0]))
     view = UnmaskRequest(0, tuple(u for u in range(n) if u not in honest_peers), tuple(honest_peers))
     asked = [u for u in view.alive if u not in corrupt]
     signatures = {u: r.signature for u, r in h.deliver(dict.fromkeys(asked, view)).items()}
@@ -287,7 +185,7 @@ def test_a_degenerate_small_harary_graph_is_the_complete_graph_and_gets_its_thre
     h.setup()
     attacker = Attacker(h)
     target, corrupt = 0, [18, 19]
-    attacker.record(h.submit(_inputs(config)[0]))
+    attacker.record(h.submit(session_inputs(config)[0]))
     honest = [u for u in range(20) if u not in corrupt]
     group_a, group_b = honest[:9], honest[9:]
     view_a = UnmaskRequest(0, tuple(range(20)), ())
@@ -325,7 +223,7 @@ def _withholding_attack(malicious: bool):
     h.deliver(deliveries)
     assert set(h.clients[v].session.peers) == set(S)
     attacker = Attacker(h)
-    inputs = _inputs(config)[0]
+    inputs = session_inputs(config)[0]
     attacker.record(h.submit(inputs))
     requests = {v: UnmaskRequest(0, (v, *S), ())}
     for u in S:
@@ -371,7 +269,7 @@ def test_a_low_order_key_excludes_its_client_and_the_others_finish():
     assert [(r.client_id, r.reason) for r in h.server.rejections] == [(5, AbortReason.INVALID_PUBLIC_KEY)]
     h.send(h.deliver(h.close()))
     h.deliver(h.close())
-    inputs = _inputs(config)
+    inputs = session_inputs(config)
     for j in range(2):
         h.send(h.submit({c: inputs[j][c] for c in range(5)}))
         h.send(h.deliver(h.close()))
@@ -387,7 +285,7 @@ def test_a_wrong_index_share_excludes_its_sender_and_the_sum_stays_exact():
     config, signers = _config(6, 4, corrupt=1, lengths=(4, 3))
     h = Harness(config, signers=signers)
     h.setup()
-    inputs = _inputs(config)
+    inputs = session_inputs(config)
     h.send(h.submit(inputs[0]))
     h.send(h.deliver(h.close()))
     responses = h.deliver(h.close())
@@ -437,7 +335,7 @@ def test_a_bad_share_bundle_from_a_tolerated_corrupt_client_is_set_aside_not_fat
         assert (
             set(state.session.set_aside) == {5} and 5 in state.session.peers and 5 not in state.session.held
         )
-        inputs = _inputs(config)[0]
+        inputs = session_inputs(config)[0]
         h.send(h.submit(inputs))
         h.send(h.deliver(h.close()))
         h.send(h.deliver(h.close()))
@@ -455,7 +353,7 @@ def test_different_dreams_to_two_halves_leave_every_client_refusing():
     config, signers = _config(7, 5, corrupt=1)
     h = Harness(config, signers=signers)
     h.setup()
-    inputs = _inputs(config)[0]
+    inputs = session_inputs(config)[0]
     contexts = {c: b"dreams A" if c < 4 else b"dreams B" for c in range(7)}
     masked = {}
     for c in range(7):
@@ -477,7 +375,7 @@ def _victim_session(victim_context: bytes):
     h = Harness(config, signers=signers)
     h.setup()
     attacker = Attacker(h)
-    inputs = _inputs(config)[0]
+    inputs = session_inputs(config)[0]
     masked = {}
     for c in range(7):
         h.clients[c], masked[c] = h.clients[c].submit(inputs[c], victim_context if c == 6 else b"dreams A")
@@ -527,7 +425,7 @@ def test_an_honest_server_told_the_broadcast_refuses_an_input_computed_from_anot
     h = Harness(config, signers=signers)
     h.setup()
     h.server = h.server.expect_context(b"dreams A")
-    inputs = _inputs(config)[0]
+    inputs = session_inputs(config)[0]
     masked = {}
     for c in range(7):
         h.clients[c], masked[c] = h.clients[c].submit(inputs[c], b"dreams B" if c == 6 else b"dreams A")
@@ -548,7 +446,7 @@ def test_clients_refuse_an_unmask_request_below_min_survivors_even_when_t_would_
     config = dataclasses.replace(config, min_survivors=6)
     h = Harness(config, signers=signers)
     h.setup()
-    h.submit(_inputs(config)[0])
+    h.submit(session_inputs(config)[0])
     request = UnmaskRequest(0, (0, 1, 2, 3, 4), (5, 6))
     replies = h.deliver(dict.fromkeys(range(5), request))
     assert all(

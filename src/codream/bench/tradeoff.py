@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from ..aggregation import Aggregator, ProjectedReleases, ReleaseKind, create_aggregator
-from ..baselines import BaselineConfig, run_centralized, run_fedavg, run_local_only
+from ..baselines import BaselineConfig, BaselineResult, run_centralized, run_fedavg, run_local_only
 from ..data import Dataset, load_dataset, partition
 from ..devices import pin_threads, resolve_device
 from ..exceptions import ConfigError
@@ -603,6 +603,65 @@ def _label_histogram(config: FederationConfig) -> tuple[float | None, tuple[Any,
     return DEFAULT_LABEL_NOISE_MULTIPLIER, (label_histogram_event(DEFAULT_LABEL_NOISE_MULTIPLIER),)
 
 
+def _client_level_aggregator(
+    *, rounds: int, releases_per_round: int, population: int, eps: float, seed: int, graph: str
+) -> tuple[Aggregator, Any, float]:
+    """A `secure+dp` aggregator calibrated to `eps` over `rounds` for a client in every round, with its
+    noise plan and delta: CoDream's client-level runs and DP-FedAvg are accounted the same way.
+
+    The server knows each cohort, so a client's rounds compose unamplified (q = 1).
+    """
+    from ..privacy.calibration import ClientLevelSchedule
+
+    delta = delta_for(population)
+    plan = plan_noise_cached(
+        ClientLevelSchedule(rounds=rounds, sample_rate=1.0, releases_per_round=releases_per_round),
+        eps,
+        delta,
+        "rdp",
+    )
+    agg = create_aggregator(
+        "secure+dp",
+        noise_multiplier=plan.noise_multiplier,
+        delta=delta,
+        target_epsilon=eps,
+        accountant="rdp",
+        noise_seed=seed,
+        graph=graph,
+        seed=seed,
+    )
+    return agg, plan, delta
+
+
+def _baseline_record(
+    res: BaselineResult,
+    *,
+    setting: str,
+    alpha: float | None,
+    cohort: int | None,
+    mode: str,
+    epsilon: float | None,
+    seed: int,
+    **measured: Any,
+) -> RunRecord:
+    """A baseline's record, private or not: its accuracies, seconds per round and what else it measured."""
+    return RunRecord(
+        setting=setting,
+        partition=_label(alpha),
+        cohort=cohort,
+        mode=mode,
+        epsilon=epsilon,
+        seed=seed,
+        remedy=None,
+        final_accuracies=tuple(float(a) for a in res.final_accuracy),
+        mean_accuracy=res.mean,
+        std_accuracy=res.std,
+        best_mean_accuracy=float(np.max(np.mean(np.asarray(res.history), axis=1))),
+        seconds_per_round=res.seconds / res.config.rounds,
+        **measured,
+    )
+
+
 @functools.lru_cache(maxsize=2)
 def _load(name: str, limit_test: int | None) -> Dataset:
     return load_dataset(name, limit_train=None, limit_test=limit_test, seed=0)
@@ -818,6 +877,20 @@ class Runner:
 
     # baselines
 
+    def matched_budget(self, config: FederationConfig) -> dict[str, Any]:
+        """What a baseline compared to the federations of `config` gets, in either setting: the same
+        clients, data, rounds, test set and batch size, and CoDream's cross-entropy steps per round
+        (its warm-up spread over the rounds)."""
+        dc = config.distill
+        return dict(
+            num_clients=config.num_clients,
+            samples=config.samples_per_client,
+            local_steps=dc.ce_steps_per_round + math.ceil(dc.warmup_steps / config.rounds),
+            rounds=config.rounds,
+            limit_test=config.limit_test,
+            batch_size=dc.batch_size,
+        )
+
     def baselines(
         self,
         *,
@@ -860,19 +933,14 @@ class Runner:
             self.say(f"start {tag}")
             res = fn()
             out.append(
-                RunRecord(
+                _baseline_record(
+                    res,
                     setting=setting,
-                    partition=_label(alpha),
+                    alpha=alpha,
                     cohort=cohort,
                     mode=mode,
                     epsilon=None,
                     seed=seed,
-                    remedy=None,
-                    final_accuracies=tuple(float(a) for a in res.final_accuracy),
-                    mean_accuracy=res.mean,
-                    std_accuracy=res.std,
-                    best_mean_accuracy=float(np.max(np.mean(np.asarray(res.history), axis=1))),
-                    seconds_per_round=res.seconds / rounds,
                     extra={"steps_per_round": float(res.steps_per_round)},
                 )
             )
@@ -906,7 +974,6 @@ class Runner:
         the same calibration for a client in every round; eps = inf is `secure` (clipped, no noise).
         """
         from ..dp_baselines import run_dp_fedavg
-        from ..privacy.calibration import ClientLevelSchedule
 
         s = self.size
         tag = f"{setting} {_label(alpha)} dp-fedavg eps={eps} seed={seed}" + (
@@ -914,25 +981,15 @@ class Runner:
         )
         self.check_time(tag)
         self.say(f"start {tag}")
-        delta = delta_for(num_clients)
-        z = None
+        z: float | None = None
+        delta: float | None = None
         if math.isinf(eps):
             agg = create_aggregator("secure", graph=graph, seed=seed)
         else:
-            plan = plan_noise_cached(
-                ClientLevelSchedule(rounds=rounds, sample_rate=1.0, releases_per_round=1), eps, delta, "rdp"
+            agg, plan, delta = _client_level_aggregator(
+                rounds=rounds, releases_per_round=1, population=num_clients, eps=eps, seed=seed, graph=graph
             )
             z = float(plan.noise_multiplier)
-            agg = create_aggregator(
-                "secure+dp",
-                noise_multiplier=z,
-                delta=delta,
-                target_epsilon=eps,
-                accountant="rdp",
-                noise_seed=seed,
-                graph=graph,
-                seed=seed,
-            )
         parts = partition(
             self.dataset.y_train, num_clients, alpha=alpha, samples_per_client=samples, seed=seed
         )
@@ -953,19 +1010,14 @@ class Runner:
         d = int(run.extra["update_dimension"])
         nsr = None if z is None else z * math.sqrt(d)
         m = cohort or num_clients
-        rec = RunRecord(
+        rec = _baseline_record(
+            res,
             setting=setting,
-            partition=_label(alpha),
+            alpha=alpha,
             cohort=cohort,
             mode="dp-fedavg",
             epsilon=eps,
             seed=seed,
-            remedy=None,
-            final_accuracies=tuple(float(a) for a in res.final_accuracy),
-            mean_accuracy=res.mean,
-            std_accuracy=res.std,
-            best_mean_accuracy=float(np.max(np.mean(np.asarray(res.history), axis=1))),
-            seconds_per_round=res.seconds / rounds,
             epsilon_spent=None if z is None else run.epsilon,
             noise_multiplier=z,
             release_noise_multiplier=z,
@@ -1028,20 +1080,14 @@ class Runner:
         run = run_local_dp_sgd(
             self.baseline_data(s.limit_test), parts, tuple(s.silo_models), cfg, dp, device=self.device
         )
-        res = run.result
-        rec = RunRecord(
+        rec = _baseline_record(
+            run.result,
             setting="cross-silo",
-            partition=_label(alpha),
+            alpha=alpha,
             cohort=None,
             mode="local-dp-sgd",
             epsilon=eps,
             seed=seed,
-            remedy=None,
-            final_accuracies=tuple(float(a) for a in res.final_accuracy),
-            mean_accuracy=res.mean,
-            std_accuracy=res.std,
-            best_mean_accuracy=float(np.max(np.mean(np.asarray(res.history), axis=1))),
-            seconds_per_round=res.seconds / config.rounds,
             epsilon_spent=run.epsilon,
             noise_multiplier=plan.noise_multiplier,
             extra={"delta": delta, "dp_sgd_steps": float(steps), "dp_sgd_batch": float(batch)},
@@ -1072,7 +1118,6 @@ class Runner:
             )
             out.append(self.federation(batch_cfg, agg, mode="secure+dp", epsilon=eps, dp=dp, **base)[0])
         group_cfg = self.silo_config(alpha, seed, norm="group")
-        ce_steps = group_cfg.distill.ce_steps_per_round
         for eps in s.epsilons:
             if not self.wants(f"eps:{eps:g}"):
                 continue
@@ -1086,6 +1131,7 @@ class Runner:
         for eps in s.baseline_epsilons:
             if not math.isinf(eps) and self.wants(f"local-dp-sgd:{eps:g}"):
                 out.append(self.local_dp_sgd(group_cfg, alpha, eps, seed))
+        budget = self.matched_budget(group_cfg)
         for eps in s.baseline_epsilons:
             if self.wants(f"dp-fedavg:{eps:g}"):
                 out.append(
@@ -1094,14 +1140,9 @@ class Runner:
                         alpha=alpha,
                         seed=seed,
                         eps=eps,
-                        num_clients=s.silo_clients,
-                        samples=s.silo_samples,
-                        local_steps=ce_steps + math.ceil(group_cfg.distill.warmup_steps / s.rounds),
-                        rounds=s.rounds,
-                        limit_test=s.limit_test,
                         cohort=None,
-                        batch_size=s.batch_size,
                         graph="complete",
+                        **budget,
                     )
                 )
         if s.remedy_partitions is None or alpha in s.remedy_partitions:
@@ -1129,16 +1170,7 @@ class Runner:
         if not self.wants("baselines"):
             return
         self.baselines(
-            out=out,
-            setting="cross-silo",
-            alpha=alpha,
-            seed=seed,
-            num_clients=s.silo_clients,
-            samples=s.silo_samples,
-            models=tuple(s.silo_models),
-            local_steps=ce_steps + math.ceil(group_cfg.distill.warmup_steps / s.rounds),
-            rounds=s.rounds,
-            limit_test=s.limit_test,
+            out=out, setting="cross-silo", alpha=alpha, seed=seed, models=group_cfg.models, **budget
         )
 
     def example_dp(
@@ -1224,31 +1256,21 @@ class Runner:
         The server knows each cohort, so a client's rounds compose unamplified (q = 1); `sample_rate`
         (cohort / population) is recorded, never accounted.
         """
-        from ..privacy.calibration import ClientLevelSchedule
-
         s = self.size
         population = population or s.population
-        q = cohort / population
-        delta = delta_for(population)
-        plan = plan_noise_cached(
-            ClientLevelSchedule(
-                rounds=config.rounds, sample_rate=1.0, releases_per_round=config.releases_per_round
-            ),
-            eps,
-            delta,
-            "rdp",
-        )
-        agg = create_aggregator(
-            "secure+dp",
-            noise_multiplier=plan.noise_multiplier,
-            delta=delta,
-            target_epsilon=eps,
-            accountant="rdp",
-            noise_seed=seed,
-            graph=graph or s.device_graph,
+        agg, plan, delta = _client_level_aggregator(
+            rounds=config.rounds,
+            releases_per_round=config.releases_per_round,
+            population=population,
+            eps=eps,
             seed=seed,
+            graph=graph or s.device_graph,
         )
-        return agg, {"noise_multiplier": plan.noise_multiplier, "delta": delta, "sample_rate": q}
+        return agg, {
+            "noise_multiplier": plan.noise_multiplier,
+            "delta": delta,
+            "sample_rate": cohort / population,
+        }
 
     def cross_device(self, alpha: float | None, seed: int, cohort: int, out: list[RunRecord]) -> None:
         """Append every cross-device run of one partition, seed and cohort to `out`, as each ends."""
@@ -1276,7 +1298,7 @@ class Runner:
                 continue
             agg, dp = self.secure_dp(cfg, cohort, eps, seed)
             out.append(self.federation(cfg, agg, mode="secure+dp", epsilon=eps, dp=dp, **base)[0])
-        dc = cfg.distill
+        budget = self.matched_budget(cfg)
         for eps in s.baseline_epsilons:
             if self.wants(f"dp-fedavg:{eps:g}"):
                 out.append(
@@ -1285,14 +1307,9 @@ class Runner:
                         alpha=alpha,
                         seed=seed,
                         eps=eps,
-                        num_clients=s.population,
-                        samples=s.device_samples,
-                        local_steps=dc.ce_steps_per_round + math.ceil(dc.warmup_steps / s.device_rounds),
-                        rounds=s.device_rounds,
-                        limit_test=s.device_limit_test,
                         cohort=cohort,
-                        batch_size=dc.batch_size,
                         graph=s.device_graph,
+                        **budget,
                     )
                 )
         for remedy in _device_remedies(s, alpha, cohort):
@@ -1314,22 +1331,16 @@ class Runner:
             )
 
     def device_baselines(self, alpha: float | None, seed: int, out: list[RunRecord]) -> None:
-        s = self.size
-        models = tuple(s.device_models[i % len(s.device_models)] for i in range(s.population))
-        dc = self.distill(cross_device=True)
+        largest = max(self.size.cohorts)
+        cfg = self.device_config(alpha, seed, largest)
         self.baselines(
             out=out,
             setting="cross-device",
             alpha=alpha,
             seed=seed,
-            num_clients=s.population,
-            samples=s.device_samples,
-            models=models,
-            local_steps=dc.ce_steps_per_round + math.ceil(dc.warmup_steps / s.device_rounds),
-            rounds=s.device_rounds,
-            limit_test=s.device_limit_test,
-            centralized_clients=max(s.cohorts),
-            batch_size=dc.batch_size,
+            models=cfg.models,
+            centralized_clients=largest,
+            **self.matched_budget(cfg),
         )
 
 
