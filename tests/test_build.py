@@ -288,7 +288,9 @@ def test_a_hint_for_a_run_without_baselines_names_them_as_the_command_line_takes
     assert "--baselines none" in line and "--validation 0.0" in line
 
 
-def test_a_flower_run_says_it_holds_no_validation_split_and_still_gets_its_baseline(tmp_path, monkeypatch):
+def test_a_flower_run_holds_the_validation_split_selects_on_it_and_still_gets_its_baseline(
+    tmp_path, monkeypatch
+):
     pytest.importorskip("flwr")
     import json
 
@@ -302,8 +304,12 @@ def test_a_flower_run_says_it_holds_no_validation_split_and_still_gets_its_basel
     def finished(config, **kwargs):
         seen["validation"] = config.validation
         ids = list(range(config.num_clients))
-        rnd = {"round": 0, "accuracies": [0.5] * len(ids), "participants": ids, "survivors": ids}
-        return {"rounds": [{**rnd, "aggregation": {"clipped": 0, "overflowed": 0}}]}
+        rounds = [
+            {"round": r, "accuracies": [acc] * len(ids), "val_accuracies": [val] * len(ids)}
+            for r, (acc, val) in enumerate([(0.9, 0.5), (0.6, 0.7)])
+        ]
+        common = {"participants": ids, "survivors": ids, "aggregation": {"clipped": 0, "overflowed": 0}}
+        return {"rounds": [{**r, **common} for r in rounds]}
 
     monkeypatch.setattr(local, "run_flower", finished)
     out = tmp_path / "flower"
@@ -316,7 +322,7 @@ def test_a_flower_run_says_it_holds_no_validation_split_and_still_gets_its_basel
         "--models",
         "mlp",
         "--rounds",
-        "1",
+        "2",
         "--no-progress",
         "--warmup-steps",
         "3",
@@ -324,10 +330,11 @@ def test_a_flower_run_says_it_holds_no_validation_split_and_still_gets_its_basel
     args += ["--kd-steps", "2", "--limit-test", "60", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "this run holds out no validation split (validation = 0)" in result.output
-    assert seen["validation"] == 0.0 and RunConfig.from_toml(out / "config.toml").validation == 0.0
+    assert seen["validation"] == 0.1 and RunConfig.from_toml(out / "config.toml").validation == 0.1
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["best_round_selected_on"] == "test" and "local" in summary["baselines"]
+    assert summary["best_round_selected_on"] == "validation" and "local" in summary["baselines"]
+    # Round 2 is the best on validation; round 1's better test accuracy is not what selects it.
+    assert summary["best_round"] == 2 and summary["best_round_accuracy_mean"] == pytest.approx(0.6)
 
 
 def test_a_config_that_imports_a_plugin_file_runs_its_model_and_data_from_the_command_line(tmp_path):

@@ -309,10 +309,14 @@ def test_the_app_writer_carries_client_nodes_into_the_run_config(tmp_path):
 
     from codream.federation.flower.__main__ import main
 
-    assert main(["app", str(tmp_path / "a"), "--client-nodes", "0=11,1=22 2=33 3=44"]) == 0
+    run = tmp_path / "run.toml"
+    run.write_text('aggregation = "secure"\nbaselines = ["none"]\n')
+    assert (
+        main(["app", str(tmp_path / "a"), "--config", str(run), "--client-nodes", "0=11,1=22 2=33 3=44"]) == 0
+    )
     config = tomllib.loads((tmp_path / "a" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert parse_client_nodes(config["client-nodes"]) == {0: 11, 1: 22, 2: 33, 3: 44}
-    assert main(["app", str(tmp_path / "b")]) == 0  # the key is there to override with --run-config
+    assert main(["app", str(tmp_path / "b"), "--config", str(run)]) == 0  # the key is there to override
     config = tomllib.loads((tmp_path / "b" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert config["client-nodes"] == ""
-    assert main(["app", str(tmp_path / "c"), "--client-nodes", "0=11 0=22"]) == 2
+    assert main(["app", str(tmp_path / "c"), "--config", str(run), "--client-nodes", "0=11 0=22"]) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("flwr", reason="the Flower engine needs flwr (pip install codream[flower])")
 
@@ -197,3 +198,43 @@ def test_a_resumed_flower_run_equals_the_unbroken_one(tmp_path, aggregation):
             resume=True,
             rounds=2,
         )
+
+
+def test_both_transports_hold_the_same_validation_split_and_select_the_same_best_round(tmp_path):
+    """Every node carves the in-process engine's validation split from the same configuration, reports
+    its accuracy on it, and the Flower results choose the best round on it, as the simulation does."""
+    from codream.federation.round import best_round
+
+    config = tiny_config(validation=0.2, rounds=3, clients_per_round=3)
+    transport = Loopback(config.num_clients, aggregation="plain")
+    results, _ = run_loopback(config, tmp_path, aggregation="plain", transport=transport)
+    fed, _ = in_process_twin(config, "plain")
+    for cid in range(config.num_clients):
+        x_val, y_val = transport.node(cid).validation
+        assert torch.equal(x_val, fed.dataset.x_val) and torch.equal(y_val, fed.dataset.y_val)
+    for f, m in zip(results["rounds"], fed.history, strict=True):
+        assert f["evaluated"] == list(m.evaluated) and len(m.val_accuracies) == len(m.evaluated)
+        assert f["val_accuracies"] == list(m.val_accuracies)
+        assert f["mean_val_accuracy"] == m.mean_val_accuracy
+    chosen = best_round([m.to_dict() for m in fed.history])
+    assert results["best_round"] == {
+        "round": chosen["round"],
+        "mean_val_accuracy": chosen["mean_val_accuracy"],
+        "mean_accuracy": chosen["mean_accuracy"],
+        "selected_on": "validation",
+    }
+
+
+def test_under_client_level_dp_a_node_keeps_its_validation_accuracy(tmp_path):
+    """secure+dp: a node's model is trained on its private data without noise, so what it measures on
+    the validation split is not released; the run selects no best round on it."""
+    config = tiny_config(validation=0.2, method="paper", rounds=1)
+    own = {"noise-multiplier": Z, "delta": 1e-5}
+    transport = Loopback(config.num_clients, aggregation="secure+dp", node_config=own)
+    results, _ = run_loopback(
+        config, tmp_path, aggregation="secure+dp", transport=transport, **{"noise-multiplier": Z}
+    )
+    assert all(node.validation is not None for node in transport.nodes.values())
+    (only,) = results["rounds"]
+    assert only["val_accuracies"] is None and only["mean_val_accuracy"] is None
+    assert results["best_round"] is None

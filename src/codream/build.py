@@ -11,10 +11,10 @@ built. Three levels:
   learning-loop `FederationConfig`, with your own aggregator, trainer factory or data.
 - `build_client(config, client_id, ...)`: one client exactly as the federation builds it.
 
-A `Run` adds to each round's metrics what model selection needs: every client's accuracy on the
-validation split (carved from the training data, see `codream.data.split_validation`), and, in the first
-round, its accuracy right after the local warm-up. `Run.best_round()` selects on the validation split;
-the test set is only reported.
+Each round's record holds what model selection needs: every evaluated client's accuracy on the
+validation split (carved from the training data, see `codream.data.split_validation`; both engines'
+round script reports it), and, in a `Run`'s first round, its accuracy right after the local warm-up.
+`Run.best_round()` selects on the validation split; the test set is only reported.
 """
 
 from __future__ import annotations
@@ -266,9 +266,10 @@ def round_record(
 
     Both engines run the same round script, so `metrics` is a `RoundMetrics` or its `to_dict()`.
     Keys: round (1-based), accuracy (per evaluated client), accuracy_mean, accuracy_std,
-    participants, survivors, bytes_sent_per_client (mean over clients), clipped, overflowed (None
-    under DP: not released), seconds, epsilon, delta, and ``federation`` with the whole metrics. A
-    `Run` adds val_accuracy, val_accuracy_mean and, in the first round, warmup_accuracy /
+    val_accuracy and val_accuracy_mean (on the validation split, where the engine reported it: what
+    the best round is selected on), participants, survivors, bytes_sent_per_client (mean over
+    clients), clipped, overflowed (None under DP: not released), seconds, epsilon, delta, and
+    ``federation`` with the whole metrics. A `Run` adds, in the first round, warmup_accuracy /
     warmup_val_accuracy.
     """
     raw = metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics)
@@ -280,6 +281,12 @@ def round_record(
         "accuracy": acc,
         "accuracy_mean": statistics.fmean(acc) if acc else math.nan,
         "accuracy_std": statistics.pstdev(acc) if len(acc) > 1 else 0.0,
+    }
+    val = raw.get("val_accuracies")
+    if val:
+        record["val_accuracy"] = [float(a) for a in val]
+        record["val_accuracy_mean"] = statistics.fmean(record["val_accuracy"])
+    record |= {
         "participants": len(raw["participants"]),
         "survivors": len(raw["survivors"]),
         "bytes_sent_per_client": (
@@ -444,14 +451,9 @@ class Run:
         return watch
 
     def _add_selection(self, record: dict[str, Any], metrics: Any) -> None:
-        """Validation accuracy of the clients the round evaluated, and (first round) the warm-up point."""
-        clients = getattr(self.federation, "clients", None)
+        """The first round's warm-up point (the round's validation accuracy is the engine's own)."""
         evaluated = list(getattr(metrics, "evaluated", ()) or getattr(metrics, "participants", ()) or ())
         val = self.validation
-        if val is not None and clients is not None and evaluated:
-            accs = [float(clients[c].evaluate(*val)) for c in evaluated]
-            record["val_accuracy"] = accs
-            record["val_accuracy_mean"] = statistics.fmean(accs)
         if self._warm and evaluated and all(c in self._warm for c in evaluated):
             record["warmup_accuracy"] = [self._warm[c][0] for c in evaluated]
             if val is not None:

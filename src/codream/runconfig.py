@@ -1,4 +1,5 @@
-"""The run configuration: one table of settings, one TOML format, for the library and `codream run`.
+"""The run configuration: one table of settings, one TOML format, for the library, `codream run`, the
+benchmarks and the Flower deployment's app command (`codream.federation.flower.settings`).
 
 A `RunConfig` is everything a run is asked to do. It is read from a TOML file (`RunConfig.from_toml`),
 from keyword arguments or a mapping (`RunConfig.from_dict`), or typed on the command line; every way

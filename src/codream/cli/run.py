@@ -36,7 +36,6 @@ from .config import (
     RUN_OPTIONS,
     RunConfig,
     dump_toml,
-    federation_config,
     load_toml,
     resolve_run_config,
     run_options,
@@ -163,11 +162,6 @@ def execute_run(
         rd = RunDir.open(run_dir if run_dir is not None else rc.out)
         state = rd.load_checkpoint()
     if rc.engine == "flower":
-        if rc.privacy_unit == "example":
-            raise ConfigError(
-                "--privacy-unit example works with --engine simulation only; the Flower engine does not "
-                "carry DP-SGD clients yet"
-            )
         return _execute_flower(rc, run_dir=run_dir, echo=echo, resume=resume)
     # Built before the run directory exists: a bad model name or a missing data folder leaves nothing.
     run = Run(rc, state=state, federation_factory=federation_factory)
@@ -370,47 +364,27 @@ def _execute_flower(
     every round and every node its own (RUN_DIR/flower/), so `resume` continues a stopped run from
     its last finished round. Under secure+dp every SuperNode gets the run's DP
     parameters in its own node config, draws its own noise and keeps its own ledger in
-    RUN_DIR/client_ledgers/, from which the run's epsilon is read. Its nodes evaluate on the test set
-    only, so the run has no validation split (it says so) and selects no best round.
+    RUN_DIR/client_ledgers/, from which the run's epsilon is read. The nodes hold the same validation
+    split as the simulation and report their accuracy on it (not under secure+dp: measured by models
+    trained on private data without noise, it stays on the nodes), so the best round is selected on it.
     """
     from ..build import run_baselines
     from ..devices import pin_threads
 
-    if rc.imports:
-        raise ConfigError(
-            "--imports: a Flower node does not import modules a server names (it would run the server's "
-            "code); register models and data sets in the node's own code, or use --engine simulation"
-        )
-    device = resolve_device(rc.device)
-    pin_threads(rc.threads)
-    if rc.validation:
-        echo(
-            f"validation {rc.validation:g}: the Flower engine's nodes evaluate on the test set only, so this "
-            "run holds out no validation split (validation = 0) and selects no best round"
-        )
-        rc = rc.replace(validation=0.0)
-    fed_cfg = federation_config(rc, device=device)
-    privacy = PrivacyPlan(rc, fed_cfg)
-    build_aggregator(rc, privacy)  # refuses bad secure-aggregation options before anything starts
-    # What the Flower engine does not carry is refused before the run directory exists (so --out stays
-    # free for the corrected command), never silently dropped. (Example-level DP is refused with the
-    # configuration.) Simulated crashes: on Flower, clients drop for real.
-    if rc.dropout > 0:
-        raise ConfigError(
-            f"--dropout {rc.dropout:g}: carried by --engine simulation only (on Flower, clients drop for "
-            "real); drop it or use --engine simulation"
-        )
-    if rc.corrupt_fraction != 0.1:
-        raise ConfigError(
-            f"--corrupt-fraction {rc.corrupt_fraction:g}: carried by --engine simulation only (the Flower "
-            "server assumes the default 0.1); drop it or use --engine simulation"
-        )
     try:
         from ..federation.flower.local import run_flower
+        from ..federation.flower.settings import flower_federation_config
     except ImportError as exc:
         raise ConfigError(
             f"--engine flower needs the flwr package ({exc}); pip install codream[flower]"
         ) from None
+    device = resolve_device(rc.device)
+    # What the Flower engine does not carry is refused before the run directory exists (so --out stays
+    # free for the corrected command), never silently dropped.
+    fed_cfg = flower_federation_config(rc, device=device, deployment=False)
+    pin_threads(rc.threads)
+    privacy = PrivacyPlan(rc, fed_cfg)
+    build_aggregator(rc, privacy)  # refuses bad secure-aggregation options before anything starts
     import numpy as np
 
     out = run_dir if run_dir is not None else rc.out

@@ -41,6 +41,7 @@ __all__ = [
     "RoundClients",
     "RoundLoop",
     "RoundMetrics",
+    "best_round",
     "client_release",
     "cohort_indices",
 ]
@@ -120,11 +121,13 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class Learned:
-    """A client's answer after its lessons: test accuracy, KD loss, CE loss (None: withheld)."""
+    """A client's answer after its lessons: test accuracy, KD loss, CE loss (None: withheld), and its
+    accuracy on the validation split (None: no split, or withheld)."""
 
     accuracy: float
     kd_loss: float
     ce_loss: float | None
+    val_accuracy: float | None = None
 
 
 class RoundClients(ABC):
@@ -189,6 +192,10 @@ class RoundMetrics:
         evaluated: the clients `accuracies` belong to (the cohort, less any that stopped answering).
         exchanges, seconds_per_exchange: server-to-clients exchanges of the round and their mean wall
             time (deployed engines; None in process).
+        val_accuracies: the accuracy of each client in `evaluated` on the validation split (carved
+            from the training data before the partition), what the best round is selected on; None
+            without a split, or when a client withheld it (deployed nodes under client-level DP).
+        mean_val_accuracy: their mean (None likewise).
     """
 
     round: int
@@ -215,12 +222,16 @@ class RoundMetrics:
     evaluated: tuple[int, ...] = ()
     exchanges: int | None = None
     seconds_per_exchange: float | None = None
+    val_accuracies: tuple[float, ...] | None = None
+    mean_val_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (tuples become lists, client ids become strings)."""
         d = asdict(self)
         for key in ("accuracies", "best_accuracies", "survivors", "participants", "evaluated"):
             d[key] = list(getattr(self, key))
+        if self.val_accuracies is not None:
+            d["val_accuracies"] = list(self.val_accuracies)
         d["bytes_sent_per_client"] = {str(k): int(v) for k, v in self.bytes_sent_per_client.items()}
         agg = d["aggregation"]
         agg["participants"] = list(self.aggregation.participants)
@@ -229,6 +240,16 @@ class RoundMetrics:
             str(k): int(v) for k, v in self.aggregation.bytes_sent_per_client.items()
         }
         return d
+
+
+def best_round(records: Sequence[Mapping]) -> Mapping | None:
+    """The round (a `RoundMetrics.to_dict()`) with the best mean validation accuracy; None without one.
+
+    Model selection never looks at the test set: the chosen round's ``mean_accuracy`` is the test
+    accuracy to report. The first of equally good rounds wins.
+    """
+    scored = [r for r in records if r.get("mean_val_accuracy") is not None]
+    return max(scored, key=lambda r: r["mean_val_accuracy"]) if scored else None
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -333,6 +354,8 @@ class RoundLoop:
         if accs:
             self.best_mean = max(self.best_mean, mean_acc)
         ces = [learned[c].ce_loss for c in evaluated if learned[c].ce_loss is not None]
+        vals = [learned[c].val_accuracy for c in evaluated if learned[c].val_accuracy is not None]
+        val_accs = tuple(float(v) for v in vals) if evaluated and len(vals) == len(evaluated) else None
         probs = server.label_probabilities()
         stats1 = clients.transport_stats()
         exchanges = seconds_per_exchange = None
@@ -366,6 +389,8 @@ class RoundLoop:
             evaluated=evaluated,
             exchanges=exchanges,
             seconds_per_exchange=seconds_per_exchange,
+            val_accuracies=val_accs,
+            mean_val_accuracy=float(np.mean(val_accs)) if val_accs else None,
         )
         self.history.append(metrics)
         self.round += 1

@@ -62,10 +62,12 @@ class InProcessClients(RoundClients):
         y_test: Tensor,
         *,
         student=None,
+        validation: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         self.clients = {c.client_id: c for c in clients}
         self.aggregator = aggregator
         self.x_test, self.y_test = x_test, y_test
+        self.validation = validation  # (x_val, y_val): the split carved before the partition
         self.student = student  # the server's student model, for the adversarial dream term
         self.warmed: set[int] = set()
         #: Dream losses travel beside plain releases only: secure clients send nothing in the clear.
@@ -128,8 +130,10 @@ class InProcessClients(RoundClients):
             progress("distill", i + 1, len(lessons))
         out = {}
         for i, cid in enumerate(lessons):
-            acc = self.clients[cid].evaluate(self.x_test, self.y_test)
-            out[cid] = Learned(acc, stats[cid].kd_loss, stats[cid].ce_loss)
+            client = self.clients[cid]
+            acc = client.evaluate(self.x_test, self.y_test)
+            val = client.evaluate(*self.validation) if self.validation is not None else None
+            out[cid] = Learned(acc, stats[cid].kd_loss, stats[cid].ce_loss, val)
             progress("evaluate", i + 1, len(lessons))
         return out
 
@@ -165,8 +169,9 @@ class Federation:
         ]
         self.server = build_server(config, data.input_shape, data.num_classes)
         student = self.server.student.model if self.server.student is not None else None
+        val = None if self.dataset.x_val is None else (self.dataset.x_val, self.dataset.y_val)
         self.transport = InProcessClients(
-            self.clients, self.aggregator, self.x_test, self.y_test, student=student
+            self.clients, self.aggregator, self.x_test, self.y_test, student=student, validation=val
         )
         self.loop = RoundLoop(config, self.server, self.transport, evaluate_student=self._evaluate)
 

@@ -12,8 +12,8 @@ simulation and stays with the clients in a deployment.
 What lies outside depends on the unit of privacy:
 
 - client-level (`secure+dp`): the clients' models are trained on their private data without noise,
-  so everything measured on them is outside: test accuracies, cross-entropy, warm-up, KD and dream
-  losses.
+  so everything measured on them is outside: test and validation accuracies, cross-entropy,
+  warm-up, KD and dream losses.
 - example-level (DP-SGD): the models are DP, so their test accuracies and their KD and dream losses
   on released dreams are post-processing; only the losses of DP-SGD's own private batches
   (cross-entropy, warm-up) read private data directly.
@@ -43,8 +43,24 @@ __all__ = [
 #: The run-directory file the values outside the guarantee go to in a DP run.
 PRIVATE_FILE = "client_private.jsonl"
 
-_ACCURACY = ("accuracy", "accuracy_mean", "accuracy_std", "warmup_accuracy")
-_ENGINE_ACCURACY = ("accuracies", "mean_accuracy", "std_accuracy", "best_accuracies", "best_mean_accuracy")
+_ACCURACY = (
+    "accuracy",
+    "accuracy_mean",
+    "accuracy_std",
+    "warmup_accuracy",
+    "val_accuracy",
+    "val_accuracy_mean",
+    "warmup_val_accuracy",
+)
+_ENGINE_ACCURACY = (
+    "accuracies",
+    "mean_accuracy",
+    "std_accuracy",
+    "best_accuracies",
+    "best_mean_accuracy",
+    "val_accuracies",
+    "mean_val_accuracy",
+)
 _PRIVATE_BATCH_LOSSES = ("ce_loss", "warmup_loss")
 _MODEL_LOSSES = ("kd_loss", "dream_loss_start", "dream_loss_end")
 

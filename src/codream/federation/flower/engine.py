@@ -83,12 +83,17 @@ def _plain(value):
 
 
 def config_to_dict(config: FederationConfig) -> dict:
-    """A JSON-ready dict of a `FederationConfig` (enums as their values)."""
+    """A JSON-ready dict of a `FederationConfig` (enums as their values): its form on the wire.
+
+    The server sends it to every node at set-up, and the app folder's ``codream-config`` holds it.
+    It is not a file format: an operator writes a `codream.runconfig.RunConfig` file, which
+    `codream.federation.flower.settings` maps onto the `FederationConfig`.
+    """
     return _plain(dataclasses.asdict(config))
 
 
 def config_from_dict(d: Mapping[str, object]) -> FederationConfig:
-    """Rebuild a `FederationConfig` from `config_to_dict`'s output; the dataclasses validate it.
+    """Rebuild a `FederationConfig` from its wire form (`config_to_dict`); the dataclasses validate it.
 
     Raises:
         ConfigError: an unknown or invalid field.
@@ -377,6 +382,7 @@ class CodreamNode:
                 )
         if "data-dir" in nc:
             config = dataclasses.replace(config, data_dir=str(nc["data-dir"]))
+        config = _on_this_machine(config)
         pin_threads(int(nc.get("torch-threads", 1)))  # type: ignore[arg-type]
         asked = Mode.parse(str(req.get("aggregation", str)))
         if asked.rank < self.policy.mode.rank:
@@ -400,6 +406,10 @@ class CodreamNode:
         )
         data = load_federation_data(config)
         self.x_test, self.y_test = data.x_test, data.y_test
+        # The validation split the in-process engine carves (same config, same seed): held out of
+        # every client's partition, so no node trains on it.
+        ds = data.dataset
+        self.validation = None if ds.x_val is None else (ds.x_val, ds.y_val)
         self.example_dp = ExampleDP.from_node_config(nc, config)
         factory = None if self.example_dp is None else self.example_dp.trainer_factory()
         self.role = build_client(config, data, self.client_id, factory)
@@ -580,7 +590,24 @@ class CodreamNode:
         fields = {"accuracy": acc, "kd_loss": stats.kd_loss}  # KD loss: on released dreams
         if self.policy.dp is None and self.example_dp is None:  # no loss on private data under DP
             fields["ce_loss"] = stats.ce_loss
+        if self.validation is not None and self.policy.dp is None:
+            # On the held-out split, which no client trains on. Under client-level DP the model was
+            # trained on private data without noise, so what it measures stays on the node; under
+            # example-level DP the model itself is DP, and its accuracy is post-processing (as the
+            # test accuracy is).
+            fields["val_accuracy"] = role.evaluate(*self.validation)
         return Payload("learned", fields)
+
+
+def _on_this_machine(config: FederationConfig) -> FederationConfig:
+    """`config` with device "auto" resolved here: each machine of a deployment picks its own.
+
+    Raises:
+        ConfigError: a device this machine does not have.
+    """
+    from ...devices import resolve_device
+
+    return dataclasses.replace(config, device=str(resolve_device(config.device)))
 
 
 def _jsonable_default(obj):
@@ -613,6 +640,7 @@ def _learned(p: Payload):
         p.number("accuracy", minimum=0.0, maximum=1.0),
         p.number("kd_loss"),
         p.number("ce_loss", default=None),
+        p.number("val_accuracy", minimum=0.0, maximum=1.0, default=None),
     )
 
 
@@ -620,14 +648,19 @@ def _learned(p: Payload):
 class CodreamServer:
     """The ServerApp's engine: the one round script (`RoundLoop`) over the Flower transport.
 
-    Run config keys: ``codream-config`` (JSON of `config_to_dict`), ``aggregation`` ("plain",
-    "secure" or "secure+dp"), ``rounds``, ``threshold`` (0: the secure aggregator's default), ``bits``,
-    ``min-survivors`` (0: the threshold), ``graph`` ("complete" or "harary"), ``malicious`` and
+    Run config keys (the app command writes them from a `RunConfig` file, see
+    `codream.federation.flower.settings`): ``codream-config`` (JSON of `config_to_dict`), ``aggregation``
+    ("plain", "secure" or "secure+dp"), ``rounds``, ``threshold`` (0: the secure aggregator's default),
+    ``bits``, ``min-survivors`` (0: the threshold), ``graph`` ("complete" or "harary"), ``malicious`` and
     ``verify-keys`` (malicious-server mode and the roster's public keys file), ``noise-multiplier``
     (secure+dp: the public multiplier the encoding's headroom is sized for), ``data-dir`` (where the
-    server reads the public test split for its student), ``out-dir`` (results and the server's state
-    after every round), ``resume`` (continue from that state; every node continues from its own, in
-    its ``state-dir``), ``record-trace`` (write every sum to trace.npz).
+    server reads the public test split for its student), ``out-dir`` (results and the server's state after
+    every round), ``resume`` (continue from that state; every node continues from its own, in its
+    ``state-dir``), ``record-trace`` (write every sum to trace.npz).
+
+    Each round's metrics hold the nodes' accuracies on the validation split (the one the in-process
+    engine carves, from the same configuration) where they report it, and the results name the
+    round chosen on it (``best_round``).
     """
 
     def __init__(self, run_config: Mapping[str, object]) -> None:
@@ -729,9 +762,9 @@ class CodreamServer:
 
     def run(self, channel: ClientChannel, ready: Mapping[int, Payload]) -> dict:
         from ..parties import build_server
-        from ..round import RoundLoop
+        from ..round import RoundLoop, best_round
 
-        cfg = self.config
+        cfg = _on_this_machine(self.config)
         facts = channel.read(ready, _setup_facts, what="set-up answer")
         ready = {c: ready[c] for c in facts}
         missing = sorted(set(range(cfg.num_clients)) - set(ready))
@@ -768,9 +801,10 @@ class CodreamServer:
             self._save(loop, server)
             rounds.append(record)
             log.info(
-                "round %d: mean acc %.4f, survivors %s, %d exchanges, %.1f s",
+                "round %d: mean acc %.4f, mean validation acc %s, survivors %s, %d exchanges, %.1f s",
                 r + 1,
                 metrics.mean_accuracy,
+                "-" if metrics.mean_val_accuracy is None else f"{metrics.mean_val_accuracy:.4f}",
                 list(metrics.survivors),
                 metrics.exchanges or 0,
                 metrics.seconds,
@@ -780,6 +814,16 @@ class CodreamServer:
             np.savez(self.out_dir / "dreams.npz", x=server.x.numpy(), soft_labels=server.soft_labels.numpy())
         if self.record_trace:
             np.savez(self.out_dir / "trace.npz", **self.trace)
+        # Selected on the validation split; its mean_accuracy is the test accuracy to report.
+        best = best_round([json.loads(line) for line in kept] + rounds)
+        chosen = None
+        if best is not None:
+            chosen = {
+                "round": int(best["round"]),
+                "mean_val_accuracy": float(best["mean_val_accuracy"]),
+                "mean_accuracy": float(best["mean_accuracy"]),
+                "selected_on": "validation",
+            }
         return {
             "engine": "flower",
             "aggregation": self.aggregation,
@@ -787,6 +831,7 @@ class CodreamServer:
                 str(c): {k: v for k, v in p.fields.items() if k != "client_id"} for c, p in ready.items()
             },
             "rounds": rounds,
+            "best_round": chosen,
         }
 
     def progress(self, r: int, j: int, stage: str) -> None:
