@@ -15,7 +15,7 @@ import sys
 from ...exceptions import CodreamError
 from ...runconfig import RunConfig
 from .app import write_app_dir
-from .settings import app_run_config, node_dp_settings
+from .settings import app_run_config, deployment_notes, node_dp_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path / 'pyproject.toml'}; launch it with: flwr run {path} <connection> --stream")
+    for note in deployment_notes(rc):
+        print(f"note: {note}")
     dp = node_dp_settings(run_config, rc)
     if dp is not None:
         print(f"every SuperNode's --node-config needs: {dp}")

@@ -27,6 +27,7 @@ from .engine import config_to_dict, refuse_unsupported
 
 __all__ = [
     "app_run_config",
+    "deployment_notes",
     "flower_federation_config",
     "node_dp_settings",
     "refuse_unsupported_settings",
@@ -71,13 +72,6 @@ def refuse_unsupported_settings(rc: RunConfig, *, deployment: bool) -> None:
                 "carry DP-SGD clients yet"
             )
         return
-    if rc.baselines:
-        raise ConfigError(
-            f"--baselines {','.join(rc.baselines)}: a Flower deployment trains no baselines (its server "
-            'holds no training data); set baselines = ["none"], or train them with codream run'
-        )
-    if rc.json:
-        raise ConfigError("--json: the app command prints no run summary; drop it (json = false)")
     if rc.threads != _DEFAULTS["threads"]:
         raise ConfigError(
             f"--threads {rc.threads}: each SuperNode sets its own CPU threads (torch-threads in its node "
@@ -96,6 +90,21 @@ def refuse_unsupported_settings(rc: RunConfig, *, deployment: bool) -> None:
                 f"--delta {rc.delta:g}: under --privacy-unit example each node sets its own delta in its "
                 "node config; drop it here"
             )
+
+
+def deployment_notes(rc: RunConfig) -> list[str]:
+    """What the app command leaves to others in `rc`, one line each, for it to print: settings that
+    are not about the federation itself (a run directory's config.toml carries them), so they are
+    reported, not refused."""
+    notes = []
+    if rc.baselines:
+        notes.append(
+            f"baselines {','.join(rc.baselines)}: not trained on a deployment (its server holds no "
+            "training data); train them with codream run on the same config"
+        )
+    if rc.json:
+        notes.append("json: the app command prints no run summary; the results are flower-results.json")
+    return notes
 
 
 def flower_federation_config(rc: RunConfig, *, device: str, deployment: bool) -> FederationConfig:
