@@ -238,3 +238,66 @@ def test_under_client_level_dp_a_node_keeps_its_validation_accuracy(tmp_path):
     (only,) = results["rounds"]
     assert only["val_accuracies"] is None and only["mean_val_accuracy"] is None
     assert results["best_round"] is None
+
+
+PLUGIN = """
+import numpy as np
+import torch
+from torch import nn
+
+from codream.data import register_dataset
+from codream.models import register_model
+
+
+class Tiny(nn.Module):
+    def __init__(self, shape, num_classes):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+rng = np.random.default_rng(3)
+y = np.repeat(np.arange(3), 60)
+x = rng.normal(size=(180, 3, 6, 6)).astype(np.float32) + y[:, None, None, None]
+register_model("MODEL", Tiny)
+register_dataset("DATA", (torch.from_numpy(x), torch.from_numpy(y)), class_names=["a", "b", "c"])
+"""
+
+
+def test_a_user_registered_model_and_rgb_data_set_train_through_both_engines(tmp_path):
+    """A node loads the modules its own node config names (the server's run config, for the server):
+    the same user model and data set then train identically through both transports."""
+    import uuid
+
+    from codream.build import build_run
+    from codream.data import load_dataset
+    from codream.exceptions import ConfigError
+    from codream.models import build_model
+
+    tag = uuid.uuid4().hex[:8]
+    model, data = f"tiny_{tag}", f"blobs_{tag}"
+    plugin = tmp_path / f"plugin_{tag}.py"
+    plugin.write_text(PLUGIN.replace("MODEL", model).replace("DATA", data))
+    with pytest.raises(ConfigError):  # registered by nobody yet
+        build_model(model, (3, 6, 6), 3)
+    config = tiny_config(dataset=data, models=(model,), samples_per_client=30, limit_test=None)
+    transport = Loopback(config.num_clients, aggregation="plain", node_config={"imports": str(plugin)})
+    results, _ = run_loopback(config, tmp_path, aggregation="plain", transport=transport, imports=str(plugin))
+    assert load_dataset(data).x_train.shape[1:] == (3, 6, 6)  # RGB, registered by the node's import
+    fed, _ = in_process_twin(config, "plain")
+    assert [r["accuracies"] for r in results["rounds"]] == [list(m.accuracies) for m in fed.history]
+    # The public API takes the same module through a run's `imports`.
+    run = build_run(dataset=data, models=[model], clients=2, rounds=1, imports=[str(plugin)], device="cpu")
+    assert run.run_round()["accuracy_mean"] >= 0.0
+
+
+def test_a_node_refuses_an_imports_value_that_is_not_a_list_of_modules():
+    from codream.exceptions import ConfigError
+    from codream.federation.flower.engine import CodreamNode
+
+    with pytest.raises(ConfigError, match="node config imports: cannot import 'no_such_module_x'"):
+        CodreamNode({"partition-id": 0, "imports": "no_such_module_x"})
+    with pytest.raises(ConfigError, match="comma-separated"):
+        CodreamNode({"partition-id": 0, "imports": 3})

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .exceptions import ConfigError
@@ -37,6 +37,7 @@ __all__ = [
     "build_client",
     "build_federation",
     "build_run",
+    "import_modules",
     "import_plugins",
     "load_federation_data",
     "matched_baseline_config",
@@ -63,18 +64,26 @@ def resolve_device(name: str) -> str:
 def import_plugins(rc: RunConfig) -> None:
     """Import the modules `rc.imports` names (they register models and data sets); each once.
 
-    An entry ending in ``.py`` is a file path (relative to the working directory); any other is a
-    module name on the import path.
-
     Raises:
         ConfigError: a module that cannot be found or fails while it is imported.
+    """
+    import_modules(rc.imports or ())
+
+
+def import_modules(entries: Iterable[str], *, key: str = "imports") -> None:
+    """Import each entry once: one ending in ``.py`` is a file path (relative to the working
+    directory), any other a module name on the import path. The one way codream loads user code
+    (a run's `imports`, a Flower node's own ``imports`` node config, the Flower server's).
+
+    Raises:
+        ConfigError: naming `key`, for a module that cannot be found or fails while it is imported.
     """
     import importlib
     import importlib.util
     import sys
     from pathlib import Path
 
-    for entry in rc.imports or ():
+    for entry in entries:
         try:
             if entry.endswith(".py"):
                 path = Path(entry).resolve()
@@ -83,7 +92,7 @@ def import_plugins(rc: RunConfig) -> None:
                     continue
                 spec = importlib.util.spec_from_file_location(name, path)
                 if spec is None or spec.loader is None or not path.is_file():
-                    raise ConfigError(f"imports: {entry!r} is not a Python file")
+                    raise ConfigError(f"{key}: {entry!r} is not a Python file")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module
                 try:
@@ -97,7 +106,7 @@ def import_plugins(rc: RunConfig) -> None:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the module raises, the run cannot start
             raise ConfigError(
-                f"imports: cannot import {entry!r} ({type(exc).__name__}: {exc}); give a module on the "
+                f"{key}: cannot import {entry!r} ({type(exc).__name__}: {exc}); give a module on the "
                 "import path (PYTHONPATH) or the path of a .py file"
             ) from None
 

@@ -82,12 +82,11 @@ def test_the_file_codream_run_reads_and_writes_gives_the_flower_app_the_same_fed
     [
         ('aggregation = "secure"\ndropout = 0.1', "--dropout 0.1"),
         ('aggregation = "secure"\ncorrupt_fraction = 0.2', "--corrupt-fraction 0.2"),
-        ('imports = ["my_models"]', "--imports"),
         ("threads = 4", "--threads 4"),
         ('privacy_unit = "example"\nepsilon = 4.0', "--epsilon 4"),
         ('aggregation = "secure"\nsecagg_mode = "malicious"', "--secagg-mode malicious"),
     ],
-    ids=["dropout", "corrupt-fraction", "imports", "threads", "example epsilon", "malicious without keys"],
+    ids=["dropout", "corrupt-fraction", "threads", "example epsilon", "malicious without keys"],
 )  # fmt: skip
 def test_the_flower_app_refuses_a_setting_it_cannot_carry_by_name(tmp_path, capsys, lines, name):
     config = tmp_path / "run.toml"
@@ -102,12 +101,15 @@ def test_a_default_run_directory_config_writes_its_app_and_says_what_a_deploymen
     tmp_path, capsys
 ):
     config = tmp_path / "run.toml"
-    config.write_text('baselines = ["local", "centralized"]\njson = true\n')
+    config.write_text('baselines = ["local", "centralized"]\njson = true\nimports = ["my_models"]\n')
     assert flower_main(["app", str(tmp_path / "app"), "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "note: baselines local,centralized: not trained on a deployment" in out
     assert "note: json:" in out
+    # The user's modules: the server's own import; each node names them in its own node config.
+    assert 'add imports="my_models" to every --node-config' in out
     assert app_settings(tmp_path / "app")["num-nodes"] == 4
+    assert app_settings(tmp_path / "app")["imports"] == "my_models"
 
 
 def test_under_secure_dp_the_app_carries_the_public_noise_multiplier_the_nodes_need(tmp_path, capsys):

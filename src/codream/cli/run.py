@@ -368,7 +368,7 @@ def _execute_flower(
     split as the simulation and report their accuracy on it (not under secure+dp: measured by models
     trained on private data without noise, it stays on the nodes), so the best round is selected on it.
     """
-    from ..build import run_baselines
+    from ..build import import_plugins, run_baselines
     from ..devices import pin_threads
 
     try:
@@ -379,6 +379,7 @@ def _execute_flower(
             f"--engine flower needs the flwr package ({exc}); pip install codream[flower]"
         ) from None
     device = resolve_device(rc.device)
+    import_plugins(rc)  # this process trains the baselines on the user's models and data too
     # What the Flower engine does not carry is refused before the run directory exists (so --out stays
     # free for the corrected command), never silently dropped.
     fed_cfg = flower_federation_config(rc, device=device, deployment=False)
@@ -416,6 +417,7 @@ def _execute_flower(
         threshold=rc.threshold,
         graph=rc.graph,
         malicious=rc.secagg_mode == "malicious",
+        imports=rc.imports or (),
         resume=resume,
         dp=dp,
         ledger_dir=rd.path / "client_ledgers",

@@ -302,11 +302,21 @@ class ExampleDP:
             )
 
 
+def node_imports(config: Mapping[str, object]) -> list[str]:
+    """The ``imports`` key of a node config or run config: modules or .py files, separated by commas
+    (Flower configs hold scalars only)."""
+    value = config.get("imports", "")
+    if not isinstance(value, str):
+        raise ConfigError(f"imports must be a comma-separated string of modules or .py files, got {value!r}")
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
 class CodreamNode:
     """One client, in its node's worker: answers the server's requests with its `ClientRole`.
 
     Node config keys: ``partition-id`` (its client id, required), ``num-partitions`` (must equal the
-    federation's number of clients), optional ``data-dir`` (this machine's data folder), ``dataset``
+    federation's number of clients), optional ``imports`` (the node's own modules or .py files that
+    register models and data sets, comma-separated), ``data-dir`` (this machine's data folder), ``dataset``
     and ``seed`` (if given, must agree with the server's configuration), ``torch-threads``, and the
     node's policy (`node_policy`) and ``max-clients`` (the largest session it joins).
     """
@@ -319,6 +329,11 @@ class CodreamNode:
                 "a codream SuperNode needs an integer partition-id in its --node-config"
             ) from None
         self.node_config = dict(node_config)
+        # The node's own code for user-registered models and data sets: named by its own config,
+        # never by the server (a run cannot make a node import anything).
+        from ...build import import_modules
+
+        import_modules(node_imports(self.node_config), key="node config imports")
         self.limits = NodeLimits.from_node_config(self.node_config)
         self.policy = dataclasses.replace(node_policy(self.node_config), max_clients=self.limits.max_clients)
         self.role = None
@@ -665,6 +680,11 @@ class CodreamServer:
 
     def __init__(self, run_config: Mapping[str, object]) -> None:
         rc = dict(run_config)
+        # The server's own modules of user-registered models and data sets (its student and test
+        # split): the operator's run config; they run in the ServerApp only, never on a node.
+        from ...build import import_modules
+
+        import_modules(node_imports(rc), key="run config imports")
         self.config = config_from_dict(json.loads(str(rc["codream-config"])))
         if "data-dir" in rc:
             self.config = dataclasses.replace(self.config, data_dir=str(rc["data-dir"]))

@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,7 @@ def run_flower(
     bits: int | None = None,
     graph: str = "complete",
     malicious: bool = False,
+    imports: Sequence[str] = (),
     resume: bool = False,
     dp: Mapping[str, float] | None = None,
     ledger_dir: str | Path | None = None,
@@ -82,6 +83,9 @@ def run_flower(
         malicious: malicious-server mode: fresh signing keys are provisioned into out_dir/keys/ (each
             node's own key file and the public verify-keys file, named in the node configs), and every
             node demands the mode.
+        imports: modules or .py files that register the user's models and data sets: loaded by the
+            server and, through each node's own node config, by every node (one operator runs both
+            here).
         resume: continue the run in `out_dir` from the server's state after its last finished round
             and every node's own state (out_dir/node_state/); without it, a fresh run (earlier state in
             `out_dir` is removed).
@@ -161,6 +165,11 @@ def run_flower(
         }
         for i in range(n)
     ]
+    if imports:
+        entries = ",".join(str(Path(e).resolve()) if str(e).endswith(".py") else str(e) for e in imports)
+        run_config["imports"] = entries
+        for nc in node_configs:
+            nc["imports"] = entries
     if malicious:
         if aggregation == "plain":
             raise ConfigError("malicious-server mode needs secure aggregation, not plain")

@@ -49,11 +49,6 @@ def refuse_unsupported_settings(rc: RunConfig, *, deployment: bool) -> None:
     Raises:
         ConfigError: naming the setting and what to do instead.
     """
-    if rc.imports:
-        raise ConfigError(
-            "--imports: a Flower node does not import modules a server names (it would run the server's "
-            "code); register models and data sets in the node's own code, or use --engine simulation"
-        )
     if rc.dropout > 0:
         raise ConfigError(
             f"--dropout {rc.dropout:g}: carried by --engine simulation only (on Flower, clients drop for "
@@ -104,6 +99,11 @@ def deployment_notes(rc: RunConfig) -> list[str]:
         )
     if rc.json:
         notes.append("json: the app command prints no run summary; the results are flower-results.json")
+    if rc.imports:
+        notes.append(
+            f"imports {','.join(rc.imports)}: loaded by the ServerApp only; a node loads only what its "
+            f'own node config names: add imports="{",".join(rc.imports)}" to every --node-config'
+        )
     return notes
 
 
@@ -166,6 +166,8 @@ def app_run_config(
         "record-trace": False,
         "client-nodes": client_nodes,
     }
+    if rc.imports:  # the server's own copy of the user's models and data sets (never sent to nodes)
+        run_config["imports"] = ",".join(rc.imports)
     if rc.secagg_mode == "malicious":
         if not verify_keys:
             raise ConfigError(
