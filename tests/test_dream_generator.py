@@ -55,8 +55,10 @@ def test_the_generator_update_is_the_summed_client_gradients_backpropagated_thro
         losses.append(client_dream_loss(c.model, x_ref, cfg.dream)[0])
     want = torch.autograd.grad(torch.stack(losses).sum() / 3, list(g0.parameters()))
     got = [p.grad for p in server.dream_generator.parameters()]
+    # float32 sums in another order: entries far below the gradient's scale differ by round-off only
+    scale = max(float(w.abs().max()) for w in want)
     for g, w in zip(got, want, strict=True):
-        assert torch.allclose(g, w, rtol=1e-4, atol=1e-7)
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-5 * scale)
     moved = [
         not torch.equal(a, b)
         for a, b in zip(g0.parameters(), server.dream_generator.parameters(), strict=True)
