@@ -194,6 +194,46 @@ def test_ctrl_c_on_flower_suggests_a_fresh_run_directory_that_is_accepted(tmp_pa
     assert rounds_of(tmp_path / "flower-2") == [1]
 
 
+def test_flower_secure_dp_metrics_hold_no_client_accuracy_and_the_nodes_files_go_to_client_private(
+    tmp_path, monkeypatch
+):
+    """The deployment's server never had the accuracies (its nodes kept them in their state-dirs);
+    the operator of the local deployment holds those files, so client_private.jsonl and the summary
+    have them, and metrics.jsonl, as in-process, does not."""
+    pytest.importorskip("flwr")
+    from codream.federation.flower import local
+    from codream.federation.flower.engine import private_metrics_path
+
+    def deployed(config, *, out_dir, **kwargs):
+        ids = list(range(config.num_clients))
+        rounds = []
+        for r in range(2):
+            for c in ids:
+                path = private_metrics_path(out_dir / "node_state", c)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a") as f:
+                    f.write(
+                        json.dumps({"round": r, "client": c, "accuracy": 0.25 * (r + 1), "kd_loss": 1.5})
+                        + "\n"
+                    )
+            agg = {"clipped": None, "overflowed": None, "participants": ids, "survivors": ids}
+            rounds.append({"round": r, "accuracies": [], "kd_loss": None, "participants": ids,
+                           "survivors": ids, "evaluated": ids, "aggregation": agg})  # fmt: skip
+        return {"rounds": rounds}
+
+    monkeypatch.setattr(local, "run_flower", deployed)
+    out = tmp_path / "dp"
+    result = invoke("run", *TINY, "--engine", "flower", "--aggregation", "secure+dp", "--epsilon", "50",
+                    "--rounds", "2", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    released = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    private = [json.loads(x) for x in (out / "client_private.jsonl").read_text().splitlines()]
+    assert all("accuracy" not in r and "kd_loss" not in r["federation"] for r in released)
+    assert [p["federation"]["mean_accuracy"] for p in private] == [0.25, 0.5]
+    assert [p["federation"]["kd_loss"] for p in private] == [1.5, 1.5]
+    assert [p["accuracy"] for p in private] == [[0.25] * 4, [0.5] * 4]
+
+
 def test_a_full_disk_while_writing_the_checkpoint_is_one_line_and_its_hint_resumes(
     tmp_path, monkeypatch, fake_engine
 ):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import statistics
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -452,8 +453,11 @@ def _execute_flower(
     if resume:  # the deployment's rounds are every finished round, the earlier ones included
         rd.truncate_metrics(0)
     records = []
+    withheld = _NodeMetrics(rd.path / "flower" / "node_state", fed_cfg.num_clients)
     for raw in results.get("rounds", []):
         i = int(raw["round"])  # 0-based, counted over the whole run (a resumed run goes on from it)
+        if privacy.enabled:  # the nodes kept what lies outside the guarantee; the operator holds it
+            raw = withheld.merge(raw)
         eps = epsilons.get(i)
         record = round_record(
             raw,
@@ -486,6 +490,48 @@ def _execute_flower(
         extra={"deployment": deployment},
         baselines=baselines,
     )
+
+
+class _NodeMetrics:
+    """The values the nodes of a local Flower run kept to themselves under DP, for the operator.
+
+    The server's round metrics lack them (the nodes never sent them); the operator of a local
+    deployment holds every node's state-dir, so it rebuilds the simulation's whole record, whose
+    values outside the guarantee then go to client_private.jsonl as in-process.
+    """
+
+    def __init__(self, state_dir: Path, num_clients: int) -> None:
+        from ..federation.flower.engine import read_private_metrics
+
+        self.by_client = {c: read_private_metrics(state_dir, c) for c in range(num_clients)}
+        self.best = [0.0] * num_clients
+        self.best_mean = 0.0
+
+    def merge(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(raw)
+        r = int(raw["round"])
+        evaluated = [int(c) for c in raw.get("evaluated", ())]
+        kept = [self.by_client.get(c, {}).get(r) for c in evaluated]
+        if not evaluated or any(k is None for k in kept):
+            return out
+        accs = [float(k["accuracy"]) for k in kept if "accuracy" in k]
+        if len(accs) == len(evaluated):
+            for c, a in zip(evaluated, accs, strict=True):
+                self.best[c] = max(self.best[c], a)
+            mean = statistics.fmean(accs)
+            self.best_mean = max(self.best_mean, mean)
+            out.update(
+                accuracies=accs,
+                mean_accuracy=mean,
+                std_accuracy=statistics.pstdev(accs),
+                best_accuracies=list(self.best),
+                best_mean_accuracy=self.best_mean,
+            )
+        for key in ("kd_loss", "ce_loss"):
+            values = [float(k[key]) for k in kept if key in k]
+            if len(values) == len(evaluated):
+                out[key] = statistics.fmean(values)
+        return out
 
 
 def _flower_run_ledger(rd: RunDir, privacy: PrivacyPlan, delta: float) -> dict[int, float]:

@@ -120,10 +120,14 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class Learned:
-    """A client's answer after its lessons: test accuracy, KD loss, CE loss (None: withheld)."""
+    """A client's answer after its lessons: test accuracy, KD loss, CE loss (None: withheld).
 
-    accuracy: float
-    kd_loss: float
+    A node under client-level DP withholds all three: they are measured on a model trained on its
+    private data without noise, so they stay on the node.
+    """
+
+    accuracy: float | None
+    kd_loss: float | None
     ce_loss: float | None
 
 
@@ -166,7 +170,7 @@ class RoundMetrics:
     Attributes:
         round: 0-based round index.
         accuracies: the test accuracy of each client in `evaluated` after the round (final, not
-            selected).
+            selected); empty when the clients withheld them (client-level DP on a deployment).
         mean_accuracy, std_accuracy: over those clients.
         best_accuracies: each client's best test accuracy over rounds so far (the paper's figure;
             selected on the test set, so optimistic).
@@ -176,8 +180,8 @@ class RoundMetrics:
         label_confidence: mean max probability of the aggregated soft labels.
         dream_loss_start, dream_loss_end: mean over clients of their dream loss at the first and last
             global step (None where the transport had no losses: clients withhold them under DP).
-        kd_loss, ce_loss: mean over clients of the round's KD and interleaved CE losses (ce_loss None
-            when withheld).
+        kd_loss, ce_loss: mean over clients of the round's KD and interleaved CE losses (None when
+            withheld).
         warmup_loss: mean warm-up CE loss of the clients warmed up this round (0 if none; None when
             withheld).
         survivors: clients whose contributions reached the last sum of the round.
@@ -202,7 +206,7 @@ class RoundMetrics:
     label_confidence: float
     dream_loss_start: float | None
     dream_loss_end: float | None
-    kd_loss: float
+    kd_loss: float | None
     ce_loss: float | None
     warmup_loss: float | None
     survivors: tuple[int, ...]
@@ -326,13 +330,16 @@ class RoundLoop:
             student_acc = float(self.evaluate_student(server.student.model))
 
         evaluated = tuple(sorted(learned))
-        accs = [learned[c].accuracy for c in evaluated]
-        for c in evaluated:
-            self.best[c] = max(self.best[c], learned[c].accuracy)
+        # All or nothing: a client that withheld its accuracy (DP) leaves the round without any.
+        reported = [learned[c].accuracy for c in evaluated]
+        accs = [float(a) for a in reported] if all(a is not None for a in reported) else []
+        for c, a in zip(evaluated, accs, strict=False):
+            self.best[c] = max(self.best[c], a)
         mean_acc = float(np.mean(accs)) if accs else math.nan
         if accs:
             self.best_mean = max(self.best_mean, mean_acc)
         ces = [learned[c].ce_loss for c in evaluated if learned[c].ce_loss is not None]
+        kds = [learned[c].kd_loss for c in evaluated if learned[c].kd_loss is not None]
         probs = server.label_probabilities()
         stats1 = clients.transport_stats()
         exchanges = seconds_per_exchange = None
@@ -353,7 +360,7 @@ class RoundLoop:
             label_confidence=float(probs.max(dim=1).values.mean()),
             dream_loss_start=_mean(losses[0]) if losses else None,
             dream_loss_end=_mean(losses[-1]) if losses else None,
-            kd_loss=float(np.mean([learned[c].kd_loss for c in evaluated])) if evaluated else math.nan,
+            kd_loss=(_mean(kds) if len(kds) == len(evaluated) else None) if evaluated else math.nan,
             ce_loss=_mean(ces) if len(ces) == len(evaluated) else None,
             warmup_loss=warmup_loss,
             survivors=tuple(res.contributors),

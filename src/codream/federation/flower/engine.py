@@ -52,6 +52,7 @@ from ...aggregation import (
     VectorSpec,
 )
 from ...exceptions import AbortReason, ConfigError, InvalidMessage, PolicyRefusal, ProtocolAbort
+from ...privacy.outputs import learned_outside
 from ..config import DistillConfig, DreamConfig, FederationConfig
 from .channel import ClientChannel
 from .wire import NodeLimits, Payload, session_fields, session_from_fields
@@ -62,6 +63,8 @@ __all__ = [
     "CodreamServer",
     "config_from_dict",
     "config_to_dict",
+    "private_metrics_path",
+    "read_private_metrics",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,6 +230,26 @@ def _plan_from_fields(f: Mapping[str, object], limits: NodeLimits) -> RoundPlan:
 
 
 # ------------------------------------------------------------------------------------------ the node
+def private_metrics_path(state_dir: str | Path, client_id: int) -> Path:
+    """Where a node under DP keeps the values it withholds (accuracy, losses): its own state-dir."""
+    return Path(state_dir) / f"client-{client_id}.private.jsonl"
+
+
+def read_private_metrics(state_dir: str | Path, client_id: int) -> dict[int, dict]:
+    """A node's withheld values by round (0-based); a round run again (resumed) keeps its last record.
+
+    For the operator of a local deployment, who holds every node's files; empty if the node kept none.
+    """
+    path = private_metrics_path(state_dir, client_id)
+    out: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                out[int(record["round"])] = record
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ExampleDP:
     """A node's own example-level DP, from its node config: every local step on private data is DP-SGD.
@@ -323,6 +346,7 @@ class CodreamNode:
         self._specs: list[VectorSpec] = []
         self._targets = None  # the round's dream targets (B,), as received with its first release
         self._round = -1
+        self.private: list[dict] = []  # the values this node withheld under DP, per round (`_keep`)
         # Malicious mode: this node's signing key and the roster's verify keys, from its own files.
         self.signer = None
         self.verify_keys: dict[int, bytes] = {}
@@ -577,10 +601,30 @@ class CodreamNode:
         acc = role.evaluate(self.x_test, self.y_test)  # on the public test set
         self._session = None
         self._save_state()
-        fields = {"accuracy": acc, "kd_loss": stats.kd_loss}  # KD loss: on released dreams
-        if self.policy.dp is None and self.example_dp is None:  # no loss on private data under DP
-            fields["ce_loss"] = stats.ce_loss
-        return Payload("learned", fields)
+        measured = {"accuracy": acc, "kd_loss": stats.kd_loss, "ce_loss": stats.ce_loss}
+        # What lies outside this node's guarantee stays here: under client-level DP its model is
+        # trained on its private data without noise, so even its test accuracy is not sent.
+        kept = learned_outside(self.granularity)
+        if kept:
+            self._keep({k: v for k, v in measured.items() if k in kept})
+        return Payload("learned", {k: v for k, v in measured.items() if k not in kept})
+
+    @property
+    def granularity(self) -> str | None:
+        """This node's unit of privacy: "client" (its own noise share), "example" (DP-SGD) or None."""
+        if self.policy.dp is not None:
+            return "client"
+        return None if getattr(self, "example_dp", None) is None else "example"
+
+    def _keep(self, values: Mapping[str, float]) -> None:
+        """Record a round's withheld values on this node: in memory, and in its state-dir if it has one."""
+        record = {"round": self._round, "client": self.client_id, **values}
+        self.private.append(record)
+        if self.state_path is not None:
+            path = private_metrics_path(self.state_path.parent, self.client_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def _jsonable_default(obj):
@@ -610,8 +654,8 @@ def _learned(p: Payload):
     from ..round import Learned
 
     return Learned(
-        p.number("accuracy", minimum=0.0, maximum=1.0),
-        p.number("kd_loss"),
+        p.number("accuracy", minimum=0.0, maximum=1.0, default=None),
+        p.number("kd_loss", default=None),
         p.number("ce_loss", default=None),
     )
 
