@@ -1,10 +1,11 @@
 """The CoDream round, written once: the server's script over the clients' transport.
 
 `RoundLoop` is the whole round as protocols/codream.md describes it: warm up newly sampled clients,
-sum their class weights (conditional method), optimise the dreams from summed gradients, sum the soft
-labels, hand every client its lessons (this round's dreams, or whatever the dream bank holds for it),
-and let the server's student learn. It never touches a client: everything goes through a
-`RoundClients` transport, which turns one `Broadcast` into one sum over the clients that answered.
+sum their class weights (conditional method; once per run, in its first round), optimise the dreams
+from summed gradients, sum the soft labels, hand every client its lessons (this round's dreams, or
+whatever the dream bank holds for it), and let the server's student learn. It never touches a
+client: everything goes through a `RoundClients` transport, which turns one `Broadcast` into one sum
+over the clients that answered.
 
 Two transports exist. The in-process engine (`codream.federation.simulation.InProcessClients`) calls
 each `ClientRole` and sums through the in-process seam; the Flower engine
@@ -302,7 +303,10 @@ class RoundLoop:
         x = server.begin_round(r)
         targets = None
         if cfg.method is Method.CONDITIONAL:
-            targets = server.receive_class_weights(clients.release(Broadcast(r, next(plan))).result)
+            # Released once per run (the first round's survivors), never over another cohort again.
+            if server.needs_class_weights:
+                server.receive_class_weights(clients.release(Broadcast(r, next(plan))).result)
+            targets = server.assign_targets()
         begin = True
         losses: list[tuple[float, ...]] = []
         t_dream = time.perf_counter()
