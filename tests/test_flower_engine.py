@@ -206,6 +206,30 @@ def test_nodes_without_dp_still_send_their_accuracy(tmp_path):
     assert all(not node.private for node in transport.nodes.values())
 
 
+def test_the_flower_server_plans_harary_sessions_for_the_run_configs_corrupt_fraction(tmp_path):
+    """`corrupt-fraction` reaches the server's seam: its sessions are the in-process seam's for the
+    same fraction, and another fraction plans other sessions."""
+    from codream.aggregation import ServerSeam
+    from codream.federation.flower.engine import CodreamServer
+
+    config = tiny_config(num_clients=40)
+    sessions = {}
+    for gamma in (0.1, 0.3):
+        run_config = {
+            "codream-config": json.dumps(config_to_dict(config)),
+            "aggregation": "secure",
+            "graph": "harary",
+            "corrupt-fraction": gamma,
+            "out-dir": str(tmp_path),
+        }
+        seam = CodreamServer(run_config).seam
+        twin = ServerSeam("secure", graph="harary", corrupt_fraction=gamma)
+        ask = dict(round_index=0, participants=range(40), lengths=(10,))
+        sessions[gamma] = seam.session_config(**ask)
+        assert sessions[gamma] == twin.session_config(**ask)
+    assert (sessions[0.1].degree, sessions[0.1].threshold) != (sessions[0.3].degree, sessions[0.3].threshold)
+
+
 def test_malicious_nodes_refuse_a_session_whose_verify_keys_are_not_the_ones_they_hold(tmp_path):
     """The server does not choose whom a node trusts: it lists its own key in place of client 2's
     (a Sybil), and every node refuses before advertising anything."""

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from codream.aggregation import AggregationRound, Aggregator, ReleaseKind, VectorSpec, create_aggregator
+from codream.exceptions import AbortReason, ProtocolAbort
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
 
 
@@ -140,6 +141,42 @@ def test_a_resumed_run_does_not_release_the_class_weights_again(digits):
     kept, before = resumed.server.class_weight_release, first.server.class_weight_release
     assert kept.contributors == before.contributors and np.array_equal(kept.total, before.total)
     assert resumed.server.targets is not None and len(torch.unique(resumed.server.targets)) > 1
+
+
+class AbortingAfterTheClassWeights(Spying):
+    """Aborts round 0 at its first dream step: the class weights have left, no checkpoint exists."""
+
+    def open_round(self, *, round_index, participants, specs):
+        inner = super().open_round(round_index=round_index, participants=participants, specs=specs)
+        sum_ = inner.sum
+
+        def sum(spec, vectors, *, context=b""):
+            if round_index == 0 and spec.kind is ReleaseKind.DREAM_GRADIENT:
+                raise ProtocolAbort(AbortReason.TOO_FEW_PEERS, "a crash after the class weights")
+            return sum_(spec, vectors, context=context)
+
+        inner.sum = sum
+        return inner
+
+
+def test_a_round_stopped_after_the_class_weights_does_not_ask_for_them_again(digits, tmp_path):
+    """The server keeps the release the moment it arrives: the round run again (a resume that found
+    no checkpoint, the round never having finished) uses it instead of asking its cohort again."""
+    config = population(rounds=1)
+    path = tmp_path / "class_weights.json"
+    crashing = AbortingAfterTheClassWeights(create_aggregator("secure", rounding_seed=3))
+    first = Federation(config, aggregator=crashing, dataset=digits)
+    first.server.persist_release(path)
+    with pytest.raises(ProtocolAbort):
+        first.run_round()
+    assert len(crashing.released(ReleaseKind.CLASS_WEIGHTS)) == 1 and path.exists()
+    spy = Spying(create_aggregator("secure", rounding_seed=3))
+    again = Federation(config, aggregator=spy, dataset=digits)
+    again.server.persist_release(path)
+    again.run_round()
+    assert spy.released(ReleaseKind.CLASS_WEIGHTS) == []
+    kept, before = again.server.class_weight_release, first.server.class_weight_release
+    assert kept.contributors == before.contributors and np.array_equal(kept.total, before.total)
 
 
 def test_a_resumed_flower_run_does_not_ask_its_nodes_for_the_class_weights_again(tmp_path):

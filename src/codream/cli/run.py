@@ -31,6 +31,7 @@ from click.core import ParameterSource
 
 from ..build import PrivacyPlan, Run, build_aggregator, resolve_device, round_record
 from ..exceptions import CodreamError, ConfigError, PrivacyBudgetExceeded
+from ..federation.server import CLASS_WEIGHTS_FILE
 from ..rundir import LEDGER as LEDGER_FILE
 from ..rundir import RunDir, to_jsonable
 from .config import (
@@ -207,6 +208,10 @@ def execute_run(
         rd.withhold(privacy.granularity)
     if hasattr(run.aggregator, "attach"):
         run.aggregator.attach(rd.path)  # each client's own ledger file, merged with what a crash left there
+    # The class weights are released once per run: kept the moment they arrive, adopted on resume.
+    server = getattr(run.federation, "server", None)
+    if server is not None:
+        server.persist_release(rd.path / CLASS_WEIGHTS_FILE)
     if privacy.ledger is not None:
         rd.write_json(LEDGER_FILE, privacy.ledger.to_dict())  # matches the checkpoint, even after a crash
     if privacy.enabled:
@@ -401,11 +406,6 @@ def _execute_flower(
             f"--dropout {rc.dropout:g}: carried by --engine simulation only (on Flower, clients drop for "
             "real); drop it or use --engine simulation"
         )
-    if rc.corrupt_fraction != 0.1:
-        raise ConfigError(
-            f"--corrupt-fraction {rc.corrupt_fraction:g}: carried by --engine simulation only (the Flower "
-            "server assumes the default 0.1); drop it or use --engine simulation"
-        )
     try:
         from ..federation.flower.local import run_flower
     except ImportError as exc:
@@ -442,6 +442,7 @@ def _execute_flower(
         rounds=rc.rounds,
         threshold=rc.threshold,
         graph=rc.graph,
+        corrupt_fraction=rc.corrupt_fraction,
         malicious=rc.secagg_mode == "malicious",
         resume=resume,
         dp=dp,

@@ -9,10 +9,14 @@ own on the same dreams. See protocols/codream.md.
 from __future__ import annotations
 
 import copy
-import dataclasses
+import json
 import logging
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +30,10 @@ from ..exceptions import ConfigError
 from ..models import DreamGenerator
 from .config import DreamSource, FederationConfig, LabelWeighting, Method, SoftLabelKind
 
-__all__ = ["ClassWeightRelease", "DreamBank", "ServerRole", "StudentTrainer"]
+__all__ = ["CLASS_WEIGHTS_FILE", "ClassWeightRelease", "DreamBank", "ServerRole", "StudentTrainer"]
+
+#: The server's copy of the run's one class-weight release, in its run or out directory.
+CLASS_WEIGHTS_FILE = "class_weights.json"
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,43 @@ class ClassWeightRelease:
     total: np.ndarray
     count: int
     contributors: tuple[int, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClassWeightRelease:
+        try:
+            return cls(
+                round_index=int(d["round_index"]),
+                total=np.asarray(d["total"], dtype=np.float64),
+                count=int(d["count"]),
+                contributors=tuple(int(c) for c in d["contributors"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"malformed class-weight release: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round_index": self.round_index,
+            "total": [float(v) for v in self.total],
+            "count": self.count,
+            "contributors": list(self.contributors),
+        }
+
+    def write(self, path: Path) -> None:
+        """Write it to `path` atomically (a temporary file, synced, then renamed)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: Path) -> ClassWeightRelease:
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except ValueError as err:
+            raise ConfigError(f"{path} is not a class-weight release: {err}") from None
 
 
 class StudentTrainer:
@@ -199,6 +243,7 @@ class ServerRole:
         # The class weights are a time-invariant statistic of each client: released once per run,
         # over one fixed set (the first round's survivors), kept here and never asked for again.
         self.class_weight_release: ClassWeightRelease | None = None
+        self.release_path: Path | None = None  # where it is kept the moment it arrives (`persist_release`)
         self.class_weight_mean: np.ndarray | None = None  # (K,) the release's mean
         self.soft_labels: Tensor | None = None  # (B, K) aggregated
         self.target_logits: Tensor | None = None  # (B, K) what clients distil toward
@@ -295,14 +340,25 @@ class ServerRole:
             )
         if result.count == 0:
             raise ConfigError("no client contributed class weights")
-        self._keep_class_weights(
-            ClassWeightRelease(
-                round_index=self.round_index,
-                total=np.asarray(result.total, dtype=np.float64).copy(),
-                count=int(result.count),
-                contributors=tuple(int(c) for c in result.contributors),
-            )
+        release = ClassWeightRelease(
+            round_index=self.round_index,
+            total=np.asarray(result.total, dtype=np.float64).copy(),
+            count=int(result.count),
+            contributors=tuple(int(c) for c in result.contributors),
         )
+        self._keep_class_weights(release)
+        if self.release_path is not None:  # before the round goes on: a crash must not ask again
+            release.write(self.release_path)
+
+    def persist_release(self, path: str | Path) -> None:
+        """Keep the class-weight release in `path` the moment it arrives, and adopt one already there.
+
+        A checkpoint is written only once a round finishes; a run stopped after the release but
+        before that (and resumed, or rerun in the same run directory) would otherwise ask again.
+        """
+        self.release_path = Path(path)
+        if self.class_weight_release is None and self.release_path.exists():
+            self._keep_class_weights(ClassWeightRelease.read(self.release_path))
 
     def _keep_class_weights(self, release: ClassWeightRelease) -> None:
         self.class_weight_release = release
@@ -461,7 +517,7 @@ class ServerRole:
             "targets": self.targets,
             "class_weight_release": None
             if self.class_weight_release is None
-            else dataclasses.asdict(self.class_weight_release),
+            else self.class_weight_release.to_dict(),
             "soft_labels": self.soft_labels,
             "target_logits": self.target_logits,
             "dream_generator": None
@@ -492,14 +548,7 @@ class ServerRole:
         self.class_weight_release, self.class_weight_mean, self._weight_floor = None, None, _EPS
         kept = state.get("class_weight_release")
         if kept is not None:  # released in an earlier round: never asked for again
-            self._keep_class_weights(
-                ClassWeightRelease(
-                    round_index=int(kept["round_index"]),
-                    total=np.asarray(kept["total"], dtype=np.float64),
-                    count=int(kept["count"]),
-                    contributors=tuple(int(c) for c in kept["contributors"]),
-                )
-            )
+            self._keep_class_weights(ClassWeightRelease.from_dict(kept))
         elif self.conditional and state.get("class_weight_mean") is not None:
             raise ConfigError(
                 "this checkpoint predates the once-per-run class-weight release (its server asked for "

@@ -54,6 +54,7 @@ from ...aggregation import (
 from ...exceptions import AbortReason, ConfigError, InvalidMessage, PolicyRefusal, ProtocolAbort
 from ...privacy.outputs import learned_outside
 from ..config import DistillConfig, DreamConfig, FederationConfig
+from ..server import CLASS_WEIGHTS_FILE
 from .channel import ClientChannel
 from .wire import NodeLimits, Payload, session_fields, session_from_fields
 
@@ -693,6 +694,8 @@ class CodreamServer:
         noise_multiplier = float(rc["noise-multiplier"]) if "noise-multiplier" in rc else None  # type: ignore[arg-type]
         self.min_survivors = int(rc.get("min-survivors", 0)) or None  # type: ignore[arg-type]
         self.graph = str(rc.get("graph", "complete"))
+        # The share of clients the Harary graph and threshold are chosen to withstand.
+        self.corrupt_fraction = float(rc.get("corrupt-fraction", 0.1))  # type: ignore[arg-type]
         # Malicious-server mode: the roster's verify keys, from the public file the nodes hold too.
         self.malicious = str(rc.get("malicious", "false")).lower() in ("1", "true", "yes")
         self.verify_keys: dict[int, bytes] = {}
@@ -731,6 +734,7 @@ class CodreamServer:
             noise_multiplier=noise_multiplier,
             graph=self.graph,
             malicious=self.malicious,
+            corrupt_fraction=self.corrupt_fraction,
         )
         self.bits = self.seam.bits
 
@@ -790,10 +794,14 @@ class CodreamServer:
         warmups = {c: loss for c, (_, _, loss) in facts.items()}
         clients = FlowerClients(self, channel, warmups)
         loop = RoundLoop(cfg, server, clients, evaluate_student=self._student_evaluator())
+        released = self.out_dir / CLASS_WEIGHTS_FILE
         if self.resumed is not None:
             server.load_state_dict(self.resumed["server"])
             loop.load_state_dict(self.resumed["loop"])
             clients.warm_up(range(cfg.num_clients))  # their warm-ups were reported when they ran
+        else:  # a fresh run is a new run: what an earlier one released is not its release
+            released.unlink(missing_ok=True)
+        server.persist_release(released)
         # Every finished round's metrics, kept as they come (rounds.jsonl) so a stopped run loses none:
         # a resumed run keeps those before its state and runs the rest again.
         log_path = self.out_dir / "rounds.jsonl"

@@ -56,6 +56,7 @@ def run_flower(
     threshold: int | None = None,
     bits: int | None = None,
     graph: str = "complete",
+    corrupt_fraction: float = 0.1,
     malicious: bool = False,
     resume: bool = False,
     dp: Mapping[str, float] | None = None,
@@ -79,6 +80,7 @@ def run_flower(
         threshold: Shamir threshold (default: the secure aggregator's).
         bits: ring width of the secure sum (default 32, 24 under DP).
         graph: the masking graph, "complete" or "harary" (each node's own policy may refuse one).
+        corrupt_fraction: the share of corrupt clients the Harary graph and threshold withstand.
         malicious: malicious-server mode: fresh signing keys are provisioned into out_dir/keys/ (each
             node's own key file and the public verify-keys file, named in the node configs), and every
             node demands the mode.
@@ -142,6 +144,7 @@ def run_flower(
         "threshold": threshold or 0,
         "bits": bits or 0,
         "graph": graph,
+        "corrupt-fraction": float(corrupt_fraction),
         "step-timeout": float(step_timeout),
         "setup-timeout": float(setup_timeout),
         "wait-timeout": 60.0,
