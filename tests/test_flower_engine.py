@@ -171,7 +171,7 @@ def test_secure_dp_nodes_send_no_accuracy_or_loss_and_keep_them_in_their_state_d
     state-dir, and the server's round metrics hold only what the guarantee covers (the student's
     accuracy is post-processing of released sums)."""
     from codream.federation.config import DistillConfig
-    from codream.federation.flower.engine import read_private_metrics
+    from codream.federation.flower.engine import read_node_metrics
 
     distill = DistillConfig(kd_steps=3, batch_size=8, warmup_steps=10, buffer_size=32, student="mlp")
     config = tiny_config(rounds=2, distill=distill)
@@ -191,7 +191,7 @@ def test_secure_dp_nodes_send_no_accuracy_or_loss_and_keep_them_in_their_state_d
         assert r["evaluated"] == [0, 1, 2, 3]
     for cid in range(4):
         node = transport.node(cid)
-        kept = read_private_metrics(state, cid)
+        kept = read_node_metrics(state, cid)
         assert sorted(kept) == [0, 1] and kept == {rec["round"]: rec for rec in node.private}
         assert all(0.0 <= rec["accuracy"] <= 1.0 and rec["kd_loss"] >= 0.0 for rec in kept.values())
 

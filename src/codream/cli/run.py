@@ -165,11 +165,6 @@ def execute_run(
         rd = RunDir.open(run_dir if run_dir is not None else rc.out)
         state = rd.load_checkpoint()
     if rc.engine == "flower":
-        if rc.privacy_unit == "example":
-            raise ConfigError(
-                "--privacy-unit example works with --engine simulation only; the Flower engine does not "
-                "carry DP-SGD clients yet"
-            )
         return _execute_flower(rc, run_dir=run_dir, echo=echo, resume=resume)
     # Built before the run directory exists: a bad model name or a missing data folder leaves nothing.
     run = Run(rc, state=state, federation_factory=federation_factory)
@@ -412,6 +407,13 @@ def _execute_flower(
         raise ConfigError(
             f"--engine flower needs the flwr package ({exc}); pip install codream[flower]"
         ) from None
+    node_options: dict[int, dict[str, object]] = {}
+    if privacy.example:  # each node's own DP-SGD, calibrated to its own data size, in its node config
+        from ..federation.parties import load_federation_data
+
+        data = load_federation_data(fed_cfg)
+        sizes = [len(part) for part in data.parts]
+        node_options = {c: privacy.example_node_config(sizes[c]) for c in range(fed_cfg.num_clients)}
     import numpy as np
 
     out = run_dir if run_dir is not None else rc.out
@@ -428,8 +430,15 @@ def _execute_flower(
     if privacy.enabled:
         rd.withhold(privacy.granularity)
     echo(f"starting a Flower deployment with {rc.clients} SuperNodes (logs in {rd.path / 'flower' / 'logs'})")
+    if privacy.example:
+        zs = sorted({round(float(o["dp-sgd-noise-multiplier"]), 4) for o in node_options.values()})  # type: ignore[arg-type]
+        echo(
+            f"example-level DP: DP-SGD on every node, noise multiplier {', '.join(map(str, zs))} over "
+            f"{privacy.dp_steps} planned steps, target epsilon {privacy.target_epsilon} at delta "
+            f"{privacy.delta:g} (GroupNorm models)"
+        )
     dp = None
-    if privacy.enabled:
+    if privacy.enabled and not privacy.example:
         dp = {
             "noise_multiplier": privacy.noise_multiplier,
             "delta": rc.delta,
@@ -447,14 +456,17 @@ def _execute_flower(
         resume=resume,
         dp=dp,
         ledger_dir=rd.path / "client_ledgers",
+        node_options=node_options,
     )
+    withheld = _NodeMetrics(rd.path / "flower" / "node_state", fed_cfg.num_clients)
     epsilons: dict[int, float] = {}
-    if privacy.enabled:
+    if privacy.example:
+        epsilons = withheld.example_ledger(rd, privacy, [int(r["round"]) for r in results.get("rounds", [])])
+    elif privacy.enabled:
         epsilons = _flower_run_ledger(rd, privacy, rc.delta)
     if resume:  # the deployment's rounds are every finished round, the earlier ones included
         rd.truncate_metrics(0)
     records = []
-    withheld = _NodeMetrics(rd.path / "flower" / "node_state", fed_cfg.num_clients)
     for raw in results.get("rounds", []):
         i = int(raw["round"])  # 0-based, counted over the whole run (a resumed run goes on from it)
         if privacy.enabled:  # the nodes kept what lies outside the guarantee; the operator holds it
@@ -502,9 +514,9 @@ class _NodeMetrics:
     """
 
     def __init__(self, state_dir: Path, num_clients: int) -> None:
-        from ..federation.flower.engine import read_private_metrics
+        from ..federation.flower.engine import read_node_metrics
 
-        self.by_client = {c: read_private_metrics(state_dir, c) for c in range(num_clients)}
+        self.by_client = {c: read_node_metrics(state_dir, c) for c in range(num_clients)}
         self.best = [0.0] * num_clients
         self.best_mean = 0.0
 
@@ -532,6 +544,29 @@ class _NodeMetrics:
             values = [float(k[key]) for k in kept if key in k]
             if len(values) == len(evaluated):
                 out[key] = statistics.fmean(values)
+        return out
+
+    def example_ledger(self, rd: RunDir, privacy: PrivacyPlan, rounds: list[int]) -> dict[int, float]:
+        """The run's example-level ledger from the epsilons the nodes recorded after each round they
+        learned in (a node keeps its epsilon between its rounds); each round's largest epsilon."""
+        from ..privacy.ledger import Granularity, PrivacyLedger
+
+        ledger = PrivacyLedger(
+            delta=privacy.delta,
+            target_epsilon=privacy.target_epsilon,
+            granularity=Granularity.EXAMPLE,
+            accountant="prv",
+            path=rd.ledger_path,
+        )
+        out: dict[int, float] = {}
+        for r in sorted(rounds):
+            after = {
+                c: max((float(k["epsilon"]) for q, k in rs.items() if q <= r and "epsilon" in k), default=0.0)
+                for c, rs in self.by_client.items()
+            }
+            ledger.record_client_epsilons(round_index=r, client_epsilons=after)
+            out[r] = max(after.values(), default=0.0)
+        privacy.ledger = ledger
         return out
 
 

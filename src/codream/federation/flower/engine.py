@@ -64,8 +64,8 @@ __all__ = [
     "CodreamServer",
     "config_from_dict",
     "config_to_dict",
-    "private_metrics_path",
-    "read_private_metrics",
+    "node_metrics_path",
+    "read_node_metrics",
 ]
 
 log = logging.getLogger(__name__)
@@ -231,17 +231,18 @@ def _plan_from_fields(f: Mapping[str, object], limits: NodeLimits) -> RoundPlan:
 
 
 # ------------------------------------------------------------------------------------------ the node
-def private_metrics_path(state_dir: str | Path, client_id: int) -> Path:
-    """Where a node under DP keeps the values it withholds (accuracy, losses): its own state-dir."""
-    return Path(state_dir) / f"client-{client_id}.private.jsonl"
+def node_metrics_path(state_dir: str | Path, client_id: int) -> Path:
+    """Where a node under DP keeps its own record of each round: the values it withheld (accuracy,
+    losses) and, under example-level DP, its epsilon; in its own state-dir."""
+    return Path(state_dir) / f"client-{client_id}.metrics.jsonl"
 
 
-def read_private_metrics(state_dir: str | Path, client_id: int) -> dict[int, dict]:
-    """A node's withheld values by round (0-based); a round run again (resumed) keeps its last record.
+def read_node_metrics(state_dir: str | Path, client_id: int) -> dict[int, dict]:
+    """A node's own records by round (0-based); a round run again (resumed) keeps its last record.
 
     For the operator of a local deployment, who holds every node's files; empty if the node kept none.
     """
-    path = private_metrics_path(state_dir, client_id)
+    path = node_metrics_path(state_dir, client_id)
     out: dict[int, dict] = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -256,9 +257,11 @@ class ExampleDP:
     """A node's own example-level DP, from its node config: every local step on private data is DP-SGD.
 
     Node config keys: ``privacy-unit = "example"``, ``dp-sgd-noise-multiplier`` (required),
-    ``dp-sgd-clip`` (per-example clip norm, default 1.0), ``delta`` (default 1e-5) and
-    ``target-epsilon`` (optional: the node refuses a warm-up or a round that would take it past it).
-    The sampling coins and the noise come from the OS.
+    ``dp-sgd-clip`` (per-example clip norm, default 1.0), ``delta`` (default 1e-5),
+    ``target-epsilon`` (optional: the node refuses a warm-up or a round that would take it past it)
+    and ``dp-label-noise-multiplier`` (the conditional method's one charged label histogram; without
+    it the node releases nothing derived from its labels). The sampling coins and the noise come
+    from the OS.
     """
 
     noise_multiplier: float
@@ -268,6 +271,7 @@ class ExampleDP:
     batch_size: int
     lr: float
     momentum: float
+    label_noise_multiplier: float | None = None
 
     @classmethod
     def from_node_config(cls, nc: Mapping[str, object], config: FederationConfig) -> ExampleDP | None:
@@ -284,6 +288,9 @@ class ExampleDP:
                 batch_size=config.distill.ce_batch_size,
                 lr=config.distill.lr,
                 momentum=config.distill.momentum,
+                label_noise_multiplier=float(nc["dp-label-noise-multiplier"])  # type: ignore[arg-type]
+                if "dp-label-noise-multiplier" in nc
+                else None,
             )
         except (TypeError, ValueError) as err:
             raise ConfigError(f"invalid example-level DP in the node config: {err}") from None
@@ -303,6 +310,8 @@ class ExampleDP:
                 lr=self.lr,
                 momentum=self.momentum,
                 delta=self.delta,
+                label_noise_multiplier=self.label_noise_multiplier,
+                target_epsilon=self.target_epsilon,
             )
 
         return factory
@@ -606,8 +615,11 @@ class CodreamNode:
         # What lies outside this node's guarantee stays here: under client-level DP its model is
         # trained on its private data without noise, so even its test accuracy is not sent.
         kept = learned_outside(self.granularity)
-        if kept:
-            self._keep({k: v for k, v in measured.items() if k in kept})
+        if self.granularity is not None:
+            record = {k: v for k, v in measured.items() if k in kept}
+            if self.example_dp is not None:  # public, as every client's epsilon in a run's ledger
+                record["epsilon"] = float(role.trainer.epsilon(delta=self.example_dp.delta))
+            self._keep(record)
         return Payload("learned", {k: v for k, v in measured.items() if k not in kept})
 
     @property
@@ -618,11 +630,11 @@ class CodreamNode:
         return None if getattr(self, "example_dp", None) is None else "example"
 
     def _keep(self, values: Mapping[str, float]) -> None:
-        """Record a round's withheld values on this node: in memory, and in its state-dir if it has one."""
+        """Record a round on this node (`node_metrics_path`): in memory, and in its state-dir if any."""
         record = {"round": self._round, "client": self.client_id, **values}
         self.private.append(record)
         if self.state_path is not None:
-            path = private_metrics_path(self.state_path.parent, self.client_id)
+            path = node_metrics_path(self.state_path.parent, self.client_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
