@@ -204,3 +204,19 @@ def test_a_resumed_flower_run_does_not_ask_its_nodes_for_the_class_weights_again
     results, _ = run_loopback(config, tmp_path / "run", transport=again, resume=True)
     assert [r["round"] for r in results["rounds"]] == [2]
     assert again.plans and all(r == 2 and "class_weights" not in kinds for r, kinds in again.plans)
+
+
+def test_an_old_checkpoint_or_a_torn_release_file_is_refused_with_a_clear_error(digits, tmp_path):
+    from codream.exceptions import ConfigError
+
+    fed = Federation(population(rounds=1), dataset=digits)
+    fed.run_round()
+    state = fed.server.state_dict()
+    old = {k: v for k, v in state.items() if k != "class_weight_release"}
+    old.update(class_weight_mean=fed.server.class_weight_mean, weight_floor=1e-3)
+    with pytest.raises(ConfigError, match="predates the once-per-run class-weight release"):
+        Federation(population(rounds=1), dataset=digits).server.load_state_dict(old)
+    torn = tmp_path / "class_weights.json"
+    torn.write_text('{"round_index": 0, "total": [0.5')
+    with pytest.raises(ConfigError, match="is not a class-weight release"):
+        Federation(population(rounds=1), dataset=digits).server.persist_release(torn)
