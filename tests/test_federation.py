@@ -65,13 +65,14 @@ def test_dream_optimisation_lowers_the_clients_dream_loss_within_a_round(unbroke
 def test_every_release_goes_through_the_seam_exactly_as_planned(unbroken):
     fed, _, agg = unbroken
     cfg = fed.config
-    planned = [s.name for s in fed.server.specs()]
+    later = [s.name for s in fed.server.specs()]  # the class weights were released in round 0
+    planned = ["class_weights", *later]
     assert len(planned) == cfg.releases_per_round == cfg.dream.global_steps + 2
-    assert planned[0] == "class_weights" and planned[-1] == "soft_labels"
-    assert agg.plans == [(0, planned), (1, planned)]
+    assert later[0] == "dream/0" and later[-1] == "soft_labels"
+    assert agg.plans == [(0, planned), (1, later)]
     seen = [(r, name) for r, name, *_ in agg.sums]
-    assert seen == [(r, name) for r in (0, 1) for name in planned]
-    lengths = {s.name: s.length for s in fed.server.specs()}
+    assert seen == [(0, name) for name in planned] + [(1, name) for name in later]
+    lengths = {s.name: s.length for s in fed.server.specs()} | {"class_weights": fed.server.num_classes}
     for _, name, contributors, length in agg.sums:
         assert contributors == (0, 1, 2)
         assert length == lengths[name]
@@ -81,9 +82,10 @@ def test_dream_gradients_are_normalised_so_no_architecture_dominates(digits):
     fed = Federation(small_config(rounds=1), dataset=digits)
     x = fed.server.begin_round(0)
     res = fed.aggregator.open_round(round_index=0, participants=fed.client_ids, specs=fed.server.specs())
-    targets = fed.server.receive_class_weights(
+    fed.server.receive_class_weights(
         res.sum(res.next_spec, {c.client_id: c.class_weights() for c in fed.clients})
     )
+    targets = fed.server.assign_targets()
     norms = []
     for c in fed.clients:
         c.begin_round(0, targets=targets)
@@ -120,7 +122,7 @@ def test_round_metrics_serialise_to_json(unbroken):
     _, metrics, _ = unbroken
     d = json.loads(json.dumps(metrics[-1].to_dict()))
     assert d["round"] == 1 and len(d["accuracies"]) == 3
-    assert d["aggregation"]["vectors"] == 8 and d["bytes_sent_per_client"]["0"] > 0
+    assert d["aggregation"]["vectors"] == 7 and d["bytes_sent_per_client"]["0"] > 0  # no class weights
 
 
 @pytest.mark.parametrize(

@@ -151,6 +151,85 @@ def test_secure_dp_with_cohorts_charges_each_node_for_exactly_its_rounds_and_kee
         assert ledgers[cid].rounds == tuple(r for r, cohort in enumerate(cohorts) if cid in cohort)
 
 
+class Recording(Loopback):
+    """A loopback that keeps every reply each node put on the wire, decoded, by node."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.replies: dict[int, list[Payload]] = {n: [] for n in self.nodes}
+
+    def exchange(self, requests, *, timeout):
+        out = super().exchange(requests, timeout=timeout)
+        for node, body in out.items():
+            self.replies[node].append(decode(body))
+        return out
+
+
+def test_secure_dp_nodes_send_no_accuracy_or_loss_and_keep_them_in_their_state_dir(tmp_path):
+    """Under client-level DP a node's test accuracy and KD loss come from a model trained on its
+    private data without noise: no reply on the wire holds them, the node writes them to its own
+    state-dir, and the server's round metrics hold only what the guarantee covers (the student's
+    accuracy is post-processing of released sums)."""
+    from codream.federation.config import DistillConfig
+    from codream.federation.flower.engine import read_node_metrics
+
+    distill = DistillConfig(kd_steps=3, batch_size=8, warmup_steps=10, buffer_size=32, student="mlp")
+    config = tiny_config(rounds=2, distill=distill)
+    state = tmp_path / "node_state"
+    own = {"noise-multiplier": 2.0, "delta": 1e-5, "state-dir": str(state)}
+    transport = Recording(config.num_clients, aggregation="secure+dp", node_config=own)
+    results, _ = run_loopback(
+        config, tmp_path, aggregation="secure+dp", transport=transport, **{"noise-multiplier": 2.0}
+    )
+    withheld = {"accuracy", "kd_loss", "ce_loss", "warmup_loss", "loss"}
+    sent = [(p.kind, set(p.fields)) for replies in transport.replies.values() for p in replies]
+    assert any(kind == "learned" for kind, _ in sent)
+    assert all(not (fields & withheld) for _, fields in sent), sent
+    for r in results["rounds"]:
+        assert r["accuracies"] == [] and r["kd_loss"] is None and r["ce_loss"] is None
+        assert 0.0 <= r["student_accuracy"] <= 1.0
+        assert r["evaluated"] == [0, 1, 2, 3]
+    for cid in range(4):
+        node = transport.node(cid)
+        kept = read_node_metrics(state, cid)
+        assert sorted(kept) == [0, 1] and kept == {rec["round"]: rec for rec in node.private}
+        assert all(0.0 <= rec["accuracy"] <= 1.0 and rec["kd_loss"] >= 0.0 for rec in kept.values())
+
+
+def test_nodes_without_dp_still_send_their_accuracy(tmp_path):
+    config = tiny_config(rounds=1)
+    transport = Recording(config.num_clients, aggregation="secure")
+    results, _ = run_loopback(config, tmp_path, transport=transport)
+    learned = [p for replies in transport.replies.values() for p in replies if p.kind == "learned"]
+    assert len(learned) == 4 and all({"accuracy", "kd_loss", "ce_loss"} <= set(p.fields) for p in learned)
+    assert len(results["rounds"][0]["accuracies"]) == 4
+    assert all(not node.private for node in transport.nodes.values())
+
+
+def test_the_flower_server_plans_harary_sessions_for_the_run_configs_corrupt_fraction(tmp_path):
+    """`corrupt-fraction` reaches the server's seam: its sessions are the in-process seam's for the
+    same fraction, and another fraction plans other sessions."""
+    from codream.aggregation import ServerSeam
+    from codream.federation.flower.engine import CodreamServer
+
+    config = tiny_config(num_clients=40)
+    sessions = {}
+    for gamma in (0.1, 0.3):
+        run_config = {
+            "codream-config": json.dumps(config_to_dict(config)),
+            "aggregation": "secure",
+            "graph": "harary",
+            "corrupt-fraction": gamma,
+            "out-dir": str(tmp_path),
+        }
+        seam = CodreamServer(run_config).seam
+        twin = ServerSeam("secure", graph="harary", corrupt_fraction=gamma)
+        ask = dict(round_index=0, participants=range(40), lengths=(10,))
+        sessions[gamma] = seam.session_config(**ask)
+        assert sessions[gamma] == twin.session_config(**ask)
+    assert (sessions[0.1].degree, sessions[0.1].threshold) != (sessions[0.3].degree, sessions[0.3].threshold)
+
+
 def test_malicious_nodes_refuse_a_session_whose_verify_keys_are_not_the_ones_they_hold(tmp_path):
     """The server does not choose whom a node trusts: it lists its own key in place of client 2's
     (a Sybil), and every node refuses before advertising anything."""

@@ -18,6 +18,7 @@ pytest.importorskip("flwr", reason="the Flower engine needs flwr (pip install co
 
 from codream.aggregation import create_aggregator  # noqa: E402
 from codream.exceptions import ConfigError  # noqa: E402
+from codream.federation.config import DreamConfig  # noqa: E402
 from codream.federation.flower.keys import provision_keys  # noqa: E402
 from codream.federation.simulation import Federation  # noqa: E402
 from flower_loopback import Loopback, in_process_twin, run_loopback, tiny_config  # noqa: E402
@@ -116,7 +117,7 @@ def test_both_transports_run_the_same_round(tmp_path, aggregation, graph, crash)
 def test_the_dream_bank_cohorts_and_the_server_student_ride_on_both_transports(tmp_path, aggregation):
     """What only the server holds (the bank of released dreams, its student) is the round script's, so
     the deployed engine carries it too, with the very same numbers."""
-    from codream.federation.config import DistillConfig, DreamConfig
+    from codream.federation.config import DistillConfig
 
     config = tiny_config(
         num_clients=5,
@@ -153,6 +154,32 @@ def test_example_level_dp_runs_on_both_transports_with_the_same_accounting(tmp_p
     for cid in range(config.num_clients):
         deployed, in_process = transport.node(cid).role.trainer, fed.clients[cid].trainer
         assert deployed.epsilon() == pytest.approx(in_process.epsilon(), rel=1e-9) and deployed.epsilon() > 0
+
+
+def test_example_level_conditional_nodes_take_their_class_weights_from_one_charged_histogram(tmp_path):
+    """With `dp-label-noise-multiplier` a node's class weights come from its one charged label
+    histogram, and it records its epsilon with what it withheld in its own state-dir."""
+    from codream.federation.flower.engine import ExampleDP, read_node_metrics
+
+    config = tiny_config(norm="group", dream=DreamConfig(batch_size=8, global_steps=2, w_bn=0.0))
+    own = {
+        "privacy-unit": "example",
+        "dp-sgd-noise-multiplier": 1.2,
+        "dp-label-noise-multiplier": 20.0,
+        "delta": 1e-5,
+        "state-dir": str(tmp_path / "nodes"),
+    }
+    transport = Loopback(config.num_clients, aggregation="secure", node_config=own)
+    results, _ = run_loopback(config, tmp_path, transport=transport)
+    assert len(results["rounds"]) == 2 and all(r["ce_loss"] is None for r in results["rounds"])
+    for cid in range(config.num_clients):
+        trainer = transport.node(cid).role.trainer
+        assert trainer.label_noise_multiplier == 20.0 and trainer.label_histogram is not None
+        kept = read_node_metrics(tmp_path / "nodes", cid)
+        assert sorted(kept) == [0, 1] and set(kept[1]) == {"round", "client", "ce_loss", "epsilon"}
+        assert kept[1]["epsilon"] == pytest.approx(trainer.epsilon(delta=1e-5), rel=1e-12)
+    without = ExampleDP.from_node_config({k: v for k, v in own.items() if "label" not in k}, config)
+    assert without.label_noise_multiplier is None
 
 
 def test_a_node_refuses_dp_sgd_steps_past_its_own_target(tmp_path):

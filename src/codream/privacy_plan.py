@@ -118,6 +118,28 @@ class PrivacyPlan:
                 ) from None
         return self._planned[data_size]
 
+    def example_noise_multiplier(self, data_size: int) -> float:
+        """Example-level: the DP-SGD noise multiplier of a client holding `data_size` examples."""
+        if self.noise_multiplier is not None and self.target_epsilon is None:
+            return float(self.noise_multiplier)
+        plan = self._example_plan(data_size)
+        self.planned_epsilon = max(self.planned_epsilon or 0.0, plan.epsilon)
+        return float(plan.noise_multiplier)
+
+    def example_node_config(self, data_size: int) -> dict[str, object]:
+        """Example-level: what a Flower node holding `data_size` examples needs in its own node config
+        to train exactly as the same client does in process (`federation.flower.engine.ExampleDP`)."""
+        own: dict[str, object] = {
+            "privacy-unit": "example",
+            "dp-sgd-noise-multiplier": self.example_noise_multiplier(data_size),
+            "delta": float(self.delta),
+        }
+        if self.target_epsilon is not None:
+            own["target-epsilon"] = float(self.target_epsilon)
+        if self.label_noise_multiplier is not None:
+            own["dp-label-noise-multiplier"] = float(self.label_noise_multiplier)
+        return own
+
     def trainer_factory(self) -> Any:
         """For example-level DP, the factory of each client's DP-SGD trainer; None otherwise."""
         if not self.example:
@@ -126,12 +148,7 @@ class PrivacyPlan:
 
         def factory(model: Any, x: Any, y: Any, generator: Any) -> Any:
             n = int(x.shape[0])
-            if self.noise_multiplier is not None and self.target_epsilon is None:
-                z = self.noise_multiplier
-            else:
-                plan = self._example_plan(n)
-                z = plan.noise_multiplier
-                self.planned_epsilon = max(self.planned_epsilon or 0.0, plan.epsilon)
+            z = self.example_noise_multiplier(n)
             trainer = DPSGDTrainer(
                 model,
                 x,

@@ -12,6 +12,7 @@ Layout::
       run.log              the run's log: every line it printed and its codream log records
       privacy_ledger.json  the privacy budget spent so far (secure+dp), rewritten every round
       checkpoint.pt        the federation's full state after the last finished round (``--resume``)
+      class_weights.json   conditional method: the run's one class-weight release, kept as it arrives
       dreams.pt            the final dreams and their aggregated soft labels
       summary.json         final numbers; summary.md the same as tables
       plots/               accuracy.png, dreams.png, and epsilon.png for a run with DP

@@ -74,6 +74,7 @@ def test_the_file_codream_run_reads_and_writes_gives_the_flower_app_the_same_fed
         assert config_from_dict(json.loads(settings["codream-config"])) == ran
         assert settings["aggregation"] == "secure" and settings["rounds"] == 2
         assert settings["threshold"] == 3 and settings["graph"] == "harary"
+        assert settings["corrupt-fraction"] == 0.1
         assert settings["num-nodes"] == 4
 
 
@@ -81,12 +82,11 @@ def test_the_file_codream_run_reads_and_writes_gives_the_flower_app_the_same_fed
     ("lines", "name"),
     [
         ('aggregation = "secure"\ndropout = 0.1', "--dropout 0.1"),
-        ('aggregation = "secure"\ncorrupt_fraction = 0.2', "--corrupt-fraction 0.2"),
         ("threads = 4", "--threads 4"),
         ('privacy_unit = "example"\nepsilon = 4.0', "--epsilon 4"),
         ('aggregation = "secure"\nsecagg_mode = "malicious"', "--secagg-mode malicious"),
     ],
-    ids=["dropout", "corrupt-fraction", "threads", "example epsilon", "malicious without keys"],
+    ids=["dropout", "threads", "example epsilon", "malicious without keys"],
 )  # fmt: skip
 def test_the_flower_app_refuses_a_setting_it_cannot_carry_by_name(tmp_path, capsys, lines, name):
     config = tmp_path / "run.toml"

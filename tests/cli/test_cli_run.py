@@ -175,11 +175,9 @@ def test_a_run_with_dropout_completes_and_reports_the_survivors(tmp_path):
         (["--device", "tpu"], 2, "'tpu' is not one of"),
         (["--privacy-unit", "example", "--aggregation", "secure+dp"], 2, "choose --aggregation plain"),
         (["--privacy-unit", "example", "--epsilon", "1e-9"], 2, "--epsilon 1e-09 cannot be met by"),
-        (["--privacy-unit", "example", "--engine", "flower"], 2, "works with --engine simulation only"),
     ],
     ids=["unknown model", "unknown dataset", "threshold above clients", "missing data folder",
-         "epsilon out of reach", "unknown device", "two privacy units", "example epsilon out of reach",
-         "example-level on flower"],
+         "epsilon out of reach", "unknown device", "two privacy units", "example epsilon out of reach"],
 )  # fmt: skip
 def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(tmp_path, args, code, message):
     out = tmp_path / "bad"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 
+import pytest
 from click.testing import CliRunner
 
 from codream.cli import main
@@ -44,11 +45,23 @@ def test_the_mode_reaches_the_aggregator_and_is_refused_where_it_means_nothing()
     assert "--secagg-mode and --corrupt-fraction apply to secure aggregation" in result.output
     result = CliRunner().invoke(main, ["run", *TINY, "--aggregation", "secure", "--secagg-mode", "evil"])
     assert result.exit_code != 0 and "semi-honest" in result.output and "malicious" in result.output
-    result = CliRunner().invoke(
-        main, ["run", *TINY, "--aggregation", "secure", "--corrupt-fraction", "0.3", "--engine", "flower"]
-    )
-    assert result.exit_code != 0 and "--corrupt-fraction 0.3: carried by --engine simulation" in result.output
-    assert "Traceback" not in result.output
+
+
+def test_the_corrupt_fraction_reaches_the_flower_deployment(tmp_path, monkeypatch):
+    pytest.importorskip("flwr")
+    from codream.federation.flower import local
+
+    asked = {}
+
+    def deployed(config, **kwargs):
+        asked.update(kwargs)
+        return {"rounds": []}
+
+    monkeypatch.setattr(local, "run_flower", deployed)
+    args = ["run", *TINY, "--aggregation", "secure", "--corrupt-fraction", "0.3", "--engine", "flower"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert asked["corrupt_fraction"] == 0.3
 
 
 def test_help_says_what_each_mode_protects_against():

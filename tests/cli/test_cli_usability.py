@@ -194,6 +194,102 @@ def test_ctrl_c_on_flower_suggests_a_fresh_run_directory_that_is_accepted(tmp_pa
     assert rounds_of(tmp_path / "flower-2") == [1]
 
 
+def test_flower_secure_dp_metrics_hold_no_client_accuracy_and_the_nodes_files_go_to_client_private(
+    tmp_path, monkeypatch
+):
+    """The deployment's server never had the accuracies (its nodes kept them in their state-dirs);
+    the operator of the local deployment holds those files, so client_private.jsonl and the summary
+    have them, and metrics.jsonl, as in-process, does not."""
+    pytest.importorskip("flwr")
+    from codream.federation.flower import local
+    from codream.federation.flower.engine import node_metrics_path
+
+    def deployed(config, *, out_dir, **kwargs):
+        ids = list(range(config.num_clients))
+        rounds = []
+        for r in range(2):
+            for c in ids:
+                path = node_metrics_path(out_dir / "node_state", c)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a") as f:
+                    f.write(
+                        json.dumps({"round": r, "client": c, "accuracy": 0.25 * (r + 1), "kd_loss": 1.5})
+                        + "\n"
+                    )
+            agg = {"clipped": None, "overflowed": None, "participants": ids, "survivors": ids}
+            rounds.append({"round": r, "accuracies": [], "kd_loss": None, "participants": ids,
+                           "survivors": ids, "evaluated": ids, "aggregation": agg})  # fmt: skip
+        return {"rounds": rounds}
+
+    monkeypatch.setattr(local, "run_flower", deployed)
+    out = tmp_path / "dp"
+    result = invoke("run", *TINY, "--engine", "flower", "--aggregation", "secure+dp", "--epsilon", "50",
+                    "--rounds", "2", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    released = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    private = [json.loads(x) for x in (out / "client_private.jsonl").read_text().splitlines()]
+    assert all("accuracy" not in r and "kd_loss" not in r["federation"] for r in released)
+    assert [p["federation"]["mean_accuracy"] for p in private] == [0.25, 0.5]
+    assert [p["federation"]["kd_loss"] for p in private] == [1.5, 1.5]
+    assert [p["accuracy"] for p in private] == [[0.25] * 4, [0.5] * 4]
+
+
+def test_flower_carries_example_level_dp_in_each_nodes_own_config_and_reads_their_epsilons(
+    tmp_path, monkeypatch
+):
+    """Each SuperNode gets the DP-SGD noise the in-process run would give the same client (calibrated
+    to its data size, with the label histogram of the conditional method); the run's ledger is the
+    epsilons the nodes recorded, and no node's cross-entropy loss reaches metrics.jsonl."""
+    pytest.importorskip("flwr")
+    from codream.build import PrivacyPlan
+    from codream.cli.config import RunConfig
+    from codream.federation.flower import local
+    from codream.federation.flower.engine import ExampleDP, node_metrics_path
+    from codream.runconfig import federation_config
+
+    asked = {}
+
+    def deployed(config, *, out_dir, node_options, **kwargs):
+        asked.update(node_options=node_options, config=config, aggregation=kwargs["aggregation"])
+        ids = list(range(config.num_clients))
+        rounds = []
+        for r in range(2):
+            for c in ids:
+                path = node_metrics_path(out_dir / "node_state", c)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                record = {"round": r, "client": c, "ce_loss": 2.0, "epsilon": 0.5 * (r + 1) + 0.1 * c}
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            agg = {"clipped": 0, "overflowed": 0, "participants": ids, "survivors": ids}
+            rounds.append({"round": r, "accuracies": [0.5] * len(ids), "kd_loss": 1.0, "ce_loss": None,
+                           "participants": ids, "survivors": ids, "evaluated": ids,
+                           "aggregation": agg})  # fmt: skip
+        return {"rounds": rounds}
+
+    monkeypatch.setattr(local, "run_flower", deployed)
+    out = tmp_path / "example"
+    args = [*TINY, "--privacy-unit", "example", "--noise-multiplier", "1.1", "--aggregation", "secure",
+            "--rounds", "2", "--baselines", "none"]  # fmt: skip
+    result = invoke("run", *args, "--engine", "flower", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rc = RunConfig(clients=4, models=("mlp",), dream_batch=8, global_steps=2, kd_steps=2, warmup_steps=3,
+                   limit_test=60, privacy_unit="example", noise_multiplier=1.1, aggregation="secure",
+                   rounds=2, validation=0.0)  # fmt: skip
+    plan = PrivacyPlan(rc, federation_config(rc))
+    assert asked["aggregation"] == "secure" and asked["config"].norm == "group"
+    assert asked["config"].dream.w_bn == 0.0 and sorted(asked["node_options"]) == [0, 1, 2, 3]
+    for own in asked["node_options"].values():
+        dp = ExampleDP.from_node_config(own, asked["config"])
+        assert dp.noise_multiplier == plan.example_noise_multiplier(100) == 1.1
+        assert dp.label_noise_multiplier == plan.label_noise_multiplier == 20.0
+        assert dp.target_epsilon is None
+    released = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epsilon"] for r in released] == pytest.approx([0.8, 1.3])
+    assert all("ce_loss" not in r["federation"] for r in released)
+    ledger = json.loads((out / "privacy_ledger.json").read_text())
+    assert ledger["granularity"] == "example"
+
+
 def test_a_full_disk_while_writing_the_checkpoint_is_one_line_and_its_hint_resumes(
     tmp_path, monkeypatch, fake_engine
 ):

@@ -70,3 +70,13 @@ def test_a_run_directory_keeps_both_halves_in_step_through_a_resume(tmp_path):
     assert [m["accuracy"] for m in again.read_metrics()] == [[0.1], [0.2]]
     lines = (rd.path / "client_private.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "accuracy" not in (rd.path / "metrics.jsonl").read_text()
+
+
+def test_a_node_withholds_exactly_the_learned_values_outside_its_guarantee():
+    from codream.privacy.outputs import learned_outside
+
+    assert learned_outside("client") == {"accuracy", "kd_loss", "ce_loss", "val_accuracy"}
+    assert learned_outside("example") == {"ce_loss"}  # the DP model's accuracy is post-processing
+    assert learned_outside(None) == frozenset()
+    with pytest.raises(ConfigError):
+        learned_outside("group")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import statistics
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from click.core import ParameterSource
 
 from ..build import PrivacyPlan, Run, build_aggregator, resolve_device, round_record
 from ..exceptions import CodreamError, ConfigError, PrivacyBudgetExceeded
+from ..federation.server import CLASS_WEIGHTS_FILE
 from ..rundir import LEDGER as LEDGER_FILE
 from ..rundir import RunDir, to_jsonable
 from .config import (
@@ -200,6 +202,10 @@ def execute_run(
         rd.withhold(privacy.granularity)
     if hasattr(run.aggregator, "attach"):
         run.aggregator.attach(rd.path)  # each client's own ledger file, merged with what a crash left there
+    # The class weights are released once per run: kept the moment they arrive, adopted on resume.
+    server = getattr(run.federation, "server", None)
+    if server is not None:
+        server.persist_release(rd.path / CLASS_WEIGHTS_FILE)
     if privacy.ledger is not None:
         rd.write_json(LEDGER_FILE, privacy.ledger.to_dict())  # matches the checkpoint, even after a crash
     if privacy.enabled:
@@ -386,6 +392,13 @@ def _execute_flower(
     pin_threads(rc.threads)
     privacy = PrivacyPlan(rc, fed_cfg)
     build_aggregator(rc, privacy)  # refuses bad secure-aggregation options before anything starts
+    node_options: dict[int, dict[str, object]] = {}
+    if privacy.example:  # each node's own DP-SGD, calibrated to its own data size, in its node config
+        from ..federation.parties import load_federation_data
+
+        data = load_federation_data(fed_cfg)
+        sizes = [len(part) for part in data.parts]
+        node_options = {c: privacy.example_node_config(sizes[c]) for c in range(fed_cfg.num_clients)}
     import numpy as np
 
     out = run_dir if run_dir is not None else rc.out
@@ -402,8 +415,15 @@ def _execute_flower(
     if privacy.enabled:
         rd.withhold(privacy.granularity)
     echo(f"starting a Flower deployment with {rc.clients} SuperNodes (logs in {rd.path / 'flower' / 'logs'})")
+    if privacy.example:
+        zs = sorted({round(float(o["dp-sgd-noise-multiplier"]), 4) for o in node_options.values()})  # type: ignore[arg-type]
+        echo(
+            f"example-level DP: DP-SGD on every node, noise multiplier {', '.join(map(str, zs))} over "
+            f"{privacy.dp_steps} planned steps, target epsilon {privacy.target_epsilon} at delta "
+            f"{privacy.delta:g} (GroupNorm models)"
+        )
     dp = None
-    if privacy.enabled:
+    if privacy.enabled and not privacy.example:
         dp = {
             "noise_multiplier": privacy.noise_multiplier,
             "delta": rc.delta,
@@ -416,20 +436,27 @@ def _execute_flower(
         rounds=rc.rounds,
         threshold=rc.threshold,
         graph=rc.graph,
+        corrupt_fraction=rc.corrupt_fraction,
         malicious=rc.secagg_mode == "malicious",
         imports=rc.imports or (),
         resume=resume,
         dp=dp,
         ledger_dir=rd.path / "client_ledgers",
+        node_options=node_options,
     )
+    withheld = _NodeMetrics(rd.path / "flower" / "node_state", fed_cfg.num_clients)
     epsilons: dict[int, float] = {}
-    if privacy.enabled:
+    if privacy.example:
+        epsilons = withheld.example_ledger(rd, privacy, [int(r["round"]) for r in results.get("rounds", [])])
+    elif privacy.enabled:
         epsilons = _flower_run_ledger(rd, privacy, rc.delta)
     if resume:  # the deployment's rounds are every finished round, the earlier ones included
         rd.truncate_metrics(0)
     records = []
     for raw in results.get("rounds", []):
         i = int(raw["round"])  # 0-based, counted over the whole run (a resumed run goes on from it)
+        if privacy.enabled:  # the nodes kept what lies outside the guarantee; the operator holds it
+            raw = withheld.merge(raw)
         eps = epsilons.get(i)
         record = round_record(
             raw,
@@ -462,6 +489,71 @@ def _execute_flower(
         extra={"deployment": deployment},
         baselines=baselines,
     )
+
+
+class _NodeMetrics:
+    """The values the nodes of a local Flower run kept to themselves under DP, for the operator.
+
+    The server's round metrics lack them (the nodes never sent them); the operator of a local
+    deployment holds every node's state-dir, so it rebuilds the simulation's whole record, whose
+    values outside the guarantee then go to client_private.jsonl as in-process.
+    """
+
+    def __init__(self, state_dir: Path, num_clients: int) -> None:
+        from ..federation.flower.engine import read_node_metrics
+
+        self.by_client = {c: read_node_metrics(state_dir, c) for c in range(num_clients)}
+        self.best = [0.0] * num_clients
+        self.best_mean = 0.0
+
+    def merge(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(raw)
+        r = int(raw["round"])
+        evaluated = [int(c) for c in raw.get("evaluated", ())]
+        kept = [self.by_client.get(c, {}).get(r) for c in evaluated]
+        if not evaluated or any(k is None for k in kept):
+            return out
+        accs = [float(k["accuracy"]) for k in kept if "accuracy" in k]
+        if len(accs) == len(evaluated):
+            for c, a in zip(evaluated, accs, strict=True):
+                self.best[c] = max(self.best[c], a)
+            mean = statistics.fmean(accs)
+            self.best_mean = max(self.best_mean, mean)
+            out.update(
+                accuracies=accs,
+                mean_accuracy=mean,
+                std_accuracy=statistics.pstdev(accs),
+                best_accuracies=list(self.best),
+                best_mean_accuracy=self.best_mean,
+            )
+        for key in ("kd_loss", "ce_loss"):
+            values = [float(k[key]) for k in kept if key in k]
+            if len(values) == len(evaluated):
+                out[key] = statistics.fmean(values)
+        return out
+
+    def example_ledger(self, rd: RunDir, privacy: PrivacyPlan, rounds: list[int]) -> dict[int, float]:
+        """The run's example-level ledger from the epsilons the nodes recorded after each round they
+        learned in (a node keeps its epsilon between its rounds); each round's largest epsilon."""
+        from ..privacy.ledger import Granularity, PrivacyLedger
+
+        ledger = PrivacyLedger(
+            delta=privacy.delta,
+            target_epsilon=privacy.target_epsilon,
+            granularity=Granularity.EXAMPLE,
+            accountant="prv",
+            path=rd.ledger_path,
+        )
+        out: dict[int, float] = {}
+        for r in sorted(rounds):
+            after = {
+                c: max((float(k["epsilon"]) for q, k in rs.items() if q <= r and "epsilon" in k), default=0.0)
+                for c, rs in self.by_client.items()
+            }
+            ledger.record_client_epsilons(round_index=r, client_epsilons=after)
+            out[r] = max(after.values(), default=0.0)
+        privacy.ledger = ledger
+        return out
 
 
 def _flower_run_ledger(rd: RunDir, privacy: PrivacyPlan, delta: float) -> dict[int, float]:

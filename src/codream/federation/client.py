@@ -201,8 +201,9 @@ class ClientRole:
 
         Probabilities at `distill.label_temperature` (rows in the simplex, so the vector's norm is at
         most sqrt(B)) or logits. In the conditional method each row is multiplied by this client's weight
-        for the dream's target class, or (`label_weighting = "class"`) each column by its weight for
-        that class; weights are in [0, 1], so the bound holds either way.
+        a for the dream's target class (probabilities: plus 1 - a on the target class, so the row still
+        sums to 1), or (`label_weighting = "class"`) each column by its weight for that class; weights
+        are in [0, 1], so the bound holds either way.
         """
         dc = self.config.distill
         y = predict_soft_labels(self.model, x.to(self.device), dc.soft_labels, dc.label_temperature)
@@ -211,7 +212,15 @@ class ClientRole:
             if dc.label_weighting is LabelWeighting.CLASS:
                 y = y * torch.as_tensor(self.class_weights(), dtype=torch.float64)[None, :]
             else:
-                y = y * self._dream_weights.to(torch.float64)[:, None]
+                a = self._dream_weights.to(torch.float64)[:, None]  # (B, 1)
+                y = y * a
+                if dc.soft_labels is SoftLabelKind.PROBABILITIES and self._targets is not None:
+                    # The mass a row withholds from its prediction goes to the dream's target class,
+                    # so every row sums to 1 whatever the weight: otherwise the summed rows' totals
+                    # would re-release the sum of the class weights every round, over each round's
+                    # survivors, and differencing would give every client's weights away.
+                    target = torch.nn.functional.one_hot(self._targets.cpu(), self.num_classes)
+                    y = y + (1.0 - a) * target.to(torch.float64)
         if self.config.distill.soft_labels is SoftLabelKind.PROBABILITIES:
             y = y * _INSIDE
         return y.reshape(-1).numpy()

@@ -480,10 +480,11 @@ class FederationConfig:
 
     @property
     def releases_per_round(self) -> int:
-        """Vectors each client releases through the seam in one round, fixed before the round starts.
+        """The most vectors a client releases through the seam in one round, fixed before it starts.
 
         One per global dream step, one soft-label vector, plus (conditional method) one vector of
-        per-class weights at the start. A round is one composed privacy event over these releases.
+        per-class weights at the start of the run's first round only (they are released once per
+        run). A round is one composed privacy event over its releases, whatever their number.
         """
         extra = 1 if self.method is Method.CONDITIONAL else 0
         return self.dream.global_steps + 1 + extra

@@ -1,10 +1,11 @@
 """The CoDream round, written once: the server's script over the clients' transport.
 
 `RoundLoop` is the whole round as protocols/codream.md describes it: warm up newly sampled clients,
-sum their class weights (conditional method), optimise the dreams from summed gradients, sum the soft
-labels, hand every client its lessons (this round's dreams, or whatever the dream bank holds for it),
-and let the server's student learn. It never touches a client: everything goes through a
-`RoundClients` transport, which turns one `Broadcast` into one sum over the clients that answered.
+sum their class weights (conditional method; once per run, in its first round), optimise the dreams
+from summed gradients, sum the soft labels, hand every client its lessons (this round's dreams, or
+whatever the dream bank holds for it), and let the server's student learn. It never touches a
+client: everything goes through a `RoundClients` transport, which turns one `Broadcast` into one sum
+over the clients that answered.
 
 Two transports exist. The in-process engine (`codream.federation.simulation.InProcessClients`) calls
 each `ClientRole` and sums through the in-process seam; the Flower engine
@@ -122,10 +123,14 @@ class Release:
 @dataclass(frozen=True, slots=True)
 class Learned:
     """A client's answer after its lessons: test accuracy, KD loss, CE loss (None: withheld), and its
-    accuracy on the validation split (None: no split, or withheld)."""
+    accuracy on the validation split (None: no split, or withheld).
 
-    accuracy: float
-    kd_loss: float
+    A node under client-level DP withholds all four: they are measured on a model trained on its
+    private data without noise, so they stay on the node.
+    """
+
+    accuracy: float | None
+    kd_loss: float | None
     ce_loss: float | None
     val_accuracy: float | None = None
 
@@ -169,7 +174,7 @@ class RoundMetrics:
     Attributes:
         round: 0-based round index.
         accuracies: the test accuracy of each client in `evaluated` after the round (final, not
-            selected).
+            selected); empty when the clients withheld them (client-level DP on a deployment).
         mean_accuracy, std_accuracy: over those clients.
         best_accuracies: each client's best test accuracy over rounds so far (the paper's figure;
             selected on the test set, so optimistic).
@@ -179,8 +184,8 @@ class RoundMetrics:
         label_confidence: mean max probability of the aggregated soft labels.
         dream_loss_start, dream_loss_end: mean over clients of their dream loss at the first and last
             global step (None where the transport had no losses: clients withhold them under DP).
-        kd_loss, ce_loss: mean over clients of the round's KD and interleaved CE losses (ce_loss None
-            when withheld).
+        kd_loss, ce_loss: mean over clients of the round's KD and interleaved CE losses (None when
+            withheld).
         warmup_loss: mean warm-up CE loss of the clients warmed up this round (0 if none; None when
             withheld).
         survivors: clients whose contributions reached the last sum of the round.
@@ -209,7 +214,7 @@ class RoundMetrics:
     label_confidence: float
     dream_loss_start: float | None
     dream_loss_end: float | None
-    kd_loss: float
+    kd_loss: float | None
     ce_loss: float | None
     warmup_loss: float | None
     survivors: tuple[int, ...]
@@ -319,7 +324,10 @@ class RoundLoop:
         x = server.begin_round(r)
         targets = None
         if cfg.method is Method.CONDITIONAL:
-            targets = server.receive_class_weights(clients.release(Broadcast(r, next(plan))).result)
+            # Released once per run (the first round's survivors), never over another cohort again.
+            if server.needs_class_weights:
+                server.receive_class_weights(clients.release(Broadcast(r, next(plan))).result)
+            targets = server.assign_targets()
         begin = True
         losses: list[tuple[float, ...]] = []
         t_dream = time.perf_counter()
@@ -347,15 +355,18 @@ class RoundLoop:
             student_acc = float(self.evaluate_student(server.student.model))
 
         evaluated = tuple(sorted(learned))
-        accs = [learned[c].accuracy for c in evaluated]
-        for c in evaluated:
-            self.best[c] = max(self.best[c], learned[c].accuracy)
+        # All or nothing: a client that withheld its accuracy (DP) leaves the round without any.
+        reported = [learned[c].accuracy for c in evaluated]
+        accs = [float(a) for a in reported] if all(a is not None for a in reported) else []
+        for c, a in zip(evaluated, accs, strict=False):
+            self.best[c] = max(self.best[c], a)
         mean_acc = float(np.mean(accs)) if accs else math.nan
         if accs:
             self.best_mean = max(self.best_mean, mean_acc)
         ces = [learned[c].ce_loss for c in evaluated if learned[c].ce_loss is not None]
         vals = [learned[c].val_accuracy for c in evaluated if learned[c].val_accuracy is not None]
         val_accs = tuple(float(v) for v in vals) if evaluated and len(vals) == len(evaluated) else None
+        kds = [learned[c].kd_loss for c in evaluated if learned[c].kd_loss is not None]
         probs = server.label_probabilities()
         stats1 = clients.transport_stats()
         exchanges = seconds_per_exchange = None
@@ -376,7 +387,7 @@ class RoundLoop:
             label_confidence=float(probs.max(dim=1).values.mean()),
             dream_loss_start=_mean(losses[0]) if losses else None,
             dream_loss_end=_mean(losses[-1]) if losses else None,
-            kd_loss=float(np.mean([learned[c].kd_loss for c in evaluated])) if evaluated else math.nan,
+            kd_loss=(_mean(kds) if len(kds) == len(evaluated) else None) if evaluated else math.nan,
             ce_loss=_mean(ces) if len(ces) == len(evaluated) else None,
             warmup_loss=warmup_loss,
             survivors=tuple(res.contributors),

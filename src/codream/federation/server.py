@@ -9,8 +9,14 @@ own on the same dreams. See protocols/codream.md.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,12 +30,69 @@ from ..exceptions import ConfigError
 from ..models import DreamGenerator
 from .config import DreamSource, FederationConfig, LabelWeighting, Method, SoftLabelKind
 
-__all__ = ["DreamBank", "ServerRole", "StudentTrainer"]
+__all__ = ["CLASS_WEIGHTS_FILE", "ClassWeightRelease", "DreamBank", "ServerRole", "StudentTrainer"]
+
+#: The server's copy of the run's one class-weight release, in its run or out directory.
+CLASS_WEIGHTS_FILE = "class_weights.json"
 
 log = logging.getLogger(__name__)
 
 # Weighted means divide by the summed class weight; a class no survivor holds gets at least this.
 _EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class ClassWeightRelease:
+    """The run's one release of the class weights: their sum over a fixed set of clients.
+
+    Attributes:
+        round_index: the round it was released in.
+        total: (K,) the summed class weights (noised under secure+dp).
+        count: how many clients contributed.
+        contributors: who they were (the survivors of that release; public, as every round's).
+    """
+
+    round_index: int
+    total: np.ndarray
+    count: int
+    contributors: tuple[int, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClassWeightRelease:
+        try:
+            return cls(
+                round_index=int(d["round_index"]),
+                total=np.asarray(d["total"], dtype=np.float64),
+                count=int(d["count"]),
+                contributors=tuple(int(c) for c in d["contributors"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"malformed class-weight release: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round_index": self.round_index,
+            "total": [float(v) for v in self.total],
+            "count": self.count,
+            "contributors": list(self.contributors),
+        }
+
+    def write(self, path: Path) -> None:
+        """Write it to `path` atomically (a temporary file, synced, then renamed)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: Path) -> ClassWeightRelease:
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except ValueError as err:
+            raise ConfigError(f"{path} is not a class-weight release: {err}") from None
 
 
 class StudentTrainer:
@@ -177,7 +240,11 @@ class ServerRole:
         self._opt: DataSpaceOptimizer | None = None
         self.x: Tensor | None = None  # (B, C, H, W)
         self.targets: Tensor | None = None  # (B,)
-        self.class_weight_mean: np.ndarray | None = None  # (K,)
+        # The class weights are a time-invariant statistic of each client: released once per run,
+        # over one fixed set (the first round's survivors), kept here and never asked for again.
+        self.class_weight_release: ClassWeightRelease | None = None
+        self.release_path: Path | None = None  # where it is kept the moment it arrives (`persist_release`)
+        self.class_weight_mean: np.ndarray | None = None  # (K,) the release's mean
         self.soft_labels: Tensor | None = None  # (B, K) aggregated
         self.target_logits: Tensor | None = None  # (B, K) what clients distil toward
         self.dream_steps = 0
@@ -204,13 +271,21 @@ class ServerRole:
     def conditional(self) -> bool:
         return self.config.method is Method.CONDITIONAL
 
+    @property
+    def needs_class_weights(self) -> bool:
+        """Whether this round's plan asks for the class weights: conditional, and not released yet."""
+        return self.conditional and self.class_weight_release is None
+
     def specs(self) -> list[VectorSpec]:
-        """The round's plan: every vector each client will release, in order, with its L2 bound."""
+        """The round's plan: every vector each client will release, in order, with its L2 bound.
+
+        The class weights are planned only until they are released, once per run.
+        """
         dc, kc = self.config.dream, self.config.distill
         b, k = dc.batch_size, self.num_classes
         dream_len = b * math.prod(self.input_shape)
         specs = []
-        if self.conditional:
+        if self.needs_class_weights:
             specs.append(VectorSpec.class_weights(k))
         specs += [VectorSpec.dream_gradient(s, dream_len, dc.clip_norm) for s in range(dc.global_steps)]
         label_bound = math.sqrt(b) if kc.soft_labels is SoftLabelKind.PROBABILITIES else kc.logit_clip_norm
@@ -223,7 +298,6 @@ class ServerRole:
         dc = self.config.dream
         self.round_index = round_index
         self.targets = None
-        self.class_weight_mean = None
         self.soft_labels = None
         self.target_logits = None
         if self.dream_generator is not None:
@@ -249,19 +323,62 @@ class ServerRole:
         """Alias of `begin_round`: fresh dreams (B, C, H, W) for round `round_index`."""
         return self.begin_round(round_index)
 
-    def receive_class_weights(self, result: AggregateResult) -> Tensor:
-        """Assign each dream a target class, balanced over the classes some client holds; (B,).
+    def receive_class_weights(self, result: AggregateResult) -> None:
+        """Keep the run's one release of the class weights: their sum over its contributors.
 
-        With a dream generator the round's dreams are redrawn for these classes, in place in the
-        tensor `begin_round` returned.
+        Each client's class weights never change, so a sum over another set of clients would let
+        the server solve for every client's vector by differencing; they are released once, over
+        the first round's survivors, and every later round uses this release (`assign_targets`).
+
+        Raises:
+            ConfigError: no contributor, or the weights were already released this run.
         """
+        if self.class_weight_release is not None:
+            raise ConfigError(
+                "the class weights are released once per run; they were released in round "
+                f"{self.class_weight_release.round_index + 1}"
+            )
         if result.count == 0:
             raise ConfigError("no client contributed class weights")
-        mean = result.total / result.count  # (K,)
-        self.class_weight_mean = mean
+        release = ClassWeightRelease(
+            round_index=self.round_index,
+            total=np.asarray(result.total, dtype=np.float64).copy(),
+            count=int(result.count),
+            contributors=tuple(int(c) for c in result.contributors),
+        )
+        self._keep_class_weights(release)
+        if self.release_path is not None:  # before the round goes on: a crash must not ask again
+            release.write(self.release_path)
+
+    def persist_release(self, path: str | Path) -> None:
+        """Keep the class-weight release in `path` the moment it arrives, and adopt one already there.
+
+        A checkpoint is written only once a round finishes; a run stopped after the release but
+        before that (and resumed, or rerun in the same run directory) would otherwise ask again.
+        """
+        self.release_path = Path(path)
+        if self.class_weight_release is None and self.release_path.exists():
+            self._keep_class_weights(ClassWeightRelease.read(self.release_path))
+
+    def _keep_class_weights(self, release: ClassWeightRelease) -> None:
+        self.class_weight_release = release
+        self.class_weight_mean = release.total / release.count  # (K,)
         # A class counts as held when a client holds it at (half) the minimum weight; the same
         # value floors the per-dream normaliser, so noise on the sum (DP) cannot blow a dream up.
-        self._weight_floor = max(0.5 * self.config.dream.min_class_weight, _EPS) / result.count
+        self._weight_floor = max(0.5 * self.config.dream.min_class_weight, _EPS) / release.count
+
+    def assign_targets(self) -> Tensor:
+        """Assign each dream a target class, balanced over the classes some client holds; (B,).
+
+        The classes held are those of the run's one class-weight release. With a dream generator the
+        round's dreams are redrawn for these classes, in place in the tensor `begin_round` returned.
+
+        Raises:
+            ConfigError: before the class weights were released, or no class is held.
+        """
+        if self.class_weight_mean is None:
+            raise ConfigError("targets need the class weights, released once in the run's first round")
+        mean = self.class_weight_mean
         eligible = np.flatnonzero(mean >= self._weight_floor)
         if eligible.size == 0:
             raise ConfigError("no client holds any class with a positive weight")
@@ -346,7 +463,15 @@ class ServerRole:
             # survivor holds (at half the minimum weight) gets probability 0, not noise over a tiny number.
             y = torch.where(w >= self._weight_floor, y / w.clamp_min(self._weight_floor)[None, :], 0.0)
         elif self.conditional:
-            y = y / self._per_dream_weight()[:, None]
+            w = self._per_dream_weight()  # (B,) mean weight of each dream's class in the run's release
+            if dc.soft_labels is SoftLabelKind.PROBABILITIES:
+                # Each client's row is a p + (1 - a) e_t (sums to 1): take out the target-class mass
+                # the weights predict. Exact when this round's contributors are the release's; over
+                # another cohort the target column is off by the difference of their mean weights.
+                assert self.targets is not None
+                target = F.one_hot(self.targets, k).to(y.dtype)
+                y = y - (1.0 - w)[:, None] * y.sum(dim=1, keepdim=True) * target
+            y = y / w[:, None]
         kind = dc.soft_labels
         if kind is SoftLabelKind.PROBABILITIES:
             y = y.clamp_min(0)
@@ -390,8 +515,9 @@ class ServerRole:
             "student": None if self.student is None else self.student.state_dict(),
             "x": self.x,
             "targets": self.targets,
-            "class_weight_mean": self.class_weight_mean,
-            "weight_floor": self._weight_floor,
+            "class_weight_release": None
+            if self.class_weight_release is None
+            else self.class_weight_release.to_dict(),
             "soft_labels": self.soft_labels,
             "target_logits": self.target_logits,
             "dream_generator": None
@@ -419,7 +545,15 @@ class ServerRole:
         if self.bank is not None:
             self.bank.load_state_dict(state["bank"])
         self.x, self.targets = state["x"], state["targets"]
-        self.class_weight_mean, self._weight_floor = state["class_weight_mean"], float(state["weight_floor"])
+        self.class_weight_release, self.class_weight_mean, self._weight_floor = None, None, _EPS
+        kept = state.get("class_weight_release")
+        if kept is not None:  # released in an earlier round: never asked for again
+            self._keep_class_weights(ClassWeightRelease.from_dict(kept))
+        elif self.conditional and state.get("class_weight_mean") is not None:
+            raise ConfigError(
+                "this checkpoint predates the once-per-run class-weight release (its server asked for "
+                "the class weights every round); start the run again"
+            )
         self.soft_labels, self.target_logits = state["soft_labels"], state["target_logits"]
         self._opt = None
         if self.dream_generator is not None:

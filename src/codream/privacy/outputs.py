@@ -35,6 +35,7 @@ __all__ = [
     "PRIVATE_FILE",
     "PRIVATE_README",
     "describe_outside",
+    "learned_outside",
     "merge_record",
     "outside_keys",
     "split_record",
@@ -117,6 +118,28 @@ def outside_keys(granularity: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         raise ConfigError(
             f"unknown privacy granularity {granularity!r}; choose one of {sorted(OUTSIDE_GUARANTEE)}"
         ) from None
+
+
+#: A node's 'learned' answer (`federation.round.Learned`): each field and the round-metrics keys built
+#: from it. A deployed node keeps a field whose keys lie outside its guarantee instead of sending it.
+LEARNED_FIELDS: dict[str, tuple[str, ...]] = {
+    "accuracy": _ENGINE_ACCURACY,
+    "kd_loss": ("kd_loss",),
+    "ce_loss": ("ce_loss",),
+    "val_accuracy": ("val_accuracies", "mean_val_accuracy"),
+}
+
+
+def learned_outside(granularity: str | None) -> frozenset[str]:
+    """The fields of a node's 'learned' answer outside the guarantee of `granularity` (None: no DP).
+
+    Raises:
+        ConfigError: for a granularity other than "client", "example" or None.
+    """
+    if granularity is None:
+        return frozenset()
+    _, engine = outside_keys(granularity)
+    return frozenset(f for f, keys in LEARNED_FIELDS.items() if set(keys) & set(engine))
 
 
 def describe_outside(granularity: str) -> list[str]:

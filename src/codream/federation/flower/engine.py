@@ -52,7 +52,9 @@ from ...aggregation import (
     VectorSpec,
 )
 from ...exceptions import AbortReason, ConfigError, InvalidMessage, PolicyRefusal, ProtocolAbort
+from ...privacy.outputs import learned_outside
 from ..config import DistillConfig, DreamConfig, FederationConfig
+from ..server import CLASS_WEIGHTS_FILE
 from .channel import ClientChannel
 from .wire import NodeLimits, Payload, session_fields, session_from_fields
 
@@ -62,6 +64,8 @@ __all__ = [
     "CodreamServer",
     "config_from_dict",
     "config_to_dict",
+    "node_metrics_path",
+    "read_node_metrics",
 ]
 
 log = logging.getLogger(__name__)
@@ -232,14 +236,37 @@ def _plan_from_fields(f: Mapping[str, object], limits: NodeLimits) -> RoundPlan:
 
 
 # ------------------------------------------------------------------------------------------ the node
+def node_metrics_path(state_dir: str | Path, client_id: int) -> Path:
+    """Where a node under DP keeps its own record of each round: the values it withheld (accuracy,
+    losses) and, under example-level DP, its epsilon; in its own state-dir."""
+    return Path(state_dir) / f"client-{client_id}.metrics.jsonl"
+
+
+def read_node_metrics(state_dir: str | Path, client_id: int) -> dict[int, dict]:
+    """A node's own records by round (0-based); a round run again (resumed) keeps its last record.
+
+    For the operator of a local deployment, who holds every node's files; empty if the node kept none.
+    """
+    path = node_metrics_path(state_dir, client_id)
+    out: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                out[int(record["round"])] = record
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ExampleDP:
     """A node's own example-level DP, from its node config: every local step on private data is DP-SGD.
 
     Node config keys: ``privacy-unit = "example"``, ``dp-sgd-noise-multiplier`` (required),
-    ``dp-sgd-clip`` (per-example clip norm, default 1.0), ``delta`` (default 1e-5) and
-    ``target-epsilon`` (optional: the node refuses a warm-up or a round that would take it past it).
-    The sampling coins and the noise come from the OS.
+    ``dp-sgd-clip`` (per-example clip norm, default 1.0), ``delta`` (default 1e-5),
+    ``target-epsilon`` (optional: the node refuses a warm-up or a round that would take it past it)
+    and ``dp-label-noise-multiplier`` (the conditional method's one charged label histogram; without
+    it the node releases nothing derived from its labels). The sampling coins and the noise come
+    from the OS.
     """
 
     noise_multiplier: float
@@ -249,6 +276,7 @@ class ExampleDP:
     batch_size: int
     lr: float
     momentum: float
+    label_noise_multiplier: float | None = None
 
     @classmethod
     def from_node_config(cls, nc: Mapping[str, object], config: FederationConfig) -> ExampleDP | None:
@@ -265,6 +293,9 @@ class ExampleDP:
                 batch_size=config.distill.ce_batch_size,
                 lr=config.distill.lr,
                 momentum=config.distill.momentum,
+                label_noise_multiplier=float(nc["dp-label-noise-multiplier"])  # type: ignore[arg-type]
+                if "dp-label-noise-multiplier" in nc
+                else None,
             )
         except (TypeError, ValueError) as err:
             raise ConfigError(f"invalid example-level DP in the node config: {err}") from None
@@ -284,6 +315,8 @@ class ExampleDP:
                 lr=self.lr,
                 momentum=self.momentum,
                 delta=self.delta,
+                label_noise_multiplier=self.label_noise_multiplier,
+                target_epsilon=self.target_epsilon,
             )
 
         return factory
@@ -343,6 +376,7 @@ class CodreamNode:
         self._specs: list[VectorSpec] = []
         self._targets = None  # the round's dream targets (B,), as received with its first release
         self._round = -1
+        self.private: list[dict] = []  # the values this node withheld under DP, per round (`_keep`)
         # Malicious mode: this node's signing key and the roster's verify keys, from its own files.
         self.signer = None
         self.verify_keys: dict[int, bytes] = {}
@@ -602,16 +636,35 @@ class CodreamNode:
         acc = role.evaluate(self.x_test, self.y_test)  # on the public test set
         self._session = None
         self._save_state()
-        fields = {"accuracy": acc, "kd_loss": stats.kd_loss}  # KD loss: on released dreams
-        if self.policy.dp is None and self.example_dp is None:  # no loss on private data under DP
-            fields["ce_loss"] = stats.ce_loss
-        if self.validation is not None and self.policy.dp is None:
-            # On the held-out split, which no client trains on. Under client-level DP the model was
-            # trained on private data without noise, so what it measures stays on the node; under
-            # example-level DP the model itself is DP, and its accuracy is post-processing (as the
-            # test accuracy is).
-            fields["val_accuracy"] = role.evaluate(*self.validation)
-        return Payload("learned", fields)
+        measured = {"accuracy": acc, "kd_loss": stats.kd_loss, "ce_loss": stats.ce_loss}
+        if self.validation is not None:  # on the held-out split, which no client trains on
+            measured["val_accuracy"] = role.evaluate(*self.validation)
+        # What lies outside this node's guarantee stays here: under client-level DP its model is
+        # trained on its private data without noise, so even its test accuracy is not sent.
+        kept = learned_outside(self.granularity)
+        if self.granularity is not None:
+            record = {k: v for k, v in measured.items() if k in kept}
+            if self.example_dp is not None:  # public, as every client's epsilon in a run's ledger
+                record["epsilon"] = float(role.trainer.epsilon(delta=self.example_dp.delta))
+            self._keep(record)
+        return Payload("learned", {k: v for k, v in measured.items() if k not in kept})
+
+    @property
+    def granularity(self) -> str | None:
+        """This node's unit of privacy: "client" (its own noise share), "example" (DP-SGD) or None."""
+        if self.policy.dp is not None:
+            return "client"
+        return None if getattr(self, "example_dp", None) is None else "example"
+
+    def _keep(self, values: Mapping[str, float]) -> None:
+        """Record a round on this node (`node_metrics_path`): in memory, and in its state-dir if any."""
+        record = {"round": self._round, "client": self.client_id, **values}
+        self.private.append(record)
+        if self.state_path is not None:
+            path = node_metrics_path(self.state_path.parent, self.client_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def _on_this_machine(config: FederationConfig) -> FederationConfig:
@@ -652,8 +705,8 @@ def _learned(p: Payload):
     from ..round import Learned
 
     return Learned(
-        p.number("accuracy", minimum=0.0, maximum=1.0),
-        p.number("kd_loss"),
+        p.number("accuracy", minimum=0.0, maximum=1.0, default=None),
+        p.number("kd_loss", default=None),
         p.number("ce_loss", default=None),
         p.number("val_accuracy", minimum=0.0, maximum=1.0, default=None),
     )
@@ -702,6 +755,8 @@ class CodreamServer:
         noise_multiplier = float(rc["noise-multiplier"]) if "noise-multiplier" in rc else None  # type: ignore[arg-type]
         self.min_survivors = int(rc.get("min-survivors", 0)) or None  # type: ignore[arg-type]
         self.graph = str(rc.get("graph", "complete"))
+        # The share of clients the Harary graph and threshold are chosen to withstand.
+        self.corrupt_fraction = float(rc.get("corrupt-fraction", 0.1))  # type: ignore[arg-type]
         # Malicious-server mode: the roster's verify keys, from the public file the nodes hold too.
         self.malicious = str(rc.get("malicious", "false")).lower() in ("1", "true", "yes")
         self.verify_keys: dict[int, bytes] = {}
@@ -740,6 +795,7 @@ class CodreamServer:
             noise_multiplier=noise_multiplier,
             graph=self.graph,
             malicious=self.malicious,
+            corrupt_fraction=self.corrupt_fraction,
         )
         self.bits = self.seam.bits
 
@@ -799,10 +855,14 @@ class CodreamServer:
         warmups = {c: loss for c, (_, _, loss) in facts.items()}
         clients = FlowerClients(self, channel, warmups)
         loop = RoundLoop(cfg, server, clients, evaluate_student=self._student_evaluator())
+        released = self.out_dir / CLASS_WEIGHTS_FILE
         if self.resumed is not None:
             server.load_state_dict(self.resumed["server"])
             loop.load_state_dict(self.resumed["loop"])
             clients.warm_up(range(cfg.num_clients))  # their warm-ups were reported when they ran
+        else:  # a fresh run is a new run: what an earlier one released is not its release
+            released.unlink(missing_ok=True)
+        server.persist_release(released)
         # Every finished round's metrics, kept as they come (rounds.jsonl) so a stopped run loses none:
         # a resumed run keeps those before its state and runs the rest again.
         log_path = self.out_dir / "rounds.jsonl"

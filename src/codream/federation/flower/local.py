@@ -56,11 +56,13 @@ def run_flower(
     threshold: int | None = None,
     bits: int | None = None,
     graph: str = "complete",
+    corrupt_fraction: float = 0.1,
     malicious: bool = False,
     imports: Sequence[str] = (),
     resume: bool = False,
     dp: Mapping[str, float] | None = None,
     ledger_dir: str | Path | None = None,
+    node_options: Mapping[int, Mapping[str, object]] | None = None,
     step_timeout: float = 30.0,
     setup_timeout: float = 180.0,
     timeout: float = 1800.0,
@@ -80,6 +82,7 @@ def run_flower(
         threshold: Shamir threshold (default: the secure aggregator's).
         bits: ring width of the secure sum (default 32, 24 under DP).
         graph: the masking graph, "complete" or "harary" (each node's own policy may refuse one).
+        corrupt_fraction: the share of corrupt clients the Harary graph and threshold withstand.
         malicious: malicious-server mode: fresh signing keys are provisioned into out_dir/keys/ (each
             node's own key file and the public verify-keys file, named in the node configs), and every
             node demands the mode.
@@ -94,6 +97,8 @@ def run_flower(
             noise and keeps its own ledger in out_dir/client_ledgers/) and the multiplier to the
             server, which sizes the encoding with it.
         ledger_dir: where the nodes keep their ledgers (default out_dir/client_ledgers).
+        node_options: more of each node's own node config, by partition id (e.g. its example-level
+            DP, `engine.ExampleDP`).
         step_timeout: seconds each protocol step waits for a client before dropping it.
         setup_timeout: seconds a client may take to load its data and warm up.
         timeout: bound on the whole run, in seconds.
@@ -146,6 +151,7 @@ def run_flower(
         "threshold": threshold or 0,
         "bits": bits or 0,
         "graph": graph,
+        "corrupt-fraction": float(corrupt_fraction),
         "step-timeout": float(step_timeout),
         "setup-timeout": float(setup_timeout),
         "wait-timeout": 60.0,
@@ -189,6 +195,10 @@ def run_flower(
             own["target-epsilon"] = float(dp["target_epsilon"])
         for nc in node_configs:
             nc.update(own, **{"ledger-dir": str(ledger_dir or out / "client_ledgers")})
+    for i, options in (node_options or {}).items():
+        if not 0 <= int(i) < n:
+            raise ConfigError(f"node options for partition {i}, outside 0..{n - 1}")
+        node_configs[int(i)].update(options)
     t0 = time.monotonic()
     with FlowerDeployment(
         n,

@@ -54,18 +54,7 @@ def refuse_unsupported_settings(rc: RunConfig, *, deployment: bool) -> None:
             f"--dropout {rc.dropout:g}: carried by --engine simulation only (on Flower, clients drop for "
             "real); drop it or use --engine simulation"
         )
-    if rc.corrupt_fraction != _DEFAULTS["corrupt_fraction"]:
-        raise ConfigError(
-            f"--corrupt-fraction {rc.corrupt_fraction:g}: carried by --engine simulation only (the Flower "
-            f"server assumes the default {_DEFAULTS['corrupt_fraction']:g}); drop it or use --engine "
-            "simulation"
-        )
     if not deployment:
-        if rc.privacy_unit == "example":
-            raise ConfigError(
-                "--privacy-unit example works with --engine simulation only; the Flower engine does not "
-                "carry DP-SGD clients yet"
-            )
         return
     if rc.threads != _DEFAULTS["threads"]:
         raise ConfigError(
@@ -165,6 +154,7 @@ def app_run_config(
         "out-dir": out_dir or rc.out or DEFAULT_OUT_DIR,
         "record-trace": False,
         "client-nodes": client_nodes,
+        "corrupt-fraction": float(rc.corrupt_fraction),
     }
     if rc.imports:  # the server's own copy of the user's models and data sets (never sent to nodes)
         run_config["imports"] = ",".join(rc.imports)
