@@ -376,6 +376,27 @@ def test_a_config_that_imports_a_plugin_file_runs_its_model_and_data_from_the_co
     assert not (tmp_path / "x").exists()
 
 
+def test_a_flower_run_hands_the_configs_imports_to_its_server_and_every_node(tmp_path, monkeypatch):
+    pytest.importorskip("flwr")
+    from click.testing import CliRunner
+
+    from codream.cli import main
+    from codream.federation.flower import local
+
+    plugin = tmp_path / "flower_plugin.py"
+    plugin.write_text("import codream\n")
+    seen = {}
+
+    def finished(config, **kwargs):
+        seen.update(kwargs)
+        return {"rounds": []}
+
+    monkeypatch.setattr(local, "run_flower", finished)
+    args = ["run", "--engine", "flower", "--imports", str(plugin), "--baselines", "none", "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "run")])
+    assert seen["imports"] == (str(plugin),), result.output
+
+
 def test_a_run_continued_from_its_state_ends_with_the_unbroken_runs_numbers():
     settings = {**TINY, "rounds": 2, "aggregation": "secure"}
     unbroken = build_run(**settings)

@@ -257,3 +257,40 @@ def test_malicious_nodes_refuse_a_session_whose_verify_keys_are_not_the_ones_the
 def test_a_node_that_demands_malicious_mode_needs_its_key_files():
     with pytest.raises(ConfigError, match="signing-key and verify-keys"):
         CodreamNode({"partition-id": 0, "malicious": "true"})
+
+
+def test_a_local_deployment_gives_the_imports_to_the_server_and_each_nodes_own_config(tmp_path, monkeypatch):
+    """`run_flower(imports=...)`: the run config names them for the ServerApp, and each SuperNode gets
+    them in its own node config (the only place a node takes modules from)."""
+    import tomllib
+
+    from codream.federation.flower import local
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class FakeDeployment:
+        def __init__(self, n, *, node_configs, **kwargs):
+            seen["node_configs"] = node_configs
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def launch(self, app_dir):
+            seen["app"] = tomllib.loads((app_dir / "pyproject.toml").read_text())
+            raise Stop
+
+    monkeypatch.setattr(local, "FlowerDeployment", FakeDeployment)
+    plugin = tmp_path / "p.py"
+    with pytest.raises(Stop):
+        local.run_flower(
+            tiny_config(), aggregation="plain", out_dir=tmp_path / "out", imports=["pkg_x", str(plugin)]
+        )
+    want = f"pkg_x,{plugin.resolve()}"
+    assert [nc["imports"] for nc in seen["node_configs"]] == [want] * 4
+    assert seen["app"]["tool"]["flwr"]["app"]["config"]["imports"] == want
