@@ -124,17 +124,24 @@ def plain_sum(inputs: Mapping[int, np.ndarray], ids: Iterable[int], bits: int, l
 
 
 class RecordingAggregator(Aggregator):
-    """Plain sums, plus a log of each round's participants and plan and of every
-    (round, vector name, contributing clients, vector length)."""
+    """The sums of `inner` (default plain), plus a log of each round's participants and plan, of
+    every (round, vector name, contributing clients, vector length), and of every decoded sum as the
+    server sees it: (round, spec, contributors, total) in `seen`."""
 
     name = "recording"
 
-    def __init__(self) -> None:
-        self.inner = create_aggregator("plain")
+    def __init__(self, inner: Aggregator | None = None) -> None:
+        self.inner = create_aggregator("plain") if inner is None else inner
+        self.mode = self.inner.mode
         self.plans: list[tuple[int, list[str]]] = []
         self.participants: list[tuple[int, ...]] = []
         self.sums: list[tuple[int, str, tuple[int, ...], int]] = []
         self.contexts: list[bytes] = []
+        self.seen: list[tuple[int, VectorSpec, tuple[int, ...], np.ndarray]] = []
+
+    def released(self, kind) -> list[tuple[int, tuple[int, ...], np.ndarray]]:
+        """(round, contributors, total) of every sum of releases of `kind`."""
+        return [(r, c, t) for r, spec, c, t in self.seen if spec.kind is kind]
 
     def open_round(self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]):
         self.plans.append((round_index, [s.name for s in specs]))
@@ -150,7 +157,9 @@ class RecordingAggregator(Aggregator):
                 lengths = {v.shape for v in vectors.values()}
                 outer.sums.append((round_index, spec.name, tuple(sorted(vectors)), *[s[0] for s in lengths]))
                 outer.contexts.append(context)
-                return inner.sum(spec, vectors, context=context)
+                res = inner.sum(spec, vectors, context=context)
+                outer.seen.append((round_index, spec, tuple(res.contributors), np.asarray(res.total)))
+                return res
 
             def close(self):
                 return inner.close()

@@ -9,46 +9,16 @@ released with its contributor set and solve by least squares.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 import torch
 
-from codream.aggregation import AggregationRound, Aggregator, ReleaseKind, VectorSpec, create_aggregator
+from codream.aggregation import ReleaseKind, create_aggregator
 from codream.exceptions import AbortReason, ProtocolAbort
 from codream.federation import DistillConfig, DreamConfig, Federation, FederationConfig
-
-
-class Spying(Aggregator):
-    """An aggregator that keeps every sum the server decodes: (round, spec, contributors, total)."""
-
-    def __init__(self, inner: Aggregator) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.mode = inner.mode
-        self.seen: list[tuple[int, VectorSpec, tuple[int, ...], np.ndarray]] = []
-
-    def open_round(self, *, round_index: int, participants: Sequence[int], specs: Sequence[VectorSpec]):
-        inner = self.inner.open_round(round_index=round_index, participants=participants, specs=specs)
-        outer = self
-
-        class _Round(AggregationRound):
-            def __init__(self) -> None:
-                super().__init__(round_index=round_index, participants=participants, specs=specs)
-
-            def sum(self, spec: VectorSpec, vectors: Mapping[int, np.ndarray], *, context: bytes = b""):
-                res = inner.sum(spec, vectors, context=context)
-                outer.seen.append((round_index, spec, tuple(res.contributors), np.asarray(res.total)))
-                return res
-
-            def close(self):
-                return inner.close()
-
-        return _Round()
-
-    def released(self, kind: ReleaseKind) -> list[tuple[int, tuple[int, ...], np.ndarray]]:
-        return [(r, c, t) for r, spec, c, t in self.seen if spec.kind is kind]
+from fakes import RecordingAggregator
 
 
 def population(**overrides) -> FederationConfig:
@@ -81,7 +51,7 @@ def solve(sets: Sequence[Sequence[int]], totals: np.ndarray, n: int) -> tuple[np
 
 @pytest.fixture(scope="module")
 def attacked(digits):
-    spy = Spying(create_aggregator("secure", rounding_seed=3))
+    spy = RecordingAggregator(create_aggregator("secure", rounding_seed=3))
     fed = Federation(population(), aggregator=spy, dataset=digits)
     fed.run()
     truth = np.stack([c.class_weights() for c in fed.clients])  # (N, K)
@@ -133,7 +103,7 @@ def test_a_resumed_run_does_not_release_the_class_weights_again(digits):
     config = population(rounds=3)
     first = Federation(config, dataset=digits)
     first.run(2)
-    spy = Spying(create_aggregator("secure", rounding_seed=3))
+    spy = RecordingAggregator(create_aggregator("secure", rounding_seed=3))
     resumed = Federation(config, aggregator=spy, dataset=digits)
     resumed.load_state_dict(first.state_dict())
     resumed.run_round()
@@ -143,7 +113,7 @@ def test_a_resumed_run_does_not_release_the_class_weights_again(digits):
     assert resumed.server.targets is not None and len(torch.unique(resumed.server.targets)) > 1
 
 
-class AbortingAfterTheClassWeights(Spying):
+class AbortingAfterTheClassWeights(RecordingAggregator):
     """Aborts round 0 at its first dream step: the class weights have left, no checkpoint exists."""
 
     def open_round(self, *, round_index, participants, specs):
@@ -170,7 +140,7 @@ def test_a_round_stopped_after_the_class_weights_does_not_ask_for_them_again(dig
     with pytest.raises(ProtocolAbort):
         first.run_round()
     assert len(crashing.released(ReleaseKind.CLASS_WEIGHTS)) == 1 and path.exists()
-    spy = Spying(create_aggregator("secure", rounding_seed=3))
+    spy = RecordingAggregator(create_aggregator("secure", rounding_seed=3))
     again = Federation(config, aggregator=spy, dataset=digits)
     again.server.persist_release(path)
     again.run_round()
