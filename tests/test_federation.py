@@ -210,6 +210,59 @@ def test_the_benchmark_table_reports_mean_and_std_over_clients_and_seeds(tmp_pat
     assert "python benchmarks/federation.py --size tiny" in text
 
 
+def test_the_benchmark_selects_the_round_on_validation_and_reports_its_test_accuracy(tmp_path):
+    from codream.bench.federation import BenchmarkResults, MethodRun, summarise, write_markdown
+
+    run = MethodRun(
+        "codream", 0.1, 0, ("cnn", "mlp"), (0.5, 0.6), (0.7, 0.8), 10.0, 2.0,
+        history=((0.7, 0.8), (0.6, 0.6), (0.5, 0.6)),
+        val_history=((0.2, 0.2), (0.5, 0.4), (0.3, 0.3)),
+        ensemble_accuracy=0.9, ensemble_val_accuracy=0.85,
+    )  # fmt: skip
+    assert run.val_accuracy == (0.3, 0.3)
+    assert run.selected_accuracy == (0.6, 0.6)  # round 2 is best on validation, not round 1 on test
+    results = BenchmarkResults(
+        size="tiny", dataset="digits", num_clients=2, models=("cnn", "mlp"), fedavg_model="cnn",
+        alphas=(0.1,), seeds=(0,), config={"samples_per_client": 10, "rounds": 3, "validation": 0.05,
+        "dream": {}, "distill": {}}, runs=[run],
+    )  # fmt: skip
+    rows = {s.method: s for s in summarise(results)}
+    assert rows["codream"].val_mean == pytest.approx(0.3)
+    assert rows["codream"].selected_mean == pytest.approx(0.6)
+    assert rows["codream: teacher ensemble"].val_mean == pytest.approx(0.85)
+    text = write_markdown(results, tmp_path / "r.md", "cmd")
+    assert "| codream | 55.0 ± 5.0 | [55.0] | 30.0 | 60.0 | 75.0 |" in text
+
+
+def test_the_benchmark_carves_one_validation_split_that_every_method_reports():
+    from codream.bench.federation import SIZES, override_size, run_benchmark
+
+    size = override_size(
+        SIZES["tiny"],
+        [
+            "samples_per_client=60", "rounds=2", "validation=0.1", "dream.batch_size=8",
+            "dream.global_steps=2", "distill.kd_steps=3", "distill.warmup_steps=4",
+        ],
+    )  # fmt: skip
+    assert size.validation == 0.1
+    with pytest.raises(ConfigError, match="validation"):
+        override_size(SIZES["tiny"], ["validatoin=0.1"])
+    results = run_benchmark(
+        size=size,
+        dataset="digits",
+        models=("cnn", "mlp"),
+        alphas=(0.1,),
+        seeds=(0,),
+        methods=("codream", "local"),
+    )
+    assert results.config["validation"] == 0.1
+    for run in results.runs:
+        assert len(run.val_history) == 2 and all(0 <= a <= 1 for v in run.val_history for a in v)
+        assert len(run.selected_accuracy) == 2
+    (codream,) = [r for r in results.runs if r.method == "codream"]
+    assert codream.ensemble_val_accuracy is not None
+
+
 @pytest.mark.parametrize(
     ("kd", "ratio", "ce"), [(40, 0.4, 16), (5, 0.4, 2), (10, 0.0, 0), (3, 0.5, 1), (25, 0.4, 10)]
 )

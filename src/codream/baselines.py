@@ -106,6 +106,8 @@ class BaselineResult:
         history: ``history[r][k]``: client k's accuracy after round r.
         best_over_rounds: per client, the maximum over rounds. Selected on the test set, so optimistic;
             reported only because the CoDream reference code reports it.
+        val_history: ``val_history[r][k]``: the same on the data set's validation split (empty when it
+            has none): what model selection may look at.
         steps_per_round: SGD steps each trained model takes per round.
         examples_per_round: examples processed per round by the whole method (the matched budget).
         seconds: wall-clock time of training and evaluation.
@@ -121,6 +123,7 @@ class BaselineResult:
     examples_per_round: int
     seconds: float
     config: BaselineConfig
+    val_history: tuple[tuple[float, ...], ...] = ()
 
     @property
     def mean(self) -> float:
@@ -219,6 +222,21 @@ def _best(history: list[tuple[float, ...]]) -> tuple[float, ...]:
     return tuple(float(v) for v in np.max(np.asarray(history), axis=0))
 
 
+def _validation(dataset: Dataset, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The data set's validation split on `dev` (None without one)."""
+    if dataset.x_val is None or dataset.y_val is None:
+        return None
+    return dataset.x_val.to(dev), dataset.y_val.to(dev)
+
+
+def _val_accuracy(
+    model: nn.Module, val: tuple[torch.Tensor, torch.Tensor] | None, config: BaselineConfig, dev: torch.device
+) -> float | None:
+    if val is None:
+        return None
+    return accuracy(model, val[0], val[1], batch_size=config.eval_batch_size, device=dev)
+
+
 def _result(
     method: Method,
     names: Sequence[str],
@@ -228,6 +246,7 @@ def _result(
     steps: int,
     examples: int,
     start: float,
+    val_history: list[tuple[float, ...]] | None = None,
 ) -> BaselineResult:
     """Package a finished baseline: final and best-over-rounds accuracies come from its history."""
     return BaselineResult(
@@ -240,6 +259,7 @@ def _result(
         examples_per_round=examples,
         seconds=time.perf_counter() - start,
         config=config,
+        val_history=tuple(val_history or ()),
     )
 
 
@@ -282,13 +302,18 @@ def run_local_only(
         gen = torch.Generator().manual_seed(_seed(config, Method.LOCAL, k, 1))
         clients.append((model, dataset.x_train[ix].to(dev), dataset.y_train[ix].to(dev), gen))
     x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
+    val = _validation(dataset, dev)
     history: list[tuple[float, ...]] = []
+    val_history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
-        accs = []
+        accs, val_accs = [], []
         for model, x, y, gen in clients:
             _train(model, x, y, config, config.local_steps, gen, dev)
             accs.append(accuracy(model, x_test, y_test, batch_size=config.eval_batch_size, device=dev))
+            val_accs.append(_val_accuracy(model, val, config, dev))
         history.append(tuple(accs))
+        if val is not None:
+            val_history.append(tuple(val_accs))
         logger.info("local-only round %d/%d: mean accuracy %.4f", r + 1, config.rounds, float(np.mean(accs)))
     return _result(
         Method.LOCAL,
@@ -298,6 +323,7 @@ def run_local_only(
         steps=config.local_steps,
         examples=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
         start=start,
+        val_history=val_history,
     )
 
 
@@ -338,7 +364,9 @@ def run_fedavg(
     gens = [torch.Generator().manual_seed(_seed(config, Method.FEDAVG, k, 1)) for k in range(len(idx))]
     weights = [float(len(ix)) for ix in idx]
     x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
+    val = _validation(dataset, dev)
     history: list[tuple[float, ...]] = []
+    val_history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
         states = []
         for (x, y), gen in zip(data, gens, strict=True):
@@ -348,6 +376,8 @@ def run_fedavg(
         global_model.load_state_dict(fedavg_average(states, weights))
         acc = accuracy(global_model, x_test, y_test, batch_size=config.eval_batch_size, device=dev)
         history.append((acc,) * len(idx))
+        if val is not None:
+            val_history.append((_val_accuracy(global_model, val, config, dev),) * len(idx))
         logger.info("fedavg round %d/%d: accuracy %.4f", r + 1, config.rounds, acc)
     return _result(
         Method.FEDAVG,
@@ -357,6 +387,7 @@ def run_fedavg(
         steps=config.local_steps,
         examples=config.local_steps * sum(min(config.batch_size, len(ix)) for ix in idx),
         start=start,
+        val_history=val_history,
     )
 
 
@@ -400,13 +431,18 @@ def run_centralized(
         )
         trained[name] = (model, torch.Generator().manual_seed(_seed(config, Method.CENTRALIZED, a, 1)))
     x_test, y_test = dataset.x_test.to(dev), dataset.y_test.to(dev)
+    val = _validation(dataset, dev)
     history: list[tuple[float, ...]] = []
+    val_history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
-        acc_by_arch = {}
+        acc_by_arch, val_by_arch = {}, {}
         for name, (model, gen) in trained.items():
             _train(model, x, y, config, steps, gen, dev)
             acc_by_arch[name] = accuracy(model, x_test, y_test, batch_size=config.eval_batch_size, device=dev)
+            val_by_arch[name] = _val_accuracy(model, val, config, dev)
         history.append(tuple(acc_by_arch[name] for name in names))
+        if val is not None:
+            val_history.append(tuple(val_by_arch[name] for name in names))
         logger.info("centralized round %d/%d: %s", r + 1, config.rounds, acc_by_arch)
     return _result(
         Method.CENTRALIZED,
@@ -416,6 +452,7 @@ def run_centralized(
         steps=steps,
         examples=steps * min(config.batch_size, len(union)) * len(archs),
         start=start,
+        val_history=val_history,
     )
 
 
