@@ -218,6 +218,7 @@ def test_the_benchmark_selects_the_round_on_validation_and_reports_its_test_accu
         history=((0.7, 0.8), (0.6, 0.6), (0.5, 0.6)),
         val_history=((0.2, 0.2), (0.5, 0.4), (0.3, 0.3)),
         ensemble_accuracy=0.9, ensemble_val_accuracy=0.85,
+        val_held_accuracy=(0.6, 0.5), val_lacked_accuracy=(0.1, float("nan")),
     )  # fmt: skip
     assert run.val_accuracy == (0.3, 0.3)
     assert run.selected_accuracy == (0.6, 0.6)  # round 2 is best on validation, not round 1 on test
@@ -232,6 +233,7 @@ def test_the_benchmark_selects_the_round_on_validation_and_reports_its_test_accu
     assert rows["codream: teacher ensemble"].val_mean == pytest.approx(0.85)
     text = write_markdown(results, tmp_path / "r.md", "cmd")
     assert "| codream | 55.0 ± 5.0 | [55.0] | 30.0 | 60.0 | 75.0 |" in text
+    assert "- codream: 55.0 / 10.0" in text  # a client that lacks no class has no figure for it
 
 
 def test_the_benchmark_carves_one_validation_split_that_every_method_reports():
@@ -261,6 +263,8 @@ def test_the_benchmark_carves_one_validation_split_that_every_method_reports():
         assert len(run.selected_accuracy) == 2
     (codream,) = [r for r in results.runs if r.method == "codream"]
     assert codream.ensemble_val_accuracy is not None
+    assert len(codream.val_held_accuracy) == len(codream.val_lacked_accuracy) == 2
+    assert all(0 <= a <= 1 for a in codream.val_held_accuracy)
 
 
 @pytest.mark.parametrize(
@@ -274,3 +278,36 @@ def test_the_cross_entropy_steps_per_round_are_those_the_loop_interleaves(kd, ra
         while owed >= 1.0:
             taken, owed = taken + 1, owed - 1.0
     assert taken <= ce
+
+
+def test_the_ablation_rows_take_pieces_away_cumulatively_and_run_as_named(monkeypatch):
+    import codream.bench.federation as bench
+
+    monkeypatch.setattr(
+        bench,
+        "ABLATION",
+        (("no KD", ("distill.kd_steps=0",)), ("no KD, plain labels", ("distill.label_temperature=1",))),
+    )
+    size = bench.override_size(
+        bench.SIZES["tiny"],
+        [
+            "samples_per_client=40", "rounds=1", "dream.batch_size=8", "dream.global_steps=2",
+            "distill.kd_steps=3", "distill.warmup_steps=2", "distill.label_temperature=2",
+        ],
+    )  # fmt: skip
+    rows = bench.ablation_sizes(size)
+    assert [label for label, _ in rows] == ["no KD", "no KD, plain labels"]
+    assert rows[0][1].distill.kd_steps == 0 and rows[0][1].distill.label_temperature == 2
+    assert rows[1][1].distill.kd_steps == 0 and rows[1][1].distill.label_temperature == 1
+    results = bench.run_benchmark(
+        size=size,
+        dataset="digits",
+        models=("mlp",),
+        alphas=(0.1,),
+        seeds=(0,),
+        methods=("codream", "ablation"),
+    )
+    runs = {r.method: r for r in results.runs}
+    assert list(runs) == ["codream", "no KD", "no KD, plain labels"]
+    assert runs["codream"].kd_step_seconds is not None
+    assert runs["no KD"].kd_step_seconds is None and runs["no KD, plain labels"].kd_step_seconds is None

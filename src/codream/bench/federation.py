@@ -142,6 +142,8 @@ class MethodRun:
     val_history: tuple[tuple[float, ...], ...] = ()
     ensemble_val_accuracy: float | None = None
     student_val_accuracy: float | None = None
+    val_held_accuracy: tuple[float, ...] = ()
+    val_lacked_accuracy: tuple[float, ...] = ()
 
     @property
     def val_accuracy(self) -> tuple[float, ...]:
@@ -326,7 +328,23 @@ def _run_codream(method: str, cfg: FederationConfig, dataset, device: str) -> Me
         student_val_accuracy=(
             None if val is None or fed.server.student is None else _accuracy(fed.server.student.model, val)
         ),
+        **({} if val is None else _held_and_lacked(fed, val)),
     )
+
+
+def _held_and_lacked(fed, val: tuple[torch.Tensor, torch.Tensor]) -> dict[str, tuple[float, ...]]:
+    """Each client's final validation accuracy on the classes it holds and on those it lacks (weight 0):
+    the second is what it can only have learnt from the dreams (nan where it lacks none)."""
+    from ..evaluation import predict_proba
+
+    x, y = val
+    held, lacked = [], []
+    for c in fed.clients:
+        right = predict_proba(c.model, x).argmax(dim=1) == y.cpu()
+        has = torch.as_tensor(c.class_weights() > 0)[y.cpu()]
+        held.append(float(right[has].float().mean()) if has.any() else math.nan)
+        lacked.append(float(right[~has].float().mean()) if (~has).any() else math.nan)
+    return {"val_held_accuracy": tuple(held), "val_lacked_accuracy": tuple(lacked)}
 
 
 def _validation(dataset, device: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -569,6 +587,13 @@ class Summary:
     kd_step_seconds: float | None = None
     val_mean: float | None = None
     selected_mean: float | None = None
+    held_mean: float | None = None
+    lacked_mean: float | None = None
+
+
+def _nanmean_or_none(values: list[float]) -> float | None:
+    present = [v for v in values if not math.isnan(v)]
+    return float(np.mean(present)) if present else None
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
@@ -606,6 +631,8 @@ def summarise(results: BenchmarkResults) -> list[Summary]:
                     kd_step_seconds=_mean_or_none([r.kd_step_seconds for r in runs]),
                     val_mean=float(np.mean(val)) if val else None,
                     selected_mean=float(np.mean(selected)) if len(selected) == len(accs) else None,
+                    held_mean=_nanmean_or_none([a for r in runs for a in r.val_held_accuracy]),
+                    lacked_mean=_nanmean_or_none([a for r in runs for a in r.val_lacked_accuracy]),
                 )
             )
             for label, attr, best_attr, val_attr in (
@@ -736,6 +763,16 @@ def write_markdown(results: BenchmarkResults, path: str | Path | None, command: 
             ratio = by["codream: server student"].mean / max(by["codream: teacher ensemble"].mean, 1e-12)
             lines.append("")
             lines.append(f"Server student / teacher ensemble: {100 * ratio:.0f} %.")
+        split = [
+            s for s in rows if s.alpha == alpha and s.held_mean is not None and s.lacked_mean is not None
+        ]
+        if split:
+            lines += [
+                "",
+                "Final validation accuracy on the classes a client holds / lacks (%, mean over clients):",
+                "",
+            ]
+            lines += [f"- {s.method}: {_pct(s.held_mean)} / {_pct(s.lacked_mean)}" for s in split]
         arch = per_architecture(results, alpha)
         if arch:
             names = list(dict.fromkeys(results.models))
