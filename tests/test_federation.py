@@ -280,13 +280,13 @@ def test_the_cross_entropy_steps_per_round_are_those_the_loop_interleaves(kd, ra
     assert taken <= ce
 
 
-def test_the_ablation_rows_take_pieces_away_cumulatively_and_run_as_named(monkeypatch):
+def test_the_ablation_rows_change_one_piece_each_and_run_as_named(monkeypatch):
     import codream.bench.federation as bench
 
     monkeypatch.setattr(
         bench,
         "ABLATION",
-        (("no KD", ("distill.kd_steps=0",)), ("no KD, plain labels", ("distill.label_temperature=1",))),
+        (("no KD", ("distill.kd_steps=0",)), ("plain labels", ("distill.label_temperature=1",))),
     )
     size = bench.override_size(
         bench.SIZES["tiny"],
@@ -296,9 +296,9 @@ def test_the_ablation_rows_take_pieces_away_cumulatively_and_run_as_named(monkey
         ],
     )  # fmt: skip
     rows = bench.ablation_sizes(size)
-    assert [label for label, _ in rows] == ["no KD", "no KD, plain labels"]
+    assert [label for label, _ in rows] == ["no KD", "plain labels"]
     assert rows[0][1].distill.kd_steps == 0 and rows[0][1].distill.label_temperature == 2
-    assert rows[1][1].distill.kd_steps == 0 and rows[1][1].distill.label_temperature == 1
+    assert rows[1][1].distill.kd_steps == 3 and rows[1][1].distill.label_temperature == 1
     results = bench.run_benchmark(
         size=size,
         dataset="digits",
@@ -308,6 +308,17 @@ def test_the_ablation_rows_take_pieces_away_cumulatively_and_run_as_named(monkey
         methods=("codream", "ablation"),
     )
     runs = {r.method: r for r in results.runs}
-    assert list(runs) == ["codream", "no KD", "no KD, plain labels"]
-    assert runs["codream"].kd_step_seconds is not None
-    assert runs["no KD"].kd_step_seconds is None and runs["no KD, plain labels"].kd_step_seconds is None
+    assert list(runs) == ["codream", "no KD", "plain labels"]
+    assert runs["codream"].kd_step_seconds is not None and runs["plain labels"].kd_step_seconds is not None
+    assert runs["no KD"].kd_step_seconds is None
+
+
+def test_every_ablation_row_of_the_cpu_size_keeps_its_cross_entropy_budget():
+    from codream.bench.federation import SIZES, ablation_sizes
+
+    cpu = SIZES["cpu"]
+    rows = ablation_sizes(cpu)
+    assert len(rows) == 6
+    for label, size in rows:
+        assert size.distill.ce_steps_per_round == cpu.distill.ce_steps_per_round, label
+        assert size.dream.global_steps == cpu.dream.global_steps and size.rounds == cpu.rounds, label
