@@ -318,7 +318,7 @@ def test_every_ablation_row_of_the_cpu_size_keeps_its_cross_entropy_budget():
 
     cpu = SIZES["cpu"]
     rows = ablation_sizes(cpu)
-    assert len(rows) == 6
+    assert len(rows) == 8
     for label, size in rows:
         assert size.distill.ce_steps_per_round == cpu.distill.ce_steps_per_round, label
         assert size.dream.global_steps == cpu.dream.global_steps and size.rounds == cpu.rounds, label

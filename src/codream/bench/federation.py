@@ -237,13 +237,15 @@ _PAPER_LEARNING = dict(
 )
 
 #: ``--methods ablation``: the benchmark's `codream` changed in one piece at a time (each row on its
-#: own, not cumulative): a piece it uses taken away, or a candidate it does not use added. The
-#: difference to the `codream` row is what that piece buys or costs. Every row takes the same local
-#: cross-entropy steps per round (40 at the cpu size), so the matched baselines hold for all of them;
-#: the dream and KD budget row gives the cpu size's 40 CE steps as 300 x 0.1334. Measured rows at the
-#: tuning size: benchmarks/results/federation-tuning.md.
+#: own, not cumulative), each a candidate the tuning runs measured (the distillation options of
+#: `DistillConfig`); the difference to the `codream` row is what that piece buys or costs. Every row
+#: takes the same local cross-entropy steps per round (40 at the cpu size), so the matched baselines
+#: hold for all of them: the budget row gives them as 300 x 0.1334. The student row leaves the clients
+#: as they are (it is post-processing) and adds the server student's rows. Measured at the tuning
+#: size: benchmarks/results/federation-tuning.md.
 ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("codream − restricted joint local CE", ("distill.local_loss=plain", "distill.joint=false")),
+    ("codream + restricted joint local CE", ("distill.local_loss=restricted", "distill.joint=true")),
+    ("codream + adjusted joint local CE", ("distill.local_loss=adjusted", "distill.joint=true")),
     (
         "codream + 256 dreams, 300 KD steps",
         (
@@ -257,6 +259,7 @@ ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("codream + class-weighted labels", ("distill.label_weighting=class",)),
     ("codream + mixed BatchNorm", ("distill.kd_batchnorm=mixed",)),
     ("codream + shift/flip", ("distill.augment=shift_flip",)),
+    ("codream + server student", ("distill.student=cnn",)),
 )
 ABLATION_METHOD = "ablation"
 
@@ -837,7 +840,12 @@ def federation_command(name: str, *, default_out: str | None = None, prog: str |
     @click.option("--fedavg-model", default="cnn", show_default=True)
     @click.option("--alphas", default="0.1,iid", show_default=True, help="Dirichlet alphas; 'iid' for IID.")
     @click.option("--seeds", default=None, help="Comma-separated seeds (default: the size's).")
-    @click.option("--methods", default=",".join(METHODS), show_default=True)
+    @click.option(
+        "--methods",
+        default=",".join(METHODS),
+        show_default=True,
+        help=f"Comma-separated; '{ABLATION_METHOD}' adds codream changed in one piece at a time (ABLATION).",
+    )
     @click.option("--rounds", type=int, default=None, help="Override the size's rounds.")
     @click.option("--device", default="cpu", show_default=True)
     @click.option(
