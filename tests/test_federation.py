@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -322,3 +323,16 @@ def test_every_ablation_row_of_the_cpu_size_keeps_its_cross_entropy_budget():
     for label, size in rows:
         assert size.distill.ce_steps_per_round == cpu.distill.ce_steps_per_round, label
         assert size.dream.global_steps == cpu.dream.global_steps and size.rounds == cpu.rounds, label
+
+
+def test_the_server_student_leaves_every_client_as_it_would_be_without_it(digits):
+    """Without an adversarial or adaptive term the student is post-processing: clients are unchanged."""
+    distill = DistillConfig(kd_steps=6, warmup_steps=10, buffer_size=48)
+    cfg = small_config(models=("cnn", "mlp"), num_clients=2, rounds=1, distill=distill)
+    plain = Federation(cfg, dataset=digits)
+    with_student = Federation(replace(cfg, distill=replace(distill, student="cnn")), dataset=digits)
+    a, b = plain.run_round(), with_student.run_round()
+    assert a.accuracies == b.accuracies and b.student_accuracy is not None
+    for c, d in zip(plain.clients, with_student.clients, strict=True):
+        for p, q in zip(c.model.state_dict().values(), d.model.state_dict().values(), strict=True):
+            assert torch.equal(p, q)
