@@ -145,3 +145,17 @@ def test_a_zero_budget_is_rejected(field):
 
 def _fields(config: BaselineConfig) -> dict:
     return {name: getattr(config, name) for name in config.__dataclass_fields__}
+
+
+@pytest.mark.parametrize("method", ["local", "fedavg", "centralized"])
+def test_a_validation_split_is_evaluated_every_round_like_the_test_set(digits, iid_parts, method):
+    import dataclasses
+
+    config = BaselineConfig(rounds=2, local_steps=5, batch_size=32, seed=0)
+    models = "mlp" if method == "fedavg" else ["mlp", "cnn", "mlp"]
+    assert run_baseline(method, digits, iid_parts, models, config, device="cpu").val_history == ()
+    # A validation split equal to the test split must score exactly what the test set does.
+    mirrored = dataclasses.replace(digits, x_val=digits.x_test, y_val=digits.y_test)
+    result = run_baseline(method, mirrored, iid_parts, models, config, device="cpu")
+    assert len(result.val_history) == config.rounds
+    assert result.val_history == result.history

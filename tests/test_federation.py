@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -212,6 +213,63 @@ def test_the_benchmark_table_reports_mean_and_std_over_clients_and_seeds(tmp_pat
     assert "python benchmarks/federation.py --size tiny" in text
 
 
+def test_the_benchmark_selects_the_round_on_validation_and_reports_its_test_accuracy(tmp_path):
+    from codream.bench.federation import BenchmarkResults, MethodRun, summarise, write_markdown
+
+    run = MethodRun(
+        "codream", 0.1, 0, ("cnn", "mlp"), (0.5, 0.6), (0.7, 0.8), 10.0, 2.0,
+        history=((0.7, 0.8), (0.6, 0.6), (0.5, 0.6)),
+        val_history=((0.2, 0.2), (0.5, 0.4), (0.3, 0.3)),
+        ensemble_accuracy=0.9, ensemble_val_accuracy=0.85,
+        val_held_accuracy=(0.6, 0.5), val_lacked_accuracy=(0.1, float("nan")),
+    )  # fmt: skip
+    assert run.val_accuracy == (0.3, 0.3)
+    assert run.selected_accuracy == (0.6, 0.6)  # round 2 is best on validation, not round 1 on test
+    results = BenchmarkResults(
+        size="tiny", dataset="digits", num_clients=2, models=("cnn", "mlp"), fedavg_model="cnn",
+        alphas=(0.1,), seeds=(0,), config={"samples_per_client": 10, "rounds": 3, "validation": 0.05,
+        "dream": {}, "distill": {}}, runs=[run],
+    )  # fmt: skip
+    rows = {s.method: s for s in summarise(results)}
+    assert rows["codream"].val_mean == pytest.approx(0.3)
+    assert rows["codream"].selected_mean == pytest.approx(0.6)
+    assert rows["codream: teacher ensemble"].val_mean == pytest.approx(0.85)
+    text = write_markdown(results, tmp_path / "r.md", "cmd")
+    assert "| codream | 55.0 ± 5.0 | [55.0] | 30.0 | 60.0 | 75.0 |" in text
+    assert "- codream: 55.0 / 10.0" in text  # a client that lacks no class has no figure for it
+
+
+def test_the_benchmark_carves_one_validation_split_that_every_method_reports():
+    from codream.bench.federation import SIZES, override_size, run_benchmark
+
+    size = override_size(
+        SIZES["tiny"],
+        [
+            "samples_per_client=60", "rounds=2", "validation=0.1", "dream.batch_size=8",
+            "dream.global_steps=2", "distill.kd_steps=3", "distill.warmup_steps=4",
+        ],
+    )  # fmt: skip
+    assert size.validation == 0.1
+    with pytest.raises(ConfigError, match="validation"):
+        override_size(SIZES["tiny"], ["validatoin=0.1"])
+    results = run_benchmark(
+        size=size,
+        dataset="digits",
+        models=("cnn", "mlp"),
+        alphas=(0.1,),
+        seeds=(0,),
+        methods=("codream", "local"),
+    )
+    assert results.config["validation"] == 0.1
+    for run in results.runs:
+        assert len(run.val_history) == 2 and all(0 <= a <= 1 for v in run.val_history for a in v)
+        assert len(run.selected_accuracy) == 2
+    (codream,) = [r for r in results.runs if r.method == "codream"]
+    assert codream.ensemble_val_accuracy is not None
+    assert len(codream.val_held_accuracy) == len(codream.val_lacked_accuracy) == 2
+    assert all(0 <= a <= 1 for a in codream.val_held_accuracy)
+
+
 @pytest.mark.parametrize(
     ("kd", "ratio", "ce"), [(40, 0.4, 16), (5, 0.4, 2), (10, 0.0, 0), (3, 0.5, 1), (25, 0.4, 10)]
 )
@@ -223,3 +281,60 @@ def test_the_cross_entropy_steps_per_round_are_those_the_loop_interleaves(kd, ra
         while owed >= 1.0:
             taken, owed = taken + 1, owed - 1.0
     assert taken <= ce
+
+
+def test_the_ablation_rows_change_one_piece_each_and_run_as_named(monkeypatch):
+    import codream.bench.federation as bench
+
+    monkeypatch.setattr(
+        bench,
+        "ABLATION",
+        (("no KD", ("distill.kd_steps=0",)), ("plain labels", ("distill.label_temperature=1",))),
+    )
+    size = bench.override_size(
+        bench.SIZES["tiny"],
+        [
+            "samples_per_client=40", "rounds=1", "dream.batch_size=8", "dream.global_steps=2",
+            "distill.kd_steps=3", "distill.warmup_steps=2", "distill.label_temperature=2",
+        ],
+    )  # fmt: skip
+    rows = bench.ablation_sizes(size)
+    assert [label for label, _ in rows] == ["no KD", "plain labels"]
+    assert rows[0][1].distill.kd_steps == 0 and rows[0][1].distill.label_temperature == 2
+    assert rows[1][1].distill.kd_steps == 3 and rows[1][1].distill.label_temperature == 1
+    results = bench.run_benchmark(
+        size=size,
+        dataset="digits",
+        models=("mlp",),
+        alphas=(0.1,),
+        seeds=(0,),
+        methods=("codream", "ablation"),
+    )
+    runs = {r.method: r for r in results.runs}
+    assert list(runs) == ["codream", "no KD", "plain labels"]
+    assert runs["codream"].kd_step_seconds is not None and runs["plain labels"].kd_step_seconds is not None
+    assert runs["no KD"].kd_step_seconds is None
+
+
+def test_every_ablation_row_of_the_cpu_size_keeps_its_cross_entropy_budget():
+    from codream.bench.federation import SIZES, ablation_sizes
+
+    cpu = SIZES["cpu"]
+    rows = ablation_sizes(cpu)
+    assert len(rows) == 8
+    for label, size in rows:
+        assert size.distill.ce_steps_per_round == cpu.distill.ce_steps_per_round, label
+        assert size.dream.global_steps == cpu.dream.global_steps and size.rounds == cpu.rounds, label
+
+
+def test_the_server_student_leaves_every_client_as_it_would_be_without_it(digits):
+    """Without an adversarial or adaptive term the student is post-processing: clients are unchanged."""
+    distill = DistillConfig(kd_steps=6, warmup_steps=10, buffer_size=48)
+    cfg = small_config(models=("cnn", "mlp"), num_clients=2, rounds=1, distill=distill)
+    plain = Federation(cfg, dataset=digits)
+    with_student = Federation(replace(cfg, distill=replace(distill, student="cnn")), dataset=digits)
+    a, b = plain.run_round(), with_student.run_round()
+    assert a.accuracies == b.accuracies and b.student_accuracy is not None
+    for c, d in zip(plain.clients, with_student.clients, strict=True):
+        for p, q in zip(c.model.state_dict().values(), d.model.state_dict().values(), strict=True):
+            assert torch.equal(p, q)

@@ -106,6 +106,8 @@ class BaselineResult:
         history: ``history[r][k]``: client k's accuracy after round r.
         best_over_rounds: per client, the maximum over rounds. Selected on the test set, so optimistic;
             reported only because the CoDream reference code reports it.
+        val_history: ``val_history[r][k]``: the same on the data set's validation split (empty when it
+            has none): what model selection may look at.
         steps_per_round: SGD steps each trained model takes per round.
         examples_per_round: examples processed per round by the whole method (the matched budget).
         seconds: wall-clock time of training and evaluation.
@@ -121,6 +123,7 @@ class BaselineResult:
     examples_per_round: int
     seconds: float
     config: BaselineConfig
+    val_history: tuple[tuple[float, ...], ...] = ()
 
     @property
     def mean(self) -> float:
@@ -225,12 +228,19 @@ class _RunStart:
     names: tuple[str, ...]
     x_test: torch.Tensor
     y_test: torch.Tensor
+    val: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def evaluate(self, model: nn.Module, config: BaselineConfig) -> float:
         """The model's accuracy on the full test set."""
         return accuracy(
             model, self.x_test, self.y_test, batch_size=config.eval_batch_size, device=self.device
         )
+
+    def evaluate_val(self, model: nn.Module, config: BaselineConfig) -> float | None:
+        """The model's accuracy on the data set's validation split (None without one)."""
+        if self.val is None:
+            return None
+        return accuracy(model, *self.val, batch_size=config.eval_batch_size, device=self.device)
 
 
 def _start_run(
@@ -241,7 +251,12 @@ def _start_run(
     dev = resolve_device(device)
     idx = _check_parts(dataset, parts)
     names = _client_models(models, len(idx))
-    return _RunStart(start, dev, idx, names, dataset.x_test.to(dev), dataset.y_test.to(dev))
+    val = (
+        None
+        if dataset.x_val is None or dataset.y_val is None
+        else (dataset.x_val.to(dev), dataset.y_val.to(dev))
+    )
+    return _RunStart(start, dev, idx, names, dataset.x_test.to(dev), dataset.y_test.to(dev), val)
 
 
 def _local_clients(
@@ -291,6 +306,7 @@ def _result(
     *,
     steps: int,
     examples: int,
+    val_history: list[tuple[float, ...]] | None = None,
 ) -> BaselineResult:
     """Package a finished baseline: final and best-over-rounds accuracies come from its history."""
     return BaselineResult(
@@ -303,6 +319,7 @@ def _result(
         examples_per_round=examples,
         seconds=time.perf_counter() - run.start,
         config=config,
+        val_history=tuple(val_history or ()),
     )
 
 
@@ -333,12 +350,16 @@ def run_local_only(
     dev = run.device
     clients = _local_clients(dataset, run, config)
     history: list[tuple[float, ...]] = []
+    val_history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
-        accs = []
+        accs, val_accs = [], []
         for model, x, y, gen in clients:
             _train(model, x, y, config, config.local_steps, gen, dev)
             accs.append(run.evaluate(model, config))
+            val_accs.append(run.evaluate_val(model, config))
         history.append(tuple(accs))
+        if run.val is not None:
+            val_history.append(tuple(val_accs))
         logger.info("local-only round %d/%d: mean accuracy %.4f", r + 1, config.rounds, float(np.mean(accs)))
     return _result(
         Method.LOCAL,
@@ -347,6 +368,7 @@ def run_local_only(
         config,
         steps=config.local_steps,
         examples=_examples_per_round(config.local_steps, config.batch_size, run.idx),
+        val_history=val_history,
     )
 
 
@@ -382,6 +404,7 @@ def run_fedavg(
     data = [(dataset.x_train[ix].to(dev), dataset.y_train[ix].to(dev)) for ix in idx]
     weights = [float(len(ix)) for ix in idx]
     history: list[tuple[float, ...]] = []
+    val_history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
         states = []
         for (x, y), gen in zip(data, gens, strict=True):
@@ -391,6 +414,8 @@ def run_fedavg(
         global_model.load_state_dict(fedavg_average(states, weights))
         acc = run.evaluate(global_model, config)
         history.append((acc,) * len(idx))
+        if run.val is not None:
+            val_history.append((run.evaluate_val(global_model, config),) * len(idx))
         logger.info("fedavg round %d/%d: accuracy %.4f", r + 1, config.rounds, acc)
     return _result(
         Method.FEDAVG,
@@ -399,6 +424,7 @@ def run_fedavg(
         config,
         steps=config.local_steps,
         examples=_examples_per_round(config.local_steps, config.batch_size, idx),
+        val_history=val_history,
     )
 
 
@@ -440,12 +466,16 @@ def run_centralized(
         )
         trained[name] = (model, torch.Generator().manual_seed(_seed(config, Method.CENTRALIZED, a, 1)))
     history: list[tuple[float, ...]] = []
+    val_history: list[tuple[float, ...]] = []
     for r in range(config.rounds):
-        acc_by_arch = {}
+        acc_by_arch, val_by_arch = {}, {}
         for name, (model, gen) in trained.items():
             _train(model, x, y, config, steps, gen, dev)
             acc_by_arch[name] = run.evaluate(model, config)
+            val_by_arch[name] = run.evaluate_val(model, config)
         history.append(tuple(acc_by_arch[name] for name in names))
+        if run.val is not None:
+            val_history.append(tuple(val_by_arch[name] for name in names))
         logger.info("centralized round %d/%d: %s", r + 1, config.rounds, acc_by_arch)
     return _result(
         Method.CENTRALIZED,
@@ -454,6 +484,7 @@ def run_centralized(
         config,
         steps=steps,
         examples=steps * min(config.batch_size, len(union)) * len(archs),
+        val_history=val_history,
     )
 
 

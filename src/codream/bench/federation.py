@@ -11,9 +11,12 @@ runs on that same split:
   with KD), at the size's dream and KD budget;
 - `local`: each client trains alone (codream.baselines);
 - `fedavg`: one shared architecture for all clients (codream.baselines);
-- `centralized`: each architecture trained on the union of the clients' data (codream.baselines).
+- `centralized`: each architecture trained on the union of the clients' data (codream.baselines);
+- `ablation` (not run by default): `codream` changed in one piece at a time (`ABLATION`).
 
-Budgets are matched in local cross-entropy steps: a baseline client takes, per round, as many
+A validation split (`BenchmarkSize.validation`) is carved from the training data before the partition;
+every method reports its accuracy there, and variants are compared on it (the test set is only
+reported). Budgets are matched in local cross-entropy steps: a baseline client takes, per round, as many
 cross-entropy steps as a CoDream client does (warm-up spread over the rounds plus the interleaved CE
 steps); CoDream's KD steps on dreams come on top, as in the paper. Accuracies are final-round test
 accuracies, mean ± std over all (client, seed) pairs; the best-over-rounds figure is reported apart.
@@ -64,6 +67,9 @@ class BenchmarkSize:
         dream: dream settings of CoDream.
         distill: distillation settings of CoDream.
         seeds: seeds to run.
+        validation: fraction of the training data held out (per class, seeded, before the partition;
+            `codream.data.split_validation`) for model selection: every method reports its accuracy
+            there, and tuning compares variants on it; the test split is only reported (0: none).
     """
 
     name: str
@@ -73,6 +79,7 @@ class BenchmarkSize:
     dream: DreamConfig
     distill: DistillConfig
     seeds: tuple[int, ...] = (0, 1)
+    validation: float = 0.03
 
 
 SIZES: dict[str, BenchmarkSize] = {
@@ -132,6 +139,25 @@ class MethodRun:
     student_best: float | None = None
     dream_step_seconds: float | None = None
     kd_step_seconds: float | None = None
+    val_history: tuple[tuple[float, ...], ...] = ()
+    ensemble_val_accuracy: float | None = None
+    student_val_accuracy: float | None = None
+    val_held_accuracy: tuple[float, ...] = ()
+    val_lacked_accuracy: tuple[float, ...] = ()
+
+    @property
+    def val_accuracy(self) -> tuple[float, ...]:
+        """Each client's final-round validation accuracy (empty without a validation split)."""
+        return self.val_history[-1] if self.val_history else ()
+
+    @property
+    def selected_accuracy(self) -> tuple[float, ...]:
+        """Each client's test accuracy in the round with the best mean validation accuracy (the
+        model selection a run may make; empty without a validation split)."""
+        if not self.val_history or len(self.val_history) != len(self.history):
+            return ()
+        best = int(np.argmax([np.mean(v) for v in self.val_history]))
+        return self.history[best]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +184,8 @@ class BenchmarkResults:
 
 def override_size(size: BenchmarkSize, settings: Sequence[str]) -> BenchmarkSize:
     """Apply ``key=value`` overrides to a size: ``dream.global_steps=60``, ``distill.kd_steps=40``,
-    ``samples_per_client=500``, ``rounds=4``, ``limit_test=1000`` (values parsed as JSON, else text).
+    ``samples_per_client=500``, ``rounds=4``, ``limit_test=1000``, ``validation=0.05`` (values parsed
+    as JSON, else text).
 
     Raises:
         ConfigError: for a malformed setting or an unknown key.
@@ -179,11 +206,12 @@ def override_size(size: BenchmarkSize, settings: Sequence[str]) -> BenchmarkSize
             dream[name] = value
         elif dot and section == "distill":
             distill[name] = value
-        elif not dot and key in ("samples_per_client", "rounds", "limit_test"):
+        elif not dot and key in ("samples_per_client", "rounds", "limit_test", "validation"):
             top[key] = value
         else:
             raise ConfigError(
-                f"unknown setting {key!r}: use dream.*, distill.*, samples_per_client, rounds, limit_test"
+                f"unknown setting {key!r}: use dream.*, distill.*, samples_per_client, rounds, limit_test, "
+                "validation"
             )
     try:
         return replace(
@@ -199,12 +227,46 @@ def _alpha_label(alpha: float | None) -> str:
 
 # The learning options the paper method runs without (its plain acquisition), whatever the size sets.
 _PAPER_LEARNING = dict(
+    temperature=1.0,
     label_temperature=1.0,
     label_weighting="target",
     joint=False,
     local_loss="plain",
     kd_batchnorm="dreams",
+    augment="none",
 )
+
+#: ``--methods ablation``: the benchmark's `codream` changed in one piece at a time (each row on its
+#: own, not cumulative), each a candidate the tuning runs measured (the distillation options of
+#: `DistillConfig`); the difference to the `codream` row is what that piece buys or costs. Every row
+#: takes the same local cross-entropy steps per round (40 at the cpu size), so the matched baselines
+#: hold for all of them: the budget row gives them as 300 x 0.1334. The student row leaves the clients
+#: as they are (it is post-processing) and adds the server student's rows. Measured at the tuning
+#: size: benchmarks/results/federation-tuning.md.
+ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("codream + restricted joint local CE", ("distill.local_loss=restricted", "distill.joint=true")),
+    ("codream + adjusted joint local CE", ("distill.local_loss=adjusted", "distill.joint=true")),
+    (
+        "codream + 256 dreams, 300 KD steps",
+        (
+            "dream.batch_size=256",
+            "distill.kd_steps=300",
+            "distill.ce_ratio=0.1334",
+            "distill.buffer_size=2048",
+        ),
+    ),
+    ("codream + labels at T = 3", ("distill.label_temperature=3", "distill.temperature=3")),
+    ("codream + class-weighted labels", ("distill.label_weighting=class",)),
+    ("codream + mixed BatchNorm", ("distill.kd_batchnorm=mixed",)),
+    ("codream + shift/flip", ("distill.augment=shift_flip",)),
+    ("codream + server student", ("distill.student=cnn",)),
+)
+ABLATION_METHOD = "ablation"
+
+
+def ablation_sizes(size: BenchmarkSize) -> list[tuple[str, BenchmarkSize]]:
+    """The `ABLATION` rows on `size`: (run name, the size with that row's change)."""
+    return [(label, override_size(size, changes)) for label, changes in ABLATION]
 
 
 def ensemble_accuracy(fed, x, y) -> float:
@@ -224,12 +286,15 @@ def _run_codream(method: str, cfg: FederationConfig, dataset, device: str) -> Me
     else:
         cfg = replace(cfg, method=Method.CONDITIONAL)
     fed = build_federation(replace(cfg, device=device), dataset=dataset)
+    val = _validation(fed.dataset, device)
     t0 = time.perf_counter()
-    metrics, kd_seconds, kd_steps = [], 0.0, 0
+    metrics, kd_seconds, kd_steps, val_history = [], 0.0, 0, []
     for _ in range(cfg.rounds):
         metrics.append(fed.run_round())
         kd_seconds += sum(c.last_distill.seconds for c in fed.clients if c.last_distill is not None)
         kd_steps += sum(c.last_distill.kd_steps for c in fed.clients if c.last_distill is not None)
+        if val is not None:  # evaluation neither trains nor draws random numbers: the run is unchanged
+            val_history.append(tuple(c.evaluate(*val) for c in fed.clients))
     seconds = time.perf_counter() - t0
     last = metrics[-1]
     students = [m.student_accuracy for m in metrics if m.student_accuracy is not None]
@@ -254,7 +319,40 @@ def _run_codream(method: str, cfg: FederationConfig, dataset, device: str) -> Me
         # step (with its share of interleaved CE steps), averaged over the run.
         dream_step_seconds=dream_seconds / max(cfg.rounds * cfg.dream.global_steps, 1),
         kd_step_seconds=kd_seconds / kd_steps if kd_steps else None,
+        val_history=tuple(val_history),
+        ensemble_val_accuracy=None if val is None else ensemble_accuracy(fed, *val),
+        student_val_accuracy=(
+            None if val is None or fed.server.student is None else _accuracy(fed.server.student.model, val)
+        ),
+        **({} if val is None else _held_and_lacked(fed, val)),
     )
+
+
+def _held_and_lacked(fed, val: tuple[torch.Tensor, torch.Tensor]) -> dict[str, tuple[float, ...]]:
+    """Each client's final validation accuracy on the classes it holds and on those it lacks (weight 0):
+    the second is what it can only have learnt from the dreams (nan where it lacks none)."""
+    from ..evaluation import predict_proba
+
+    x, y = val
+    held, lacked = [], []
+    for c in fed.clients:
+        right = predict_proba(c.model, x).argmax(dim=1) == y.cpu()
+        has = torch.as_tensor(c.class_weights() > 0)[y.cpu()]
+        held.append(float(right[has].float().mean()) if has.any() else math.nan)
+        lacked.append(float(right[~has].float().mean()) if (~has).any() else math.nan)
+    return {"val_held_accuracy": tuple(held), "val_lacked_accuracy": tuple(lacked)}
+
+
+def _validation(dataset, device: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if getattr(dataset, "x_val", None) is None:
+        return None
+    return dataset.x_val.to(device), dataset.y_val.to(device)
+
+
+def _accuracy(model, val: tuple[torch.Tensor, torch.Tensor]) -> float:
+    from ..evaluation import accuracy
+
+    return float(accuracy(model, *val))
 
 
 def _run_baseline(
@@ -278,6 +376,7 @@ def _run_baseline(
         seconds=seconds,
         seconds_per_round=seconds / max(cfg.rounds, 1),
         history=tuple(tuple(h) for h in res.history),
+        val_history=tuple(tuple(h) for h in res.val_history),
     )
 
 
@@ -298,9 +397,11 @@ class _Job:
 
 
 def _run_job(job: _Job) -> list[MethodRun]:
-    from ..data import load_dataset, partition
+    from ..data import load_dataset, partition, split_validation
 
     data = load_dataset(job.dataset, job.data_dir, limit_test=job.size.limit_test, seed=job.seed)
+    # Carved once, before the partition, so every method trains on the same clients' data.
+    data = split_validation(data, job.size.validation, seed=job.seed)
     cfg = FederationConfig(
         dataset=job.dataset,
         data_dir=job.data_dir,
@@ -310,6 +411,7 @@ def _run_job(job: _Job) -> list[MethodRun]:
         models=job.models,
         rounds=job.rounds,
         seed=job.seed,
+        validation=job.size.validation,
         device=job.device,
         dream=job.size.dream,
         distill=job.size.distill,
@@ -323,6 +425,12 @@ def _run_job(job: _Job) -> list[MethodRun]:
     )
     runs = []
     for method in job.methods:
+        if method == ABLATION_METHOD:
+            for label, size in ablation_sizes(job.size):
+                ablated = replace(cfg, dream=size.dream, distill=size.distill)
+                runs.append(replace(_run_codream("codream", ablated, data, job.device), method=label))
+                log.info("%s", _describe(runs[-1]))
+            continue
         if method.startswith("codream"):
             runs.append(_run_codream(method, cfg, data, job.device))
         else:
@@ -368,7 +476,7 @@ def run_benchmark(
         fedavg_model: FedAvg's one shared architecture.
         alphas: Dirichlet concentrations; None means IID.
         seeds: overrides the size's seeds.
-        methods: a subset of `METHODS`.
+        methods: a subset of `METHODS`, and `ABLATION_METHOD` for the `ABLATION` rows of `codream`.
         device: torch device for every method.
         rounds: overrides the size's rounds.
         jobs: worker processes, each running all methods of one (seed, partition); results do not
@@ -383,9 +491,9 @@ def run_benchmark(
         if size not in SIZES:
             raise ConfigError(f"unknown benchmark size {size!r}; choose one of {sorted(SIZES)}")
         size = SIZES[size]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in (*METHODS, ABLATION_METHOD)]
     if unknown:
-        raise ConfigError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        raise ConfigError(f"unknown methods {unknown}; choose from {[*METHODS, ABLATION_METHOD]}")
     seeds = tuple(seeds) if seeds is not None else size.seeds
     n_rounds = rounds if rounds is not None else size.rounds
     say = progress or (lambda line: None)
@@ -402,6 +510,7 @@ def run_benchmark(
             "samples_per_client": size.samples_per_client,
             "rounds": n_rounds,
             "limit_test": size.limit_test,
+            "validation": size.validation,
             "dream": _plain(asdict(size.dream)),
             "distill": _plain(asdict(size.distill)),
         },
@@ -472,6 +581,15 @@ class Summary:
     confidence: float | None = None
     dream_step_seconds: float | None = None
     kd_step_seconds: float | None = None
+    val_mean: float | None = None
+    selected_mean: float | None = None
+    held_mean: float | None = None
+    lacked_mean: float | None = None
+
+
+def _nanmean_or_none(values: list[float]) -> float | None:
+    present = [v for v in values if not math.isnan(v)]
+    return float(np.mean(present)) if present else None
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
@@ -491,6 +609,8 @@ def summarise(results: BenchmarkResults) -> list[Summary]:
             best = np.array([a for r in runs for a in r.best_over_rounds])
             cov = [c for r in runs for c in r.class_coverage]
             conf = [c for r in runs for c in r.label_confidence]
+            val = [a for r in runs for a in r.val_accuracy]
+            selected = [a for r in runs for a in r.selected_accuracy]
             out.append(
                 Summary(
                     alpha=alpha,
@@ -505,11 +625,15 @@ def summarise(results: BenchmarkResults) -> list[Summary]:
                     confidence=float(np.mean(conf)) if conf else None,
                     dream_step_seconds=_mean_or_none([r.dream_step_seconds for r in runs]),
                     kd_step_seconds=_mean_or_none([r.kd_step_seconds for r in runs]),
+                    val_mean=float(np.mean(val)) if val else None,
+                    selected_mean=float(np.mean(selected)) if len(selected) == len(accs) else None,
+                    held_mean=_nanmean_or_none([a for r in runs for a in r.val_held_accuracy]),
+                    lacked_mean=_nanmean_or_none([a for r in runs for a in r.val_lacked_accuracy]),
                 )
             )
-            for label, attr, best_attr in (
-                ("teacher ensemble", "ensemble_accuracy", None),
-                ("server student", "student_accuracy", "student_best"),
+            for label, attr, best_attr, val_attr in (
+                ("teacher ensemble", "ensemble_accuracy", None, "ensemble_val_accuracy"),
+                ("server student", "student_accuracy", "student_best", "student_val_accuracy"),
             ):
                 vals = [getattr(r, attr) for r in runs if getattr(r, attr) is not None]
                 if not vals:
@@ -524,6 +648,7 @@ def summarise(results: BenchmarkResults) -> list[Summary]:
                         seed_means=tuple(float(v) for v in vals),
                         best_mean=_mean_or_none(bests),
                         seconds_per_round=None,
+                        val_mean=_mean_or_none([getattr(r, val_attr) for r in runs]),
                     )
                 )
     return out
@@ -573,8 +698,13 @@ def write_markdown(results: BenchmarkResults, path: str | Path | None, command: 
         "```",
         "",
         "Accuracy: **final-round** test accuracy in %, mean ± std over all (client, seed) pairs; "
-        "per-seed means in brackets. *Best over rounds* is each client's maximum test accuracy over "
-        "rounds (selected on the test set, as the CoDream reference code reports it; optimistic, "
+        "per-seed means in brackets. *Validation*: final-round accuracy on the validation split "
+        f"({100 * cfg.get('validation', 0):g}% of the training data, held out per class before the "
+        "partition; no client trains on it), the figure variants are compared and tuned on; "
+        "*test at best val. round*: the test accuracy of the round with the best mean validation "
+        "accuracy (model selection without looking at the test set). *Best over rounds* is each "
+        "client's maximum test accuracy over rounds (selected on the test set, as the CoDream "
+        "reference code reports it; optimistic, "
         "reported apart). *Teacher ensemble*: the class-weighted ensemble of the clients' own final "
         "models, p(c) ∝ Σ_k w_k(c) p_k(c) / Σ_k w_k(c), one accuracy per seed (std over seeds): what the "
         "federation knows. *Server student*: a model trained by the server only on the released dreams "
@@ -591,9 +721,9 @@ def write_markdown(results: BenchmarkResults, path: str | Path | None, command: 
         lines += [
             f"## {_alpha_label(alpha)}",
             "",
-            "| method | final acc. (%) | per seed | best over rounds (%) | s / round | dream step (s) "
-            "| KD step (s) | coverage | confidence |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| method | final acc. (%) | per seed | validation (%) | test at best val. round (%) "
+            "| best over rounds (%) | s / round | dream step (s) | KD step (s) | coverage | confidence |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in rows:
             if s.alpha != alpha:
@@ -601,6 +731,8 @@ def write_markdown(results: BenchmarkResults, path: str | Path | None, command: 
             lines.append(
                 f"| {s.method} | {_pct(s.mean)} ± {_pct(s.std)} | "
                 f"[{', '.join(_pct(m) for m in s.seed_means)}] | "
+                f"{'' if s.val_mean is None else _pct(s.val_mean)} | "
+                f"{'' if s.selected_mean is None else _pct(s.selected_mean)} | "
                 f"{'' if s.best_mean is None else _pct(s.best_mean)} | "
                 f"{opt(s.seconds_per_round, '.1f')} | {opt(s.dream_step_seconds, '.3f')} | "
                 f"{opt(s.kd_step_seconds, '.4f')} | {opt(s.coverage, '.1f')} | {opt(s.confidence, '.2f')} |"
@@ -627,6 +759,16 @@ def write_markdown(results: BenchmarkResults, path: str | Path | None, command: 
             ratio = by["codream: server student"].mean / max(by["codream: teacher ensemble"].mean, 1e-12)
             lines.append("")
             lines.append(f"Server student / teacher ensemble: {100 * ratio:.0f} %.")
+        split = [
+            s for s in rows if s.alpha == alpha and s.held_mean is not None and s.lacked_mean is not None
+        ]
+        if split:
+            lines += [
+                "",
+                "Final validation accuracy on the classes a client holds / lacks (%, mean over clients):",
+                "",
+            ]
+            lines += [f"- {s.method}: {_pct(s.held_mean)} / {_pct(s.lacked_mean)}" for s in split]
         arch = per_architecture(results, alpha)
         if arch:
             names = list(dict.fromkeys(results.models))
@@ -698,7 +840,12 @@ def federation_command(name: str, *, default_out: str | None = None, prog: str |
     @click.option("--fedavg-model", default="cnn", show_default=True)
     @click.option("--alphas", default="0.1,iid", show_default=True, help="Dirichlet alphas; 'iid' for IID.")
     @click.option("--seeds", default=None, help="Comma-separated seeds (default: the size's).")
-    @click.option("--methods", default=",".join(METHODS), show_default=True)
+    @click.option(
+        "--methods",
+        default=",".join(METHODS),
+        show_default=True,
+        help=f"Comma-separated; '{ABLATION_METHOD}' adds codream changed in one piece at a time (ABLATION).",
+    )
     @click.option("--rounds", type=int, default=None, help="Override the size's rounds.")
     @click.option("--device", default="cpu", show_default=True)
     @click.option(
