@@ -202,20 +202,15 @@ def test_flower_secure_dp_metrics_hold_no_client_accuracy_and_the_nodes_files_go
     have them, and metrics.jsonl, as in-process, does not."""
     pytest.importorskip("flwr")
     from codream.federation.flower import local
-    from codream.federation.flower.engine import node_metrics_path
+    from codream.federation.flower.engine import append_node_metrics
 
     def deployed(config, *, out_dir, **kwargs):
         ids = list(range(config.num_clients))
         rounds = []
         for r in range(2):
             for c in ids:
-                path = node_metrics_path(out_dir / "node_state", c)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "a") as f:
-                    f.write(
-                        json.dumps({"round": r, "client": c, "accuracy": 0.25 * (r + 1), "kd_loss": 1.5})
-                        + "\n"
-                    )
+                record = {"round": r, "client": c, "accuracy": 0.25 * (r + 1), "kd_loss": 1.5}
+                append_node_metrics(out_dir / "node_state", record)
             agg = {"clipped": None, "overflowed": None, "participants": ids, "survivors": ids}
             rounds.append({"round": r, "accuracies": [], "kd_loss": None, "participants": ids,
                            "survivors": ids, "evaluated": ids, "aggregation": agg})  # fmt: skip
@@ -244,7 +239,7 @@ def test_flower_carries_example_level_dp_in_each_nodes_own_config_and_reads_thei
     from codream.build import PrivacyPlan
     from codream.cli.config import RunConfig
     from codream.federation.flower import local
-    from codream.federation.flower.engine import ExampleDP, node_metrics_path
+    from codream.federation.flower.engine import ExampleDP, append_node_metrics
     from codream.runconfig import federation_config
 
     asked = {}
@@ -255,11 +250,8 @@ def test_flower_carries_example_level_dp_in_each_nodes_own_config_and_reads_thei
         rounds = []
         for r in range(2):
             for c in ids:
-                path = node_metrics_path(out_dir / "node_state", c)
-                path.parent.mkdir(parents=True, exist_ok=True)
                 record = {"round": r, "client": c, "ce_loss": 2.0, "epsilon": 0.5 * (r + 1) + 0.1 * c}
-                with open(path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_node_metrics(out_dir / "node_state", record)
             agg = {"clipped": 0, "overflowed": 0, "participants": ids, "survivors": ids}
             rounds.append({"round": r, "accuracies": [0.5] * len(ids), "kd_loss": 1.0, "ce_loss": None,
                            "participants": ids, "survivors": ids, "evaluated": ids,

@@ -64,6 +64,7 @@ __all__ = [
     "CodreamServer",
     "config_from_dict",
     "config_to_dict",
+    "append_node_metrics",
     "node_metrics_path",
     "read_node_metrics",
 ]
@@ -240,6 +241,14 @@ def node_metrics_path(state_dir: str | Path, client_id: int) -> Path:
     """Where a node under DP keeps its own record of each round: the values it withheld (accuracy,
     losses) and, under example-level DP, its epsilon; in its own state-dir."""
     return Path(state_dir) / f"client-{client_id}.metrics.jsonl"
+
+
+def append_node_metrics(state_dir: str | Path, record: Mapping[str, object]) -> None:
+    """Append one round's `record` (with its ``client`` and ``round``) to that node's own file."""
+    path = node_metrics_path(state_dir, int(record["client"]))  # type: ignore[call-overload]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(dict(record)) + "\n")
 
 
 def read_node_metrics(state_dir: str | Path, client_id: int) -> dict[int, dict]:
@@ -661,10 +670,7 @@ class CodreamNode:
         record = {"round": self._round, "client": self.client_id, **values}
         self.private.append(record)
         if self.state_path is not None:
-            path = node_metrics_path(self.state_path.parent, self.client_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_node_metrics(self.state_path.parent, record)
 
 
 def _on_this_machine(config: FederationConfig) -> FederationConfig:
