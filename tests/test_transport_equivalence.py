@@ -328,3 +328,30 @@ def test_a_node_refuses_an_imports_value_that_is_not_a_list_of_modules():
         CodreamNode({"partition-id": 0, "imports": "no_such_module_x"})
     with pytest.raises(ConfigError, match="comma-separated"):
         CodreamNode({"partition-id": 0, "imports": 3})
+
+
+def test_a_server_cannot_make_a_node_import_code(tmp_path):
+    import json
+
+    """The threat is the server (or whoever submits runs): a module it names, in its run config or in
+    the set-up it sends, is never imported by a node; only the node's own config names its imports."""
+    from codream.federation.flower.engine import CodreamNode, CodreamServer, config_to_dict
+    from codream.federation.flower.wire import Payload
+
+    marker = tmp_path / "imported"
+    plugin = tmp_path / "server_named.py"
+    plugin.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = tiny_config(rounds=1)
+    setup = CodreamServer(
+        {
+            "codream-config": json.dumps(config_to_dict(config)),
+            "aggregation": "plain",
+            "out-dir": str(tmp_path),
+        }
+    ).setup_payload()
+    assert "imports" not in json.dumps(setup.fields)  # the set-up never carries them
+    marker.unlink(missing_ok=True)
+    node = CodreamNode({"partition-id": 0, "num-partitions": config.num_clients, "aggregation": "plain"})
+    forged = Payload("setup", {**setup.fields, "imports": str(plugin)}, setup.arrays)
+    node.handle(forged)  # a server that adds them anyway
+    assert node.role is not None and not marker.exists()
